@@ -1,0 +1,343 @@
+//! The typed configuration. Loading (file, then `RUNWAY_*` environment, then flags) lives in the
+//! server crate; the types and their validation live here so every capability can read them.
+
+use crate::secret::SecretString;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything Runway can be told at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
+    pub auth: AuthConfig,
+    pub tenants: TenantsConfig,
+    /// Named sets of limits a tenant can be on.
+    pub plans: BTreeMap<String, PlanLimits>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (413 beyond).
+    pub body_limit_bytes: usize,
+    /// How long a shutdown waits for in-flight requests, in seconds.
+    pub shutdown_grace_secs: u64,
+    /// Folder for the embedded database and local files.
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://user@host/db`.
+    pub url: DatabaseUrl,
+    /// Optional URL of a role that owns the schema, used only to run migrations; the server
+    /// itself should connect with a least-privilege role through `url`.
+    pub migration_url: Option<DatabaseUrl>,
+    pub max_connections: u32,
+    pub busy_timeout_ms: u64,
+    pub acquire_timeout_ms: u64,
+    /// Run pending migrations when the server starts.
+    pub migrate_on_start: bool,
+}
+
+/// A database URL whose password never appears in printed config.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct DatabaseUrl(pub String);
+
+impl DatabaseUrl {
+    pub fn masked(&self) -> String {
+        // postgres://user:password@host → postgres://user:****@host
+        let s = &self.0;
+        if let Some(scheme_end) = s.find("://") {
+            let rest = &s[scheme_end + 3..];
+            if let Some(at) = rest.find('@') {
+                let userinfo = &rest[..at];
+                if let Some(colon) = userinfo.find(':') {
+                    return format!("{}://{}:****@{}", &s[..scheme_end], &userinfo[..colon], &rest[at + 1..]);
+                }
+            }
+        }
+        s.clone()
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.0.starts_with("sqlite:")
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.0.starts_with("postgres://") || self.0.starts_with("postgresql://")
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.masked())
+    }
+}
+
+impl Serialize for DatabaseUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `runway=debug,sqlx=warn`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP endpoint for traces; export is off when unset.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The operator's admin token; when unset one is generated on first start.
+    pub admin_token: Option<SecretString>,
+    /// How long a verified credential is trusted before the store is asked again, in
+    /// milliseconds. Revocation reaches every replica within this time.
+    pub credential_cache_ms: u64,
+    /// How often key `last_used_at` is written back, in milliseconds.
+    pub last_used_flush_ms: u64,
+    /// Plan whose limits apply to each service key.
+    pub service_key_plan: String,
+    /// How long an Idempotency-Key is remembered, in seconds.
+    pub idempotency_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantsConfig {
+    /// Plan given to a tenant created without one.
+    pub default_plan: String,
+    /// Region given to a tenant created without one.
+    pub default_region: String,
+}
+
+/// Limits a plan grants a tenant (and each of its keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanLimits {
+    /// Sustained API requests per second.
+    pub requests_per_second: u32,
+    /// Requests allowed in a burst above the sustained rate.
+    pub burst: u32,
+    /// Requests in flight at once.
+    pub max_concurrent_requests: u32,
+    /// Monthly quotas by meter name, enforced by metering.
+    #[serde(default)]
+    pub monthly_quotas: BTreeMap<String, u64>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            body_limit_bytes: 1024 * 1024,
+            shutdown_grace_secs: 30,
+            data_dir: PathBuf::from("./runway-data"),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: DatabaseUrl("sqlite://./runway-data/runway.db".into()),
+            migration_url: None,
+            max_connections: 10,
+            busy_timeout_ms: 5_000,
+            acquire_timeout_ms: 5_000,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, level: "info".into() }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            admin_token: None,
+            credential_cache_ms: 500,
+            last_used_flush_ms: 5_000,
+            service_key_plan: "enterprise".into(),
+            idempotency_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        Self { default_plan: "free".into(), default_region: "default".into() }
+    }
+}
+
+fn plan(rps: u32, burst: u32, conc: u32, events: u64, requests: u64) -> PlanLimits {
+    PlanLimits {
+        requests_per_second: rps,
+        burst,
+        max_concurrent_requests: conc,
+        monthly_quotas: BTreeMap::from([("events".into(), events), ("api_requests".into(), requests)]),
+    }
+}
+
+/// The built-in plans; a config file may change them or add more.
+pub fn default_plans() -> BTreeMap<String, PlanLimits> {
+    BTreeMap::from([
+        ("free".into(), plan(10, 20, 10, 100_000, 1_000_000)),
+        ("pro".into(), plan(100, 200, 50, 10_000_000, 100_000_000)),
+        ("enterprise".into(), plan(1_000, 2_000, 200, 1_000_000_000, 10_000_000_000)),
+    ])
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            auth: AuthConfig::default(),
+            tenants: TenantsConfig::default(),
+            plans: default_plans(),
+        }
+    }
+}
+
+/// A config value that cannot work, named by its dotted key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid config `{key}`: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn bad(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), reason: reason.into() }
+}
+
+impl Config {
+    /// Checks what serde cannot: cross-references and ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let db = &self.database;
+        if !db.url.is_sqlite() && !db.url.is_postgres() {
+            return Err(bad("database.url", "must start with sqlite:// or postgres://"));
+        }
+        if let Some(m) = &db.migration_url {
+            if m.is_sqlite() != db.url.is_sqlite() {
+                return Err(bad("database.migration_url", "must use the same engine as database.url"));
+            }
+        }
+        if db.max_connections == 0 {
+            return Err(bad("database.max_connections", "must be at least 1"));
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return Err(bad("server.body_limit_bytes", "must be at least 1024"));
+        }
+        if self.plans.is_empty() {
+            return Err(bad("plans", "at least one plan must be defined"));
+        }
+        for (name, p) in &self.plans {
+            if !is_slug(name) {
+                return Err(bad(format!("plans.{name}"), "plan names use a-z, 0-9 and '-'"));
+            }
+            if p.requests_per_second == 0 {
+                return Err(bad(format!("plans.{name}.requests_per_second"), "must be at least 1"));
+            }
+            if p.burst == 0 {
+                return Err(bad(format!("plans.{name}.burst"), "must be at least 1"));
+            }
+            if p.max_concurrent_requests == 0 {
+                return Err(bad(format!("plans.{name}.max_concurrent_requests"), "must be at least 1"));
+            }
+        }
+        if !self.plans.contains_key(&self.tenants.default_plan) {
+            return Err(bad("tenants.default_plan", format!("no plan named `{}`", self.tenants.default_plan)));
+        }
+        if !self.plans.contains_key(&self.auth.service_key_plan) {
+            return Err(bad("auth.service_key_plan", format!("no plan named `{}`", self.auth.service_key_plan)));
+        }
+        if let Some(t) = &self.auth.admin_token {
+            if t.expose().len() < 32 {
+                return Err(bad("auth.admin_token", "must be at least 32 characters"));
+            }
+        }
+        if self.auth.credential_cache_ms > 1_000 {
+            return Err(bad("auth.credential_cache_ms", "must be at most 1000 so revocation applies within a second"));
+        }
+        if self.auth.idempotency_ttl_secs < 3600 {
+            return Err(bad("auth.idempotency_ttl_secs", "must be at least 3600"));
+        }
+        Ok(())
+    }
+}
+
+/// Lowercase letters, digits and inner dashes, 1 to 63 characters: the shape of slugs and names
+/// that appear in URLs.
+pub fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut c = Config::default();
+        c.tenants.default_plan = "gold".into();
+        assert_eq!(c.validate().unwrap_err().key, "tenants.default_plan");
+        let mut c = Config::default();
+        c.database.url = DatabaseUrl("mysql://x".into());
+        assert_eq!(c.validate().unwrap_err().key, "database.url");
+        let mut c = Config::default();
+        c.plans.get_mut("pro").unwrap().burst = 0;
+        assert_eq!(c.validate().unwrap_err().key, "plans.pro.burst");
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        let u = DatabaseUrl("postgres://app:s3cret@db:5432/runway".into());
+        assert_eq!(u.masked(), "postgres://app:****@db:5432/runway");
+        assert!(!serde_json::to_string(&u).unwrap().contains("s3cret"));
+    }
+}

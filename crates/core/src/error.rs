@@ -1,0 +1,169 @@
+//! The one error-code table and the RFC 9457 problem+json response every route answers with.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Base of every problem `type` URI; the code's stable name follows it.
+pub const PROBLEM_TYPE_BASE: &str = "https://runway.dev/problems/";
+
+macro_rules! error_codes {
+    ($($variant:ident => ($status:expr, $name:literal, $title:literal),)*) => {
+        /// Every error Runway answers with: HTTP status, stable snake_case name, problem type.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode { $($variant,)* }
+
+        impl ErrorCode {
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            pub fn status(self) -> StatusCode {
+                match self { $(ErrorCode::$variant => $status,)* }
+            }
+
+            /// The stable name clients match on.
+            pub fn name(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $name,)* }
+            }
+
+            pub fn title(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $title,)* }
+            }
+        }
+    };
+}
+
+error_codes! {
+    MalformedBody => (StatusCode::BAD_REQUEST, "malformed_body", "The request body is not valid JSON"),
+    InvalidId => (StatusCode::BAD_REQUEST, "invalid_id", "An identifier in the path is malformed"),
+    InvalidQuery => (StatusCode::BAD_REQUEST, "invalid_query", "A query parameter is invalid"),
+    InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor", "The pagination cursor is invalid"),
+    InvalidHeader => (StatusCode::BAD_REQUEST, "invalid_header", "A request header is invalid"),
+    Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated", "Missing or invalid credentials"),
+    MissingScope => (StatusCode::FORBIDDEN, "missing_scope", "The credential lacks a required scope"),
+    TenantSuspended => (StatusCode::FORBIDDEN, "tenant_suspended", "The tenant is suspended"),
+    NotFound => (StatusCode::NOT_FOUND, "not_found", "The resource does not exist"),
+    MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed on this resource"),
+    Conflict => (StatusCode::CONFLICT, "conflict", "The request conflicts with the current state"),
+    IdempotencyKeyInUse => (StatusCode::CONFLICT, "idempotency_key_in_use", "A request with this Idempotency-Key is still in progress"),
+    PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is too large"),
+    UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "The request body must be application/json"),
+    ValidationFailed => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "The request is invalid"),
+    IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "The Idempotency-Key was used with a different request"),
+    RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests"),
+    ConcurrencyLimited => (StatusCode::TOO_MANY_REQUESTS, "concurrency_limited", "Too many concurrent requests"),
+    Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+    Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The service is temporarily unavailable"),
+}
+
+/// An error on its way to becoming a problem+json response.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub detail: String,
+    /// For validation errors: the failing field as a JSON pointer or dotted path.
+    pub field: Option<String>,
+    /// Seconds to put in `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self { code, detail: detail.into(), field: None, retry_after: None }
+    }
+
+    /// A 422 naming the field that failed.
+    pub fn validation(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { field: Some(field.into()), ..Self::new(ErrorCode::ValidationFailed, detail) }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, what)
+    }
+
+    pub fn unauthenticated(detail: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Unauthenticated, detail)
+    }
+
+    /// A 500 whose cause is logged, not shown.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(ErrorCode::Internal, "an internal error occurred; the request id identifies it in the logs")
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.name(), self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// The RFC 9457 body, as documented in the OpenAPI contract.
+#[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Stable URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable snake_case name of the problem (the last segment of `type`).
+    pub code: String,
+    /// The failing field, for validation errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn problem(&self) -> Problem {
+        Problem {
+            type_uri: format!("{PROBLEM_TYPE_BASE}{}", self.code.name()),
+            title: self.code.title().to_owned(),
+            status: self.code.status().as_u16(),
+            detail: self.detail.clone(),
+            code: self.code.name().to_owned(),
+            field: self.field.clone(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut res = (self.code.status(), body).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+impl From<crate::id::IdError> for ApiError {
+    fn from(e: crate::id::IdError) -> Self {
+        ApiError::new(ErrorCode::InvalidId, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        let mut names: Vec<_> = ErrorCode::ALL.iter().map(|c| c.name()).collect();
+        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ErrorCode::ALL.len());
+    }
+}

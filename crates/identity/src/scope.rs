@@ -1,0 +1,144 @@
+//! Scopes a key can carry, and the marker types handlers name to require one.
+
+use runway_core::ApiError;
+use serde::{Deserialize, Serialize};
+
+macro_rules! scopes {
+    ($($variant:ident => ($name:literal, $tenant_ok:expr, $doc:literal),)*) => {
+        /// A permission a credential can hold.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+        pub enum Scope { $(#[doc = $doc] #[serde(rename = $name)] $variant,)* }
+
+        impl Scope {
+            pub const ALL: &'static [Scope] = &[$(Scope::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(Scope::$variant => $name,)* }
+            }
+
+            /// Whether a tenant key may hold this scope; the rest act across tenants.
+            pub fn allowed_for_tenant_keys(self) -> bool {
+                match self { $(Scope::$variant => $tenant_ok,)* }
+            }
+
+            pub fn parse(s: &str) -> Option<Scope> {
+                match s { $($name => Some(Scope::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+scopes! {
+    TenantsRead => ("tenants:read", true, "Read tenants (a tenant key: its own)."),
+    TenantsWrite => ("tenants:write", false, "Create, change, suspend and delete tenants."),
+    KeysRead => ("keys:read", true, "List keys."),
+    KeysWrite => ("keys:write", true, "Create and revoke keys (a tenant key: its own tenant's)."),
+    AuditRead => ("audit:read", true, "Read audit logs."),
+    EventsRead => ("events:read", true, "Read events (reserved for the event backbone)."),
+    EventsWrite => ("events:write", true, "Publish events (reserved for the event backbone)."),
+    WebhooksRead => ("webhooks:read", true, "Read webhook endpoints (reserved)."),
+    WebhooksWrite => ("webhooks:write", true, "Manage webhook endpoints (reserved)."),
+    FlagsRead => ("flags:read", true, "Evaluate and read flags (reserved)."),
+    FlagsWrite => ("flags:write", false, "Manage flags (reserved)."),
+}
+
+/// A set of scopes as a bit set, so a scope check on the request path is one AND.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ScopeSet(u32);
+
+impl ScopeSet {
+    pub fn all() -> Self {
+        Scope::ALL.iter().copied().collect()
+    }
+
+    pub fn contains(self, s: Scope) -> bool {
+        self.0 & (1 << s as u32) != 0
+    }
+
+    pub fn is_subset_of(self, other: ScopeSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Scope> {
+        Scope::ALL.iter().copied().filter(move |s| self.contains(*s))
+    }
+
+    pub fn names(self) -> Vec<String> {
+        self.iter().map(|s| s.as_str().to_owned()).collect()
+    }
+
+    /// Parses scope names as given by a client, naming the first unknown one.
+    pub fn parse_names(names: &[String], field: &str) -> Result<Self, ApiError> {
+        let mut set = ScopeSet::default();
+        for (i, n) in names.iter().enumerate() {
+            match Scope::parse(n) {
+                Some(s) => set.0 |= 1 << s as u32,
+                None => {
+                    let known: Vec<_> = Scope::ALL.iter().map(|s| s.as_str()).collect();
+                    return Err(ApiError::validation(
+                        format!("{field}[{i}]"),
+                        format!("unknown scope `{n}`; known scopes: {}", known.join(", ")),
+                    ));
+                }
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl FromIterator<Scope> for ScopeSet {
+    fn from_iter<I: IntoIterator<Item = Scope>>(iter: I) -> Self {
+        ScopeSet(iter.into_iter().fold(0, |acc, s| acc | (1 << s as u32)))
+    }
+}
+
+/// A scope a handler requires, named as a type so the requirement is part of its signature.
+pub trait Permission: Send + Sync + 'static {
+    const SCOPE: Scope;
+}
+
+macro_rules! permissions {
+    ($($marker:ident => $scope:ident,)*) => {
+        $(
+            #[doc = concat!("Requires the `", stringify!($scope), "` scope.")]
+            pub struct $marker;
+            impl Permission for $marker { const SCOPE: Scope = Scope::$scope; }
+        )*
+    };
+}
+
+permissions! {
+    TenantsRead => TenantsRead,
+    TenantsWrite => TenantsWrite,
+    KeysRead => KeysRead,
+    KeysWrite => KeysWrite,
+    AuditRead => AuditRead,
+    EventsRead => EventsRead,
+    EventsWrite => EventsWrite,
+    WebhooksRead => WebhooksRead,
+    WebhooksWrite => WebhooksWrite,
+    FlagsRead => FlagsRead,
+    FlagsWrite => FlagsWrite,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_round_trip_and_unknown_named() {
+        let set = ScopeSet::parse_names(&["tenants:read".into(), "audit:read".into()], "scopes").unwrap();
+        assert!(set.contains(Scope::TenantsRead) && set.contains(Scope::AuditRead));
+        assert!(!set.contains(Scope::KeysWrite));
+        assert_eq!(set.names(), vec!["tenants:read", "audit:read"]);
+        let e = ScopeSet::parse_names(&["tenants:read".into(), "root".into()], "scopes").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("scopes[1]"));
+    }
+
+    #[test]
+    fn subset() {
+        let a: ScopeSet = [Scope::TenantsRead].into_iter().collect();
+        assert!(a.is_subset_of(ScopeSet::all()));
+        assert!(!ScopeSet::all().is_subset_of(a));
+    }
+}
