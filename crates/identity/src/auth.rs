@@ -425,6 +425,7 @@ impl<P: Permission> Authorized<P> {
                 return Err(not_found());
             }
         }
+        tracing::Span::current().record("tenant_id", tenant.id.as_str());
         Ok(TenantScope { tenant })
     }
 

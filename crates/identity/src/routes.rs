@@ -23,7 +23,7 @@ use utoipa_axum::routes;
 type St = State<Arc<Identity>>;
 
 /// Routes of the identity capability, with their OpenAPI descriptions.
-pub fn router(identity: Arc<Identity>) -> OpenApiRouter {
+pub fn router() -> OpenApiRouter<Arc<Identity>> {
     OpenApiRouter::new()
         .routes(routes!(create_tenant, list_tenants))
         .routes(routes!(get_tenant, update_tenant, delete_tenant))
@@ -33,7 +33,6 @@ pub fn router(identity: Arc<Identity>) -> OpenApiRouter {
         .routes(routes!(create_tenant_key, list_tenant_keys))
         .routes(routes!(revoke_tenant_key))
         .routes(routes!(list_audit))
-        .with_state(identity)
 }
 
 /// A new tenant.

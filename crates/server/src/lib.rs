@@ -1,1 +1,135 @@
+//! The server: composes capability routers and middleware, runs background upkeep, and owns the
+//! process lifecycle (start, readiness, graceful drain).
 
+mod app;
+pub mod config_load;
+mod idempotency;
+mod observe;
+pub mod telemetry;
+
+pub use app::{openapi, router};
+
+use runway_core::config::Config;
+use runway_core::Clock;
+use runway_identity::Identity;
+use runway_store::Store;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// What every route and middleware can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub identity: Arc<Identity>,
+    /// Set once shutdown begins, so `/readyz` turns away new traffic.
+    pub draining: Arc<AtomicBool>,
+}
+
+/// A server that is accepting connections.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// The admin token minted on this start, if this was the first start.
+    pub admin_token: Option<String>,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts the drain: stop accepting, finish in-flight requests up to the grace period,
+    /// flush write-behind state, close the store.
+    pub fn begin_shutdown(&self) {
+        self.state.draining.store(true, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for the drain to finish.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    pub async fn shutdown(self) {
+        self.begin_shutdown();
+        self.wait().await;
+    }
+}
+
+/// Errors that stop the server from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("store: {0}")]
+    Store(#[from] runway_store::StoreError),
+    #[error("could not listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Api(#[from] runway_core::ApiError),
+}
+
+/// Connects the store, migrates when configured, makes sure an admin token exists, binds and
+/// serves until [`Running::begin_shutdown`].
+pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    observe::prometheus();
+    let store = Store::connect(&config.database).await?;
+    if config.database.migrate_on_start {
+        store.migrate(&config.database).await?;
+    }
+    let identity = Identity::new(store.clone(), clock.clone(), config.clone());
+    let admin_token = identity.ensure_admin_token(config.auth.admin_token.as_ref()).await?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
+    let state = AppState { config: config.clone(), store: store.clone(), clock, identity: identity.clone(), draining: Arc::new(AtomicBool::new(false)) };
+    let app = router(state.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let upkeep = tokio::spawn(identity.clone().run_upkeep(wait_stop(stop_rx.clone())));
+    let purge_state = state.clone();
+    let purge = tokio::spawn({
+        let stop = wait_stop(stop_rx.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(300));
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => if let Err(e) = idempotency::purge_expired(&purge_state).await {
+                        tracing::warn!(error = %e, "could not purge expired idempotency records");
+                    },
+                    _ = &mut stop => break,
+                }
+            }
+        }
+    });
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let serve_stop = wait_stop(stop_rx.clone());
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(serve_stop);
+        let mut server = std::pin::pin!(server.into_future());
+        let drain = wait_stop(stop_rx);
+        tokio::select! {
+            res = &mut server => if let Err(e) = res { tracing::error!(error = %e, "server error") },
+            _ = drain => {
+                tracing::info!(grace_secs = grace.as_secs(), "draining in-flight requests");
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(Ok(())) => tracing::info!("all requests finished"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "server error while draining"),
+                    Err(_) => tracing::warn!("grace period over; dropping requests still in flight"),
+                }
+            }
+        }
+        let _ = upkeep.await;
+        let _ = purge.await;
+        store.close().await;
+    });
+    Ok(Running { addr, admin_token, state, stop: stop_tx, task })
+}

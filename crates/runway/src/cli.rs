@@ -1,0 +1,450 @@
+//! Command-line interface.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use runway_audit::{AuditContext, Chain};
+use runway_core::clock::parse_rfc3339;
+use runway_core::config::Config;
+use runway_core::page::Cursor;
+use runway_core::{KeyId, SystemClock};
+use runway_identity::keys::{self, NewKey};
+use runway_identity::routes::{KeyCreated, KeyOut, TenantOut};
+use runway_identity::tenants::{self, NewTenant, TenantPatch, TenantRef, TenantState};
+use runway_identity::Identity;
+use runway_server::config_load::{self, Overrides};
+use runway_store::{DbScope, Store};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Runway: the backbone of a multi-tenant SaaS product, in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "runway", version, about)]
+pub struct Cli {
+    /// Config file (TOML); `./runway.toml` is read when present.
+    #[arg(long, global = true, env = "RUNWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log output: pretty or json.
+    #[arg(long, global = true, value_parser = ["pretty", "json"])]
+    log_format: Option<String>,
+    /// Database URL, overriding config and environment.
+    #[arg(long, global = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the API server (migrates on start unless disabled).
+    Serve(ServeArgs),
+    /// Apply pending database migrations.
+    Migrate,
+    /// Print the effective configuration, secrets masked.
+    Config,
+    /// Manage tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Verify and export the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:7400.
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCmd {
+    /// Create a tenant.
+    Create {
+        #[arg(long)]
+        slug: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        /// Metadata as a JSON object.
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// List tenants.
+    List {
+        /// active, suspended or deleted.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show one tenant (ID or slug).
+    Show { tenant: String },
+    /// Change a tenant.
+    Update {
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        plan: Option<String>,
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        metadata: Option<String>,
+    },
+    /// Suspend a tenant: its keys are refused until it is resumed.
+    Suspend { tenant: String },
+    /// Make a suspended tenant active again.
+    Resume { tenant: String },
+    /// Delete a tenant (kept for its audit log; its keys are revoked).
+    Delete { tenant: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCmd {
+    /// Create a key: a tenant key with --tenant, otherwise a service key. The token is shown once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Comma-separated scopes, e.g. tenants:read,audit:read.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// RFC 3339 expiry.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// List keys: a tenant's with --tenant, otherwise service keys.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Revoke a key.
+    Revoke {
+        key_id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Walk every chain and report the first broken entry of each. Exits non-zero if any is broken.
+    Verify,
+    /// Export one tenant's chain (or `platform`) oldest first.
+    Export {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+fn overrides(cli: &Cli) -> Overrides {
+    let mut o: Overrides = Vec::new();
+    if let Some(f) = &cli.log_format {
+        o.push(("log.format", toml::Value::String(f.clone())));
+    }
+    if let Some(u) = &cli.database_url {
+        o.push(("database.url", toml::Value::String(u.clone())));
+    }
+    if let Command::Serve(ServeArgs { listen: Some(l) }) = &cli.command {
+        o.push(("server.listen", toml::Value::String(l.clone())));
+    }
+    o
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = config_load::load(cli.config.as_deref(), overrides(&cli))?;
+    match &cli.command {
+        Command::Serve(_) => serve(config).await,
+        Command::Version => {
+            println!("runway {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Config => {
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&config)?);
+            } else {
+                print!("{}", toml::to_string_pretty(&config)?);
+            }
+            Ok(())
+        }
+        Command::Migrate => {
+            let store = Store::connect(&config.database).await?;
+            let before = store.pending_migrations().await?;
+            store.migrate(&config.database).await?;
+            println!("applied {before} migration(s); {} pending", store.pending_migrations().await?);
+            Ok(())
+        }
+        Command::Tenant(cmd) => tenant(&cli, open(config).await?, cmd).await,
+        Command::Key(cmd) => key(&cli, open(config).await?, cmd).await,
+        Command::Audit(cmd) => audit(&cli, open(config).await?, cmd).await,
+    }
+}
+
+async fn open(config: Config) -> anyhow::Result<Arc<Identity>> {
+    let store = Store::connect(&config.database).await.context("opening the store")?;
+    if store.pending_migrations().await? > 0 {
+        bail!("the database has pending migrations; run `runway migrate` first");
+    }
+    Ok(Identity::new(store, Arc::new(SystemClock), Arc::new(config)))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    runway_server::telemetry::init(&config);
+    let running = runway_server::start(config.clone(), Arc::new(SystemClock)).await?;
+    let base = format!("http://{}", running.addr);
+    println!("Runway {} is listening on {base}", env!("CARGO_PKG_VERSION"));
+    println!("  API docs    {base}/docs   (OpenAPI: {base}/openapi.json)");
+    println!("  Metrics     {base}/metrics");
+    println!("  Health      {base}/healthz   Readiness: {base}/readyz");
+    println!("  Store       {}", running.state.store.describe());
+    if let Some(token) = &running.admin_token {
+        println!();
+        println!("  Admin token (shown only this once; it is stored hashed):");
+        println!("    {token}");
+        println!("  Use it as: Authorization: Bearer <token>");
+    }
+    wait_for_signal().await;
+    tracing::info!("shutdown requested; press Ctrl-C again to exit at once");
+    running.begin_shutdown();
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    running.wait().await;
+    runway_server::telemetry::shutdown();
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t
+}
+
+fn print_tenants(cli: &Cli, list: Vec<TenantOut>) -> anyhow::Result<()> {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    let mut t = table(&["ID", "SLUG", "NAME", "PLAN", "REGION", "STATE", "CREATED"]);
+    for x in list {
+        t.add_row(vec![x.id.to_string(), x.slug, x.name, x.plan, x.region, format!("{:?}", x.state).to_lowercase(), x.created_at]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn print_one<T: serde::Serialize>(cli: &Cli, v: &T) -> anyhow::Result<()> {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        let value = serde_json::to_value(v)?;
+        let mut t = table(&["FIELD", "VALUE"]);
+        if let serde_json::Value::Object(map) = value {
+            for (k, v) in map {
+                let shown = match v {
+                    serde_json::Value::String(s) => s,
+                    serde_json::Value::Null => "-".into(),
+                    other => other.to_string(),
+                };
+                t.add_row(vec![k, shown]);
+            }
+        }
+        println!("{t}");
+    }
+    Ok(())
+}
+
+fn metadata(s: &Option<String>) -> anyhow::Result<Option<serde_json::Value>> {
+    s.as_deref().map(|m| serde_json::from_str(m).context("--metadata must be a JSON object")).transpose()
+}
+
+async fn resolve(id: &Identity, raw: &str) -> anyhow::Result<tenants::Tenant> {
+    let r = TenantRef::parse(raw)?;
+    let mut tx = id.store.read(DbScope::Platform).await?;
+    tenants::find(&mut tx, &r).await?.with_context(|| format!("no tenant `{raw}`"))
+}
+
+async fn tenant(cli: &Cli, id: Arc<Identity>, cmd: &TenantCmd) -> anyhow::Result<()> {
+    let ctx = AuditContext::cli();
+    match cmd {
+        TenantCmd::Create { slug, name, plan, region, metadata: m } => {
+            let new = NewTenant { slug: slug.clone(), name: name.clone(), plan: plan.clone(), region: region.clone(), metadata: metadata(m)? };
+            let t = id.create_tenant(&ctx, new).await?;
+            print_one(cli, &TenantOut::from(t))
+        }
+        TenantCmd::List { state, limit } => {
+            let state = state.as_deref().map(|s| TenantState::parse(s).context("--state is active, suspended or deleted")).transpose()?;
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let mut tx = id.store.read(DbScope::Platform).await?;
+                let page = tenants::list(&mut tx, state, &Cursor { after: after.clone(), limit: 100 }).await?;
+                let done = page.next_cursor.is_none();
+                after = page.data.last().map(|t| t.id.to_string());
+                all.extend(page.data.into_iter().map(TenantOut::from));
+                if done || all.len() >= *limit as usize {
+                    break;
+                }
+            }
+            all.truncate(*limit as usize);
+            print_tenants(cli, all)
+        }
+        TenantCmd::Show { tenant } => print_one(cli, &TenantOut::from(resolve(&id, tenant).await?)),
+        TenantCmd::Update { tenant, name, plan, region, metadata: m } => {
+            let t = resolve(&id, tenant).await?;
+            let patch = TenantPatch { name: name.clone(), plan: plan.clone(), region: region.clone(), metadata: metadata(m)?, state: None };
+            print_one(cli, &TenantOut::from(id.update_tenant(&ctx, &t.id, patch).await?))
+        }
+        TenantCmd::Suspend { tenant } | TenantCmd::Resume { tenant } => {
+            let state = if matches!(cmd, TenantCmd::Suspend { .. }) { TenantState::Suspended } else { TenantState::Active };
+            let t = resolve(&id, tenant).await?;
+            let patch = TenantPatch { state: Some(state), ..Default::default() };
+            print_one(cli, &TenantOut::from(id.update_tenant(&ctx, &t.id, patch).await?))
+        }
+        TenantCmd::Delete { tenant } => {
+            let t = resolve(&id, tenant).await?;
+            print_one(cli, &TenantOut::from(id.delete_tenant(&ctx, &t.id).await?))
+        }
+    }
+}
+
+async fn key(cli: &Cli, id: Arc<Identity>, cmd: &KeyCmd) -> anyhow::Result<()> {
+    let ctx = AuditContext::cli();
+    match cmd {
+        KeyCmd::Create { name, scopes, tenant, expires_at } => {
+            let t = match tenant {
+                Some(raw) => Some(resolve(&id, raw).await?.id),
+                None => None,
+            };
+            let expires_at = expires_at
+                .as_deref()
+                .map(|s| parse_rfc3339(s).context("--expires-at must be an RFC 3339 time"))
+                .transpose()?;
+            let new = NewKey { name: name.clone(), scopes: scopes.clone(), expires_at };
+            let (k, token) = id.create_key(&ctx, None, t.as_ref(), new).await?;
+            let created = KeyCreated { key: KeyOut::from(k), token };
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&created)?);
+            } else {
+                print_one(cli, &created.key)?;
+                println!("Token (shown only this once): {}", created.token);
+            }
+            Ok(())
+        }
+        KeyCmd::List { tenant, limit } => {
+            let t = match tenant {
+                Some(raw) => Some(resolve(&id, raw).await?.id),
+                None => None,
+            };
+            let mut tx = id.store.read(DbScope::Platform).await?;
+            let page = keys::list(&mut tx, t.as_ref(), &Cursor { after: None, limit: (*limit).clamp(1, 100) }).await?;
+            let list: Vec<KeyOut> = page.data.into_iter().map(KeyOut::from).collect();
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+                return Ok(());
+            }
+            let mut tbl = table(&["ID", "KIND", "NAME", "SCOPES", "EXPIRES", "REVOKED", "LAST USED"]);
+            for k in list {
+                let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                tbl.add_row(vec![k.id.to_string(), k.kind, k.name, k.scopes.join(","), dash(k.expires_at), dash(k.revoked_at), dash(k.last_used_at)]);
+            }
+            println!("{tbl}");
+            Ok(())
+        }
+        KeyCmd::Revoke { key_id, tenant } => {
+            let t = match tenant {
+                Some(raw) => Some(resolve(&id, raw).await?.id),
+                None => None,
+            };
+            let k = id.revoke_key(&ctx, t.as_ref(), &KeyId::parse(key_id)?).await?;
+            print_one(cli, &KeyOut::from(k))
+        }
+    }
+}
+
+async fn audit(cli: &Cli, id: Arc<Identity>, cmd: &AuditCmd) -> anyhow::Result<()> {
+    match cmd {
+        AuditCmd::Verify => {
+            let report = runway_audit::verify(&id.store).await?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let mut t = table(&["CHAIN", "ENTRIES", "STATUS"]);
+                for c in &report.chains {
+                    let status = match (&c.first_broken_seq, &c.reason) {
+                        (Some(seq), Some(r)) => format!("BROKEN at entry {seq}: {r}"),
+                        _ => "ok".into(),
+                    };
+                    t.add_row(vec![c.chain.clone(), c.entries.to_string(), status]);
+                }
+                println!("{t}");
+            }
+            if !report.ok {
+                bail!("the audit log has been tampered with");
+            }
+            Ok(())
+        }
+        AuditCmd::Export { tenant, format: _, output } => {
+            let chain = if tenant == "platform" { Chain::Platform } else { Chain::Tenant(resolve(&id, tenant).await?.id) };
+            let mut out: Box<dyn std::io::Write> = match output {
+                Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let n = runway_audit::export_chain(&id.store, &chain, |e| {
+                serde_json::to_writer(&mut out, &e)?;
+                out.write_all(b"\n")
+            })
+            .await?;
+            out.flush()?;
+            if output.is_some() {
+                eprintln!("exported {n} entries");
+            }
+            Ok(())
+        }
+    }
+}
+

@@ -1,0 +1,101 @@
+//! The HTTP application: public operational routes, the authenticated `/v1` API, the
+//! middleware around them, and the generated OpenAPI document.
+
+use crate::AppState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::{middleware, Json, Router};
+use runway_core::{ApiError, ErrorCode};
+use std::sync::atomic::Ordering;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::OpenApi;
+use utoipa::{Modify, OpenApi as _};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Runway API", description = "Tenants, credentials, audit and the rest of a SaaS backbone.", license(name = "Apache-2.0")),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    components(schemas(runway_core::error::Problem)),
+    tags((name = "tenants"), (name = "keys"), (name = "audit"), (name = "operations"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+fn ops_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+}
+
+/// The OpenAPI document, generated from the route annotations; needs no running server.
+pub fn openapi() -> OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc.merge(ops_routes().split_for_parts().1);
+    doc.merge(runway_identity::routes::router().split_for_parts().1);
+    doc
+}
+
+/// Builds the whole router around `state`.
+pub fn router(state: AppState) -> Router {
+    let (v1, _) = runway_identity::routes::router().split_for_parts();
+    let v1 = v1
+        .with_state(state.identity.clone())
+        // Layers run bottom-up: authentication, then idempotency, then the handler.
+        .layer(middleware::from_fn_with_state(state.clone(), crate::idempotency::idempotency))
+        .layer(middleware::from_fn_with_state(state.identity.clone(), runway_identity::authenticate));
+    let (ops, _) = ops_routes().split_for_parts();
+    let spec = serde_json::to_string_pretty(&openapi()).unwrap_or_default();
+    Router::new()
+        .merge(ops.with_state(state.clone()))
+        .route("/metrics", axum::routing::get(metrics).with_state(state.clone()))
+        .route("/openapi.json", axum::routing::get(move || async move { ([(header::CONTENT_TYPE, "application/json")], spec.clone()) }))
+        .route("/docs", axum::routing::get(|| async { Html(include_str!("docs.html")) }))
+        .route("/", axum::routing::get(|| async { axum::response::Redirect::temporary("/docs") }))
+        .merge(v1)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "this route does not accept that method") })
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.server.body_limit_bytes))
+        .layer(middleware::from_fn(crate::observe::observe))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            ApiError::internal("handler panicked").into_response()
+        }))
+}
+
+/// Liveness: the process is serving.
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()), responses((status = 200, description = "alive")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: the store answers and its migrations are current; 503 while draining.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "ready"), (status = 503, body = runway_core::error::Problem)))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.load(Ordering::Relaxed) {
+        return ApiError::new(ErrorCode::Unavailable, "shutting down").into_response();
+    }
+    if let Err(e) = state.store.ping().await {
+        return ApiError::new(ErrorCode::Unavailable, format!("store unreachable: {e}")).into_response();
+    }
+    match state.store.pending_migrations().await {
+        Ok(0) => (StatusCode::OK, Json(serde_json::json!({"status": "ready", "engine": format!("{:?}", state.store.engine()).to_lowercase()}))).into_response(),
+        Ok(n) => ApiError::new(ErrorCode::Unavailable, format!("{n} migration(s) pending; run `runway migrate`")).into_response(),
+        Err(e) => ApiError::new(ErrorCode::Unavailable, format!("cannot read migrations: {e}")).into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    crate::observe::record_pool_gauges(&state.store);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::observe::prometheus().render()).into_response()
+}

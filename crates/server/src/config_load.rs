@@ -1,0 +1,108 @@
+//! Loads the one typed config: built-in defaults, then `runway.toml`, then `RUNWAY_*`
+//! environment variables, then command-line flags; then validates it.
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use runway_core::config::{Config, ConfigError};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Environment variables that name a config key directly, beside the derived `RUNWAY_<KEY>`.
+const ALIASES: &[(&str, &str)] = &[
+    ("admin_token", "auth.admin_token"),
+    ("otlp_endpoint", "telemetry.otlp_endpoint"),
+];
+
+/// Every leaf key of the config, dotted (`database.url`), derived from the defaults so a new
+/// field gets its environment variable without a list to keep.
+fn leaf_keys() -> Vec<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", &serde_json::to_value(Config::default()).unwrap_or_default(), &mut out);
+    out
+}
+
+fn env_map() -> HashMap<String, String> {
+    let mut map: HashMap<String, String> = leaf_keys().into_iter().map(|k| (k.replace('.', "_"), k)).collect();
+    for (env, key) in ALIASES {
+        map.insert((*env).to_owned(), (*key).to_owned());
+    }
+    map
+}
+
+/// The environment variable that sets a dotted key.
+pub fn env_var_for(key: &str) -> String {
+    format!("RUNWAY_{}", key.replace('.', "_").to_uppercase())
+}
+
+/// Values given on the command line, applied last.
+pub type Overrides = Vec<(&'static str, toml::Value)>;
+
+/// Loads and validates the config. `path` is `--config`; without it `./runway.toml` is read
+/// when present.
+pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigError> {
+    let mut fig = Figment::new();
+    match path {
+        Some(p) => {
+            if !p.exists() {
+                return Err(ConfigError { key: "--config".into(), reason: format!("{} does not exist", p.display()) });
+            }
+            fig = fig.merge(Toml::file(p));
+        }
+        None => fig = fig.merge(Toml::file("runway.toml")),
+    }
+    let map = env_map();
+    fig = fig.merge(Env::prefixed("RUNWAY_").filter_map(move |k| map.get(k.as_str()).map(|v| v.clone().into())));
+    for (key, value) in overrides {
+        fig = fig.merge((key, value));
+    }
+    let config: Config = fig.extract().map_err(|e| {
+        let key = if e.path.is_empty() { "<root>".to_owned() } else { e.path.join(".") };
+        ConfigError { key, reason: e.kind.to_string() }
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_leaf_has_an_env_var() {
+        let keys = leaf_keys();
+        assert!(keys.contains(&"database.url".to_owned()));
+        assert!(keys.contains(&"server.listen".to_owned()));
+        assert_eq!(env_var_for("database.url"), "RUNWAY_DATABASE_URL");
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = std::env::temp_dir().join(format!("runway-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("runway.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:9000\"\nbody_limit_bytes = 4096\n").unwrap();
+        let c = load(Some(&file), vec![("server.listen", toml::Value::String("127.0.0.1:9001".into()))]).unwrap();
+        assert_eq!(c.server.listen.port(), 9001);
+        assert_eq!(c.server.body_limit_bytes, 4096);
+
+        std::fs::write(&file, "[server]\nbody_limit_bytes = \"big\"\n").unwrap();
+        let e = load(Some(&file), vec![]).unwrap_err();
+        assert_eq!(e.key, "server.body_limit_bytes");
+
+        std::fs::write(&file, "[server]\nlisten_on = 1\n").unwrap();
+        let e = load(Some(&file), vec![]).unwrap_err();
+        assert!(e.reason.contains("listen_on"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

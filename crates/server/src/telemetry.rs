@@ -1,0 +1,105 @@
+//! Logs and traces: `tracing` with pretty or JSON output, W3C trace context, and OTLP export
+//! when an endpoint is configured.
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use runway_core::config::{Config, LogFormat};
+use std::sync::OnceLock;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Installs the global subscriber once per process; later calls (tests) are no-ops.
+pub fn init(config: &Config) {
+    if PROVIDER.get().is_some() {
+        return;
+    }
+    let mut builder = SdkTracerProvider::builder();
+    let mut otlp_error = None;
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        use opentelemetry_otlp::WithExportConfig;
+        let endpoint = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+        match opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(endpoint).build() {
+            // The batch exporter sends from its own thread: a slow or failing collector
+            // never holds up a request.
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Err(e) => otlp_error = Some(e.to_string()),
+        }
+    }
+    let name = config.telemetry.service_name.clone().unwrap_or_else(|| "runway".into());
+    let provider = builder
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(name).build())
+        .build();
+    let tracer = provider.tracer("runway");
+    let _ = PROVIDER.set(provider);
+
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    let result = match config.log.format {
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(true).with_span_list(false))
+            .try_init(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().with_target(false)).try_init(),
+    };
+    if result.is_ok() {
+        if let Some(e) = otlp_error {
+            tracing::warn!(error = %e, "OTLP exporter could not be set up; traces are not exported");
+        }
+    }
+}
+
+/// Sends buffered spans before exit.
+pub fn shutdown() {
+    if let Some(p) = PROVIDER.get() {
+        let _ = p.shutdown();
+    }
+}
+
+struct HeaderExtractor<'a>(&'a axum::http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut axum::http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            return;
+        }
+        if let (Ok(k), Ok(v)) = (axum::http::HeaderName::from_bytes(key.as_bytes()), axum::http::HeaderValue::from_str(&value)) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+/// Makes the incoming `traceparent` (if any) the parent of `span`.
+pub fn adopt_parent(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if headers.contains_key("traceparent") {
+        let cx = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// Writes `span`'s trace context as `traceparent` into `headers`, for responses and outbound
+/// calls.
+pub fn inject(span: &tracing::Span, headers: &mut axum::http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let cx = span.context();
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
+}
