@@ -51,9 +51,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             let inner = err.into_inner();
             match inner.classify() {
                 serde_json::error::Category::Data => {
-                    let field = if path == "." { String::new() } else { path };
-                    let msg = inner.to_string();
-                    Err(ApiError::validation(field, strip_position(&msg)))
+                    let msg = strip_position(&inner.to_string());
+                    // serde reports a missing field at its parent; name the field itself.
+                    let missing = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next());
+                    let field = match (path.as_str(), missing) {
+                        (".", Some(m)) => m.to_owned(),
+                        (p, Some(m)) => format!("{p}.{m}"),
+                        (".", None) => String::new(),
+                        (p, None) => p.to_owned(),
+                    };
+                    let mut e = ApiError::validation(field.clone(), msg);
+                    if field.is_empty() {
+                        e.field = None;
+                    }
+                    Err(e)
                 }
                 _ => Err(ApiError::new(ErrorCode::MalformedBody, format!("invalid JSON: {inner}"))),
             }
@@ -96,6 +107,14 @@ mod tests {
     #[test]
     fn nested_type_error_is_named() {
         let e = parse_json::<Body>(br#"{"name":"a","inner":{"n":"x"}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("inner.n"));
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let e = parse_json::<Body>(br#"{"inner":{"n":1}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("name"));
+        let e = parse_json::<Body>(br#"{"name":"a","inner":{}}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("inner.n"));
     }
 

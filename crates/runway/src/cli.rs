@@ -223,6 +223,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("    {token}");
         println!("  Use it as: Authorization: Bearer <token>");
     }
+    println!("Press Ctrl-C to stop.");
     wait_for_signal().await;
     tracing::info!("shutdown requested; press Ctrl-C again to exit at once");
     running.begin_shutdown();

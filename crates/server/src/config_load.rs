@@ -62,7 +62,7 @@ pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigE
         None => fig = fig.merge(Toml::file("runway.toml")),
     }
     let map = env_map();
-    fig = fig.merge(Env::prefixed("RUNWAY_").filter_map(move |k| map.get(k.as_str()).map(|v| v.clone().into())));
+    fig = fig.merge(Env::prefixed("RUNWAY_").filter_map(move |k| map.get(&k.as_str().to_ascii_lowercase()).map(|v| v.clone().into())));
     for (key, value) in overrides {
         fig = fig.merge((key, value));
     }
@@ -104,5 +104,21 @@ mod tests {
         let e = load(Some(&file), vec![]).unwrap_err();
         assert!(e.reason.contains("listen_on"), "{e}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn environment_variables_map_to_keys() {
+        // SAFETY: this test owns these variables; no other test reads them.
+        unsafe {
+            std::env::set_var("RUNWAY_AUTH_CREDENTIAL_CACHE_MS", "250");
+            std::env::set_var("RUNWAY_OTLP_ENDPOINT", "http://collector:4318");
+        }
+        let c = load(Some(Path::new("/dev/null")), vec![]).unwrap();
+        assert_eq!(c.auth.credential_cache_ms, 250);
+        assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("http://collector:4318"));
+        unsafe {
+            std::env::remove_var("RUNWAY_AUTH_CREDENTIAL_CACHE_MS");
+            std::env::remove_var("RUNWAY_OTLP_ENDPOINT");
+        }
     }
 }

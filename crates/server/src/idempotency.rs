@@ -105,10 +105,10 @@ async fn handle(state: AppState, raw: HeaderValue, req: Request, next: Next) -> 
                 .bind(&hash).bind(now).bind(now + ttl).bind(&credential).bind(&key)
                 .execute(&mut *c).await.map(|_| ()))
             .map_err(StoreError::from)?;
-        } else if rec.request_hash != hash {
-            return Err(ApiError::new(ErrorCode::IdempotencyKeyReused, "this Idempotency-Key was used with a different request; use a new key"));
         } else if rec.state == "in_flight" {
             return Err(ApiError::new(ErrorCode::IdempotencyKeyInUse, "a request with this Idempotency-Key is still being processed").with_retry_after(1));
+        } else if rec.request_hash != hash {
+            return Err(ApiError::new(ErrorCode::IdempotencyKeyReused, "this Idempotency-Key was used with a different request; use a new key"));
         } else {
             return Ok(replay(rec));
         }

@@ -179,7 +179,7 @@ impl Store {
             let read = SqlitePoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(acquire)
-                .connect_with(opts.read_only(true))
+                .connect_with(opts)
                 .await?;
             Pools::Sqlite { write, read }
         } else if url.is_postgres() {
@@ -235,11 +235,16 @@ impl Store {
             Engine::Postgres => &POSTGRES_MIGRATIONS,
         };
         let sql = "SELECT version FROM _sqlx_migrations WHERE success";
-        let applied: Vec<i64> = match &*self.pools {
+        let applied: Result<Vec<i64>, sqlx::Error> = match &*self.pools {
             Pools::Sqlite { read, .. } => sqlx::query_scalar(sql).fetch_all(read).await,
             Pools::Postgres { pool } => sqlx::query_scalar(sql).fetch_all(pool).await,
-        }
-        .unwrap_or_default();
+        };
+        let applied = match applied {
+            Ok(v) => v,
+            // No migrations table yet: nothing has been applied.
+            Err(sqlx::Error::Database(e)) if e.message().contains("_sqlx_migrations") => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         Ok(migrator
             .iter()
             .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))

@@ -1,0 +1,13 @@
+//! Integration tests: a real server on a loopback port, spoken to over HTTP, on SQLite and (with
+//! `RUNWAY_TEST_POSTGRES` set) PostgreSQL; the CLI as a real process.
+
+mod harness;
+
+mod audit;
+mod cli;
+mod contract;
+mod conventions;
+mod credentials;
+mod isolation;
+mod lifecycle;
+mod tenants;
