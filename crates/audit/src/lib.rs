@@ -9,8 +9,8 @@
 mod chain;
 mod store;
 
-pub use chain::{canonical_json, entry_hash, EntryFields, GENESIS_HASH};
-pub use store::{append, export_chain, list, verify, AuditFilter, ChainReport, VerifyReport};
+pub use chain::{EntryFields, GENESIS_HASH, canonical_json, entry_hash};
+pub use store::{AuditFilter, ChainReport, VerifyReport, append, export_chain, list, verify};
 
 use runway_core::TenantId;
 use serde::Serialize;
@@ -62,7 +62,13 @@ impl AuditContext {
 
     /// The context of a change Runway makes by itself.
     pub fn system(what: &str) -> Self {
-        Self { actor_kind: ActorKind::System, actor_id: what.to_owned(), request_id: None, client_ip: None, user_agent: None }
+        Self {
+            actor_kind: ActorKind::System,
+            actor_id: what.to_owned(),
+            request_id: None,
+            client_ip: None,
+            user_agent: None,
+        }
     }
 }
 

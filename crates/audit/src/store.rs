@@ -1,11 +1,11 @@
 //! Audit storage: appends serialised per chain, filtered listing, verification and export.
 
-use crate::chain::{canonical_json, entry_hash, EntryFields, GENESIS_HASH};
+use crate::chain::{EntryFields, GENESIS_HASH, canonical_json, entry_hash};
 use crate::{AuditActor, AuditContext, AuditEntry, AuditTarget, Chain, Change};
 use runway_core::clock::rfc3339;
 use runway_core::page::Cursor;
 use runway_core::{AuditEntryId, Clock, Page, TenantId};
-use runway_store::{on_conn, DbScope, Engine, Store, StoreError, Tx};
+use runway_store::{DbScope, Engine, Store, StoreError, Tx, on_conn};
 use serde::Serialize;
 
 #[derive(Debug, sqlx::FromRow)]
@@ -140,7 +140,12 @@ pub struct AuditFilter {
 }
 
 /// A page of one chain, newest first.
-pub async fn list(tx: &mut Tx, chain: &Chain, filter: &AuditFilter, cursor: &Cursor) -> Result<Page<AuditEntry>, StoreError> {
+pub async fn list(
+    tx: &mut Tx,
+    chain: &Chain,
+    filter: &AuditFilter,
+    cursor: &Cursor,
+) -> Result<Page<AuditEntry>, StoreError> {
     let before: Option<i64> = cursor.after.as_deref().and_then(|s| s.parse().ok());
     let sql = format!(
         "SELECT {ENTRY_COLUMNS} FROM audit_entries
@@ -169,7 +174,9 @@ pub async fn export_chain(
     let mut n = 0;
     loop {
         let batch = fetch_batch(store, chain.name(), after).await?;
-        let Some(last) = batch.last() else { return Ok(n) };
+        let Some(last) = batch.last() else {
+            return Ok(n);
+        };
         after = last.seq;
         for row in batch {
             n += 1;

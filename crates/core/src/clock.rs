@@ -36,8 +36,7 @@ impl ManualClock {
     }
 
     pub fn advance(&self, by: time::Duration) {
-        self.0
-            .fetch_add(by.whole_microseconds() as i64, Ordering::SeqCst);
+        self.0.fetch_add(by.whole_microseconds() as i64, Ordering::SeqCst);
     }
 }
 
@@ -52,22 +51,17 @@ pub fn to_micros(t: OffsetDateTime) -> Timestamp {
 }
 
 pub fn from_micros(us: Timestamp) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// RFC 3339 text for a stored instant, as every API response shows time.
 pub fn rfc3339(us: Timestamp) -> String {
-    from_micros(us)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    from_micros(us).format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 /// Parses RFC 3339 text into a stored instant.
 pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(to_micros)
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok().map(to_micros)
 }
 
 #[cfg(test)]

@@ -253,10 +253,10 @@ impl Config {
         if !db.url.is_sqlite() && !db.url.is_postgres() {
             return Err(bad("database.url", "must start with sqlite:// or postgres://"));
         }
-        if let Some(m) = &db.migration_url {
-            if m.is_sqlite() != db.url.is_sqlite() {
-                return Err(bad("database.migration_url", "must use the same engine as database.url"));
-            }
+        if let Some(m) = &db.migration_url
+            && m.is_sqlite() != db.url.is_sqlite()
+        {
+            return Err(bad("database.migration_url", "must use the same engine as database.url"));
         }
         if db.max_connections == 0 {
             return Err(bad("database.max_connections", "must be at least 1"));
@@ -287,10 +287,10 @@ impl Config {
         if !self.plans.contains_key(&self.auth.service_key_plan) {
             return Err(bad("auth.service_key_plan", format!("no plan named `{}`", self.auth.service_key_plan)));
         }
-        if let Some(t) = &self.auth.admin_token {
-            if t.expose().len() < 32 {
-                return Err(bad("auth.admin_token", "must be at least 32 characters"));
-            }
+        if let Some(t) = &self.auth.admin_token
+            && t.expose().len() < 32
+        {
+            return Err(bad("auth.admin_token", "must be at least 32 characters"));
         }
         if self.auth.credential_cache_ms > 1_000 {
             return Err(bad("auth.credential_cache_ms", "must be at most 1000 so revocation applies within a second"));

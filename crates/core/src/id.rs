@@ -39,9 +39,7 @@ fn encode_u128(v: u128) -> String {
 }
 
 fn is_valid_body(s: &str) -> bool {
-    s.len() == 26
-        && s.as_bytes()[0] <= b'7'
-        && s.bytes().all(|c| ALPHABET.contains(&c))
+    s.len() == 26 && s.as_bytes()[0] <= b'7' && s.bytes().all(|c| ALPHABET.contains(&c))
 }
 
 /// Why a string is not an ID of the expected kind.

@@ -1,10 +1,10 @@
 //! Authentication: who is calling, checked against a short-lived cache of credentials so the
 //! request path rarely touches the store, with write-behind `last_used_at`.
 
+use crate::Identity;
 use crate::scope::{Permission, ScopeSet};
 use crate::tenants::{self, Tenant, TenantRef, TenantState};
 use crate::token::{self, TokenKind};
-use crate::Identity;
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue};
@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use runway_audit::{ActorKind, AuditContext, Chain, Change};
 use runway_core::secret::SecretString;
 use runway_core::{ApiError, Clock, ErrorCode, KeyId, TenantId};
-use runway_store::{on_conn, DbScope, Store};
+use runway_store::{DbScope, Store, on_conn};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
@@ -151,13 +151,12 @@ impl Authenticator {
             Some(TenantState::Suspended) => {
                 return Err(ApiError::new(ErrorCode::TenantSuspended, "the tenant this key belongs to is suspended"));
             }
-            Some(TenantState::Deleted) => return Err(ApiError::unauthenticated("the API key has been revoked")),
+            Some(TenantState::Deleted) => {
+                return Err(ApiError::unauthenticated("the API key has been revoked"));
+            }
             _ => {}
         }
-        self.last_used
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(parsed.id.clone(), self.clock.now_micros());
+        self.last_used.lock().unwrap_or_else(|e| e.into_inner()).insert(parsed.id.clone(), self.clock.now_micros());
         let kind = match &key.tenant_id {
             Some(t) => PrincipalKind::Tenant { key_id: parsed.id, tenant_id: t.clone() },
             None => PrincipalKind::Service { key_id: parsed.id },
@@ -240,9 +239,10 @@ impl Authenticator {
 
 async fn read_admin_hash(store: &Store) -> Result<Option<String>, ApiError> {
     let mut tx = store.read(DbScope::Platform).await?;
-    let v: Option<String> = on_conn!(&mut tx, c => sqlx::query_scalar("SELECT value FROM platform_settings WHERE name = $1")
+    let v: Option<String> =
+        on_conn!(&mut tx, c => sqlx::query_scalar("SELECT value FROM platform_settings WHERE name = $1")
         .bind(ADMIN_SETTING).fetch_optional(&mut *c).await)
-    .map_err(runway_store::StoreError::from)?;
+        .map_err(runway_store::StoreError::from)?;
     Ok(v)
 }
 
@@ -279,12 +279,18 @@ impl Identity {
         }
         let action = if existing.is_some() { "admin_token.replaced" } else { "admin_token.created" };
         let source = if configured.is_some() { "configuration" } else { "generated" };
-        runway_audit::append(&mut tx, &*self.clock, &AuditContext::system("startup"), &Chain::Platform, Change {
-            action,
-            target_kind: "admin_token",
-            target_id: "admin",
-            summary: serde_json::json!({"source": source}),
-        })
+        runway_audit::append(
+            &mut tx,
+            &*self.clock,
+            &AuditContext::system("startup"),
+            &Chain::Platform,
+            Change {
+                action,
+                target_kind: "admin_token",
+                target_id: "admin",
+                summary: serde_json::json!({"source": source}),
+            },
+        )
         .await?;
         tx.commit().await?;
         *self.auth.admin_hash.write().unwrap_or_else(|e| e.into_inner()) = None;
@@ -337,11 +343,11 @@ pub async fn authenticate(State(identity): State<Arc<Identity>>, mut req: Reques
 }
 
 fn add_rate_headers(res: &mut Response, headers: Option<(String, String)>) {
-    if let Some((policy, state)) = headers {
-        if let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
-            res.headers_mut().insert("ratelimit-policy", p);
-            res.headers_mut().insert("ratelimit", s);
-        }
+    if let Some((policy, state)) = headers
+        && let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state))
+    {
+        res.headers_mut().insert("ratelimit-policy", p);
+        res.headers_mut().insert("ratelimit", s);
     }
 }
 
@@ -363,9 +369,14 @@ impl<P: Permission, S: Send + Sync> FromRequestParts<S> for Authorized<P> {
             .cloned()
             .ok_or_else(|| ApiError::unauthenticated("send a credential as `Authorization: Bearer <token>`"))?;
         if !principal.scopes.contains(P::SCOPE) {
-            return Err(ApiError::new(ErrorCode::MissingScope, format!("this needs the `{}` scope", P::SCOPE.as_str())));
+            return Err(ApiError::new(
+                ErrorCode::MissingScope,
+                format!("this needs the `{}` scope", P::SCOPE.as_str()),
+            ));
         }
-        let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect::<String>());
+        let header = |name: &str| {
+            parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect::<String>())
+        };
         let audit = AuditContext {
             actor_kind: principal.actor_kind(),
             actor_id: principal.credential_id().to_owned(),
@@ -420,10 +431,10 @@ impl<P: Permission> Authorized<P> {
         };
         let mut tx = identity.store.read(scope).await?;
         let tenant = tenants::find(&mut tx, &r).await?.ok_or_else(not_found)?;
-        if let Some(own) = self.principal.tenant() {
-            if &tenant.id != own {
-                return Err(not_found());
-            }
+        if let Some(own) = self.principal.tenant()
+            && &tenant.id != own
+        {
+            return Err(not_found());
         }
         tracing::Span::current().record("tenant_id", tenant.id.as_str());
         Ok(TenantScope { tenant })

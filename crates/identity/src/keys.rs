@@ -1,12 +1,12 @@
 //! Service and tenant API keys: minting, listing, revocation.
 
 use crate::scope::ScopeSet;
-use crate::token::{mint, TokenKind};
+use crate::token::{TokenKind, mint};
 use crate::{Identity, Principal};
 use runway_audit::{AuditContext, Chain, Change};
 use runway_core::page::Cursor;
 use runway_core::{ApiError, ErrorCode, KeyId, Page, TenantId};
-use runway_store::{on_conn, DbScope, Tx};
+use runway_store::{DbScope, Tx, on_conn};
 use serde_json::json;
 use sqlx::types::Json;
 
@@ -96,22 +96,25 @@ impl Identity {
             return Err(ApiError::validation("scopes", "a key needs at least one scope"));
         }
         let scopes = ScopeSet::parse_names(&new.scopes, "scopes")?;
-        if tenant.is_some() {
-            if let Some(s) = scopes.iter().find(|s| !s.allowed_for_tenant_keys()) {
-                return Err(ApiError::validation("scopes", format!("scope `{}` acts across tenants and cannot be given to a tenant key", s.as_str())));
-            }
+        if tenant.is_some()
+            && let Some(s) = scopes.iter().find(|s| !s.allowed_for_tenant_keys())
+        {
+            return Err(ApiError::validation(
+                "scopes",
+                format!("scope `{}` acts across tenants and cannot be given to a tenant key", s.as_str()),
+            ));
         }
         // A key can only hand out what it holds itself.
-        if let Some(p) = creator {
-            if !scopes.is_subset_of(p.scopes) {
-                return Err(ApiError::new(ErrorCode::MissingScope, "a key cannot grant scopes it does not hold itself"));
-            }
+        if let Some(p) = creator
+            && !scopes.is_subset_of(p.scopes)
+        {
+            return Err(ApiError::new(ErrorCode::MissingScope, "a key cannot grant scopes it does not hold itself"));
         }
         let now = self.clock.now_micros();
-        if let Some(exp) = new.expires_at {
-            if exp <= now {
-                return Err(ApiError::validation("expires_at", "must be in the future"));
-            }
+        if let Some(exp) = new.expires_at
+            && exp <= now
+        {
+            return Err(ApiError::validation("expires_at", "must be in the future"));
         }
         let kind = if tenant.is_some() { TokenKind::Tenant } else { TokenKind::Service };
         let minted = mint(kind);
@@ -151,7 +154,12 @@ impl Identity {
 
     /// Revokes a key of `tenant` (or a service key when `None`). Takes effect on this replica at
     /// once and on every other within the credential cache time.
-    pub async fn revoke_key(&self, ctx: &AuditContext, tenant: Option<&TenantId>, id: &KeyId) -> Result<ApiKey, ApiError> {
+    pub async fn revoke_key(
+        &self,
+        ctx: &AuditContext,
+        tenant: Option<&TenantId>,
+        id: &KeyId,
+    ) -> Result<ApiKey, ApiError> {
         let (scope, chain) = match tenant {
             Some(t) => (DbScope::Tenant(t.clone()), Chain::Tenant(t.clone())),
             None => (DbScope::Platform, Chain::Platform),
@@ -171,12 +179,18 @@ impl Identity {
         on_conn!(&mut tx, c => sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
             .bind(now).bind(id.as_str()).execute(&mut *c).await.map(|_| ()))
         .map_err(runway_store::StoreError::from)?;
-        runway_audit::append(&mut tx, &*self.clock, ctx, &chain, Change {
-            action: "key.revoked",
-            target_kind: "key",
-            target_id: id.as_str(),
-            summary: json!({"kind": key.kind.as_str(), "name": key.name}),
-        })
+        runway_audit::append(
+            &mut tx,
+            &*self.clock,
+            ctx,
+            &chain,
+            Change {
+                action: "key.revoked",
+                target_kind: "key",
+                target_id: id.as_str(),
+                summary: json!({"kind": key.kind.as_str(), "name": key.name}),
+            },
+        )
         .await?;
         tx.commit().await?;
         self.auth.forget_key(id);

@@ -12,11 +12,11 @@ pub mod scope;
 pub mod tenants;
 pub mod token;
 
-pub use auth::{authenticate, Authorized, Principal, PrincipalKind, TenantScope};
+pub use auth::{Authorized, Principal, PrincipalKind, TenantScope, authenticate};
 pub use scope::{Permission, Scope, ScopeSet};
 
-use runway_core::config::Config;
 use runway_core::Clock;
+use runway_core::config::Config;
 use runway_store::Store;
 use std::sync::Arc;
 use std::time::Duration;

@@ -59,11 +59,14 @@ impl ApiLimiter {
             .iter()
             .map(|(name, p)| {
                 let q = quota(p);
-                (name.clone(), PlanBuckets {
-                    limits: p.clone(),
-                    tenants: RateLimiter::keyed(q).with_middleware(),
-                    keys: RateLimiter::keyed(q).with_middleware(),
-                })
+                (
+                    name.clone(),
+                    PlanBuckets {
+                        limits: p.clone(),
+                        tenants: RateLimiter::keyed(q).with_middleware(),
+                        keys: RateLimiter::keyed(q).with_middleware(),
+                    },
+                )
             })
             .collect();
         Self {
@@ -79,7 +82,9 @@ impl ApiLimiter {
         let (plan_name, tenant) = match (&p.plan, p.tenant()) {
             (Some(plan), Some(t)) => (plan.as_str(), Some(t.as_str())),
             (_, None) if p.key_id().is_some() => (self.service_plan.as_str(), None),
-            _ => return Ok(Admission { headers: None, permit: None }),
+            _ => {
+                return Ok(Admission { headers: None, permit: None });
+            }
         };
         let Some(plan) = self.plans.get(plan_name) else {
             return Ok(Admission { headers: None, permit: None });
@@ -102,8 +107,13 @@ impl ApiLimiter {
                     let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
                     let headers = (policy.join(", "), format!("\"{name}\";r=0;t={secs}"));
                     Err(Refusal {
-                        error: ApiError::new(ErrorCode::RateLimited, format!("the {name} rate limit of the `{plan_name}` plan is exhausted; retry after {secs} s"))
-                            .with_retry_after(secs),
+                        error: ApiError::new(
+                            ErrorCode::RateLimited,
+                            format!(
+                                "the {name} rate limit of the `{plan_name}` plan is exhausted; retry after {secs} s"
+                            ),
+                        )
+                        .with_retry_after(secs),
                         headers: Some(headers),
                     })
                 }
@@ -133,7 +143,10 @@ impl ApiLimiter {
                         return Err(Refusal {
                             error: ApiError::new(
                                 ErrorCode::ConcurrencyLimited,
-                                format!("more than {} requests in flight for this tenant", plan.limits.max_concurrent_requests),
+                                format!(
+                                    "more than {} requests in flight for this tenant",
+                                    plan.limits.max_concurrent_requests
+                                ),
                             )
                             .with_retry_after(1),
                             headers,

@@ -5,9 +5,9 @@ use crate::keys::{self, ApiKey, NewKey};
 use crate::scope::{AuditRead, KeysRead, KeysWrite, TenantsRead, TenantsWrite};
 use crate::tenants::{self, NewTenant, Tenant, TenantPatch, TenantState};
 use crate::{Authorized, Identity};
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
 use runway_audit::{AuditEntry, AuditFilter, Chain};
 use runway_core::clock::{parse_rfc3339, rfc3339};
 use runway_core::config::PlanLimits;
@@ -120,16 +120,25 @@ fn page(limit: Option<u32>, cursor: Option<String>) -> Result<runway_core::Curso
 
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantCreate,
     responses((status = 201, body = TenantOut), (status = 409, body = Problem), (status = 422, body = Problem)))]
-async fn create_tenant(State(id): St, auth: Authorized<TenantsWrite>, ApiJson(body): ApiJson<TenantCreate>) -> Result<(StatusCode, Json<TenantOut>), ApiError> {
+async fn create_tenant(
+    State(id): St,
+    auth: Authorized<TenantsWrite>,
+    ApiJson(body): ApiJson<TenantCreate>,
+) -> Result<(StatusCode, Json<TenantOut>), ApiError> {
     auth.require_platform()?;
-    let new = NewTenant { slug: body.slug, name: body.name, plan: body.plan, region: body.region, metadata: body.metadata };
+    let new =
+        NewTenant { slug: body.slug, name: body.name, plan: body.plan, region: body.region, metadata: body.metadata };
     let t = id.create_tenant(&auth.audit, new).await?;
     Ok((StatusCode::CREATED, Json(t.into())))
 }
 
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(TenantListQuery),
     responses((status = 200, body = Page<TenantOut>)))]
-async fn list_tenants(State(id): St, auth: Authorized<TenantsRead>, ApiQuery(q): ApiQuery<TenantListQuery>) -> Result<Json<Page<TenantOut>>, ApiError> {
+async fn list_tenants(
+    State(id): St,
+    auth: Authorized<TenantsRead>,
+    ApiQuery(q): ApiQuery<TenantListQuery>,
+) -> Result<Json<Page<TenantOut>>, ApiError> {
     let cursor = page(q.limit, q.cursor)?;
     let scope = match auth.principal.tenant() {
         Some(t) => DbScope::Tenant(t.clone()),
@@ -147,24 +156,43 @@ async fn list_tenants(State(id): St, auth: Authorized<TenantsRead>, ApiQuery(q):
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant ID (tnt_…) or slug")),
     responses((status = 200, body = TenantOut), (status = 404, body = Problem)))]
-async fn get_tenant(State(id): St, auth: Authorized<TenantsRead>, Path(tenant): Path<String>) -> Result<Json<TenantOut>, ApiError> {
+async fn get_tenant(
+    State(id): St,
+    auth: Authorized<TenantsRead>,
+    Path(tenant): Path<String>,
+) -> Result<Json<TenantOut>, ApiError> {
     Ok(Json(auth.tenant(&id, &tenant).await?.into_tenant().into()))
 }
 
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", request_body = TenantUpdate,
     params(("tenant" = String, Path, description = "Tenant ID (tnt_…) or slug")),
     responses((status = 200, body = TenantOut), (status = 404, body = Problem), (status = 422, body = Problem)))]
-async fn update_tenant(State(id): St, auth: Authorized<TenantsWrite>, Path(tenant): Path<String>, ApiJson(body): ApiJson<TenantUpdate>) -> Result<Json<TenantOut>, ApiError> {
+async fn update_tenant(
+    State(id): St,
+    auth: Authorized<TenantsWrite>,
+    Path(tenant): Path<String>,
+    ApiJson(body): ApiJson<TenantUpdate>,
+) -> Result<Json<TenantOut>, ApiError> {
     auth.require_platform()?;
     let scope = auth.tenant(&id, &tenant).await?;
-    let patch = TenantPatch { name: body.name, plan: body.plan, region: body.region, metadata: body.metadata, state: body.state };
+    let patch = TenantPatch {
+        name: body.name,
+        plan: body.plan,
+        region: body.region,
+        metadata: body.metadata,
+        state: body.state,
+    };
     Ok(Json(id.update_tenant(&auth.audit, scope.id(), patch).await?.into()))
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant ID (tnt_…) or slug")),
     responses((status = 200, body = TenantOut), (status = 404, body = Problem)))]
-async fn delete_tenant(State(id): St, auth: Authorized<TenantsWrite>, Path(tenant): Path<String>) -> Result<Json<TenantOut>, ApiError> {
+async fn delete_tenant(
+    State(id): St,
+    auth: Authorized<TenantsWrite>,
+    Path(tenant): Path<String>,
+) -> Result<Json<TenantOut>, ApiError> {
     auth.require_platform()?;
     let scope = auth.tenant(&id, &tenant).await?;
     Ok(Json(id.delete_tenant(&auth.audit, scope.id()).await?.into()))
@@ -242,7 +270,9 @@ pub struct KeyCreated {
 fn new_key(body: KeyCreate) -> Result<NewKey, ApiError> {
     let expires_at = match body.expires_at {
         None => None,
-        Some(s) => Some(parse_rfc3339(&s).ok_or_else(|| ApiError::validation("expires_at", "must be an RFC 3339 time"))?),
+        Some(s) => {
+            Some(parse_rfc3339(&s).ok_or_else(|| ApiError::validation("expires_at", "must be an RFC 3339 time"))?)
+        }
     };
     Ok(NewKey { name: body.name, scopes: body.scopes, expires_at })
 }
@@ -253,14 +283,22 @@ fn creator<P: crate::Permission>(auth: &Authorized<P>) -> Option<&crate::Princip
 
 #[utoipa::path(post, path = "/v1/service-keys", tag = "keys", request_body = KeyCreate,
     responses((status = 201, body = KeyCreated), (status = 422, body = Problem)))]
-async fn create_service_key(State(id): St, auth: Authorized<KeysWrite>, ApiJson(body): ApiJson<KeyCreate>) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
+async fn create_service_key(
+    State(id): St,
+    auth: Authorized<KeysWrite>,
+    ApiJson(body): ApiJson<KeyCreate>,
+) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
     auth.require_platform()?;
     let (key, token) = id.create_key(&auth.audit, creator(&auth), None, new_key(body)?).await?;
     Ok((StatusCode::CREATED, Json(KeyCreated { key: key.into(), token })))
 }
 
 #[utoipa::path(get, path = "/v1/service-keys", tag = "keys", params(ListQuery), responses((status = 200, body = Page<KeyOut>)))]
-async fn list_service_keys(State(id): St, auth: Authorized<KeysRead>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<KeyOut>>, ApiError> {
+async fn list_service_keys(
+    State(id): St,
+    auth: Authorized<KeysRead>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Page<KeyOut>>, ApiError> {
     auth.require_platform()?;
     let cursor = page(q.limit, q.cursor)?;
     let mut tx = id.store.read(DbScope::Platform).await?;
@@ -269,7 +307,11 @@ async fn list_service_keys(State(id): St, auth: Authorized<KeysRead>, ApiQuery(q
 
 #[utoipa::path(delete, path = "/v1/service-keys/{key_id}", tag = "keys",
     params(("key_id" = String, Path)), responses((status = 200, body = KeyOut), (status = 404, body = Problem)))]
-async fn revoke_service_key(State(id): St, auth: Authorized<KeysWrite>, Path(key_id): Path<String>) -> Result<Json<KeyOut>, ApiError> {
+async fn revoke_service_key(
+    State(id): St,
+    auth: Authorized<KeysWrite>,
+    Path(key_id): Path<String>,
+) -> Result<Json<KeyOut>, ApiError> {
     auth.require_platform()?;
     let key_id = KeyId::parse(&key_id)?;
     Ok(Json(id.revoke_key(&auth.audit, None, &key_id).await?.into()))
@@ -278,7 +320,12 @@ async fn revoke_service_key(State(id): St, auth: Authorized<KeysWrite>, Path(key
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/keys", tag = "keys", request_body = KeyCreate,
     params(("tenant" = String, Path, description = "Tenant ID (tnt_…) or slug")),
     responses((status = 201, body = KeyCreated), (status = 404, body = Problem), (status = 422, body = Problem)))]
-async fn create_tenant_key(State(id): St, auth: Authorized<KeysWrite>, Path(tenant): Path<String>, ApiJson(body): ApiJson<KeyCreate>) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
+async fn create_tenant_key(
+    State(id): St,
+    auth: Authorized<KeysWrite>,
+    Path(tenant): Path<String>,
+    ApiJson(body): ApiJson<KeyCreate>,
+) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
     let scope = auth.tenant(&id, &tenant).await?;
     if scope.tenant().state == TenantState::Deleted {
         return Err(ApiError::new(runway_core::ErrorCode::Conflict, "the tenant is deleted"));
@@ -289,7 +336,12 @@ async fn create_tenant_key(State(id): St, auth: Authorized<KeysWrite>, Path(tena
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/keys", tag = "keys", params(("tenant" = String, Path), ListQuery),
     responses((status = 200, body = Page<KeyOut>)))]
-async fn list_tenant_keys(State(id): St, auth: Authorized<KeysRead>, Path(tenant): Path<String>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Page<KeyOut>>, ApiError> {
+async fn list_tenant_keys(
+    State(id): St,
+    auth: Authorized<KeysRead>,
+    Path(tenant): Path<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Page<KeyOut>>, ApiError> {
     let scope = auth.tenant(&id, &tenant).await?;
     let cursor = page(q.limit, q.cursor)?;
     let mut tx = id.store.read(scope.db()).await?;
@@ -299,7 +351,11 @@ async fn list_tenant_keys(State(id): St, auth: Authorized<KeysRead>, Path(tenant
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/keys/{key_id}", tag = "keys",
     params(("tenant" = String, Path), ("key_id" = String, Path)),
     responses((status = 200, body = KeyOut), (status = 404, body = Problem)))]
-async fn revoke_tenant_key(State(id): St, auth: Authorized<KeysWrite>, Path((tenant, key_id)): Path<(String, String)>) -> Result<Json<KeyOut>, ApiError> {
+async fn revoke_tenant_key(
+    State(id): St,
+    auth: Authorized<KeysWrite>,
+    Path((tenant, key_id)): Path<(String, String)>,
+) -> Result<Json<KeyOut>, ApiError> {
     let scope = auth.tenant(&id, &tenant).await?;
     let key_id = KeyId::parse(&key_id)?;
     Ok(Json(id.revoke_key(&auth.audit, Some(scope.id()), &key_id).await?.into()))
@@ -324,7 +380,8 @@ fn time_param(v: Option<String>, field: &str) -> Result<Option<i64>, ApiError> {
     match v {
         None => Ok(None),
         Some(s) => parse_rfc3339(&s).map(Some).ok_or_else(|| {
-            let mut e = ApiError::new(runway_core::ErrorCode::InvalidQuery, format!("`{field}` must be an RFC 3339 time"));
+            let mut e =
+                ApiError::new(runway_core::ErrorCode::InvalidQuery, format!("`{field}` must be an RFC 3339 time"));
             e.field = Some(field.to_owned());
             e
         }),
@@ -333,10 +390,20 @@ fn time_param(v: Option<String>, field: &str) -> Result<Option<i64>, ApiError> {
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/audit", tag = "audit", params(("tenant" = String, Path), AuditQuery),
     responses((status = 200, body = Page<AuditEntry>)))]
-async fn list_audit(State(id): St, auth: Authorized<AuditRead>, Path(tenant): Path<String>, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<Page<AuditEntry>>, ApiError> {
+async fn list_audit(
+    State(id): St,
+    auth: Authorized<AuditRead>,
+    Path(tenant): Path<String>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<Page<AuditEntry>>, ApiError> {
     let scope = auth.tenant(&id, &tenant).await?;
     let cursor = page(q.limit, q.cursor)?;
-    let filter = AuditFilter { action: q.action, actor_id: q.actor, from: time_param(q.from, "from")?, to: time_param(q.to, "to")? };
+    let filter = AuditFilter {
+        action: q.action,
+        actor_id: q.actor,
+        from: time_param(q.from, "from")?,
+        to: time_param(q.to, "to")?,
+    };
     let mut tx = id.store.read(scope.db()).await?;
     Ok(Json(runway_audit::list(&mut tx, &Chain::Tenant(scope.id().clone()), &filter, &cursor).await?))
 }

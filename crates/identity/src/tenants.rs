@@ -5,9 +5,9 @@ use runway_audit::{AuditContext, Chain, Change};
 use runway_core::config::is_slug;
 use runway_core::page::Cursor;
 use runway_core::{ApiError, ErrorCode, Page, TenantId};
-use runway_store::{on_conn, DbScope, Tx};
+use runway_store::{DbScope, Tx, on_conn};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sqlx::types::Json;
 
 /// Where a tenant is in its life.
@@ -223,24 +223,31 @@ impl Identity {
             .bind(now).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))
         .map_err(runway_store::StoreError::from)?;
         if inserted == 0 {
-            let mut e = ApiError::new(ErrorCode::Conflict, format!("a tenant with slug `{}` already exists", tenant.slug));
+            let mut e =
+                ApiError::new(ErrorCode::Conflict, format!("a tenant with slug `{}` already exists", tenant.slug));
             e.field = Some("slug".into());
             return Err(e);
         }
         let summary = json!({"slug": tenant.slug, "name": tenant.name, "plan": tenant.plan, "region": tenant.region, "metadata": tenant.metadata});
-        runway_audit::append(&mut tx, &*self.clock, ctx, &Chain::Tenant(tenant.id.clone()), Change {
-            action: "tenant.created",
-            target_kind: "tenant",
-            target_id: tenant.id.as_str(),
-            summary,
-        })
+        runway_audit::append(
+            &mut tx,
+            &*self.clock,
+            ctx,
+            &Chain::Tenant(tenant.id.clone()),
+            Change { action: "tenant.created", target_kind: "tenant", target_id: tenant.id.as_str(), summary },
+        )
         .await?;
         tx.commit().await?;
         Ok(tenant)
     }
 
     /// Applies a patch, recording what changed (old and new values) in the tenant's chain.
-    pub async fn update_tenant(&self, ctx: &AuditContext, id: &TenantId, patch: TenantPatch) -> Result<Tenant, ApiError> {
+    pub async fn update_tenant(
+        &self,
+        ctx: &AuditContext,
+        id: &TenantId,
+        patch: TenantPatch,
+    ) -> Result<Tenant, ApiError> {
         if let Some(n) = &patch.name {
             validate_name(n)?;
         }
@@ -257,7 +264,8 @@ impl Identity {
             return Err(ApiError::validation("state", "use DELETE to delete a tenant"));
         }
         let mut tx = self.store.write(DbScope::Tenant(id.clone())).await?;
-        let before = find(&mut tx, &TenantRef::Id(id.clone())).await?.ok_or_else(|| ApiError::not_found("no such tenant"))?;
+        let before =
+            find(&mut tx, &TenantRef::Id(id.clone())).await?.ok_or_else(|| ApiError::not_found("no such tenant"))?;
         if before.state == TenantState::Deleted {
             return Err(ApiError::new(ErrorCode::Conflict, "the tenant is deleted and cannot change"));
         }
@@ -293,12 +301,13 @@ impl Identity {
             (TenantState::Suspended, TenantState::Active) => "tenant.resumed",
             _ => "tenant.updated",
         };
-        runway_audit::append(&mut tx, &*self.clock, ctx, &Chain::Tenant(id.clone()), Change {
-            action,
-            target_kind: "tenant",
-            target_id: id.as_str(),
-            summary: Value::Object(diff),
-        })
+        runway_audit::append(
+            &mut tx,
+            &*self.clock,
+            ctx,
+            &Chain::Tenant(id.clone()),
+            Change { action, target_kind: "tenant", target_id: id.as_str(), summary: Value::Object(diff) },
+        )
         .await?;
         tx.commit().await?;
         self.auth.forget_tenant(id);
@@ -308,7 +317,8 @@ impl Identity {
     /// Marks a tenant deleted and revokes all its keys, in one transaction with its audit entry.
     pub async fn delete_tenant(&self, ctx: &AuditContext, id: &TenantId) -> Result<Tenant, ApiError> {
         let mut tx = self.store.write(DbScope::Tenant(id.clone())).await?;
-        let mut tenant = find(&mut tx, &TenantRef::Id(id.clone())).await?.ok_or_else(|| ApiError::not_found("no such tenant"))?;
+        let mut tenant =
+            find(&mut tx, &TenantRef::Id(id.clone())).await?.ok_or_else(|| ApiError::not_found("no such tenant"))?;
         if tenant.state == TenantState::Deleted {
             return Ok(tenant);
         }
@@ -319,12 +329,18 @@ impl Identity {
         let revoked = on_conn!(&mut tx, c => sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE tenant_id = $2 AND revoked_at IS NULL")
             .bind(now).bind(id.as_str()).execute(&mut *c).await.map(|r| r.rows_affected()))
         .map_err(runway_store::StoreError::from)?;
-        runway_audit::append(&mut tx, &*self.clock, ctx, &Chain::Tenant(id.clone()), Change {
-            action: "tenant.deleted",
-            target_kind: "tenant",
-            target_id: id.as_str(),
-            summary: json!({"previous_state": tenant.state.as_str(), "keys_revoked": revoked}),
-        })
+        runway_audit::append(
+            &mut tx,
+            &*self.clock,
+            ctx,
+            &Chain::Tenant(id.clone()),
+            Change {
+                action: "tenant.deleted",
+                target_kind: "tenant",
+                target_id: id.as_str(),
+                summary: json!({"previous_state": tenant.state.as_str(), "keys_revoked": revoked}),
+            },
+        )
         .await?;
         tx.commit().await?;
         self.auth.forget_tenant(id);

@@ -2,9 +2,9 @@
 //! of secret stored only as a SHA-256 hash (a fast hash is right for high-entropy secrets) and
 //! compared in constant time.
 
+use runway_core::KeyId;
 use runway_core::id::base32_encode;
 use runway_core::secret::random_bytes;
-use runway_core::KeyId;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 

@@ -1,17 +1,17 @@
 //! Command-line interface.
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use runway_audit::{AuditContext, Chain};
 use runway_core::clock::parse_rfc3339;
 use runway_core::config::Config;
 use runway_core::page::Cursor;
 use runway_core::{KeyId, SystemClock};
+use runway_identity::Identity;
 use runway_identity::keys::{self, NewKey};
 use runway_identity::routes::{KeyCreated, KeyOut, TenantOut};
 use runway_identity::tenants::{self, NewTenant, TenantPatch, TenantRef, TenantState};
-use runway_identity::Identity;
 use runway_server::config_load::{self, Overrides};
 use runway_store::{DbScope, Store};
 use std::path::PathBuf;
@@ -240,7 +240,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         let mut term = match signal(SignalKind::terminate()) {
             Ok(s) => s,
             Err(_) => {
@@ -272,7 +272,15 @@ fn print_tenants(cli: &Cli, list: Vec<TenantOut>) -> anyhow::Result<()> {
     }
     let mut t = table(&["ID", "SLUG", "NAME", "PLAN", "REGION", "STATE", "CREATED"]);
     for x in list {
-        t.add_row(vec![x.id.to_string(), x.slug, x.name, x.plan, x.region, format!("{:?}", x.state).to_lowercase(), x.created_at]);
+        t.add_row(vec![
+            x.id.to_string(),
+            x.slug,
+            x.name,
+            x.plan,
+            x.region,
+            format!("{:?}", x.state).to_lowercase(),
+            x.created_at,
+        ]);
     }
     println!("{t}");
     Ok(())
@@ -313,12 +321,21 @@ async fn tenant(cli: &Cli, id: Arc<Identity>, cmd: &TenantCmd) -> anyhow::Result
     let ctx = AuditContext::cli();
     match cmd {
         TenantCmd::Create { slug, name, plan, region, metadata: m } => {
-            let new = NewTenant { slug: slug.clone(), name: name.clone(), plan: plan.clone(), region: region.clone(), metadata: metadata(m)? };
+            let new = NewTenant {
+                slug: slug.clone(),
+                name: name.clone(),
+                plan: plan.clone(),
+                region: region.clone(),
+                metadata: metadata(m)?,
+            };
             let t = id.create_tenant(&ctx, new).await?;
             print_one(cli, &TenantOut::from(t))
         }
         TenantCmd::List { state, limit } => {
-            let state = state.as_deref().map(|s| TenantState::parse(s).context("--state is active, suspended or deleted")).transpose()?;
+            let state = state
+                .as_deref()
+                .map(|s| TenantState::parse(s).context("--state is active, suspended or deleted"))
+                .transpose()?;
             let mut all = Vec::new();
             let mut after = None;
             loop {
@@ -337,11 +354,18 @@ async fn tenant(cli: &Cli, id: Arc<Identity>, cmd: &TenantCmd) -> anyhow::Result
         TenantCmd::Show { tenant } => print_one(cli, &TenantOut::from(resolve(&id, tenant).await?)),
         TenantCmd::Update { tenant, name, plan, region, metadata: m } => {
             let t = resolve(&id, tenant).await?;
-            let patch = TenantPatch { name: name.clone(), plan: plan.clone(), region: region.clone(), metadata: metadata(m)?, state: None };
+            let patch = TenantPatch {
+                name: name.clone(),
+                plan: plan.clone(),
+                region: region.clone(),
+                metadata: metadata(m)?,
+                state: None,
+            };
             print_one(cli, &TenantOut::from(id.update_tenant(&ctx, &t.id, patch).await?))
         }
         TenantCmd::Suspend { tenant } | TenantCmd::Resume { tenant } => {
-            let state = if matches!(cmd, TenantCmd::Suspend { .. }) { TenantState::Suspended } else { TenantState::Active };
+            let state =
+                if matches!(cmd, TenantCmd::Suspend { .. }) { TenantState::Suspended } else { TenantState::Active };
             let t = resolve(&id, tenant).await?;
             let patch = TenantPatch { state: Some(state), ..Default::default() };
             print_one(cli, &TenantOut::from(id.update_tenant(&ctx, &t.id, patch).await?))
@@ -391,7 +415,15 @@ async fn key(cli: &Cli, id: Arc<Identity>, cmd: &KeyCmd) -> anyhow::Result<()> {
             let mut tbl = table(&["ID", "KIND", "NAME", "SCOPES", "EXPIRES", "REVOKED", "LAST USED"]);
             for k in list {
                 let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
-                tbl.add_row(vec![k.id.to_string(), k.kind, k.name, k.scopes.join(","), dash(k.expires_at), dash(k.revoked_at), dash(k.last_used_at)]);
+                tbl.add_row(vec![
+                    k.id.to_string(),
+                    k.kind,
+                    k.name,
+                    k.scopes.join(","),
+                    dash(k.expires_at),
+                    dash(k.revoked_at),
+                    dash(k.last_used_at),
+                ]);
             }
             println!("{tbl}");
             Ok(())
@@ -430,9 +462,12 @@ async fn audit(cli: &Cli, id: Arc<Identity>, cmd: &AuditCmd) -> anyhow::Result<(
             Ok(())
         }
         AuditCmd::Export { tenant, format: _, output } => {
-            let chain = if tenant == "platform" { Chain::Platform } else { Chain::Tenant(resolve(&id, tenant).await?.id) };
+            let chain =
+                if tenant == "platform" { Chain::Platform } else { Chain::Tenant(resolve(&id, tenant).await?.id) };
             let mut out: Box<dyn std::io::Write> = match output {
-                Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+                )),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
             let n = runway_audit::export_chain(&id.store, &chain, |e| {
@@ -448,4 +483,3 @@ async fn audit(cli: &Cli, id: Arc<Identity>, cmd: &AuditCmd) -> anyhow::Result<(
         }
     }
 }
-

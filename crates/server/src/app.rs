@@ -3,13 +3,13 @@
 
 use crate::AppState;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::{middleware, Json, Router};
+use axum::{Json, Router, middleware};
 use runway_core::{ApiError, ErrorCode};
 use std::sync::atomic::Ordering;
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi as _};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -59,12 +59,17 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(ops.with_state(state.clone()))
         .route("/metrics", axum::routing::get(metrics).with_state(state.clone()))
-        .route("/openapi.json", axum::routing::get(move || async move { ([(header::CONTENT_TYPE, "application/json")], spec.clone()) }))
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move { ([(header::CONTENT_TYPE, "application/json")], spec.clone()) }),
+        )
         .route("/docs", axum::routing::get(|| async { Html(include_str!("docs.html")) }))
         .route("/", axum::routing::get(|| async { axum::response::Redirect::temporary("/docs") }))
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route") })
-        .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "this route does not accept that method") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(ErrorCode::MethodNotAllowed, "this route does not accept that method")
+        })
         .layer(axum::extract::DefaultBodyLimit::max(state.config.server.body_limit_bytes))
         .layer(middleware::from_fn(crate::observe::observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
@@ -89,8 +94,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return ApiError::new(ErrorCode::Unavailable, format!("store unreachable: {e}")).into_response();
     }
     match state.store.pending_migrations().await {
-        Ok(0) => (StatusCode::OK, Json(serde_json::json!({"status": "ready", "engine": format!("{:?}", state.store.engine()).to_lowercase()}))).into_response(),
-        Ok(n) => ApiError::new(ErrorCode::Unavailable, format!("{n} migration(s) pending; run `runway migrate`")).into_response(),
+        Ok(0) => (
+            StatusCode::OK,
+            Json(
+                serde_json::json!({"status": "ready", "engine": format!("{:?}", state.store.engine()).to_lowercase()}),
+            ),
+        )
+            .into_response(),
+        Ok(n) => ApiError::new(ErrorCode::Unavailable, format!("{n} migration(s) pending; run `runway migrate`"))
+            .into_response(),
         Err(e) => ApiError::new(ErrorCode::Unavailable, format!("cannot read migrations: {e}")).into_response(),
     }
 }

@@ -1,17 +1,14 @@
 //! Loads the one typed config: built-in defaults, then `runway.toml`, then `RUNWAY_*`
 //! environment variables, then command-line flags; then validates it.
 
-use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use figment::providers::{Env, Format, Toml};
 use runway_core::config::{Config, ConfigError};
 use std::collections::HashMap;
 use std::path::Path;
 
 /// Environment variables that name a config key directly, beside the derived `RUNWAY_<KEY>`.
-const ALIASES: &[(&str, &str)] = &[
-    ("admin_token", "auth.admin_token"),
-    ("otlp_endpoint", "telemetry.otlp_endpoint"),
-];
+const ALIASES: &[(&str, &str)] = &[("admin_token", "auth.admin_token"), ("otlp_endpoint", "telemetry.otlp_endpoint")];
 
 /// Every leaf key of the config, dotted (`database.url`), derived from the defaults so a new
 /// field gets its environment variable without a list to keep.
@@ -62,7 +59,10 @@ pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Config, ConfigE
         None => fig = fig.merge(Toml::file("runway.toml")),
     }
     let map = env_map();
-    fig = fig.merge(Env::prefixed("RUNWAY_").filter_map(move |k| map.get(&k.as_str().to_ascii_lowercase()).map(|v| v.clone().into())));
+    fig = fig.merge(
+        Env::prefixed("RUNWAY_")
+            .filter_map(move |k| map.get(&k.as_str().to_ascii_lowercase()).map(|v| v.clone().into())),
+    );
     for (key, value) in overrides {
         fig = fig.merge((key, value));
     }

@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use runway_core::{ApiError, ErrorCode};
 use runway_identity::Principal;
-use runway_store::{on_conn, DbScope, StoreError};
+use runway_store::{DbScope, StoreError, on_conn};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -46,7 +46,8 @@ fn request_hash(req: &Request, body: &[u8]) -> String {
 fn validate_key(v: &HeaderValue) -> Result<String, ApiError> {
     let s = v.to_str().unwrap_or("");
     if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        let mut e = ApiError::new(ErrorCode::InvalidHeader, "Idempotency-Key must be 1 to 255 visible ASCII characters");
+        let mut e =
+            ApiError::new(ErrorCode::InvalidHeader, "Idempotency-Key must be 1 to 255 visible ASCII characters");
         e.field = Some("Idempotency-Key".into());
         return Err(e);
     }
@@ -97,7 +98,8 @@ async fn handle(state: AppState, raw: HeaderValue, req: Request, next: Next) -> 
              FROM idempotency_records WHERE credential_id = $1 AND idem_key = $2")
             .bind(&credential).bind(&key).fetch_one(&mut *c).await)
         .map_err(StoreError::from)?;
-        let stale = rec.expires_at <= now || (rec.state == "in_flight" && rec.created_at + IN_FLIGHT_LEASE_MICROS <= now);
+        let stale =
+            rec.expires_at <= now || (rec.state == "in_flight" && rec.created_at + IN_FLIGHT_LEASE_MICROS <= now);
         if stale {
             on_conn!(&mut tx, c => sqlx::query(
                 "UPDATE idempotency_records SET request_hash = $1, state = 'in_flight', status_code = NULL, response_headers = NULL,
@@ -106,9 +108,16 @@ async fn handle(state: AppState, raw: HeaderValue, req: Request, next: Next) -> 
                 .execute(&mut *c).await.map(|_| ()))
             .map_err(StoreError::from)?;
         } else if rec.state == "in_flight" {
-            return Err(ApiError::new(ErrorCode::IdempotencyKeyInUse, "a request with this Idempotency-Key is still being processed").with_retry_after(1));
+            return Err(ApiError::new(
+                ErrorCode::IdempotencyKeyInUse,
+                "a request with this Idempotency-Key is still being processed",
+            )
+            .with_retry_after(1));
         } else if rec.request_hash != hash {
-            return Err(ApiError::new(ErrorCode::IdempotencyKeyReused, "this Idempotency-Key was used with a different request; use a new key"));
+            return Err(ApiError::new(
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was used with a different request; use a new key",
+            ));
         } else {
             return Ok(replay(rec));
         }
@@ -136,7 +145,8 @@ async fn handle(state: AppState, raw: HeaderValue, req: Request, next: Next) -> 
 fn replay(rec: Record) -> Response {
     let status = rec.status_code.and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
     let mut res = (status, Bytes::from(rec.response_body.unwrap_or_default())).into_response();
-    let headers: Vec<(String, String)> = rec.response_headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
+    let headers: Vec<(String, String)> =
+        rec.response_headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
     for (k, v) in headers {
         if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
             res.headers_mut().insert(k, v);
@@ -146,7 +156,14 @@ fn replay(rec: Record) -> Response {
     res
 }
 
-async fn store_response(state: &AppState, credential: &str, key: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) {
+async fn store_response(
+    state: &AppState,
+    credential: &str,
+    key: &str,
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+) {
     let kept: Vec<(String, String)> = KEPT_HEADERS
         .iter()
         .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).map(|v| ((*h).to_owned(), v.to_owned())))

@@ -9,13 +9,13 @@ pub mod telemetry;
 
 pub use app::{openapi, router};
 
-use runway_core::config::Config;
 use runway_core::Clock;
+use runway_core::config::Config;
 use runway_identity::Identity;
 use runway_store::Store;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -85,7 +85,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         .await
         .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
-    let state = AppState { config: config.clone(), store: store.clone(), clock, identity: identity.clone(), draining: Arc::new(AtomicBool::new(false)) };
+    let state = AppState {
+        config: config.clone(),
+        store: store.clone(),
+        clock,
+        identity: identity.clone(),
+        draining: Arc::new(AtomicBool::new(false)),
+    };
     let app = router(state.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
 

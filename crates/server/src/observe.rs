@@ -49,11 +49,8 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         req.headers_mut().insert(REQUEST_ID, v);
     }
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
     let span = tracing::info_span!(
         "request",
@@ -90,7 +87,8 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         _ => "5xx",
     };
     let labels = [("route", route), ("method", method.to_string())];
-    metrics::counter!("runway_http_requests_total", &[&labels[..], &[("status_class", class.to_owned())]].concat()).increment(1);
+    metrics::counter!("runway_http_requests_total", &[&labels[..], &[("status_class", class.to_owned())]].concat())
+        .increment(1);
     metrics::histogram!("runway_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
     res
 }
@@ -100,7 +98,8 @@ pub fn record_pool_gauges(store: &runway_store::Store) {
     for p in store.pool_stats() {
         let pool = p.name;
         metrics::gauge!("runway_store_pool_connections", "pool" => pool, "state" => "idle").set(f64::from(p.idle));
-        metrics::gauge!("runway_store_pool_connections", "pool" => pool, "state" => "in_use").set(f64::from(p.size.saturating_sub(p.idle)));
+        metrics::gauge!("runway_store_pool_connections", "pool" => pool, "state" => "in_use")
+            .set(f64::from(p.size.saturating_sub(p.idle)));
         metrics::gauge!("runway_store_pool_max_connections", "pool" => pool).set(f64::from(p.max));
     }
 }

@@ -31,9 +31,8 @@ pub fn init(config: &Config) {
         }
     }
     let name = config.telemetry.service_name.clone().unwrap_or_else(|| "runway".into());
-    let provider = builder
-        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(name).build())
-        .build();
+    let provider =
+        builder.with_resource(opentelemetry_sdk::Resource::builder().with_service_name(name).build()).build();
     let tracer = provider.tracer("runway");
     let _ = PROVIDER.set(provider);
 
@@ -42,9 +41,8 @@ pub fn init(config: &Config) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Traces keep request spans whatever the log level, so trace context always propagates;
     // the log filter applies to log output only.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let otel =
+        tracing_opentelemetry::layer().with_tracer(tracer).with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let registry = tracing_subscriber::registry().with(otel);
     let result = match config.log.format {
         LogFormat::Json => registry
@@ -57,12 +55,14 @@ pub fn init(config: &Config) {
                     .with_filter(filter),
             )
             .try_init(),
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().with_target(false).with_filter(filter)).try_init(),
-    };
-    if result.is_ok() {
-        if let Some(e) = otlp_error {
-            tracing::warn!(error = %e, "OTLP exporter could not be set up; traces are not exported");
+        LogFormat::Pretty => {
+            registry.with(tracing_subscriber::fmt::layer().with_target(false).with_filter(filter)).try_init()
         }
+    };
+    if result.is_ok()
+        && let Some(e) = otlp_error
+    {
+        tracing::warn!(error = %e, "OTLP exporter could not be set up; traces are not exported");
     }
 }
 
@@ -92,7 +92,9 @@ impl Injector for HeaderInjector<'_> {
         if value.is_empty() {
             return;
         }
-        if let (Ok(k), Ok(v)) = (axum::http::HeaderName::from_bytes(key.as_bytes()), axum::http::HeaderValue::from_str(&value)) {
+        if let (Ok(k), Ok(v)) =
+            (axum::http::HeaderName::from_bytes(key.as_bytes()), axum::http::HeaderValue::from_str(&value))
+        {
             self.0.insert(k, v);
         }
     }

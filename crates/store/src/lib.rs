@@ -43,11 +43,10 @@ impl StoreError {
 impl From<StoreError> for runway_core::ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
-            StoreError::Db(sqlx::Error::PoolTimedOut) => runway_core::ApiError::new(
-                runway_core::ErrorCode::Unavailable,
-                "the store is busy; retry shortly",
-            )
-            .with_retry_after(1),
+            StoreError::Db(sqlx::Error::PoolTimedOut) => {
+                runway_core::ApiError::new(runway_core::ErrorCode::Unavailable, "the store is busy; retry shortly")
+                    .with_retry_after(1)
+            }
             _ => runway_core::ApiError::internal(e),
         }
     }
@@ -73,8 +72,13 @@ pub enum DbScope {
 enum Pools {
     /// One writer connection (SQLite allows one writer at a time; queueing in the pool is
     /// cheaper than SQLITE_BUSY retries) and a pool of readers that WAL lets run beside it.
-    Sqlite { write: SqlitePool, read: SqlitePool },
-    Postgres { pool: PgPool },
+    Sqlite {
+        write: SqlitePool,
+        read: SqlitePool,
+    },
+    Postgres {
+        pool: PgPool,
+    },
 }
 
 /// Handle to the database; cheap to clone.
@@ -162,20 +166,15 @@ impl Store {
         let acquire = Duration::from_millis(cfg.acquire_timeout_ms);
         let url = cfg.url.clone();
         let pools = if url.is_sqlite() {
-            if let Some(parent) = sqlite_path(&url.0).and_then(|p| p.parent().map(|p| p.to_path_buf())) {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(&parent).map_err(|source| StoreError::DataDir {
-                        path: parent.display().to_string(),
-                        source,
-                    })?;
-                }
+            if let Some(parent) = sqlite_path(&url.0).and_then(|p| p.parent().map(|p| p.to_path_buf()))
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(&parent)
+                    .map_err(|source| StoreError::DataDir { path: parent.display().to_string(), source })?;
             }
             let opts = sqlite_options(&url.0, Duration::from_millis(cfg.busy_timeout_ms))?;
-            let write = SqlitePoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(acquire)
-                .connect_with(opts.clone())
-                .await?;
+            let write =
+                SqlitePoolOptions::new().max_connections(1).acquire_timeout(acquire).connect_with(opts.clone()).await?;
             let read = SqlitePoolOptions::new()
                 .max_connections(cfg.max_connections)
                 .acquire_timeout(acquire)
@@ -245,10 +244,7 @@ impl Store {
             Err(sqlx::Error::Database(e)) if e.message().contains("_sqlx_migrations") => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        Ok(migrator
-            .iter()
-            .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
-            .count())
+        Ok(migrator.iter().filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version)).count())
     }
 
     /// Round-trips a trivial query; for `/readyz`.
@@ -330,7 +326,10 @@ mod tests {
 
     #[test]
     fn sqlite_path_is_found() {
-        assert_eq!(sqlite_path("sqlite://./runway-data/runway.db").unwrap(), std::path::PathBuf::from("./runway-data/runway.db"));
+        assert_eq!(
+            sqlite_path("sqlite://./runway-data/runway.db").unwrap(),
+            std::path::PathBuf::from("./runway-data/runway.db")
+        );
         assert_eq!(sqlite_path("sqlite:x.db?mode=rwc").unwrap(), std::path::PathBuf::from("x.db"));
         assert!(sqlite_path("sqlite::memory:").is_none());
     }

@@ -1,5 +1,5 @@
-use crate::harness::{cli, Engine, TestServer, ADMIN};
-use serde_json::{json, Value};
+use crate::harness::{ADMIN, Engine, TestServer, cli};
+use serde_json::{Value, json};
 
 crate::both_engines!(
     every_mutation_is_audited_with_its_context,
@@ -42,7 +42,10 @@ async fn every_mutation_is_audited_with_its_context(engine: Engine) {
 
     // Service keys are operator-level: their creation lands in the platform chain.
     s.service_key(&["tenants:read"]).await;
-    assert_eq!(s.db.scalar("SELECT COUNT(*) FROM audit_entries WHERE chain = 'platform' AND action = 'key.created'").await, 1);
+    assert_eq!(
+        s.db.scalar("SELECT COUNT(*) FROM audit_entries WHERE chain = 'platform' AND action = 'key.created'").await,
+        1
+    );
 }
 
 async fn audit_filters_by_action_actor_and_time(engine: Engine) {
@@ -78,7 +81,14 @@ async fn concurrent_appends_keep_the_chain_intact(engine: Engine) {
         let http = s.http.clone();
         let url = format!("{}/v1/tenants/race/keys", s.base);
         tasks.push(tokio::spawn(async move {
-            http.post(url).bearer_auth(ADMIN).json(&json!({"name": format!("k{i}"), "scopes": ["tenants:read"]})).send().await.unwrap().status().as_u16()
+            http.post(url)
+                .bearer_auth(ADMIN)
+                .json(&json!({"name": format!("k{i}"), "scopes": ["tenants:read"]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         }));
     }
     for t in tasks {
@@ -108,7 +118,9 @@ async fn verify_catches_edits_deletions_reordering_and_truncation(engine: Engine
     let s = TestServer::start(engine).await;
     let id = s.tenant("tamper").await["id"].as_str().unwrap().to_owned();
     for i in 0..3 {
-        s.post("/v1/tenants/tamper/keys", ADMIN, json!({"name": format!("k{i}"), "scopes": ["tenants:read"]})).await.ok(201);
+        s.post("/v1/tenants/tamper/keys", ADMIN, json!({"name": format!("k{i}"), "scopes": ["tenants:read"]}))
+            .await
+            .ok(201);
     }
     let (ok, report) = verify(&s.db);
     assert!(ok, "{report}");
@@ -153,7 +165,9 @@ async fn tamper_cases(engine: Engine) {
         let s = TestServer::start(engine.clone()).await;
         let id = s.tenant("t").await["id"].as_str().unwrap().to_owned();
         for i in 0..3 {
-            s.post("/v1/tenants/t/keys", ADMIN, json!({"name": format!("k{i}"), "scopes": ["tenants:read"]})).await.ok(201);
+            s.post("/v1/tenants/t/keys", ADMIN, json!({"name": format!("k{i}"), "scopes": ["tenants:read"]}))
+                .await
+                .ok(201);
         }
         assert!(verify(&s.db).0);
         let (expected_seq, words) = match case {

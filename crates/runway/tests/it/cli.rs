@@ -1,4 +1,4 @@
-use crate::harness::{cli, Database, Engine};
+use crate::harness::{Database, Engine, cli};
 use serde_json::Value;
 
 crate::both_engines!(cli_manages_tenants_and_keys);
@@ -17,7 +17,10 @@ async fn cli_manages_tenants_and_keys(engine: Engine) {
         let (ok, out, err) = cli(&db, &["migrate"]);
         assert!(ok && out.contains("applied"), "{out}{err}");
     }
-    let t = json(&db, &["tenant", "create", "--slug", "cli-co", "--name", "CLI Co", "--plan", "pro", "--metadata", r#"{"a":1}"#]);
+    let t = json(
+        &db,
+        &["tenant", "create", "--slug", "cli-co", "--name", "CLI Co", "--plan", "pro", "--metadata", r#"{"a":1}"#],
+    );
     assert_eq!(t["slug"], "cli-co");
     assert_eq!(t["plan"], "pro");
     json(&db, &["tenant", "create", "--slug", "cli-two", "--name", "Two"]);
@@ -51,8 +54,14 @@ async fn cli_manages_tenants_and_keys(engine: Engine) {
 
     // The CLI's changes are audited as the CLI user, and the log verifies.
     let export = cli(&db, &["audit", "export", "--tenant", "cli-co"]).1;
-    let actions: Vec<String> = export.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["action"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(actions, ["tenant.created", "tenant.updated", "tenant.suspended", "tenant.resumed", "key.created", "key.revoked"]);
+    let actions: Vec<String> = export
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        actions,
+        ["tenant.created", "tenant.updated", "tenant.suspended", "tenant.resumed", "key.created", "key.revoked"]
+    );
     assert!(export.contains(r#""kind":"cli""#));
     let report = json(&db, &["audit", "verify"]);
     assert_eq!(report["ok"], true);

@@ -1,5 +1,5 @@
-use crate::harness::{Engine, TestServer, ADMIN};
-use serde_json::{json, Value};
+use crate::harness::{ADMIN, Engine, TestServer};
+use serde_json::{Value, json};
 use std::collections::HashSet;
 
 crate::both_engines!(
@@ -32,12 +32,25 @@ async fn bad_input_gets_problem_json_and_changes_nothing(engine: Engine) {
     assert_eq!(wrong_type.problem(422, "validation_failed")["field"], "name");
     let missing = raw_post(&s, "/v1/tenants", j, br#"{"slug":"x"}"#.to_vec()).await;
     assert_eq!(missing.problem(422, "validation_failed")["field"], "name");
-    raw_post(&s, "/v1/tenants", None, br#"{"slug":"x","name":"X"}"#.to_vec()).await.problem(415, "unsupported_media_type");
-    raw_post(&s, "/v1/tenants", Some("text/plain"), br#"{"slug":"x","name":"X"}"#.to_vec()).await.problem(415, "unsupported_media_type");
+    raw_post(&s, "/v1/tenants", None, br#"{"slug":"x","name":"X"}"#.to_vec())
+        .await
+        .problem(415, "unsupported_media_type");
+    raw_post(&s, "/v1/tenants", Some("text/plain"), br#"{"slug":"x","name":"X"}"#.to_vec())
+        .await
+        .problem(415, "unsupported_media_type");
     let big = json!({"slug": "x", "name": "X", "metadata": {"pad": "p".repeat(4096)}}).to_string().into_bytes();
     raw_post(&s, "/v1/tenants", j, big.clone()).await.problem(413, "payload_too_large");
     // With an Idempotency-Key the body is read by the idempotency layer: still 413.
-    let r = s.http.post(format!("{}/v1/tenants", s.base)).bearer_auth(ADMIN).header("content-type", "application/json").header("idempotency-key", "big").body(big).send().await.unwrap();
+    let r = s
+        .http
+        .post(format!("{}/v1/tenants", s.base))
+        .bearer_auth(ADMIN)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "big")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     TestServer::read(r).await.problem(413, "payload_too_large");
 
     s.get("/v1/tenants/tnt_nope", ADMIN).await.problem(400, "invalid_id");
@@ -142,13 +155,27 @@ async fn pagination_walks_every_page_once(engine: Engine) {
     let a1 = s.get("/v1/tenants/page-0/audit?limit=2", ADMIN).await.ok(200).clone();
     let c = a1["next_cursor"].as_str().unwrap();
     let a2 = s.get(&format!("/v1/tenants/page-0/audit?limit=2&cursor={c}"), ADMIN).await.ok(200).clone();
-    let seqs: Vec<i64> = a1["data"].as_array().unwrap().iter().chain(a2["data"].as_array().unwrap()).map(|e| e["seq"].as_i64().unwrap()).collect();
+    let seqs: Vec<i64> = a1["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(a2["data"].as_array().unwrap())
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
     assert_eq!(seqs, [4, 3, 2, 1]);
     assert!(a2["next_cursor"].is_null());
 }
 
 async fn post_with_key(s: &TestServer, token: &str, key: &str, body: Value) -> crate::harness::Resp {
-    let r = s.http.post(format!("{}/v1/tenants", s.base)).bearer_auth(token).header("idempotency-key", key).json(&body).send().await.unwrap();
+    let r = s
+        .http
+        .post(format!("{}/v1/tenants", s.base))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     TestServer::read(r).await
 }
 
@@ -165,7 +192,9 @@ async fn idempotency_replays_refuses_and_scopes_per_credential(engine: Engine) {
     assert_eq!(again.header("content-type"), Some("application/json"));
     assert_eq!(s.db.scalar("SELECT COUNT(*) FROM tenants").await, 1, "created once");
 
-    post_with_key(&s, ADMIN, "create-idem-1", json!({"slug": "idem-2", "name": "Other"})).await.problem(422, "idempotency_key_reused");
+    post_with_key(&s, ADMIN, "create-idem-1", json!({"slug": "idem-2", "name": "Other"}))
+        .await
+        .problem(422, "idempotency_key_reused");
 
     // While the first request with a key is still running, a second one gets 409.
     let now_us = time::OffsetDateTime::now_utc().unix_timestamp() * 1_000_000;
@@ -192,11 +221,22 @@ async fn idempotency_replays_refuses_and_scopes_per_credential(engine: Engine) {
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
 
     // An expired record is forgotten: the key can be used afresh.
-    s.db.exec("UPDATE idempotency_records SET expires_at = 0 WHERE idem_key = 'create-idem-1' AND credential_id = 'admin'").await;
+    s.db.exec(
+        "UPDATE idempotency_records SET expires_at = 0 WHERE idem_key = 'create-idem-1' AND credential_id = 'admin'",
+    )
+    .await;
     let fresh = post_with_key(&s, ADMIN, "create-idem-1", json!({"slug": "idem-3", "name": "Three"})).await;
     fresh.ok(201);
 
-    let bad = s.http.post(format!("{}/v1/tenants", s.base)).bearer_auth(ADMIN).header("idempotency-key", "").json(&body).send().await.unwrap();
+    let bad = s
+        .http
+        .post(format!("{}/v1/tenants", s.base))
+        .bearer_auth(ADMIN)
+        .header("idempotency-key", "")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     TestServer::read(bad).await.problem(400, "invalid_header");
 }
 

@@ -1,4 +1,4 @@
-use crate::harness::{Engine, TestServer, ADMIN, TENANT_SCOPES};
+use crate::harness::{ADMIN, Engine, TENANT_SCOPES, TestServer};
 use runway_core::ManualClock;
 use serde_json::json;
 use std::sync::Arc;
@@ -42,12 +42,16 @@ async fn scopes_are_enforced(engine: Engine) {
     s.get("/v1/tenants/sc", &read_only).await.ok(200);
     s.get("/v1/tenants/sc/audit", &read_only).await.problem(403, "missing_scope");
     s.get("/v1/tenants/sc/keys", &read_only).await.problem(403, "missing_scope");
-    s.post("/v1/tenants/sc/keys", &read_only, json!({"name": "x", "scopes": ["tenants:read"]})).await.problem(403, "missing_scope");
+    s.post("/v1/tenants/sc/keys", &read_only, json!({"name": "x", "scopes": ["tenants:read"]}))
+        .await
+        .problem(403, "missing_scope");
 
     // A tenant key with keys:write manages its own tenant's keys, but cannot grant more than it holds.
     let (manager, _) = s.tenant_key("sc", &["keys:write", "keys:read"]).await;
     s.post("/v1/tenants/sc/keys", &manager, json!({"name": "x", "scopes": ["keys:read"]})).await.ok(201);
-    s.post("/v1/tenants/sc/keys", &manager, json!({"name": "x", "scopes": ["audit:read"]})).await.problem(403, "missing_scope");
+    s.post("/v1/tenants/sc/keys", &manager, json!({"name": "x", "scopes": ["audit:read"]}))
+        .await
+        .problem(403, "missing_scope");
 
     // Cross-tenant scopes cannot be given to tenant keys at all.
     let r = s.post("/v1/tenants/sc/keys", ADMIN, json!({"name": "x", "scopes": ["tenants:write"]})).await;
@@ -58,7 +62,9 @@ async fn scopes_are_enforced(engine: Engine) {
     // Operator-level routes refuse tenant keys whatever their scopes.
     let (all, _) = s.tenant_key("sc", TENANT_SCOPES).await;
     s.post("/v1/tenants", &all, json!({"slug": "n", "name": "N"})).await.problem(403, "missing_scope");
-    s.post("/v1/service-keys", &all, json!({"name": "n", "scopes": ["tenants:read"]})).await.problem(403, "missing_scope");
+    s.post("/v1/service-keys", &all, json!({"name": "n", "scopes": ["tenants:read"]}))
+        .await
+        .problem(403, "missing_scope");
     s.get("/v1/service-keys", &all).await.problem(403, "missing_scope");
 
     // A service key without tenants:write cannot create tenants.
@@ -95,16 +101,30 @@ async fn expired_keys_are_refused(engine: Engine) {
     let expires = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    let r = s.post("/v1/tenants/exp/keys", ADMIN, json!({"name": "short", "scopes": ["tenants:read"], "expires_at": expires})).await;
+    let r = s
+        .post(
+            "/v1/tenants/exp/keys",
+            ADMIN,
+            json!({"name": "short", "scopes": ["tenants:read"], "expires_at": expires}),
+        )
+        .await;
     let token = r.ok(201)["token"].as_str().unwrap().to_owned();
     s.get("/v1/tenants/exp", &token).await.ok(200);
     clock.advance(time::Duration::hours(2));
     let e = s.get("/v1/tenants/exp", &token).await;
     assert!(e.problem(401, "unauthenticated")["detail"].as_str().unwrap().contains("expired"));
 
-    let past = s.post("/v1/tenants/exp/keys", ADMIN, json!({"name": "p", "scopes": ["tenants:read"], "expires_at": "2020-01-01T00:00:00Z"})).await;
+    let past = s
+        .post(
+            "/v1/tenants/exp/keys",
+            ADMIN,
+            json!({"name": "p", "scopes": ["tenants:read"], "expires_at": "2020-01-01T00:00:00Z"}),
+        )
+        .await;
     assert_eq!(past.problem(422, "validation_failed")["field"], "expires_at");
-    let bad = s.post("/v1/tenants/exp/keys", ADMIN, json!({"name": "p", "scopes": ["tenants:read"], "expires_at": "tomorrow"})).await;
+    let bad = s
+        .post("/v1/tenants/exp/keys", ADMIN, json!({"name": "p", "scopes": ["tenants:read"], "expires_at": "tomorrow"}))
+        .await;
     assert_eq!(bad.problem(422, "validation_failed")["field"], "expires_at");
 }
 
@@ -149,7 +169,8 @@ async fn last_used_is_written_behind(engine: Engine) {
 
 async fn service_keys_act_for_any_tenant(engine: Engine) {
     let s = TestServer::start(engine).await;
-    let (svc, svc_id) = s.service_key(&["tenants:read", "tenants:write", "keys:write", "keys:read", "audit:read"]).await;
+    let (svc, svc_id) =
+        s.service_key(&["tenants:read", "tenants:write", "keys:write", "keys:read", "audit:read"]).await;
     let t = s.post("/v1/tenants", &svc, json!({"slug": "by-svc", "name": "By service"})).await;
     t.ok(201);
     s.tenant("other").await;

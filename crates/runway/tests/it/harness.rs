@@ -6,10 +6,10 @@ use runway_core::config::{Config, DatabaseUrl};
 use runway_core::{Clock, SystemClock};
 use runway_server::Running;
 use runway_store::sqlx::{self, Connection};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The admin token every test server is configured with.
 pub const ADMIN: &str = "rw_admin_test_0123456789abcdefghijklmnopqrstuvwxyz";
@@ -67,7 +67,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn unique(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{prefix}{}_{n}_{nanos}", std::process::id())
 }
 
@@ -93,12 +94,14 @@ impl Database {
             }
             Engine::Postgres(base) => {
                 let name = unique("rwt_");
-                let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await.expect("connect to PostgreSQL");
+                let mut admin =
+                    sqlx::PgConnection::connect(&format!("{base}/postgres")).await.expect("connect to PostgreSQL");
                 sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
                 admin.close().await.ok();
                 let owner_url = format!("{base}/{name}");
                 // Migrate as the owner, then create the app role exactly as the README says.
-                let cfg = runway_core::config::DatabaseConfig { url: DatabaseUrl(owner_url.clone()), ..Default::default() };
+                let cfg =
+                    runway_core::config::DatabaseConfig { url: DatabaseUrl(owner_url.clone()), ..Default::default() };
                 let store = runway_store::Store::connect(&cfg).await.unwrap();
                 store.migrate(&cfg).await.unwrap();
                 store.close().await;
@@ -273,7 +276,8 @@ impl TestServer {
 
     /// Mints a tenant key as the admin; returns (token, key id).
     pub async fn tenant_key(&self, tenant: &str, scopes: &[&str]) -> (String, String) {
-        let r = self.post(&format!("/v1/tenants/{tenant}/keys"), ADMIN, json!({"name": "test", "scopes": scopes})).await;
+        let r =
+            self.post(&format!("/v1/tenants/{tenant}/keys"), ADMIN, json!({"name": "test", "scopes": scopes})).await;
         let b = r.ok(201);
         (b["token"].as_str().unwrap().to_owned(), b["id"].as_str().unwrap().to_owned())
     }
@@ -298,5 +302,9 @@ pub fn cli(db: &Database, args: &[&str]) -> (bool, String, String) {
         .current_dir(&db.dir)
         .output()
         .expect("runway binary runs");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -1,4 +1,4 @@
-use crate::harness::{Engine, TestServer, ADMIN, TENANT_SCOPES};
+use crate::harness::{ADMIN, Engine, TENANT_SCOPES, TestServer};
 use runway_store::sqlx::{self, Connection};
 use serde_json::json;
 
@@ -15,16 +15,14 @@ async fn tenant_key_cannot_reach_another_tenant_on_any_route(engine: Engine) {
 
     // Every tenant route, by ID and by slug: 404 exactly like a tenant that does not exist.
     for t in [b_id, "beta", missing, "gamma"] {
-        let paths = [
-            format!("/v1/tenants/{t}"),
-            format!("/v1/tenants/{t}/keys"),
-            format!("/v1/tenants/{t}/audit"),
-        ];
+        let paths = [format!("/v1/tenants/{t}"), format!("/v1/tenants/{t}/keys"), format!("/v1/tenants/{t}/audit")];
         for p in &paths {
             let r = s.get(p, &a_token).await;
             assert_eq!(r.problem(404, "not_found")["detail"], "no such tenant", "{p}");
         }
-        s.post(&format!("/v1/tenants/{t}/keys"), &a_token, json!({"name": "x", "scopes": ["tenants:read"]})).await.problem(404, "not_found");
+        s.post(&format!("/v1/tenants/{t}/keys"), &a_token, json!({"name": "x", "scopes": ["tenants:read"]}))
+            .await
+            .problem(404, "not_found");
         s.delete(&format!("/v1/tenants/{t}/keys/{b_key}"), &a_token).await.problem(404, "not_found");
     }
     // Naming its own tenant but another tenant's key: still 404.
@@ -39,7 +37,10 @@ async fn tenant_key_cannot_reach_another_tenant_on_any_route(engine: Engine) {
     assert_eq!(ids, vec![a["id"].clone()]);
 
     // B's key is untouched and B's audit log has no trace of A's attempts.
-    s.get("/v1/tenants/beta/keys", ADMIN).await.ok(200)["data"][0]["revoked_at"].is_null().then_some(()).expect("B's key is intact");
+    s.get("/v1/tenants/beta/keys", ADMIN).await.ok(200)["data"][0]["revoked_at"]
+        .is_null()
+        .then_some(())
+        .expect("B's key is intact");
     let audit = s.get("/v1/tenants/beta/audit", ADMIN).await;
     assert_eq!(audit.ok(200)["data"].as_array().unwrap().len(), 2, "tenant.created and key.created only");
 }
@@ -48,7 +49,9 @@ async fn tenant_key_cannot_reach_another_tenant_on_any_route(engine: Engine) {
 /// through raw SQL without any WHERE clause, and cannot write rows for B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_row_level_security_hides_other_tenants_from_the_app_role() {
-    let Some(engine) = Engine::postgres() else { return };
+    let Some(engine) = Engine::postgres() else {
+        return;
+    };
     let s = TestServer::start(engine).await;
     let a = s.tenant("rls-a").await["id"].as_str().unwrap().to_owned();
     let b = s.tenant("rls-b").await["id"].as_str().unwrap().to_owned();
@@ -56,10 +59,11 @@ async fn postgres_row_level_security_hides_other_tenants_from_the_app_role() {
     s.tenant_key("rls-b", &["tenants:read"]).await;
 
     let mut app = sqlx::PgConnection::connect(&s.db.app_url).await.unwrap();
-    let is_super: bool = sqlx::query_scalar("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
-        .fetch_one(&mut app)
-        .await
-        .unwrap();
+    let is_super: bool =
+        sqlx::query_scalar("SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut app)
+            .await
+            .unwrap();
     assert!(!is_super, "the server's role must not bypass RLS");
 
     async fn count(c: &mut sqlx::PgConnection, scope: Option<&str>, sql: &'static str) -> i64 {
@@ -71,7 +75,12 @@ async fn postgres_row_level_security_hides_other_tenants_from_the_app_role() {
         tx.rollback().await.unwrap();
         n
     }
-    for table in ["SELECT COUNT(*) FROM tenants", "SELECT COUNT(*) FROM api_keys", "SELECT COUNT(*) FROM audit_entries", "SELECT COUNT(*) FROM audit_heads"] {
+    for table in [
+        "SELECT COUNT(*) FROM tenants",
+        "SELECT COUNT(*) FROM api_keys",
+        "SELECT COUNT(*) FROM audit_entries",
+        "SELECT COUNT(*) FROM audit_heads",
+    ] {
         assert_eq!(count(&mut app, None, table).await, 0, "no tenant set: nothing visible ({table})");
     }
     assert_eq!(count(&mut app, Some(&a), "SELECT COUNT(*) FROM tenants").await, 1);

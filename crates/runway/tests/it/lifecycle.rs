@@ -1,11 +1,15 @@
-use crate::harness::{Database, Engine, TestServer, ADMIN};
+use crate::harness::{ADMIN, Database, Engine, TestServer};
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-crate::both_engines!(graceful_shutdown_finishes_a_request_in_flight, readiness_follows_store_and_migrations, metrics_show_red_and_pool_gauges);
+crate::both_engines!(
+    graceful_shutdown_finishes_a_request_in_flight,
+    readiness_follows_store_and_migrations,
+    metrics_show_red_and_pool_gauges
+);
 
 async fn graceful_shutdown_finishes_a_request_in_flight(engine: Engine) {
     let mut s = TestServer::start(engine).await;
@@ -52,7 +56,10 @@ async fn metrics_show_red_and_pool_gauges(engine: Engine) {
     s.tenant("m").await;
     s.get("/v1/tenants/m", "nope").await;
     let text = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
-    assert!(text.contains(r#"runway_http_requests_total{route="/v1/tenants",method="POST",status_class="2xx"}"#), "{text}");
+    assert!(
+        text.contains(r#"runway_http_requests_total{route="/v1/tenants",method="POST",status_class="2xx"}"#),
+        "{text}"
+    );
     assert!(text.contains(r#"route="/v1/tenants/{tenant}",method="GET",status_class="4xx""#), "{text}");
     assert!(text.contains("runway_http_request_duration_seconds_bucket{route=\"/v1/tenants\""), "{text}");
     assert!(text.contains("runway_store_pool_connections{pool="), "{text}");
@@ -61,7 +68,12 @@ async fn metrics_show_red_and_pool_gauges(engine: Engine) {
 
 fn spawn_serve(dir: &std::path::Path, extra_env: &[(&str, &str)]) -> (std::process::Child, String, Vec<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_runway"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0"]).current_dir(dir).stdout(Stdio::piped()).stderr(Stdio::piped()).env_remove("RUNWAY_ADMIN_TOKEN").env_remove("RUNWAY_DATABASE_URL");
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("RUNWAY_ADMIN_TOKEN")
+        .env_remove("RUNWAY_DATABASE_URL");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
@@ -113,7 +125,12 @@ fn binary_starts_with_zero_config_and_exits_cleanly_on_sigterm() {
     let banner = lines.join("");
     assert!(banner.contains("/docs") && banner.contains("/metrics") && banner.contains("/healthz"), "{banner}");
     assert!(banner.contains("sqlite://./runway-data/runway.db"), "{banner}");
-    let token = lines.iter().map(|l| l.trim()).find(|l| l.starts_with("rw_admin_")).expect("first start prints the admin token").to_owned();
+    let token = lines
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.starts_with("rw_admin_"))
+        .expect("first start prints the admin token")
+        .to_owned();
     assert!(dir.join("runway-data/runway.db").exists());
     let status = reqwest::blocking_get(&format!("{base}/v1/tenants"), &token);
     assert_eq!(status, 200, "the printed token works");
@@ -143,7 +160,11 @@ async fn config_errors_name_the_key_and_secrets_are_masked() {
             cmd.env(k, v);
         }
         let out = cmd.output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (ok, _, err) = run(&[("RUNWAY_SERVER_BODY_LIMIT_BYTES", "lots")], &["serve"]);
     assert!(!ok);
@@ -155,7 +176,10 @@ async fn config_errors_name_the_key_and_secrets_are_masked() {
     assert!(!ok && err.contains("database.url"), "{err}");
     std::fs::write(db.dir.join("runway.toml"), "[server]\nbody_limit_bytes = 4096\n").unwrap();
     let (ok, out, err) = run(
-        &[("RUNWAY_DATABASE_URL", "postgres://app:hunter2@db.internal/runway"), ("RUNWAY_ADMIN_TOKEN", "rw_admin_supersecretsupersecretsupersecret")],
+        &[
+            ("RUNWAY_DATABASE_URL", "postgres://app:hunter2@db.internal/runway"),
+            ("RUNWAY_ADMIN_TOKEN", "rw_admin_supersecretsupersecretsupersecret"),
+        ],
         &["config"],
     );
     assert!(ok, "{err}");
@@ -174,6 +198,8 @@ mod reqwest {
     /// A tiny blocking GET for the process test, which has no runtime of its own.
     pub fn blocking_get(url: &str, token: &str) -> u16 {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async { ::reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().status().as_u16() })
+        rt.block_on(async {
+            ::reqwest::Client::new().get(url).bearer_auth(token).send().await.unwrap().status().as_u16()
+        })
     }
 }

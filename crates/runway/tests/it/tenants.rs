@@ -1,12 +1,21 @@
-use crate::harness::{Engine, TestServer, ADMIN};
+use crate::harness::{ADMIN, Engine, TestServer};
 use serde_json::json;
 
-crate::both_engines!(tenant_lifecycle_by_id_and_slug, tenant_validation_and_conflicts, suspended_tenant_keys_are_refused, plans_are_listed);
+crate::both_engines!(
+    tenant_lifecycle_by_id_and_slug,
+    tenant_validation_and_conflicts,
+    suspended_tenant_keys_are_refused,
+    plans_are_listed
+);
 
 async fn tenant_lifecycle_by_id_and_slug(engine: Engine) {
     let s = TestServer::start(engine).await;
     let created = s
-        .post("/v1/tenants", ADMIN, json!({"slug": "acme", "name": "Acme", "plan": "pro", "region": "eu-west", "metadata": {"crm": "42"}}))
+        .post(
+            "/v1/tenants",
+            ADMIN,
+            json!({"slug": "acme", "name": "Acme", "plan": "pro", "region": "eu-west", "metadata": {"crm": "42"}}),
+        )
         .await;
     let t = created.ok(201).clone();
     let id = t["id"].as_str().unwrap().to_owned();
@@ -34,7 +43,8 @@ async fn tenant_lifecycle_by_id_and_slug(engine: Engine) {
     s.patch("/v1/tenants/acme", ADMIN, json!({"name": "x"})).await.problem(409, "conflict");
 
     let audit = s.get("/v1/tenants/acme/audit", ADMIN).await;
-    let actions: Vec<_> = audit.ok(200)["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
+    let actions: Vec<_> =
+        audit.ok(200)["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
     assert_eq!(actions, ["tenant.deleted", "tenant.updated", "tenant.created"]);
 }
 
@@ -71,14 +81,16 @@ async fn suspended_tenant_keys_are_refused(engine: Engine) {
     s.get("/v1/tenants/sus", &token).await.problem(401, "unauthenticated");
 
     let audit = s.get("/v1/tenants/sus/audit?limit=10", ADMIN).await;
-    let actions: Vec<_> = audit.ok(200)["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
+    let actions: Vec<_> =
+        audit.ok(200)["data"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap().to_owned()).collect();
     assert_eq!(actions, ["tenant.deleted", "tenant.resumed", "tenant.suspended", "key.created", "tenant.created"]);
 }
 
 async fn plans_are_listed(engine: Engine) {
     let s = TestServer::start(engine).await;
     let plans = s.get("/v1/plans", ADMIN).await;
-    let names: Vec<_> = plans.ok(200)["data"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect();
+    let names: Vec<_> =
+        plans.ok(200)["data"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_owned()).collect();
     assert_eq!(names, ["enterprise", "free", "pro"]);
     assert!(plans.body["data"][1]["limits"]["requests_per_second"].as_u64().unwrap() > 0);
 }
