@@ -5,7 +5,6 @@ use crate::secret::SecretString;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 /// Everything Runway can be told at start.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -30,8 +29,6 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// How long a shutdown waits for in-flight requests, in seconds.
     pub shutdown_grace_secs: u64,
-    /// Folder for the embedded database and local files.
-    pub data_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,7 +157,6 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             body_limit_bytes: 1024 * 1024,
             shutdown_grace_secs: 30,
-            data_dir: PathBuf::from("./runway-data"),
         }
     }
 }

@@ -7,12 +7,12 @@
 use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
+use runway_core::SystemClock;
 use runway_core::config::{Config, DatabaseUrl, PlanLimits};
 use runway_core::secret::SecretString;
-use runway_core::SystemClock;
-use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
+use serde_json::{Value, json};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
@@ -68,7 +68,12 @@ where
     }
 }
 
-async fn run_for<F, Fut>(make: Arc<F>, counter: Arc<AtomicU64>, concurrency: usize, dur: Duration) -> (Histogram<u64>, u64)
+async fn run_for<F, Fut>(
+    make: Arc<F>,
+    counter: Arc<AtomicU64>,
+    concurrency: usize,
+    dur: Duration,
+) -> (Histogram<u64>, u64)
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
@@ -106,7 +111,12 @@ where
     (total, errors)
 }
 
-async fn bench_engine(engine: &str, url: String, migration_url: Option<String>, args: &Args) -> anyhow::Result<Vec<Outcome>> {
+async fn bench_engine(
+    engine: &str,
+    url: String,
+    migration_url: Option<String>,
+    args: &Args,
+) -> anyhow::Result<Vec<Outcome>> {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse()?;
     config.database.url = DatabaseUrl(url);
@@ -117,7 +127,12 @@ async fn bench_engine(engine: &str, url: String, migration_url: Option<String>, 
     // Limits are checked on every request but set high enough never to refuse.
     config.plans.insert(
         "bench".into(),
-        PlanLimits { requests_per_second: 10_000_000, burst: 10_000_000, max_concurrent_requests: 100_000, monthly_quotas: Default::default() },
+        PlanLimits {
+            requests_per_second: 10_000_000,
+            burst: 10_000_000,
+            max_concurrent_requests: 100_000,
+            monthly_quotas: Default::default(),
+        },
     );
     config.tenants.default_plan = "bench".into();
     config.auth.service_key_plan = "bench".into();
@@ -175,17 +190,21 @@ async fn bench_engine(engine: &str, url: String, migration_url: Option<String>, 
     let (h, b, t, id) = (http.clone(), base.clone(), token.clone(), tenant_id.clone());
     let run = std::process::id();
     out.push(
-        scenario(&format!("{engine}: POST /v1/tenants/{{id}}/keys with Idempotency-Key (write + audit)"), args, move |n| {
-            let (h, b, t, id) = (h.clone(), b.clone(), t.clone(), id.clone());
-            async move {
-                ok(h.post(format!("{b}/v1/tenants/{id}/keys"))
-                    .bearer_auth(t)
-                    .header("idempotency-key", format!("bench-{run}-{n}"))
-                    .json(&json!({"name": "k", "scopes": ["tenants:read"]}))
-                    .send()
-                    .await)
-            }
-        })
+        scenario(
+            &format!("{engine}: POST /v1/tenants/{{id}}/keys with Idempotency-Key (write + audit)"),
+            args,
+            move |n| {
+                let (h, b, t, id) = (h.clone(), b.clone(), t.clone(), id.clone());
+                async move {
+                    ok(h.post(format!("{b}/v1/tenants/{id}/keys"))
+                        .bearer_auth(t)
+                        .header("idempotency-key", format!("bench-{run}-{n}"))
+                        .json(&json!({"name": "k", "scopes": ["tenants:read"]}))
+                        .send()
+                        .await)
+                }
+            },
+        )
         .await,
     );
     running.shutdown().await;
@@ -208,11 +227,16 @@ async fn main() -> anyhow::Result<()> {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
         let url = format!("{}/{name}", args.pg_url);
         let res = bench_engine("postgres", url.clone(), Some(url), &args).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&mut admin).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut admin)
+            .await?;
         all.extend(res?);
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    println!("concurrency {}, {} s per scenario after {} s warm-up, client and server in one process", args.concurrency, args.seconds, args.warmup);
+    println!(
+        "concurrency {}, {} s per scenario after {} s warm-up, client and server in one process",
+        args.concurrency, args.seconds, args.warmup
+    );
     println!("| scenario | requests | errors | req/s | p50 µs | p99 µs |");
     println!("|---|---:|---:|---:|---:|---:|");
     for o in &all {

@@ -129,7 +129,6 @@ impl Database {
     pub fn config(&self) -> Config {
         let mut c = Config::default();
         c.server.listen = "127.0.0.1:0".parse().unwrap();
-        c.server.data_dir = self.dir.clone();
         c.server.shutdown_grace_secs = 10;
         c.database.url = DatabaseUrl(self.app_url.clone());
         if self.engine.is_postgres() {

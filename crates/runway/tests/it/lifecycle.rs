@@ -203,3 +203,73 @@ mod reqwest {
         })
     }
 }
+
+/// A second signal while draining ends the process at once (exit 130), even with a request
+/// still in flight; the first one alone waits for that request.
+#[test]
+fn second_signal_exits_at_once() {
+    let dir = std::env::temp_dir().join(format!("runway-sig2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (mut child, base, lines) = spawn_serve(&dir, &[]);
+    let token = lines.iter().map(|l| l.trim()).find(|l| l.starts_with("rw_admin_")).unwrap().to_owned();
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "POST /v1/tenants HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"slug\":"
+    );
+    std::io::Write::write_all(&mut conn, head.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(&child);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(child.try_wait().unwrap().is_none(), "the first signal waits for the request in flight");
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "the second signal exits at once");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With RUNWAY_OTLP_ENDPOINT set, spans reach a real OTLP/HTTP receiver; with a dead endpoint,
+/// requests are unaffected.
+#[test]
+fn otlp_export_reaches_a_collector_and_its_failure_breaks_nothing() {
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let received: std::sync::Arc<std::sync::Mutex<Vec<(String, usize)>>> = Default::default();
+    let sink = received.clone();
+    let collector = rt.block_on(async move {
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    sink.lock().unwrap().push((ct, body.len()));
+                    ""
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    });
+
+    for (endpoint, expect_export) in [(collector.as_str(), true), ("http://127.0.0.1:9", false)] {
+        let dir = std::env::temp_dir().join(format!("runway-otlp-{}-{expect_export}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut child, base, lines) = spawn_serve(&dir, &[("RUNWAY_OTLP_ENDPOINT", endpoint)]);
+        let token = lines.iter().map(|l| l.trim()).find(|l| l.starts_with("rw_admin_")).unwrap().to_owned();
+        for _ in 0..5 {
+            assert_eq!(reqwest::blocking_get(&format!("{base}/v1/tenants"), &token), 200);
+        }
+        sigterm(&child);
+        assert!(child.wait().unwrap().success(), "clean exit with endpoint {endpoint}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let got = received.lock().unwrap().clone();
+    assert!(!got.is_empty(), "the collector received spans");
+    assert!(got.iter().all(|(ct, len)| ct == "application/x-protobuf" && *len > 0), "{got:?}");
+}
