@@ -16,8 +16,41 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub auth: AuthConfig,
     pub tenants: TenantsConfig,
+    pub events: EventsConfig,
     /// Named sets of limits a tenant can be on.
     pub plans: BTreeMap<String, PlanLimits>,
+}
+
+/// The event backbone and webhook delivery.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// How long a receiver has to answer, in seconds.
+    pub delivery_timeout_secs: u64,
+    /// Delays before each attempt, in seconds; the first is normally 0.
+    pub retry_schedule_secs: Vec<u64>,
+    /// Address blocks webhooks may reach even though they are internal (CIDR), e.g. for a
+    /// receiver on the same host in development.
+    pub allow_destinations: Vec<String>,
+    /// Deliveries sent at once by one replica.
+    pub worker_concurrency: u32,
+    /// How often the worker looks for due deliveries when nothing woke it, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// Run the delivery worker in this process.
+    pub worker_enabled: bool,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            delivery_timeout_secs: 15,
+            retry_schedule_secs: vec![0, 5, 300, 1800, 7200, 18000, 36000, 36000],
+            allow_destinations: Vec::new(),
+            worker_concurrency: 32,
+            poll_interval_ms: 500,
+            worker_enabled: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,6 +258,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             auth: AuthConfig::default(),
             tenants: TenantsConfig::default(),
+            events: EventsConfig::default(),
             plans: default_plans(),
         }
     }
@@ -290,6 +324,15 @@ impl Config {
         }
         if self.auth.credential_cache_ms > 1_000 {
             return Err(bad("auth.credential_cache_ms", "must be at most 1000 so revocation applies within a second"));
+        }
+        if self.events.retry_schedule_secs.is_empty() {
+            return Err(bad("events.retry_schedule_secs", "needs at least one attempt"));
+        }
+        if !(1..=300).contains(&self.events.delivery_timeout_secs) {
+            return Err(bad("events.delivery_timeout_secs", "must be 1 to 300"));
+        }
+        if self.events.worker_concurrency == 0 {
+            return Err(bad("events.worker_concurrency", "must be at least 1"));
         }
         if self.auth.idempotency_ttl_secs < 3600 {
             return Err(bad("auth.idempotency_ttl_secs", "must be at least 3600"));

@@ -140,6 +140,22 @@ typed_id!(
     AuditEntryId, "aud", "audit entry"
 );
 typed_id!(
+    /// An event's place in the event log (its own `id` may be the publisher's).
+    EventPos, "evt", "event"
+);
+typed_id!(
+    /// A webhook endpoint.
+    EndpointId, "ep", "endpoint"
+);
+typed_id!(
+    /// One event on its way to one endpoint: the `webhook-id` receivers deduplicate by.
+    DeliveryId, "msg", "message"
+);
+typed_id!(
+    /// One HTTP attempt at a delivery.
+    AttemptId, "atm", "attempt"
+);
+typed_id!(
     /// A request, when the caller did not send `X-Request-Id`.
     RequestId, "req", "request"
 );

@@ -12,6 +12,6 @@ pub mod secret;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{ApiError, ErrorCode};
-pub use id::{AuditEntryId, KeyId, RequestId, TenantId};
+pub use id::{AttemptId, AuditEntryId, DeliveryId, EndpointId, EventPos, KeyId, RequestId, TenantId};
 pub use json::{ApiJson, ApiQuery};
 pub use page::{Cursor, Page, PageQuery};

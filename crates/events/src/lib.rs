@@ -1,6 +1,59 @@
 //! The event backbone: event types with contracts, durable publishing with deduplication, and
-//! signed webhook delivery with retries.
+//! signed webhook delivery with retries, dead-lettering and SSRF protection.
+//!
+//! Pure logic lives in `compat`, `schedule`, `signature` and `ssrf`; storage in `log` (event
+//! types and events) and `endpoints`; delivery in `worker`; HTTP in `routes`.
 
+pub mod compat;
+pub mod endpoints;
+pub mod log;
+pub mod routes;
 pub mod schedule;
 pub mod signature;
 pub mod ssrf;
+pub mod worker;
+
+use runway_core::Clock;
+use runway_core::config::{Config, ConfigError, EventsConfig};
+use runway_store::Store;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// The events capability: store, clock, configuration, and the delivery client.
+pub struct Events {
+    pub store: Store,
+    pub clock: Arc<dyn Clock>,
+    pub config: EventsConfig,
+    pub schedule: schedule::RetrySchedule,
+    pub allow: Arc<Vec<ssrf::Cidr>>,
+    http: reqwest::Client,
+    /// Wakes the delivery worker when something was published.
+    pub wake: Arc<Notify>,
+}
+
+impl Events {
+    pub fn new(store: Store, clock: Arc<dyn Clock>, config: &Config) -> Result<Arc<Self>, ConfigError> {
+        let ev = config.events.clone();
+        let allow = ev
+            .allow_destinations
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<ssrf::Cidr>()
+                    .map_err(|reason| ConfigError { key: format!("events.allow_destinations[{i}]"), reason })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let allow = Arc::new(allow);
+        let http = worker::client(&ev, allow.clone())
+            .map_err(|e| ConfigError { key: "events".into(), reason: e.to_string() })?;
+        Ok(Arc::new(Self {
+            store,
+            clock,
+            schedule: schedule::RetrySchedule::from_secs(&ev.retry_schedule_secs),
+            config: ev,
+            allow,
+            http,
+            wake: Arc::new(Notify::new()),
+        }))
+    }
+}

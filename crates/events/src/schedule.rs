@@ -44,7 +44,13 @@ impl RetrySchedule {
 
     /// The wait before attempt number `next` (0-based), or `None` when attempts are exhausted.
     /// `unit` is a uniform random number in [0, 1) that picks the jitter.
-    pub fn delay_before(&self, next: u32, hint: FailureHint, retry_after: Option<Duration>, unit: f64) -> Option<Duration> {
+    pub fn delay_before(
+        &self,
+        next: u32,
+        hint: FailureHint,
+        retry_after: Option<Duration>,
+        unit: f64,
+    ) -> Option<Duration> {
         let base = *self.delays.get(next as usize)?;
         let factor = 1.0 + JITTER * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
         let mut wait = base.mul_f64(factor);
@@ -93,20 +99,38 @@ mod tests {
     #[test]
     fn retry_after_and_slow_down_floor() {
         let s = RetrySchedule::default();
-        assert_eq!(s.delay_before(1, FailureHint::Other, Some(Duration::from_secs(120)), 0.5), Some(Duration::from_secs(120)));
-        assert_eq!(s.delay_before(1, FailureHint::Other, Some(Duration::from_secs(999_999)), 0.5), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            s.delay_before(1, FailureHint::Other, Some(Duration::from_secs(120)), 0.5),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            s.delay_before(1, FailureHint::Other, Some(Duration::from_secs(999_999)), 0.5),
+            Some(MAX_RETRY_AFTER)
+        );
         assert_eq!(s.delay_before(1, FailureHint::SlowDown, None, 0.5), Some(SLOW_DOWN_FLOOR));
         // Retry-After never shortens the schedule.
-        assert_eq!(s.delay_before(2, FailureHint::Other, Some(Duration::from_secs(1)), 0.5), Some(Duration::from_secs(300)));
+        assert_eq!(
+            s.delay_before(2, FailureHint::Other, Some(Duration::from_secs(1)), 0.5),
+            Some(Duration::from_secs(300))
+        );
     }
 
     #[test]
     fn reference_schedules_are_expressible() {
-        let path = format!("{}/../../../shared/conformance/standard-webhooks/retry_schedules.json", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/../../../shared/conformance/standard-webhooks/retry_schedules.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let data: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let svix: Vec<u64> = data["svix_oss_default"]["delays_s"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let svix: Vec<u64> =
+            data["svix_oss_default"]["delays_s"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
         assert_eq!(svix, DEFAULT_SCHEDULE_SECS, "the default equals Svix's documented schedule");
-        let spec: Vec<u64> = data["standard_webhooks_spec_example"]["delays_s"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+        let spec: Vec<u64> = data["standard_webhooks_spec_example"]["delays_s"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
         assert_eq!(RetrySchedule::from_secs(&spec).attempts(), 10);
     }
 

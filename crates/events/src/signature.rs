@@ -4,15 +4,19 @@
 //! space-separated list of `v1,<base64>` entries so that during a secret rotation both the old
 //! and the new signature are sent.
 
+use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 /// Accepts base64 with or without padding, as every Standard Webhooks library does.
-const LENIENT: GeneralPurpose =
-    GeneralPurpose::new(&base64::alphabet::STANDARD, GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent).with_decode_allow_trailing_bits(true));
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
 
 const PREFIX: &str = "whsec_";
 /// The spec's bounds on a symmetric secret.
@@ -182,13 +186,18 @@ mod tests {
     #[test]
     fn verification_cases_behave_as_the_reference_libraries() {
         let vectors = conformance("signing_vectors.json");
-        let find = |id: &str| vectors["signing_vectors"].as_array().unwrap().iter().find(|v| v["id"] == id).unwrap().clone();
+        let find =
+            |id: &str| vectors["signing_vectors"].as_array().unwrap().iter().find(|v| v["id"] == id).unwrap().clone();
         let now = 1_700_000_000i64;
         let cases = conformance("verification_cases.json");
         let mut checked = 0;
         for c in cases["cases"].as_array().unwrap() {
             let id = c["id"].as_str().unwrap();
-            let base_id = c["base"].as_str().and_then(|b| b.split(' ').next()).filter(|b| b.starts_with("sw-")).unwrap_or("sw-hmac-1");
+            let base_id = c["base"]
+                .as_str()
+                .and_then(|b| b.split(' ').next())
+                .filter(|b| b.starts_with("sw-"))
+                .unwrap_or("sw-hmac-1");
             let base = find(base_id);
             let secret = WebhookSecret::parse(base["secret"].as_str().unwrap()).unwrap();
             let msg_id = base["msg_id"].as_str().unwrap();
@@ -232,8 +241,14 @@ mod tests {
         assert_eq!(WebhookSecret::parse("whsec_"), Err(SecretError::Empty));
         let a = WebhookSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         assert_eq!(a, WebhookSecret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap());
-        assert_eq!(decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS").unwrap(), decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS=").unwrap());
-        assert_eq!(decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwBr").unwrap(), decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwBr==").unwrap());
+        assert_eq!(
+            decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS").unwrap(),
+            decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS=").unwrap()
+        );
+        assert_eq!(
+            decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwBr").unwrap(),
+            decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwBr==").unwrap()
+        );
         // 23 bytes: readable, but below the spec's minimum for a secret Runway keeps.
         assert_eq!(WebhookSecret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaS"), Err(SecretError::Length(23)));
         assert_eq!(WebhookSecret::parse("whsec_bm90LXZhbGlkCg=="), Err(SecretError::Length(10)));
@@ -245,7 +260,11 @@ mod tests {
             for secret in c["secret"].as_str().unwrap().split(" / ") {
                 if expect.starts_with("accept") {
                     let n = decode(secret).unwrap_or_else(|e| panic!("{secret}: {e}")).len();
-                    assert_eq!(WebhookSecret::parse(secret).is_ok(), (MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&n), "{secret}");
+                    assert_eq!(
+                        WebhookSecret::parse(secret).is_ok(),
+                        (MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&n),
+                        "{secret}"
+                    );
                 } else {
                     assert!(WebhookSecret::parse(secret).is_err(), "{secret} must be refused");
                 }

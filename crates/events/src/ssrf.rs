@@ -16,7 +16,8 @@ impl std::str::FromStr for Cidr {
         let (a, p) = s.split_once('/').unwrap_or((s, ""));
         let addr: IpAddr = a.parse().map_err(|_| format!("`{s}` is not an IP address or CIDR block"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = if p.is_empty() { max } else { p.parse().map_err(|_| format!("`{s}` has a bad prefix length"))? };
+        let prefix =
+            if p.is_empty() { max } else { p.parse().map_err(|_| format!("`{s}` has a bad prefix length"))? };
         if prefix > max {
             return Err(format!("`{s}` has a prefix longer than {max}"));
         }
@@ -130,9 +131,25 @@ mod tests {
     #[test]
     fn internal_destinations_are_blocked() {
         for a in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "224.0.0.1", "0.0.0.0", "100.64.0.1",
-            "255.255.255.255", "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1", "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a00:1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "224.0.0.1",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd00:ec2::254",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
         ] {
             assert!(blocked_reason(ip(a)).is_some(), "{a} should be blocked");
         }

@@ -34,10 +34,11 @@ scopes! {
     KeysRead => ("keys:read", true, "List keys."),
     KeysWrite => ("keys:write", true, "Create and revoke keys (a tenant key: its own tenant's)."),
     AuditRead => ("audit:read", true, "Read audit logs."),
-    EventsRead => ("events:read", true, "Read events (reserved for the event backbone)."),
-    EventsWrite => ("events:write", true, "Publish events (reserved for the event backbone)."),
-    WebhooksRead => ("webhooks:read", true, "Read webhook endpoints (reserved)."),
-    WebhooksWrite => ("webhooks:write", true, "Manage webhook endpoints (reserved)."),
+    EventsRead => ("events:read", true, "Read the event log."),
+    EventsWrite => ("events:write", true, "Publish events (operators and service keys: also define event types)."),
+    WebhooksRead => ("webhooks:read", true, "Read webhook endpoints, messages and attempts."),
+    WebhooksWrite => ("webhooks:write", true, "Manage webhook endpoints."),
+    WebhooksReadSecret => ("webhooks:read_secret", true, "Read webhook endpoint signing secrets."),
     FlagsRead => ("flags:read", true, "Evaluate and read flags (reserved)."),
     FlagsWrite => ("flags:write", false, "Manage flags (reserved)."),
 }
@@ -117,6 +118,7 @@ permissions! {
     EventsWrite => EventsWrite,
     WebhooksRead => WebhooksRead,
     WebhooksWrite => WebhooksWrite,
+    WebhooksReadSecret => WebhooksReadSecret,
     FlagsRead => FlagsRead,
     FlagsWrite => FlagsWrite,
 }

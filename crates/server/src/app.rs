@@ -20,7 +20,7 @@ use utoipa_axum::routes;
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     components(schemas(runway_core::error::Problem)),
-    tags((name = "tenants"), (name = "keys"), (name = "audit"), (name = "operations"))
+    tags((name = "tenants"), (name = "keys"), (name = "audit"), (name = "events"), (name = "webhooks"), (name = "operations"))
 )]
 struct ApiDoc;
 
@@ -43,14 +43,19 @@ pub fn openapi() -> OpenApi {
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     doc.merge(ops_routes().split_for_parts().1);
     doc.merge(runway_identity::routes::router().split_for_parts().1);
+    doc.merge(runway_events::routes::router().split_for_parts().1);
     doc
 }
 
 /// Builds the whole router around `state`.
 pub fn router(state: AppState) -> Router {
     let (v1, _) = runway_identity::routes::router().split_for_parts();
+    let (events, _) = runway_events::routes::router().split_for_parts();
+    let events_state =
+        runway_events::routes::EventsState { events: state.events.clone(), identity: state.identity.clone() };
     let v1 = v1
         .with_state(state.identity.clone())
+        .merge(events.with_state(events_state))
         // Layers run bottom-up: authentication, then idempotency, then the handler.
         .layer(middleware::from_fn_with_state(state.clone(), crate::idempotency::idempotency))
         .layer(middleware::from_fn_with_state(state.identity.clone(), runway_identity::authenticate));

@@ -26,6 +26,7 @@ pub struct AppState {
     pub store: Store,
     pub clock: Arc<dyn Clock>,
     pub identity: Arc<Identity>,
+    pub events: Arc<runway_events::Events>,
     /// Set once shutdown begins, so `/readyz` turns away new traffic.
     pub draining: Arc<AtomicBool>,
 }
@@ -68,6 +69,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Api(#[from] runway_core::ApiError),
+    #[error("{0}")]
+    Config(#[from] runway_core::config::ConfigError),
 }
 
 /// Connects the store, migrates when configured, makes sure an admin token exists, binds and
@@ -81,6 +84,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     }
     let identity = Identity::new(store.clone(), clock.clone(), config.clone());
     let admin_token = identity.ensure_admin_token(config.auth.admin_token.as_ref()).await?;
+    let events = runway_events::Events::new(store.clone(), clock.clone(), &config)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
@@ -90,6 +94,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         store: store.clone(),
         clock,
         identity: identity.clone(),
+        events: events.clone(),
         draining: Arc::new(AtomicBool::new(false)),
     };
     let app = router(state.clone());
@@ -99,6 +104,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         let _ = rx.wait_for(|v| *v).await;
     };
     let upkeep = tokio::spawn(identity.clone().run_upkeep(wait_stop(stop_rx.clone())));
+    let worker =
+        config.events.worker_enabled.then(|| tokio::spawn(events.clone().run_worker(wait_stop(stop_rx.clone()))));
     let purge_state = state.clone();
     let purge = tokio::spawn({
         let stop = wait_stop(stop_rx.clone());
@@ -134,6 +141,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             }
         }
         let _ = upkeep.await;
+        if let Some(w) = worker {
+            let _ = w.await;
+        }
         let _ = purge.await;
         store.close().await;
     });

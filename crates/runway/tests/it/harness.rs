@@ -307,3 +307,74 @@ pub fn cli(db: &Database, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// What a test receiver does with each delivery it gets.
+#[derive(Clone, Copy, Debug)]
+pub enum Behaviour {
+    Ok,
+    /// Answer 500 to the first `n` requests, then 200.
+    FailFirst(usize),
+    AlwaysFail,
+}
+
+/// Deliveries a receiver got: headers and body of each.
+pub type Deliveries = Arc<std::sync::Mutex<Vec<(reqwest::header::HeaderMap, Vec<u8>)>>>;
+
+/// A real HTTP server that records every webhook delivery it receives.
+pub struct Receiver {
+    pub url: String,
+    pub got: Deliveries,
+}
+
+impl Receiver {
+    pub async fn start(behaviour: Behaviour) -> Receiver {
+        use axum::body::Bytes;
+        use axum::http::{HeaderMap, StatusCode};
+        let got: Deliveries = Default::default();
+        let sink = got.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let sink = sink.clone();
+                async move {
+                    let n = {
+                        let mut g = sink.lock().unwrap();
+                        g.push((headers, body.to_vec()));
+                        g.len()
+                    };
+                    let ok = match behaviour {
+                        Behaviour::Ok => true,
+                        Behaviour::FailFirst(k) => n > k,
+                        Behaviour::AlwaysFail => false,
+                    };
+                    if ok {
+                        (StatusCode::OK, "thanks")
+                    } else {
+                        (StatusCode::INTERNAL_SERVER_ERROR, "receiver is down")
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { url: format!("http://{addr}/hook"), got }
+    }
+
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+}
+
+/// Polls `check` until it holds, failing after 20 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "timed out waiting for: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

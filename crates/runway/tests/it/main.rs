@@ -8,6 +8,7 @@ mod cli;
 mod contract;
 mod conventions;
 mod credentials;
+mod events;
 mod isolation;
 mod lifecycle;
 mod tenants;

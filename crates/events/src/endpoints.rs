@@ -1,0 +1,432 @@
+//! Webhook endpoints: model, validation, storage, and their messages and attempts.
+
+use crate::Events;
+use crate::signature::WebhookSecret;
+use runway_audit::{AuditContext, Chain, Change};
+use runway_core::clock::rfc3339;
+use runway_core::page::Cursor;
+use runway_core::{ApiError, DeliveryId, EndpointId, ErrorCode, Page, TenantId};
+use runway_store::{DbScope, StoreError, Tx, on_conn};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+/// A tenant's webhook endpoint (its secret is kept apart, see [`Events::endpoint_secret`]).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub id: EndpointId,
+    pub tenant_id: TenantId,
+    pub url: String,
+    pub description: String,
+    /// Event types delivered; empty means all.
+    pub event_types: Vec<String>,
+    pub enabled: bool,
+    pub rate_limit: Option<i64>,
+    pub headers: BTreeMap<String, String>,
+    pub metadata: Value,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Endpoint {
+    pub fn accepts(&self, event_type: &str) -> bool {
+        self.enabled && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EndpointRow {
+    id: String,
+    tenant_id: String,
+    url: String,
+    description: String,
+    event_types: String,
+    enabled: bool,
+    rate_limit: Option<i64>,
+    headers: String,
+    metadata: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl From<EndpointRow> for Endpoint {
+    fn from(r: EndpointRow) -> Self {
+        Endpoint {
+            id: EndpointId::from_trusted(r.id),
+            tenant_id: TenantId::from_trusted(r.tenant_id),
+            url: r.url,
+            description: r.description,
+            event_types: serde_json::from_str(&r.event_types).unwrap_or_default(),
+            enabled: r.enabled,
+            rate_limit: r.rate_limit,
+            headers: serde_json::from_str(&r.headers).unwrap_or_default(),
+            metadata: serde_json::from_str(&r.metadata).unwrap_or(Value::Null),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+const COLUMNS: &str =
+    "id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, created_at, updated_at";
+
+/// The tenant's enabled endpoints, for fan-out at publish time.
+pub(crate) async fn subscribed(tx: &mut Tx, tenant: &TenantId) -> Result<Vec<Endpoint>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND enabled ORDER BY id");
+    let rows: Vec<EndpointRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(tenant.as_str()).fetch_all(&mut *c).await)?;
+    Ok(rows.into_iter().map(Endpoint::from).collect())
+}
+
+/// Queues one event for one endpoint, due now.
+pub(crate) async fn enqueue(
+    tx: &mut Tx,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+    pos: &str,
+    now: i64,
+    id: &DeliveryId,
+) -> Result<(), StoreError> {
+    on_conn!(tx, c => sqlx::query(
+        "INSERT INTO deliveries (id, tenant_id, endpoint_id, event_pos, status, attempts, next_attempt_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)")
+        .bind(id.as_str()).bind(tenant.as_str()).bind(endpoint.as_str()).bind(pos).bind(now)
+        .execute(&mut *c).await.map(|_| ()))?;
+    Ok(())
+}
+
+pub async fn find(tx: &mut Tx, tenant: &TenantId, id: &EndpointId) -> Result<Option<Endpoint>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2");
+    let row: Option<EndpointRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id.as_str()).bind(tenant.as_str()).fetch_optional(&mut *c).await)?;
+    Ok(row.map(Endpoint::from))
+}
+
+pub async fn list(tx: &mut Tx, tenant: &TenantId, cursor: &Cursor) -> Result<Page<Endpoint>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND (CAST($2 AS TEXT) IS NULL OR id > $2) ORDER BY id LIMIT $3"
+    );
+    let rows: Vec<EndpointRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
+        .bind(tenant.as_str()).bind(&cursor.after).bind(i64::from(cursor.limit) + 1).fetch_all(&mut *c).await)?;
+    Ok(Page::from_rows(rows, cursor.limit, |r| r.id.clone()).map(Endpoint::from))
+}
+
+/// Fields of a new endpoint, or changes to one (`None` leaves a field as it is).
+#[derive(Debug, Clone, Default)]
+pub struct EndpointInput {
+    pub url: Option<String>,
+    pub description: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+    pub rate_limit: Option<Option<i64>>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub metadata: Option<Value>,
+    pub secret: Option<String>,
+}
+
+/// Headers an endpoint may not override: they carry the signature and framing.
+const RESERVED_HEADERS: &[&str] =
+    &["webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length", "host", "user-agent"];
+
+fn validate(input: &EndpointInput) -> Result<(), ApiError> {
+    if let Some(url) = &input.url {
+        let parsed = reqwest::Url::parse(url).map_err(|e| ApiError::validation("url", format!("not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(ApiError::validation("url", "must be an http:// or https:// URL with a host"));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(ApiError::validation("url", "credentials in the URL are not allowed; use headers"));
+        }
+    }
+    if input.description.as_ref().is_some_and(|d| d.chars().count() > 500) {
+        return Err(ApiError::validation("description", "must be at most 500 characters"));
+    }
+    if let Some(Some(r)) = input.rate_limit
+        && r < 1
+    {
+        return Err(ApiError::validation("rate_limit", "must be at least 1 per second"));
+    }
+    if let Some(h) = &input.headers {
+        for (k, v) in h {
+            if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
+                return Err(ApiError::validation(format!("headers.{k}"), "this header is set by Runway"));
+            }
+            if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
+                || reqwest::header::HeaderValue::from_str(v).is_err()
+            {
+                return Err(ApiError::validation(format!("headers.{k}"), "not a valid HTTP header"));
+            }
+        }
+    }
+    if input.metadata.as_ref().is_some_and(|m| !m.is_object()) {
+        return Err(ApiError::validation("metadata", "must be a JSON object"));
+    }
+    Ok(())
+}
+
+impl Events {
+    pub async fn create_endpoint(
+        &self,
+        ctx: &AuditContext,
+        tenant: &TenantId,
+        input: EndpointInput,
+    ) -> Result<Endpoint, ApiError> {
+        if input.url.is_none() {
+            return Err(ApiError::validation("url", "is required"));
+        }
+        validate(&input)?;
+        let secret = match &input.secret {
+            Some(s) => WebhookSecret::parse(s).map_err(|e| ApiError::validation("secret", e.to_string()))?,
+            None => WebhookSecret::generate(),
+        };
+        let now = self.clock.now_micros();
+        let ep = Endpoint {
+            id: EndpointId::generate(),
+            tenant_id: tenant.clone(),
+            url: input.url.unwrap_or_default(),
+            description: input.description.unwrap_or_default(),
+            event_types: input.event_types.unwrap_or_default(),
+            enabled: input.enabled.unwrap_or(true),
+            rate_limit: input.rate_limit.flatten(),
+            headers: input.headers.unwrap_or_default(),
+            metadata: input.metadata.unwrap_or_else(|| json!({})),
+            created_at: now,
+            updated_at: now,
+        };
+        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        on_conn!(&mut tx, c => sqlx::query(
+            "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, secret, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)")
+            .bind(ep.id.as_str()).bind(tenant.as_str()).bind(&ep.url).bind(&ep.description)
+            .bind(json!(ep.event_types).to_string()).bind(ep.enabled).bind(ep.rate_limit)
+            .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(secret.expose()).bind(now)
+            .execute(&mut *c).await.map(|_| ()))
+        .map_err(StoreError::from)?;
+        runway_audit::append(&mut tx, &*self.clock, ctx, &Chain::Tenant(tenant.clone()), Change {
+            action: "webhook_endpoint.created",
+            target_kind: "webhook_endpoint",
+            target_id: ep.id.as_str(),
+            summary: json!({"url": ep.url, "event_types": ep.event_types, "enabled": ep.enabled, "secret_supplied": input.secret.is_some()}),
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(ep)
+    }
+
+    pub async fn update_endpoint(
+        &self,
+        ctx: &AuditContext,
+        tenant: &TenantId,
+        id: &EndpointId,
+        input: EndpointInput,
+    ) -> Result<Endpoint, ApiError> {
+        validate(&input)?;
+        if input.secret.is_some() {
+            return Err(ApiError::validation("secret", "secrets are not changed by PATCH"));
+        }
+        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        let before = find(&mut tx, tenant, id).await?.ok_or_else(|| ApiError::not_found("no such webhook endpoint"))?;
+        let mut ep = before.clone();
+        let mut diff = serde_json::Map::new();
+        macro_rules! apply {
+            ($f:ident) => {
+                if let Some(v) = input.$f {
+                    if ep.$f != v {
+                        diff.insert(stringify!($f).into(), json!({"from": ep.$f, "to": v}));
+                        ep.$f = v;
+                    }
+                }
+            };
+        }
+        apply!(url);
+        apply!(description);
+        apply!(event_types);
+        apply!(enabled);
+        apply!(rate_limit);
+        apply!(headers);
+        apply!(metadata);
+        if diff.is_empty() {
+            return Ok(before);
+        }
+        ep.updated_at = self.clock.now_micros();
+        on_conn!(&mut tx, c => sqlx::query(
+            "UPDATE webhook_endpoints SET url = $1, description = $2, event_types = $3, enabled = $4, rate_limit = $5, headers = $6, metadata = $7, updated_at = $8
+             WHERE id = $9 AND tenant_id = $10")
+            .bind(&ep.url).bind(&ep.description).bind(json!(ep.event_types).to_string()).bind(ep.enabled).bind(ep.rate_limit)
+            .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(ep.updated_at).bind(id.as_str()).bind(tenant.as_str())
+            .execute(&mut *c).await.map(|_| ()))
+        .map_err(StoreError::from)?;
+        runway_audit::append(
+            &mut tx,
+            &*self.clock,
+            ctx,
+            &Chain::Tenant(tenant.clone()),
+            Change {
+                action: "webhook_endpoint.updated",
+                target_kind: "webhook_endpoint",
+                target_id: id.as_str(),
+                summary: Value::Object(diff),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ep)
+    }
+
+    /// Deletes an endpoint and its queued messages and attempts.
+    pub async fn delete_endpoint(
+        &self,
+        ctx: &AuditContext,
+        tenant: &TenantId,
+        id: &EndpointId,
+    ) -> Result<(), ApiError> {
+        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        let ep = find(&mut tx, tenant, id).await?.ok_or_else(|| ApiError::not_found("no such webhook endpoint"))?;
+        on_conn!(&mut tx, c => sqlx::query("DELETE FROM delivery_attempts WHERE endpoint_id = $1").bind(id.as_str()).execute(&mut *c).await.map(|_| ()))
+            .map_err(StoreError::from)?;
+        on_conn!(&mut tx, c => sqlx::query("DELETE FROM deliveries WHERE endpoint_id = $1").bind(id.as_str()).execute(&mut *c).await.map(|_| ()))
+            .map_err(StoreError::from)?;
+        on_conn!(&mut tx, c => sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2").bind(id.as_str()).bind(tenant.as_str()).execute(&mut *c).await.map(|_| ()))
+            .map_err(StoreError::from)?;
+        runway_audit::append(
+            &mut tx,
+            &*self.clock,
+            ctx,
+            &Chain::Tenant(tenant.clone()),
+            Change {
+                action: "webhook_endpoint.deleted",
+                target_kind: "webhook_endpoint",
+                target_id: id.as_str(),
+                summary: json!({"url": ep.url}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The endpoint's signing secret, for receivers to verify with.
+    pub async fn endpoint_secret(&self, tenant: &TenantId, id: &EndpointId) -> Result<String, ApiError> {
+        let mut tx = self.store.read(DbScope::Tenant(tenant.clone())).await?;
+        let s: Option<String> = on_conn!(&mut tx, c => sqlx::query_scalar("SELECT secret FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2")
+            .bind(id.as_str()).bind(tenant.as_str()).fetch_optional(&mut *c).await)
+        .map_err(StoreError::from)?;
+        s.ok_or_else(|| ApiError::not_found("no such webhook endpoint"))
+    }
+
+    /// Queues a message again, due now, whatever its state.
+    pub async fn resend(&self, tenant: &TenantId, endpoint: &EndpointId, msg: &DeliveryId) -> Result<(), ApiError> {
+        let now = self.clock.now_micros();
+        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        let n = on_conn!(&mut tx, c => sqlx::query(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, lease_until = NULL, lease_token = NULL, updated_at = $1
+             WHERE id = $2 AND endpoint_id = $3 AND tenant_id = $4")
+            .bind(now).bind(msg.as_str()).bind(endpoint.as_str()).bind(tenant.as_str()).execute(&mut *c).await.map(|r| r.rows_affected()))
+        .map_err(StoreError::from)?;
+        if n == 0 {
+            return Err(ApiError::not_found("no such message"));
+        }
+        tx.commit().await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+/// One event on its way to one endpoint.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Message {
+    /// The `webhook-id` the receiver sees.
+    pub id: String,
+    pub event_pos: String,
+    pub event_id: String,
+    pub event_type: String,
+    /// `pending`, `delivered` or `dead` (dead-lettered after the last retry).
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<String>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct MessageRow {
+    id: String,
+    event_pos: String,
+    event_id: String,
+    event_type: String,
+    status: String,
+    attempts: i64,
+    next_attempt_at: i64,
+    last_error: Option<String>,
+    created_at: i64,
+}
+
+/// Messages of one endpoint, oldest first, optionally by status.
+pub async fn list_messages(
+    tx: &mut Tx,
+    endpoint: &EndpointId,
+    status: Option<&str>,
+    cursor: &Cursor,
+) -> Result<Page<Message>, StoreError> {
+    let rows: Vec<MessageRow> = on_conn!(tx, c => sqlx::query_as(
+        "SELECT d.id, d.event_pos, e.event_id, e.type AS event_type, d.status, d.attempts, d.next_attempt_at, d.last_error, d.created_at
+         FROM deliveries d JOIN events e ON e.pos = d.event_pos
+         WHERE d.endpoint_id = $1 AND (CAST($2 AS TEXT) IS NULL OR d.status = $2) AND (CAST($3 AS TEXT) IS NULL OR d.id > $3)
+         ORDER BY d.id LIMIT $4")
+        .bind(endpoint.as_str()).bind(status).bind(&cursor.after).bind(i64::from(cursor.limit) + 1).fetch_all(&mut *c).await)?;
+    Ok(Page::from_rows(rows, cursor.limit, |r| r.id.clone()).map(|r| Message {
+        next_attempt_at: (r.status == "pending").then(|| rfc3339(r.next_attempt_at)),
+        id: r.id,
+        event_pos: r.event_pos,
+        event_id: r.event_id,
+        event_type: r.event_type,
+        status: r.status,
+        attempts: r.attempts,
+        last_error: r.last_error,
+        created_at: rfc3339(r.created_at),
+    }))
+}
+
+/// One HTTP attempt.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Attempt {
+    pub id: String,
+    pub message_id: String,
+    pub at: String,
+    pub status_code: Option<i64>,
+    pub latency_ms: i64,
+    /// `timeout`, `dns`, `connect`, `tls`, `status` or `blocked_destination`; absent on success.
+    pub error_kind: Option<String>,
+    /// The first 4 KiB of the response body.
+    pub response_excerpt: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    id: String,
+    delivery_id: String,
+    at: i64,
+    status_code: Option<i64>,
+    latency_ms: i64,
+    error_kind: Option<String>,
+    response_excerpt: Option<String>,
+}
+
+/// Attempts at one endpoint, oldest first.
+pub async fn list_attempts(tx: &mut Tx, endpoint: &EndpointId, cursor: &Cursor) -> Result<Page<Attempt>, StoreError> {
+    let rows: Vec<AttemptRow> = on_conn!(tx, c => sqlx::query_as(
+        "SELECT id, delivery_id, at, status_code, latency_ms, error_kind, response_excerpt FROM delivery_attempts
+         WHERE endpoint_id = $1 AND (CAST($2 AS TEXT) IS NULL OR id > $2) ORDER BY id LIMIT $3")
+        .bind(endpoint.as_str()).bind(&cursor.after).bind(i64::from(cursor.limit) + 1).fetch_all(&mut *c).await)?;
+    Ok(Page::from_rows(rows, cursor.limit, |r| r.id.clone()).map(|r| Attempt {
+        id: r.id,
+        message_id: r.delivery_id,
+        at: rfc3339(r.at),
+        status_code: r.status_code,
+        latency_ms: r.latency_ms,
+        error_kind: r.error_kind,
+        response_excerpt: r.response_excerpt,
+    }))
+}
+
+/// Refusal for an unknown endpoint that does not reveal other tenants' endpoints.
+pub fn endpoint_not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such webhook endpoint")
+}

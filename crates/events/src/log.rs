@@ -1,0 +1,364 @@
+//! Event types and the event log: storage and the publish path.
+
+use crate::Events;
+use crate::compat;
+use runway_audit::{AuditContext, Chain, Change};
+use runway_core::clock::rfc3339;
+use runway_core::page::Cursor;
+use runway_core::{ApiError, DeliveryId, ErrorCode, EventPos, Page, TenantId};
+use runway_store::{DbScope, StoreError, Tx, on_conn};
+use serde_json::{Value, json};
+
+/// One version of an event type.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct EventType {
+    pub name: String,
+    /// `MAJOR.MINOR`.
+    pub version: String,
+    pub description: String,
+    /// JSON Schema (2020-12) the payload must match; `null` accepts any payload.
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Value>,
+    pub created_at: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct TypeRow {
+    name: String,
+    major: i64,
+    minor: i64,
+    description: String,
+    schema: Option<String>,
+    created_at: i64,
+}
+
+impl From<TypeRow> for EventType {
+    fn from(r: TypeRow) -> Self {
+        EventType {
+            name: r.name,
+            version: format!("{}.{}", r.major, r.minor),
+            description: r.description,
+            schema: r.schema.and_then(|s| serde_json::from_str(&s).ok()),
+            created_at: rfc3339(r.created_at),
+        }
+    }
+}
+
+/// Parses `MAJOR.MINOR` (a bare `MAJOR` means `.0`).
+pub fn parse_version(v: &str) -> Option<(i64, i64)> {
+    let (a, b) = v.split_once('.').unwrap_or((v, "0"));
+    let (a, b): (i64, i64) = (a.parse().ok()?, b.parse().ok()?);
+    (a >= 1 && b >= 0).then_some((a, b))
+}
+
+fn valid_type_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 128
+        && n.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+        && n.as_bytes()[0].is_ascii_alphabetic()
+}
+
+const TYPE_COLUMNS: &str = "name, major, minor, description, schema, created_at";
+
+async fn latest_type(tx: &mut Tx, name: &str) -> Result<Option<TypeRow>, StoreError> {
+    let sql = format!("SELECT {TYPE_COLUMNS} FROM event_types WHERE name = $1 ORDER BY major DESC, minor DESC LIMIT 1");
+    Ok(on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(name).fetch_optional(&mut *c).await)?)
+}
+
+/// All versions of all event types, by name then version.
+pub async fn list_types(tx: &mut Tx) -> Result<Vec<EventType>, StoreError> {
+    let sql = format!("SELECT {TYPE_COLUMNS} FROM event_types ORDER BY name, major, minor");
+    let rows: Vec<TypeRow> =
+        on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(&mut *c).await)?;
+    Ok(rows.into_iter().map(EventType::from).collect())
+}
+
+/// A new event type version as a client describes it.
+#[derive(Debug, Clone)]
+pub struct NewEventType {
+    pub name: String,
+    pub description: String,
+    pub schema: Option<Value>,
+    pub version: String,
+}
+
+impl Events {
+    /// Adds a version of an event type. Versions are immutable and increase; a new minor
+    /// version must be backward compatible with the latest one of its major.
+    pub async fn create_type(&self, ctx: &AuditContext, new: NewEventType) -> Result<EventType, ApiError> {
+        if !valid_type_name(&new.name) {
+            return Err(ApiError::validation(
+                "name",
+                "use letters, digits, '.', '_' and '-', starting with a letter (at most 128)",
+            ));
+        }
+        let (major, minor) =
+            parse_version(&new.version).ok_or_else(|| ApiError::validation("version", "use MAJOR.MINOR, e.g. 1.0"))?;
+        if let Some(schema) = &new.schema {
+            jsonschema::draft202012::new(schema)
+                .map_err(|e| ApiError::validation("schema", format!("not a valid JSON Schema: {e}")))?;
+        }
+        let mut tx = self.store.write(DbScope::Platform).await?;
+        if let Some(prev) = latest_type(&mut tx, &new.name).await? {
+            if (major, minor) <= (prev.major, prev.minor) {
+                let mut e = ApiError::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "version {major}.{minor} is not newer than {}.{}; versions are immutable",
+                        prev.major, prev.minor
+                    ),
+                );
+                e.field = Some("version".into());
+                return Err(e);
+            }
+            if major == prev.major {
+                let old: Value =
+                    prev.schema.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null);
+                let breaks = match (&old, &new.schema) {
+                    (Value::Null, _) => Vec::new(),
+                    (_, None) => Vec::new(),
+                    (old, Some(new_schema)) => compat::breaking_changes(old, new_schema),
+                };
+                if !breaks.is_empty() {
+                    return Err(ApiError::validation(
+                        "schema",
+                        format!(
+                            "not backward compatible with {}.{} (publish it as a new major version): {}",
+                            prev.major,
+                            prev.minor,
+                            breaks.join("; ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let now = self.clock.now_micros();
+        let schema_text = new.schema.as_ref().map(|s| s.to_string());
+        on_conn!(&mut tx, c => sqlx::query("INSERT INTO event_types (name, major, minor, description, schema, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&new.name).bind(major).bind(minor).bind(&new.description).bind(&schema_text).bind(now)
+            .execute(&mut *c).await.map(|_| ()))
+        .map_err(StoreError::from)?;
+        runway_audit::append(&mut tx, &*self.clock, ctx, &Chain::Platform, Change {
+            action: "event_type.created",
+            target_kind: "event_type",
+            target_id: &new.name,
+            summary: json!({"version": format!("{major}.{minor}"), "description": new.description, "has_schema": new.schema.is_some()}),
+        })
+        .await?;
+        tx.commit().await?;
+        Ok(EventType {
+            name: new.name,
+            version: format!("{major}.{minor}"),
+            description: new.description,
+            schema: new.schema,
+            created_at: rfc3339(now),
+        })
+    }
+}
+
+/// An event as a publisher sends it.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub id: Option<String>,
+    pub payload: Value,
+    pub occurred_at: Option<i64>,
+    pub key: Option<String>,
+}
+
+/// What publishing one event did.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Published {
+    /// The event's id: the publisher's, or one Runway made.
+    pub id: String,
+    /// Its position in the tenant's event log.
+    pub pos: String,
+    /// True when an event with this id had already been published: nothing new happened.
+    pub duplicate: bool,
+}
+
+/// One event of the log.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Event {
+    pub id: String,
+    pub pos: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub type_version: String,
+    #[schema(value_type = Object)]
+    pub payload: Value,
+    pub key: Option<String>,
+    pub occurred_at: String,
+    pub received_at: String,
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EventRow {
+    pub pos: String,
+    pub event_id: String,
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub type_version: String,
+    pub payload: String,
+    pub event_key: Option<String>,
+    pub occurred_at: i64,
+    pub received_at: i64,
+}
+
+impl From<EventRow> for Event {
+    fn from(r: EventRow) -> Self {
+        Event {
+            id: r.event_id,
+            pos: r.pos,
+            event_type: r.event_type,
+            type_version: r.type_version,
+            payload: serde_json::from_str(&r.payload).unwrap_or(Value::Null),
+            key: r.event_key,
+            occurred_at: rfc3339(r.occurred_at),
+            received_at: rfc3339(r.received_at),
+        }
+    }
+}
+
+/// The most events one request may publish.
+pub const MAX_BATCH: usize = 1_000;
+
+impl Events {
+    /// Validates every event against its type, then stores them and their deliveries in one
+    /// transaction: all or nothing, and durable before the caller hears back. Events whose id
+    /// was seen before are reported as duplicates and deliver nothing again.
+    pub async fn publish(
+        &self,
+        tenant: &TenantId,
+        events: Vec<NewEvent>,
+        field_prefix: &str,
+    ) -> Result<Vec<Published>, ApiError> {
+        if events.is_empty() || events.len() > MAX_BATCH {
+            return Err(ApiError::validation(
+                field_prefix.trim_end_matches('/'),
+                format!("publish 1 to {MAX_BATCH} events at a time"),
+            ));
+        }
+        // Validate first, outside the write transaction.
+        let mut read = self.store.read(DbScope::Platform).await?;
+        let mut types: std::collections::HashMap<String, (String, Option<jsonschema::Validator>)> = Default::default();
+        for (i, ev) in events.iter().enumerate() {
+            let at = |f: &str| if field_prefix.is_empty() { f.to_owned() } else { format!("{field_prefix}{i}/{f}") };
+            if let Some(id) = &ev.id
+                && (id.is_empty() || id.len() > 255)
+            {
+                return Err(ApiError::validation(at("id"), "must be 1 to 255 characters"));
+            }
+            if ev.key.as_ref().is_some_and(|k| k.len() > 255) {
+                return Err(ApiError::validation(at("key"), "must be at most 255 characters"));
+            }
+            if !types.contains_key(&ev.event_type) {
+                let row = latest_type(&mut read, &ev.event_type).await?.ok_or_else(|| {
+                    ApiError::validation(
+                        at("type"),
+                        format!("unknown event type `{}`; create it with POST /v1/event-types", ev.event_type),
+                    )
+                })?;
+                let validator = match row.schema.as_deref().map(serde_json::from_str::<Value>) {
+                    Some(Ok(schema)) => Some(jsonschema::draft202012::new(&schema).map_err(ApiError::internal)?),
+                    _ => None,
+                };
+                types.insert(ev.event_type.clone(), (format!("{}.{}", row.major, row.minor), validator));
+            }
+            if let Some(validator) = &types[&ev.event_type].1
+                && let Some(err) = validator.iter_errors(&ev.payload).next()
+            {
+                let pointer = err.instance_path().to_string();
+                return Err(ApiError::validation(
+                    format!("{}{}", at("payload"), pointer),
+                    format!("payload does not match `{}`: {err}", ev.event_type),
+                ));
+            }
+        }
+        drop(read);
+
+        let now = self.clock.now_micros();
+        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        let endpoints = crate::endpoints::subscribed(&mut tx, tenant).await?;
+        let mut out = Vec::with_capacity(events.len());
+        let mut created = 0usize;
+        for ev in events {
+            let pos = EventPos::generate();
+            let event_id = ev.id.clone().unwrap_or_else(|| pos.to_string());
+            let version = types[&ev.event_type].0.clone();
+            let inserted = on_conn!(&mut tx, c => sqlx::query(
+                "INSERT INTO events (pos, tenant_id, event_id, type, type_version, payload, event_key, occurred_at, received_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant_id, event_id) DO NOTHING")
+                .bind(pos.as_str()).bind(tenant.as_str()).bind(&event_id).bind(&ev.event_type).bind(&version)
+                .bind(ev.payload.to_string()).bind(&ev.key).bind(ev.occurred_at.unwrap_or(now)).bind(now)
+                .execute(&mut *c).await.map(|r| r.rows_affected()))
+            .map_err(StoreError::from)?;
+            if inserted == 0 {
+                let original: String = on_conn!(&mut tx, c => sqlx::query_scalar("SELECT pos FROM events WHERE tenant_id = $1 AND event_id = $2")
+                    .bind(tenant.as_str()).bind(&event_id).fetch_one(&mut *c).await)
+                .map_err(StoreError::from)?;
+                out.push(Published { id: event_id, pos: original, duplicate: true });
+                continue;
+            }
+            for ep in endpoints.iter().filter(|e| e.accepts(&ev.event_type)) {
+                crate::endpoints::enqueue(&mut tx, tenant, &ep.id, pos.as_str(), now, &DeliveryId::generate()).await?;
+            }
+            created += 1;
+            out.push(Published { id: event_id, pos: pos.to_string(), duplicate: false });
+        }
+        tx.commit().await?;
+        metrics::counter!("runway_events_published_total").increment(created as u64);
+        if created > 0 {
+            self.wake.notify_one();
+        }
+        Ok(out)
+    }
+}
+
+/// Filters for the event log.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub event_type: Option<String>,
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+}
+
+/// A page of a tenant's event log, oldest first.
+pub async fn list_events(
+    tx: &mut Tx,
+    tenant: &TenantId,
+    f: &EventFilter,
+    cursor: &Cursor,
+) -> Result<Page<Event>, StoreError> {
+    let rows: Vec<EventRow> = on_conn!(tx, c => sqlx::query_as(
+        "SELECT pos, event_id, type, type_version, payload, event_key, occurred_at, received_at FROM events
+         WHERE tenant_id = $1
+           AND (CAST($2 AS TEXT) IS NULL OR type = $2)
+           AND (CAST($3 AS BIGINT) IS NULL OR received_at >= $3)
+           AND (CAST($4 AS BIGINT) IS NULL OR received_at < $4)
+           AND (CAST($5 AS TEXT) IS NULL OR pos > $5)
+         ORDER BY pos LIMIT $6")
+        .bind(tenant.as_str()).bind(&f.event_type).bind(f.from).bind(f.to).bind(&cursor.after).bind(i64::from(cursor.limit) + 1)
+        .fetch_all(&mut *c).await)?;
+    Ok(Page::from_rows(rows, cursor.limit, |r| r.pos.clone()).map(Event::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("1.0"), Some((1, 0)));
+        assert_eq!(parse_version("2"), Some((2, 0)));
+        assert_eq!(parse_version("0.1"), None);
+        assert_eq!(parse_version("1.x"), None);
+    }
+
+    #[test]
+    fn type_names() {
+        assert!(valid_type_name("invoice.paid"));
+        assert!(!valid_type_name("1nvoice"));
+        assert!(!valid_type_name("a b"));
+    }
+}

@@ -1,0 +1,355 @@
+//! The delivery worker: claims due deliveries from the store under a lease, signs and sends
+//! them, records every attempt, and schedules the retry or dead-letters the message.
+//!
+//! The queue is the `deliveries` table behind [`DeliveryQueue`], narrow enough that another
+//! backend (NATS JetStream) can replace it without touching the sending logic.
+
+use crate::Events;
+use crate::schedule::{FailureHint, random_unit};
+use crate::signature::WebhookSecret;
+use crate::ssrf::{self, Cidr};
+use runway_core::AttemptId;
+use runway_core::clock::rfc3339;
+use runway_core::config::EventsConfig;
+use runway_store::{DbScope, Engine, StoreError, on_conn};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A refused destination; found in a reqwest error's source chain to classify the attempt.
+#[derive(Debug, thiserror::Error)]
+#[error("blocked destination: {0}")]
+pub struct BlockedDestination(pub String);
+
+/// A name that did not resolve.
+#[derive(Debug, thiserror::Error)]
+#[error("DNS lookup failed: {0}")]
+struct DnsFailure(String);
+
+/// Resolves webhook hosts and drops every address the SSRF rules refuse, so the connection can
+/// only go where the check allowed (no rebinding between check and connect).
+struct GuardedResolver {
+    allow: Arc<Vec<Cidr>>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let allow = self.allow.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| Box::new(DnsFailure(format!("{host}: {e}"))) as Box<dyn std::error::Error + Send + Sync>)?
+                .collect();
+            let mut refused = None;
+            let ok: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| match ssrf::check(a.ip(), &allow) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        refused = Some(why);
+                        false
+                    }
+                })
+                .collect();
+            if ok.is_empty() {
+                let why = refused.unwrap_or_else(|| format!("{host} has no addresses"));
+                return Err(Box::new(BlockedDestination(why)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(ok.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The HTTP client for deliveries: no redirects, the configured timeout, guarded DNS.
+pub fn client(cfg: &EventsConfig, allow: Arc<Vec<Cidr>>) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(cfg.delivery_timeout_secs))
+        .connect_timeout(Duration::from_secs(cfg.delivery_timeout_secs.min(10)))
+        .user_agent(concat!("Runway-Webhooks/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(Arc::new(GuardedResolver { allow }))
+        .build()
+}
+
+/// A delivery taken off the queue, with everything needed to send it.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: String,
+    pub tenant_id: String,
+    pub endpoint_id: String,
+    pub attempts: i64,
+    pub url: String,
+    pub headers: String,
+    pub secret: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub payload: String,
+    pub occurred_at: i64,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status_code: Option<u16>,
+    pub latency: Duration,
+    pub error_kind: Option<&'static str>,
+    pub excerpt: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+impl Outcome {
+    fn succeeded(&self) -> bool {
+        self.error_kind.is_none()
+    }
+}
+
+/// The queue the worker drains. The store implements it; the sending logic only sees this.
+pub trait DeliveryQueue: Send + Sync {
+    /// Leases up to `limit` due deliveries for `lease`.
+    fn claim(
+        &self,
+        limit: u32,
+        lease: Duration,
+    ) -> impl std::future::Future<Output = Result<Vec<Claimed>, StoreError>> + Send;
+    /// Records an attempt and moves the delivery on: delivered, due again at `retry_at`, or dead.
+    fn complete(
+        &self,
+        d: &Claimed,
+        outcome: &Outcome,
+        retry_at: Option<i64>,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl DeliveryQueue for Events {
+    async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+        let now = self.clock.now_micros();
+        let token = runway_core::id::base32_encode(&runway_core::secret::random_bytes::<12>());
+        let until = now + lease.as_micros() as i64;
+        let mut tx = self.store.write(DbScope::Platform).await?;
+        let lock = match tx.engine() {
+            Engine::Postgres => "FOR UPDATE SKIP LOCKED",
+            Engine::Sqlite => "",
+        };
+        let sql = format!(
+            "UPDATE deliveries SET lease_until = $1, lease_token = $2 WHERE id IN (
+               SELECT id FROM deliveries
+               WHERE status = 'pending' AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3)
+                 AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE enabled)
+               ORDER BY next_attempt_at LIMIT $4 {lock})"
+        );
+        let n = on_conn!(&mut tx, c => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(until).bind(&token).bind(now).bind(i64::from(limit)).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let claimed: Vec<Claimed> = on_conn!(&mut tx, c => sqlx::query_as(
+            "SELECT d.id, d.tenant_id, d.endpoint_id, d.attempts, w.url, w.headers, w.secret, e.event_id, e.type AS event_type, e.payload, e.occurred_at
+             FROM deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id JOIN events e ON e.pos = d.event_pos
+             WHERE d.lease_token = $1 ORDER BY d.next_attempt_at")
+            .bind(&token).fetch_all(&mut *c).await)?;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn complete(&self, d: &Claimed, o: &Outcome, retry_at: Option<i64>) -> Result<(), StoreError> {
+        let now = self.clock.now_micros();
+        let status = match (o.succeeded(), retry_at) {
+            (true, _) => "delivered",
+            (false, Some(_)) => "pending",
+            (false, None) => "dead",
+        };
+        let last_error = o.error_kind.map(|k| match o.status_code {
+            Some(s) => format!("{k}: HTTP {s}"),
+            None => k.to_owned(),
+        });
+        let mut tx = self.store.write(DbScope::Platform).await?;
+        on_conn!(&mut tx, c => sqlx::query(
+            "INSERT INTO delivery_attempts (id, delivery_id, tenant_id, endpoint_id, at, status_code, latency_ms, error_kind, response_excerpt)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(AttemptId::generate().as_str()).bind(&d.id).bind(&d.tenant_id).bind(&d.endpoint_id).bind(now)
+            .bind(o.status_code.map(i64::from)).bind(o.latency.as_millis() as i64).bind(o.error_kind).bind(&o.excerpt)
+            .execute(&mut *c).await.map(|_| ()))?;
+        on_conn!(&mut tx, c => sqlx::query(
+            "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, lease_until = NULL, lease_token = NULL,
+             last_error = $3, updated_at = $4 WHERE id = $5")
+            .bind(status).bind(retry_at.unwrap_or(now)).bind(&last_error).bind(now).bind(&d.id)
+            .execute(&mut *c).await.map(|_| ()))?;
+        tx.commit().await?;
+        metrics::counter!("runway_webhook_deliveries_total", "outcome" => status).increment(1);
+        metrics::histogram!("runway_webhook_attempt_duration_seconds").record(o.latency.as_secs_f64());
+        Ok(())
+    }
+}
+
+const EXCERPT_BYTES: usize = 4096;
+
+fn classify(e: &reqwest::Error) -> &'static str {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = src {
+        if s.downcast_ref::<BlockedDestination>().is_some() {
+            return "blocked_destination";
+        }
+        if s.downcast_ref::<DnsFailure>().is_some() {
+            return "dns";
+        }
+        src = s.source();
+    }
+    if e.is_timeout() {
+        return "timeout";
+    }
+    let text = format!("{e:?}").to_ascii_lowercase();
+    if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+        return "tls";
+    }
+    "connect"
+}
+
+/// The body receivers get: the Standard Webhooks envelope.
+pub fn envelope(d: &Claimed) -> Vec<u8> {
+    let data: serde_json::Value = serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::Null);
+    serde_json::to_vec(&serde_json::json!({
+        "id": d.event_id,
+        "type": d.event_type,
+        "timestamp": rfc3339(d.occurred_at),
+        "data": data,
+    }))
+    .unwrap_or_default()
+}
+
+impl Events {
+    /// Sends one delivery and reports how it went; never fails itself.
+    pub async fn send(&self, d: &Claimed) -> Outcome {
+        let started = Instant::now();
+        let fail = |kind: &'static str, excerpt: String| Outcome {
+            status_code: None,
+            latency: started.elapsed(),
+            error_kind: Some(kind),
+            excerpt: Some(excerpt),
+            retry_after: None,
+        };
+        let url = match reqwest::Url::parse(&d.url) {
+            Ok(u) => u,
+            Err(e) => return fail("connect", format!("bad URL: {e}")),
+        };
+        // Literal IP hosts never reach the resolver: check them here.
+        if let Some(host) = url.host_str()
+            && let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>()
+            && let Err(why) = ssrf::check(ip, &self.allow)
+        {
+            return fail("blocked_destination", why);
+        }
+        let secret = match WebhookSecret::parse(&d.secret) {
+            Ok(s) => s,
+            Err(e) => return fail("connect", format!("endpoint secret unusable: {e}")),
+        };
+        let body = envelope(d);
+        let ts = self.clock.now().unix_timestamp();
+        let mut req = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &d.id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", secret.sign(&d.id, ts, &body));
+        let extra: std::collections::BTreeMap<String, String> = serde_json::from_str(&d.headers).unwrap_or_default();
+        for (k, v) in extra {
+            req = req.header(k, v);
+        }
+        match req.body(body).send().await {
+            Err(e) => {
+                let kind = classify(&e);
+                fail(kind, e.to_string())
+            }
+            Ok(res) => {
+                let status = res.status();
+                let retry_after = res
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let mut excerpt = Vec::new();
+                let mut res = res;
+                while excerpt.len() < EXCERPT_BYTES {
+                    match res.chunk().await {
+                        Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk),
+                        _ => break,
+                    }
+                }
+                excerpt.truncate(EXCERPT_BYTES);
+                Outcome {
+                    status_code: Some(status.as_u16()),
+                    latency: started.elapsed(),
+                    error_kind: (!status.is_success()).then_some("status"),
+                    excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
+                    retry_after,
+                }
+            }
+        }
+    }
+
+    /// When to try again after this attempt, or `None` to dead-letter.
+    fn next_attempt(&self, d: &Claimed, o: &Outcome) -> Option<i64> {
+        if o.succeeded() {
+            return None;
+        }
+        let hint = match (o.status_code, o.error_kind) {
+            (Some(429), _) | (_, Some("timeout")) => FailureHint::SlowDown,
+            _ => FailureHint::Other,
+        };
+        let next = u32::try_from(d.attempts + 1).unwrap_or(u32::MAX);
+        let wait = self.schedule.delay_before(next, hint, o.retry_after, random_unit())?;
+        Some(self.clock.now_micros() + wait.as_micros() as i64)
+    }
+
+    async fn process(&self, d: Claimed) {
+        let outcome = self.send(&d).await;
+        let retry_at = self.next_attempt(&d, &outcome);
+        if let Err(e) = self.complete(&d, &outcome, retry_at).await {
+            // The lease runs out and the delivery is tried again: at least once, never lost.
+            tracing::error!(error = %e, delivery = %d.id, "could not record a delivery attempt");
+        }
+    }
+
+    /// Drains the queue until `stop` resolves. The lease is longer than the HTTP timeout, so a
+    /// slow receiver is never sent the same message twice at once.
+    pub async fn run_worker(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        let lease = Duration::from_secs(self.config.delivery_timeout_secs + 30);
+        let poll = Duration::from_millis(self.config.poll_interval_ms.max(10));
+        let limit = self.config.worker_concurrency;
+        tokio::pin!(stop);
+        loop {
+            loop {
+                let batch = match self.claim(limit, lease).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not claim deliveries");
+                        break;
+                    }
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                let mut set = tokio::task::JoinSet::new();
+                for d in batch {
+                    let me = self.clone();
+                    set.spawn(async move { me.process(d).await });
+                }
+                tokio::select! {
+                    _ = async { while set.join_next().await.is_some() {} } => {}
+                    _ = &mut stop => {
+                        // In-flight attempts finish on their own; unrecorded ones retry after the lease.
+                        set.detach_all();
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+use crate::harness::{ADMIN, Behaviour, Engine, Receiver, TestServer, eventually};
+use runway_events::signature::{WebhookSecret, verify};
+use serde_json::{Value, json};
+
+crate::both_engines!(
+    event_types_have_versioned_contracts,
+    publishing_validates_deduplicates_and_logs,
+    webhooks_are_signed_delivered_and_retried,
+    failing_receivers_are_dead_lettered_and_can_be_resent,
+    internal_destinations_are_refused,
+    webhook_endpoints_are_validated_and_tenant_scoped,
+);
+
+fn invoice_schema() -> Value {
+    json!({"type": "object", "required": ["invoice_id", "amount"], "properties": {
+        "invoice_id": {"type": "string"},
+        "amount": {"type": "integer", "minimum": 0},
+        "email": {"type": "string", "x-pii": true}
+    }})
+}
+
+async fn event_types_have_versioned_contracts(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    let r = s.post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "description": "An invoice was paid", "schema": invoice_schema(), "version": "1.0"})).await;
+    assert_eq!(r.ok(201)["version"], "1.0");
+    s.post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "schema": invoice_schema(), "version": "1.0"}))
+        .await
+        .problem(409, "conflict");
+
+    let mut compatible = invoice_schema();
+    compatible["properties"]["note"] = json!({"type": "string"});
+    s.post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "schema": compatible, "version": "1.1"}))
+        .await
+        .ok(201);
+
+    let mut breaking = invoice_schema();
+    breaking["properties"].as_object_mut().unwrap().remove("email");
+    breaking["required"] = json!(["invoice_id", "amount", "note"]);
+    let r = s
+        .post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "schema": breaking.clone(), "version": "1.2"}))
+        .await;
+    let detail = r.problem(422, "validation_failed")["detail"].as_str().unwrap().to_owned();
+    assert!(detail.contains("/email: property removed") && detail.contains("/note: newly required"), "{detail}");
+    s.post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "schema": breaking, "version": "2.0"}))
+        .await
+        .ok(201);
+
+    let bad =
+        s.post("/v1/event-types", ADMIN, json!({"name": "x.bad", "schema": {"type": 12}, "version": "1.0"})).await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "schema");
+    let missing = s.post("/v1/event-types", ADMIN, json!({"name": "x.none", "version": "1.0"})).await;
+    assert_eq!(missing.problem(422, "validation_failed")["field"], "schema");
+    s.post("/v1/event-types", ADMIN, json!({"name": "audit.free", "schema": null, "version": "1.0"})).await.ok(201);
+
+    s.tenant("ev").await;
+    let (tenant_key, _) = s.tenant_key("ev", &["events:write"]).await;
+    s.post("/v1/event-types", &tenant_key, json!({"name": "t.x", "schema": null, "version": "1.0"}))
+        .await
+        .problem(403, "missing_scope");
+
+    let list = s.get("/v1/event-types", ADMIN).await;
+    let versions: Vec<String> = list.ok(200)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| format!("{}@{}", t["name"].as_str().unwrap(), t["version"].as_str().unwrap()))
+        .collect();
+    assert_eq!(versions, ["audit.free@1.0", "invoice.paid@1.0", "invoice.paid@1.1", "invoice.paid@2.0"]);
+    let audit =
+        s.db.scalar("SELECT COUNT(*) FROM audit_entries WHERE chain = 'platform' AND action = 'event_type.created'")
+            .await;
+    assert_eq!(audit, 4);
+}
+
+async fn publishing_validates_deduplicates_and_logs(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    s.post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "schema": invoice_schema(), "version": "1.0"}))
+        .await
+        .ok(201);
+    s.post("/v1/event-types", ADMIN, json!({"name": "user.created", "schema": null, "version": "1.0"})).await.ok(201);
+    s.tenant("pub").await;
+    let (key, _) = s.tenant_key("pub", &["events:write", "events:read"]).await;
+
+    let one = s
+        .post(
+            "/v1/tenants/pub/events",
+            &key,
+            json!({"type": "invoice.paid", "id": "inv-1", "payload": {"invoice_id": "i1", "amount": 10}}),
+        )
+        .await;
+    let first = one.ok(202)["data"][0].clone();
+    assert_eq!(first["id"], "inv-1");
+    assert_eq!(first["duplicate"], false);
+    assert!(first["pos"].as_str().unwrap().starts_with("evt_"));
+
+    let bad = s
+        .post(
+            "/v1/tenants/pub/events",
+            &key,
+            json!({"type": "invoice.paid", "payload": {"invoice_id": "i2", "amount": -5}}),
+        )
+        .await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "payload/amount");
+    let missing =
+        s.post("/v1/tenants/pub/events", &key, json!({"type": "invoice.paid", "payload": {"amount": 1}})).await;
+    assert_eq!(missing.problem(422, "validation_failed")["field"], "payload");
+    let unknown = s.post("/v1/tenants/pub/events", &key, json!({"type": "nope.never", "payload": {}})).await;
+    assert_eq!(unknown.problem(422, "validation_failed")["field"], "type");
+    let extra =
+        s.post("/v1/tenants/pub/events", &key, json!({"type": "user.created", "payload": {}, "colour": 1})).await;
+    assert_eq!(extra.problem(422, "validation_failed")["field"], "colour");
+
+    // A batch is all or nothing: one bad event refuses the whole batch and names it.
+    let batch = json!([
+        {"type": "user.created", "id": "u-1", "payload": {"name": "a"}},
+        {"type": "invoice.paid", "payload": {"invoice_id": "x", "amount": "ten"}}
+    ]);
+    let r = s.post("/v1/tenants/pub/events", &key, batch).await;
+    assert_eq!(r.problem(422, "validation_failed")["field"], "/1/payload/amount");
+
+    let batch = json!([
+        {"type": "user.created", "id": "u-1", "payload": {"name": "a"}},
+        {"type": "invoice.paid", "id": "inv-1", "payload": {"invoice_id": "i1", "amount": 10}},
+        {"type": "user.created", "payload": {"name": "b"}, "key": "user-b"}
+    ]);
+    let r = s.post("/v1/tenants/pub/events", &key, batch).await;
+    let data = r.ok(202)["data"].as_array().unwrap().clone();
+    assert_eq!(data.iter().map(|d| d["duplicate"].as_bool().unwrap()).collect::<Vec<_>>(), [false, true, false]);
+    assert_eq!(data[1]["pos"], first["pos"], "a duplicate reports the original");
+
+    // CloudEvents structured mode, single and batch.
+    let ce = s.http.post(format!("{}/v1/tenants/pub/events", s.base)).bearer_auth(&key)
+        .header("content-type", "application/cloudevents+json")
+        .body(json!({"specversion": "1.0", "id": "ce-1", "source": "/billing", "type": "user.created", "data": {"name": "c"}, "time": "2026-01-01T00:00:00Z"}).to_string())
+        .send().await.unwrap();
+    assert_eq!(ce.status(), 202);
+    let ceb = s.http.post(format!("{}/v1/tenants/pub/events", s.base)).bearer_auth(&key)
+        .header("content-type", "application/cloudevents-batch+json")
+        .body(json!([{"specversion": "1.0", "id": "ce-2", "source": "/x", "type": "user.created", "data": {}}, {"specversion": "0.3", "id": "ce-3", "source": "/x", "type": "user.created"}]).to_string())
+        .send().await.unwrap();
+    let ceb = TestServer::read(ceb).await;
+    assert_eq!(ceb.problem(422, "validation_failed")["field"], "/1/specversion");
+
+    let too_many: Vec<Value> = (0..1001).map(|i| json!({"type": "user.created", "payload": {"i": i}})).collect();
+    s.post("/v1/tenants/pub/events", &key, Value::Array(too_many)).await.problem(422, "validation_failed");
+
+    let log = s.get("/v1/tenants/pub/events", &key).await;
+    let ids: Vec<String> =
+        log.ok(200)["data"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    assert_eq!(ids[0], "inv-1");
+    assert_eq!(ids[3], "ce-1");
+    let users = s.get("/v1/tenants/pub/events?type=user.created&limit=2", &key).await;
+    assert_eq!(users.ok(200)["data"].as_array().unwrap().len(), 2);
+    assert!(users.body["next_cursor"].is_string());
+    let ce_event = &log.body["data"][3];
+    assert_eq!(ce_event["occurred_at"], "2026-01-01T00:00:00Z");
+    assert_eq!(s.db.scalar("SELECT COUNT(*) FROM events").await, 4, "refused requests stored nothing");
+    s.get("/v1/tenants/pub/events?from=never", &key).await.problem(400, "invalid_query");
+}
+
+async fn setup_delivery(engine: Engine, schedule: Vec<u64>) -> TestServer {
+    let s = TestServer::start_with(engine, move |c| {
+        c.events.allow_destinations = vec!["127.0.0.0/8".into()];
+        c.events.retry_schedule_secs = schedule;
+        c.events.poll_interval_ms = 50;
+        c.events.delivery_timeout_secs = 5;
+    })
+    .await;
+    s.post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "schema": invoice_schema(), "version": "1.0"}))
+        .await
+        .ok(201);
+    s.tenant("hooks").await;
+    s
+}
+
+async fn webhooks_are_signed_delivered_and_retried(engine: Engine) {
+    let s = setup_delivery(engine, vec![0, 1, 1]).await;
+    let good = Receiver::start(Behaviour::Ok).await;
+    let flaky = Receiver::start(Behaviour::FailFirst(2)).await;
+    let (key, _) =
+        s.tenant_key("hooks", &["events:write", "webhooks:write", "webhooks:read", "webhooks:read_secret"]).await;
+    let ep1 = s
+        .post("/v1/tenants/hooks/webhooks", &key, json!({"url": good.url, "headers": {"x-team": "billing"}}))
+        .await
+        .ok(201)
+        .clone();
+    let ep2 = s
+        .post("/v1/tenants/hooks/webhooks", &key, json!({"url": flaky.url, "event_types": ["invoice.paid"]}))
+        .await
+        .ok(201)
+        .clone();
+    let ep1_id = ep1["id"].as_str().unwrap();
+    let ep2_id = ep2["id"].as_str().unwrap();
+    let secret = s.get(&format!("/v1/tenants/hooks/webhooks/{ep1_id}/secret"), &key).await.ok(200)["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(secret.starts_with("whsec_"));
+
+    s.post(
+        "/v1/tenants/hooks/events",
+        &key,
+        json!({"type": "invoice.paid", "id": "inv-9", "payload": {"invoice_id": "i9", "amount": 99}}),
+    )
+    .await
+    .ok(202);
+    eventually("good receiver got the event", || async { good.count() == 1 }).await;
+    let (headers, body) = good.got.lock().unwrap()[0].clone();
+    let h = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+    let secret = WebhookSecret::parse(&secret).unwrap();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    verify(
+        &secret,
+        h("webhook-id").as_deref(),
+        h("webhook-timestamp").as_deref(),
+        h("webhook-signature").as_deref(),
+        &body,
+        Some(now),
+    )
+    .expect("signature verifies");
+    assert!(h("webhook-id").unwrap().starts_with("msg_"));
+    assert_eq!(h("x-team").as_deref(), Some("billing"));
+    let envelope: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(envelope["type"], "invoice.paid");
+    assert_eq!(envelope["id"], "inv-9");
+    assert_eq!(envelope["data"], json!({"invoice_id": "i9", "amount": 99}));
+
+    // The flaky receiver fails twice, then the third attempt (after the retry delays) succeeds.
+    eventually("flaky receiver got three attempts", || async { flaky.count() == 3 }).await;
+    let ids: Vec<String> =
+        flaky.got.lock().unwrap().iter().map(|(h, _)| h["webhook-id"].to_str().unwrap().to_owned()).collect();
+    assert!(ids.iter().all(|i| i == &ids[0]), "retries keep the webhook-id");
+    eventually("message marked delivered", || async {
+        let m = s.get(&format!("/v1/tenants/hooks/webhooks/{ep2_id}/messages"), &key).await;
+        m.body["data"][0]["status"] == "delivered"
+    })
+    .await;
+    let attempts = s.get(&format!("/v1/tenants/hooks/webhooks/{ep2_id}/attempts"), &key).await;
+    let list = attempts.ok(200)["data"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["status_code"], 500);
+    assert_eq!(list[0]["error_kind"], "status");
+    assert_eq!(list[0]["response_excerpt"], "receiver is down");
+    assert_eq!(list[2]["status_code"], 200);
+    assert!(list[2]["error_kind"].is_null());
+    let delivered = s.get(&format!("/v1/tenants/hooks/webhooks/{ep1_id}/messages?status=delivered"), &key).await;
+    assert_eq!(delivered.ok(200)["data"][0]["attempts"], 1);
+    s.get(&format!("/v1/tenants/hooks/webhooks/{ep1_id}/messages?status=lost"), &key)
+        .await
+        .problem(400, "invalid_query");
+}
+
+async fn failing_receivers_are_dead_lettered_and_can_be_resent(engine: Engine) {
+    let s = setup_delivery(engine, vec![0, 1]).await;
+    let down = Receiver::start(Behaviour::AlwaysFail).await;
+    let ep = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": down.url})).await.ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.post(
+        "/v1/tenants/hooks/events",
+        ADMIN,
+        json!({"type": "invoice.paid", "payload": {"invoice_id": "d", "amount": 1}}),
+    )
+    .await
+    .ok(202);
+    let path = format!("/v1/tenants/hooks/webhooks/{ep}/messages?status=dead");
+    eventually("message dead-lettered", || async {
+        s.get(&path, ADMIN).await.body["data"].as_array().is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    assert_eq!(down.count(), 2, "one attempt per schedule entry");
+    let msg = s.get(&path, ADMIN).await.body["data"][0].clone();
+    assert_eq!(msg["attempts"], 2);
+    assert_eq!(msg["last_error"], "status: HTTP 500");
+    let id = msg["id"].as_str().unwrap();
+    s.post(&format!("/v1/tenants/hooks/webhooks/{ep}/messages/{id}/resend"), ADMIN, json!({})).await.ok(202);
+    eventually("resent message attempted again", || async { down.count() >= 3 }).await;
+    s.post(
+        &format!("/v1/tenants/hooks/webhooks/{ep}/messages/msg_01jd8x3v5k7m9p2q4r6s8t0w1y/resend"),
+        ADMIN,
+        json!({}),
+    )
+    .await
+    .problem(404, "not_found");
+}
+
+async fn internal_destinations_are_refused(engine: Engine) {
+    let s = TestServer::start_with(engine, |c| {
+        c.events.retry_schedule_secs = vec![0];
+        c.events.poll_interval_ms = 50;
+    })
+    .await;
+    s.post("/v1/event-types", ADMIN, json!({"name": "ping", "schema": null, "version": "1.0"})).await.ok(201);
+    s.tenant("ssrf").await;
+    let receiver = Receiver::start(Behaviour::Ok).await;
+    let by_ip = s.post("/v1/tenants/ssrf/webhooks", ADMIN, json!({"url": receiver.url})).await.ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let by_name_url = receiver.url.replace("127.0.0.1", "localhost");
+    let by_name = s.post("/v1/tenants/ssrf/webhooks", ADMIN, json!({"url": by_name_url})).await.ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let metadata = s
+        .post("/v1/tenants/ssrf/webhooks", ADMIN, json!({"url": "http://169.254.169.254/latest/meta-data"}))
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.post("/v1/tenants/ssrf/events", ADMIN, json!({"type": "ping", "payload": {}})).await.ok(202);
+    for ep in [&by_ip, &by_name, &metadata] {
+        let path = format!("/v1/tenants/ssrf/webhooks/{ep}/attempts");
+        eventually("refusal recorded", || async {
+            s.get(&path, ADMIN).await.body["data"].as_array().is_some_and(|a| !a.is_empty())
+        })
+        .await;
+        let a = s.get(&path, ADMIN).await.body["data"][0].clone();
+        assert_eq!(a["error_kind"], "blocked_destination", "{ep}: {a}");
+        assert!(a["status_code"].is_null());
+    }
+    assert_eq!(receiver.count(), 0, "nothing reached the internal receiver");
+}
+
+async fn webhook_endpoints_are_validated_and_tenant_scoped(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    s.tenant("wa").await;
+    s.tenant("wb").await;
+    let (a_key, _) = s.tenant_key("wa", &["webhooks:write", "webhooks:read"]).await;
+    let (read_only, _) = s.tenant_key("wa", &["webhooks:read"]).await;
+    let bad = s.post("/v1/tenants/wa/webhooks", &a_key, json!({"url": "ftp://example.com"})).await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "url");
+    let bad = s
+        .post(
+            "/v1/tenants/wa/webhooks",
+            &a_key,
+            json!({"url": "https://example.com", "headers": {"webhook-signature": "x"}}),
+        )
+        .await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "headers.webhook-signature");
+    let bad = s
+        .post("/v1/tenants/wa/webhooks", &a_key, json!({"url": "https://example.com", "secret": "whsec_c2hvcnQ="}))
+        .await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "secret");
+    let supplied = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8G";
+    let ep = s
+        .post(
+            "/v1/tenants/wa/webhooks",
+            &a_key,
+            json!({"url": "https://example.com/hook", "secret": supplied, "event_types": ["a"]}),
+        )
+        .await
+        .ok(201)
+        .clone();
+    let id = ep["id"].as_str().unwrap();
+    assert!(ep.get("secret").is_none(), "the secret is not in the endpoint");
+    s.get(&format!("/v1/tenants/wa/webhooks/{id}/secret"), &a_key).await.problem(403, "missing_scope");
+    assert_eq!(s.get(&format!("/v1/tenants/wa/webhooks/{id}/secret"), ADMIN).await.ok(200)["secret"], supplied);
+    s.post("/v1/tenants/wa/webhooks", &read_only, json!({"url": "https://example.com"}))
+        .await
+        .problem(403, "missing_scope");
+
+    let patched = s
+        .patch(&format!("/v1/tenants/wa/webhooks/{id}"), &a_key, json!({"enabled": false, "description": "paused"}))
+        .await;
+    assert_eq!(patched.ok(200)["enabled"], false);
+    assert_eq!(s.get(&format!("/v1/tenants/wa/webhooks/{id}"), &read_only).await.ok(200)["description"], "paused");
+
+    // Tenant B's key cannot see or touch A's endpoint.
+    let (b_key, _) = s.tenant_key("wb", &["webhooks:write", "webhooks:read", "webhooks:read_secret"]).await;
+    s.get(&format!("/v1/tenants/wb/webhooks/{id}"), &b_key).await.problem(404, "not_found");
+    s.get(&format!("/v1/tenants/wa/webhooks/{id}"), &b_key).await.problem(404, "not_found");
+    s.get(&format!("/v1/tenants/wb/webhooks/{id}/secret"), &b_key).await.problem(404, "not_found");
+    s.delete(&format!("/v1/tenants/wb/webhooks/{id}"), &b_key).await.problem(404, "not_found");
+    assert!(s.get("/v1/tenants/wb/webhooks", &b_key).await.ok(200)["data"].as_array().unwrap().is_empty());
+    s.get("/v1/tenants/wa/webhooks/ep_bad", &a_key).await.problem(400, "invalid_id");
+
+    let r = s.delete(&format!("/v1/tenants/wa/webhooks/{id}"), &a_key).await;
+    assert_eq!(r.status, 204);
+    s.get(&format!("/v1/tenants/wa/webhooks/{id}"), &a_key).await.problem(404, "not_found");
+    let audit = s.get("/v1/tenants/wa/audit?action=webhook_endpoint.updated", ADMIN).await;
+    assert_eq!(audit.ok(200)["data"][0]["summary"]["enabled"], json!({"from": true, "to": false}));
+}

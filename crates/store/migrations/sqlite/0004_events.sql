@@ -1,0 +1,81 @@
+-- Event backbone (events capability): event types, the event log, webhook endpoints, and the
+-- delivery queue with its attempts.
+CREATE TABLE event_types (
+    name        TEXT NOT NULL,
+    major       BIGINT NOT NULL,
+    minor       BIGINT NOT NULL,
+    description TEXT NOT NULL,
+    -- JSON Schema text; NULL means events of this type are accepted without validation.
+    schema      TEXT,
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (name, major, minor)
+);
+
+CREATE TABLE events (
+    pos          TEXT PRIMARY KEY,
+    tenant_id    TEXT NOT NULL REFERENCES tenants (id),
+    event_id     TEXT NOT NULL,
+    type         TEXT NOT NULL,
+    type_version TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    event_key    TEXT,
+    occurred_at  BIGINT NOT NULL,
+    received_at  BIGINT NOT NULL,
+    UNIQUE (tenant_id, event_id)
+);
+
+CREATE INDEX events_by_tenant_type ON events (tenant_id, type, pos);
+
+CREATE TABLE webhook_endpoints (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants (id),
+    url         TEXT NOT NULL,
+    description TEXT NOT NULL,
+    event_types TEXT NOT NULL,
+    enabled     INTEGER NOT NULL,
+    rate_limit  BIGINT,
+    headers     TEXT NOT NULL,
+    metadata    TEXT NOT NULL,
+    secret      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL
+);
+
+CREATE INDEX webhook_endpoints_by_tenant ON webhook_endpoints (tenant_id, id);
+
+-- One row per (event, endpoint): the unit that is retried, dead-lettered and resent.
+CREATE TABLE deliveries (
+    id              TEXT PRIMARY KEY,
+    tenant_id       TEXT NOT NULL,
+    endpoint_id     TEXT NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+    event_pos       TEXT NOT NULL REFERENCES events (pos),
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'dead')),
+    attempts        BIGINT NOT NULL,
+    next_attempt_at BIGINT NOT NULL,
+    lease_until     BIGINT,
+    lease_token     TEXT,
+    last_error      TEXT,
+    created_at      BIGINT NOT NULL,
+    updated_at      BIGINT NOT NULL
+);
+
+CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
+
+CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, id);
+CREATE INDEX deliveries_by_lease ON deliveries (lease_token);
+
+CREATE TABLE delivery_attempts (
+    id               TEXT PRIMARY KEY,
+    delivery_id      TEXT NOT NULL REFERENCES deliveries (id) ON DELETE CASCADE,
+    tenant_id        TEXT NOT NULL,
+    endpoint_id      TEXT NOT NULL,
+    at               BIGINT NOT NULL,
+    status_code      BIGINT,
+    latency_ms       BIGINT NOT NULL,
+    error_kind       TEXT,
+    response_excerpt TEXT
+);
+
+CREATE INDEX delivery_attempts_by_endpoint ON delivery_attempts (endpoint_id, id);
+
+CREATE INDEX delivery_attempts_by_delivery ON delivery_attempts (delivery_id, id);
