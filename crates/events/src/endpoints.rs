@@ -84,11 +84,12 @@ pub(crate) async fn enqueue(
     pos: &str,
     now: i64,
     id: &DeliveryId,
+    replay: bool,
 ) -> Result<(), StoreError> {
     on_conn!(tx, c => sqlx::query(
-        "INSERT INTO deliveries (id, tenant_id, endpoint_id, event_pos, status, attempts, next_attempt_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5)")
-        .bind(id.as_str()).bind(tenant.as_str()).bind(endpoint.as_str()).bind(pos).bind(now)
+        "INSERT INTO deliveries (id, tenant_id, endpoint_id, event_pos, status, attempts, next_attempt_at, created_at, updated_at, replay)
+         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5, $6)")
+        .bind(id.as_str()).bind(tenant.as_str()).bind(endpoint.as_str()).bind(pos).bind(now).bind(replay)
         .execute(&mut *c).await.map(|_| ()))?;
     Ok(())
 }
@@ -342,6 +343,8 @@ pub struct Message {
     pub attempts: i64,
     pub next_attempt_at: Option<String>,
     pub last_error: Option<String>,
+    /// Made by a replay of the event log.
+    pub replay: bool,
     pub created_at: String,
 }
 
@@ -355,22 +358,37 @@ struct MessageRow {
     attempts: i64,
     next_attempt_at: i64,
     last_error: Option<String>,
+    replay: bool,
     created_at: i64,
 }
 
-/// Messages of one endpoint, oldest first, optionally by status.
+/// Filters for an endpoint's messages.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    pub status: Option<String>,
+    pub event_type: Option<String>,
+    /// Created at or after, microseconds.
+    pub from: Option<i64>,
+    /// Created before, microseconds.
+    pub to: Option<i64>,
+}
+
+/// Messages of one endpoint, oldest first.
 pub async fn list_messages(
     tx: &mut Tx,
     endpoint: &EndpointId,
-    status: Option<&str>,
+    f: &MessageFilter,
     cursor: &Cursor,
 ) -> Result<Page<Message>, StoreError> {
     let rows: Vec<MessageRow> = on_conn!(tx, c => sqlx::query_as(
-        "SELECT d.id, d.event_pos, e.event_id, e.type AS event_type, d.status, d.attempts, d.next_attempt_at, d.last_error, d.created_at
+        "SELECT d.id, d.event_pos, e.event_id, e.type AS event_type, d.status, d.attempts, d.next_attempt_at, d.last_error, d.replay, d.created_at
          FROM deliveries d JOIN events e ON e.pos = d.event_pos
          WHERE d.endpoint_id = $1 AND (CAST($2 AS TEXT) IS NULL OR d.status = $2) AND (CAST($3 AS TEXT) IS NULL OR d.id > $3)
+           AND (CAST($5 AS TEXT) IS NULL OR e.type = $5) AND (CAST($6 AS BIGINT) IS NULL OR d.created_at >= $6)
+           AND (CAST($7 AS BIGINT) IS NULL OR d.created_at < $7)
          ORDER BY d.id LIMIT $4")
-        .bind(endpoint.as_str()).bind(status).bind(&cursor.after).bind(i64::from(cursor.limit) + 1).fetch_all(&mut *c).await)?;
+        .bind(endpoint.as_str()).bind(&f.status).bind(&cursor.after).bind(i64::from(cursor.limit) + 1)
+        .bind(&f.event_type).bind(f.from).bind(f.to).fetch_all(&mut *c).await)?;
     Ok(Page::from_rows(rows, cursor.limit, |r| r.id.clone()).map(|r| Message {
         next_attempt_at: (r.status == "pending").then(|| rfc3339(r.next_attempt_at)),
         id: r.id,
@@ -380,6 +398,7 @@ pub async fn list_messages(
         status: r.status,
         attempts: r.attempts,
         last_error: r.last_error,
+        replay: r.replay,
         created_at: rfc3339(r.created_at),
     }))
 }
@@ -424,6 +443,64 @@ pub async fn list_attempts(tx: &mut Tx, endpoint: &EndpointId, cursor: &Cursor) 
         error_kind: r.error_kind,
         response_excerpt: r.response_excerpt,
     }))
+}
+
+impl Events {
+    /// Queues again every failed message of an endpoint created since `since` (dead ones, and
+    /// pending ones that have failed at least once). Returns how many.
+    pub async fn recover(&self, tenant: &TenantId, endpoint: &EndpointId, since: i64) -> Result<u64, ApiError> {
+        self.requeue(tenant, endpoint, true, since).await
+    }
+
+    /// Queues again every dead-lettered message of an endpoint. Returns how many.
+    pub async fn redrive(&self, tenant: &TenantId, endpoint: &EndpointId) -> Result<u64, ApiError> {
+        self.requeue(tenant, endpoint, false, i64::MIN).await
+    }
+
+    async fn requeue(
+        &self,
+        tenant: &TenantId,
+        endpoint: &EndpointId,
+        include_failing: bool,
+        since: i64,
+    ) -> Result<u64, ApiError> {
+        let now = self.clock.now_micros();
+        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        let n = on_conn!(&mut tx, c => sqlx::query(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, lease_until = NULL, lease_token = NULL, updated_at = $1
+             WHERE endpoint_id = $2 AND tenant_id = $3 AND created_at >= $5
+               AND (status = 'dead' OR ($4 AND status = 'pending' AND attempts > 0))")
+            .bind(now).bind(endpoint.as_str()).bind(tenant.as_str()).bind(include_failing).bind(since)
+            .execute(&mut *c).await.map(|r| r.rows_affected()))
+        .map_err(StoreError::from)?;
+        tx.commit().await?;
+        if n > 0 {
+            self.wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Sends a `runway.test` event to one endpoint only; it is not added to the tenant's
+    /// event log listing of published events' types, but it is stored like any event.
+    pub async fn send_test(&self, tenant: &TenantId, endpoint: &EndpointId) -> Result<DeliveryId, ApiError> {
+        let now = self.clock.now_micros();
+        let pos = runway_core::EventPos::generate();
+        let id = DeliveryId::generate();
+        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        if find(&mut tx, tenant, endpoint).await?.is_none() {
+            return Err(endpoint_not_found());
+        }
+        on_conn!(&mut tx, c => sqlx::query(
+            "INSERT INTO events (pos, tenant_id, event_id, type, type_version, payload, event_key, occurred_at, received_at)
+             VALUES ($1, $2, $1, 'runway.test', '1.0', $3, NULL, $4, $4)")
+            .bind(pos.as_str()).bind(tenant.as_str()).bind(json!({"message": "a test event from Runway"}).to_string()).bind(now)
+            .execute(&mut *c).await.map(|_| ()))
+        .map_err(StoreError::from)?;
+        enqueue(&mut tx, tenant, endpoint, pos.as_str(), now, &id, false).await?;
+        tx.commit().await?;
+        self.wake.notify_one();
+        Ok(id)
+    }
 }
 
 /// Refusal for an unknown endpoint that does not reveal other tenants' endpoints.

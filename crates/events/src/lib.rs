@@ -29,6 +29,10 @@ pub struct Events {
     http: reqwest::Client,
     /// Wakes the delivery worker when something was published.
     pub wake: Arc<Notify>,
+    /// Per-endpoint delivery rate limiters, with the rate each was built for.
+    limiters: std::sync::Mutex<
+        std::collections::HashMap<String, (std::num::NonZeroU32, Arc<governor::DefaultDirectRateLimiter>)>,
+    >,
 }
 
 impl Events {
@@ -54,6 +58,7 @@ impl Events {
             allow,
             http,
             wake: Arc::new(Notify::new()),
+            limiters: Default::default(),
         }))
     }
 }

@@ -301,7 +301,8 @@ impl Events {
                 continue;
             }
             for ep in endpoints.iter().filter(|e| e.accepts(&ev.event_type)) {
-                crate::endpoints::enqueue(&mut tx, tenant, &ep.id, pos.as_str(), now, &DeliveryId::generate()).await?;
+                crate::endpoints::enqueue(&mut tx, tenant, &ep.id, pos.as_str(), now, &DeliveryId::generate(), false)
+                    .await?;
             }
             created += 1;
             out.push(Published { id: event_id, pos: pos.to_string(), duplicate: false });
@@ -312,6 +313,74 @@ impl Events {
             self.wake.notify_one();
         }
         Ok(out)
+    }
+}
+
+/// The most events one replay request may queue.
+pub const MAX_REPLAY: i64 = 100_000;
+
+impl Events {
+    /// Queues the events received in `[from, to)` (optionally of one type) again, as new
+    /// deliveries marked as replays, to one endpoint or to every endpoint subscribed to them.
+    pub async fn replay(
+        &self,
+        tenant: &TenantId,
+        from: i64,
+        to: i64,
+        event_type: Option<&str>,
+        endpoint: Option<&runway_core::EndpointId>,
+    ) -> Result<u64, ApiError> {
+        if to <= from {
+            return Err(ApiError::validation("to", "must be after from"));
+        }
+        let now = self.clock.now_micros();
+        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        let mut targets = crate::endpoints::subscribed(&mut tx, tenant).await?;
+        if let Some(id) = endpoint {
+            targets.retain(|e| &e.id == id);
+            if targets.is_empty() {
+                return Err(crate::endpoints::endpoint_not_found());
+            }
+        }
+        let rows: Vec<(String, String)> = on_conn!(&mut tx, c => sqlx::query_as(
+            "SELECT pos, type FROM events WHERE tenant_id = $1 AND received_at >= $2 AND received_at < $3
+               AND (CAST($4 AS TEXT) IS NULL OR type = $4) AND type <> 'runway.test' ORDER BY pos LIMIT $5")
+            .bind(tenant.as_str()).bind(from).bind(to).bind(event_type).bind(MAX_REPLAY + 1).fetch_all(&mut *c).await)
+        .map_err(StoreError::from)?;
+        if rows.len() as i64 > MAX_REPLAY {
+            return Err(ApiError::validation(
+                "from",
+                format!("more than {MAX_REPLAY} events in the range; replay a shorter one"),
+            ));
+        }
+        let mut queued = 0u64;
+        for (pos, ty) in &rows {
+            for ep in targets.iter().filter(|e| e.accepts(ty)) {
+                crate::endpoints::enqueue(&mut tx, tenant, &ep.id, pos, now, &DeliveryId::generate(), true).await?;
+                queued += 1;
+            }
+        }
+        tx.commit().await?;
+        if queued > 0 {
+            self.wake.notify_one();
+        }
+        Ok(queued)
+    }
+
+    /// Sets the queue gauges; called just before a metrics scrape.
+    pub async fn record_gauges(&self) -> Result<(), StoreError> {
+        let now = self.clock.now_micros();
+        let mut tx = self.store.read(DbScope::Platform).await?;
+        let (pending, dead, oldest): (i64, i64, Option<i64>) = on_conn!(&mut tx, c => sqlx::query_as(
+            "SELECT COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0),
+                    COALESCE(SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), 0),
+                    MIN(CASE WHEN status = 'pending' THEN created_at END)
+             FROM deliveries").fetch_one(&mut *c).await)?;
+        metrics::gauge!("runway_webhook_queue_depth").set(pending as f64);
+        metrics::gauge!("runway_webhook_dead_letters").set(dead as f64);
+        metrics::gauge!("runway_webhook_oldest_pending_age_seconds")
+            .set(oldest.map(|o| (now - o).max(0) as f64 / 1e6).unwrap_or(0.0));
+        Ok(())
     }
 }
 

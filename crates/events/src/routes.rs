@@ -37,6 +37,10 @@ pub fn router() -> OpenApiRouter<EventsState> {
         .routes(routes!(list_messages))
         .routes(routes!(list_attempts))
         .routes(routes!(resend))
+        .routes(routes!(recover))
+        .routes(routes!(redrive))
+        .routes(routes!(send_test))
+        .routes(routes!(replay))
 }
 
 /// A new version of an event type.
@@ -415,6 +419,14 @@ async fn get_secret(
 pub struct MessageQuery {
     /// `pending`, `delivered` or `dead`.
     pub status: Option<String>,
+    /// Only messages of this event type.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub event_type: Option<String>,
+    /// RFC 3339, inclusive (message creation).
+    pub from: Option<String>,
+    /// RFC 3339, exclusive.
+    pub to: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }
@@ -438,7 +450,13 @@ async fn list_messages(
     }
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
     let mut tx = s.events.store.read(scope.db()).await?;
-    Ok(Json(endpoints::list_messages(&mut tx, &ep.id, q.status.as_deref(), &cursor).await?))
+    let f = endpoints::MessageFilter {
+        status: q.status,
+        event_type: q.event_type,
+        from: query_time(q.from, "from")?,
+        to: query_time(q.to, "to")?,
+    };
+    Ok(Json(endpoints::list_messages(&mut tx, &ep.id, &f, &cursor).await?))
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/attempts", tag = "webhooks",
@@ -469,4 +487,105 @@ async fn resend(
     let msg = DeliveryId::parse(&msg)?;
     s.events.resend(scope.id(), &ep.id, &msg).await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Requeue every failed message created since a time.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverIn {
+    /// RFC 3339.
+    pub since: String,
+}
+
+/// How many messages were queued.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Queued {
+    pub queued: u64,
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/recover", tag = "webhooks", request_body = RecoverIn,
+    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 202, body = Queued), (status = 404, body = Problem)))]
+async fn recover(
+    State(s): St,
+    auth: Authorized<WebhooksWrite>,
+    Path((tenant, ep)): Path<(String, String)>,
+    ApiJson(b): ApiJson<RecoverIn>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    let scope = auth.tenant(&s.identity, &tenant).await?;
+    let ep = endpoint_in_scope(&s, &scope, &ep).await?;
+    let since = parse_rfc3339(&b.since).ok_or_else(|| ApiError::validation("since", "must be an RFC 3339 time"))?;
+    let queued = s.events.recover(scope.id(), &ep.id, since).await?;
+    Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/dlq/redrive", tag = "webhooks",
+    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 202, body = Queued), (status = 404, body = Problem)))]
+async fn redrive(
+    State(s): St,
+    auth: Authorized<WebhooksWrite>,
+    Path((tenant, ep)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    let scope = auth.tenant(&s.identity, &tenant).await?;
+    let ep = endpoint_in_scope(&s, &scope, &ep).await?;
+    let queued = s.events.redrive(scope.id(), &ep.id).await?;
+    Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
+}
+
+/// The message a test send created.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TestSent {
+    /// The `webhook-id` the receiver will see.
+    pub message_id: String,
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/test", tag = "webhooks",
+    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 202, body = TestSent), (status = 404, body = Problem)))]
+async fn send_test(
+    State(s): St,
+    auth: Authorized<WebhooksWrite>,
+    Path((tenant, ep)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<TestSent>), ApiError> {
+    let scope = auth.tenant(&s.identity, &tenant).await?;
+    let ep = endpoint_in_scope(&s, &scope, &ep).await?;
+    let id = s.events.send_test(scope.id(), &ep.id).await?;
+    Ok((StatusCode::ACCEPTED, Json(TestSent { message_id: id.to_string() })))
+}
+
+/// Replay a range of the event log as new deliveries.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayIn {
+    /// RFC 3339, inclusive (time of receipt).
+    pub from: String,
+    /// RFC 3339, exclusive; now when absent.
+    pub to: Option<String>,
+    /// Only events of this type.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Only this endpoint; every subscribed endpoint when absent.
+    pub endpoint_id: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/events/replay", tag = "events", request_body = ReplayIn,
+    params(("tenant" = String, Path)), responses((status = 202, body = Queued), (status = 422, body = Problem)))]
+async fn replay(
+    State(s): St,
+    auth: Authorized<WebhooksWrite>,
+    Path(tenant): Path<String>,
+    ApiJson(b): ApiJson<ReplayIn>,
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
+    let scope = auth.tenant(&s.identity, &tenant).await?;
+    let from = parse_rfc3339(&b.from).ok_or_else(|| ApiError::validation("from", "must be an RFC 3339 time"))?;
+    let to = match b.to {
+        Some(t) => parse_rfc3339(&t).ok_or_else(|| ApiError::validation("to", "must be an RFC 3339 time"))?,
+        None => s.events.clock.now_micros() + 1,
+    };
+    let endpoint = b
+        .endpoint_id
+        .as_deref()
+        .map(EndpointId::parse)
+        .transpose()
+        .map_err(|e| ApiError::validation("endpoint_id", e.to_string()))?;
+    let queued = s.events.replay(scope.id(), from, to, b.event_type.as_deref(), endpoint.as_ref()).await?;
+    Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
 }

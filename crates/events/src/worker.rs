@@ -79,6 +79,7 @@ pub struct Claimed {
     pub tenant_id: String,
     pub endpoint_id: String,
     pub attempts: i64,
+    pub rate_limit: Option<i64>,
     pub url: String,
     pub headers: String,
     pub secret: String,
@@ -144,7 +145,7 @@ impl DeliveryQueue for Events {
             return Ok(Vec::new());
         }
         let claimed: Vec<Claimed> = on_conn!(&mut tx, c => sqlx::query_as(
-            "SELECT d.id, d.tenant_id, d.endpoint_id, d.attempts, w.url, w.headers, w.secret, e.event_id, e.type AS event_type, e.payload, e.occurred_at
+            "SELECT d.id, d.tenant_id, d.endpoint_id, d.attempts, w.rate_limit, w.url, w.headers, w.secret, e.event_id, e.type AS event_type, e.payload, e.occurred_at
              FROM deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id JOIN events e ON e.pos = d.event_pos
              WHERE d.lease_token = $1 ORDER BY d.next_attempt_at")
             .bind(&token).fetch_all(&mut *c).await)?;
@@ -303,7 +304,45 @@ impl Events {
         Some(self.clock.now_micros() + wait.as_micros() as i64)
     }
 
+    /// Whether the endpoint's rate limit lets this delivery go now; otherwise how long to wait.
+    fn rate_check(&self, d: &Claimed) -> Result<(), Duration> {
+        use governor::{Quota, RateLimiter};
+        let Some(rate) = d.rate_limit.and_then(|r| u32::try_from(r).ok()).and_then(std::num::NonZeroU32::new) else {
+            return Ok(());
+        };
+        let limiter = {
+            let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = map
+                .entry(d.endpoint_id.clone())
+                .or_insert_with(|| (rate, Arc::new(RateLimiter::direct(Quota::per_second(rate)))));
+            if entry.0 != rate {
+                *entry = (rate, Arc::new(RateLimiter::direct(Quota::per_second(rate))));
+            }
+            entry.1.clone()
+        };
+        limiter.check().map_err(|not_until| {
+            not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()))
+        })
+    }
+
+    /// Puts a delivery back without counting an attempt: nothing is dropped by rate limiting.
+    async fn defer(&self, d: &Claimed, wait: Duration) -> Result<(), StoreError> {
+        let at = self.clock.now_micros() + wait.as_micros().max(1_000) as i64;
+        let mut tx = self.store.write(DbScope::Platform).await?;
+        on_conn!(&mut tx, c => sqlx::query("UPDATE deliveries SET next_attempt_at = $1, lease_until = NULL, lease_token = NULL WHERE id = $2")
+            .bind(at).bind(&d.id).execute(&mut *c).await.map(|_| ()))?;
+        tx.commit().await?;
+        metrics::counter!("runway_webhook_deliveries_deferred_total").increment(1);
+        Ok(())
+    }
+
     async fn process(&self, d: Claimed) {
+        if let Err(wait) = self.rate_check(&d) {
+            if let Err(e) = self.defer(&d, wait).await {
+                tracing::warn!(error = %e, delivery = %d.id, "could not defer a rate-limited delivery; it retries after its lease");
+            }
+            return;
+        }
         let outcome = self.send(&d).await;
         let retry_at = self.next_attempt(&d, &outcome);
         if let Err(e) = self.complete(&d, &outcome, retry_at).await {

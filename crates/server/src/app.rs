@@ -114,5 +114,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     crate::observe::record_pool_gauges(&state.store);
+    if let Err(e) = state.events.record_gauges().await {
+        tracing::warn!(error = %e, "could not read webhook queue gauges");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::observe::prometheus().render()).into_response()
 }

@@ -9,6 +9,8 @@ crate::both_engines!(
     failing_receivers_are_dead_lettered_and_can_be_resent,
     internal_destinations_are_refused,
     webhook_endpoints_are_validated_and_tenant_scoped,
+    operators_recover_redrive_test_and_replay,
+    endpoint_rate_limits_defer_without_dropping,
 );
 
 fn invoice_schema() -> Value {
@@ -383,4 +385,99 @@ async fn webhook_endpoints_are_validated_and_tenant_scoped(engine: Engine) {
     s.get(&format!("/v1/tenants/wa/webhooks/{id}"), &a_key).await.problem(404, "not_found");
     let audit = s.get("/v1/tenants/wa/audit?action=webhook_endpoint.updated", ADMIN).await;
     assert_eq!(audit.ok(200)["data"][0]["summary"]["enabled"], json!({"from": true, "to": false}));
+}
+
+async fn operators_recover_redrive_test_and_replay(engine: Engine) {
+    let s = setup_delivery(engine, vec![0]).await;
+    let down = Receiver::start(Behaviour::AlwaysFail).await;
+    let ok = Receiver::start(Behaviour::Ok).await;
+    let ep_down = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": down.url})).await.ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ep_ok = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": ok.url})).await.ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let batch = json!([
+        {"type": "invoice.paid", "payload": {"invoice_id": "a", "amount": 1}},
+        {"type": "invoice.paid", "payload": {"invoice_id": "b", "amount": 2}}
+    ]);
+    s.post("/v1/tenants/hooks/events", ADMIN, batch).await.ok(202);
+    let dead = format!("/v1/tenants/hooks/webhooks/{ep_down}/messages?status=dead&type=invoice.paid");
+    eventually("both dead-lettered", || async {
+        s.get(&dead, ADMIN).await.body["data"].as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    eventually("both delivered to the healthy endpoint", || async { ok.count() == 2 }).await;
+    let none = s.get(&format!("/v1/tenants/hooks/webhooks/{ep_down}/messages?type=user.created"), ADMIN).await;
+    assert!(none.ok(200)["data"].as_array().unwrap().is_empty());
+
+    let r = s.post(&format!("/v1/tenants/hooks/webhooks/{ep_down}/recover"), ADMIN, json!({"since": before})).await;
+    assert_eq!(r.ok(202)["queued"], 2);
+    eventually("recovered messages tried again", || async { down.count() == 4 }).await;
+    eventually("and dead again", || async {
+        s.get(&dead, ADMIN).await.body["data"].as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    let r = s.post(&format!("/v1/tenants/hooks/webhooks/{ep_down}/dlq/redrive"), ADMIN, json!({})).await;
+    assert_eq!(r.ok(202)["queued"], 2);
+    eventually("redriven messages tried again", || async { down.count() == 6 }).await;
+    let future = "2999-01-01T00:00:00Z";
+    eventually("dead again after redrive", || async {
+        s.get(&dead, ADMIN).await.body["data"].as_array().is_some_and(|a| a.len() == 2)
+    })
+    .await;
+    assert_eq!(
+        s.post(&format!("/v1/tenants/hooks/webhooks/{ep_down}/recover"), ADMIN, json!({"since": future})).await.ok(202)
+            ["queued"],
+        0
+    );
+
+    let t = s.post(&format!("/v1/tenants/hooks/webhooks/{ep_ok}/test"), ADMIN, json!({})).await;
+    let msg_id = t.ok(202)["message_id"].as_str().unwrap().to_owned();
+    eventually("test event delivered", || async { ok.count() == 3 }).await;
+    let (headers, body) = ok.got.lock().unwrap()[2].clone();
+    assert_eq!(headers["webhook-id"].to_str().unwrap(), msg_id);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["type"], "runway.test");
+    assert_eq!(down.count(), 6, "the test went to one endpoint only");
+
+    let r = s.post("/v1/tenants/hooks/events/replay", ADMIN, json!({"from": before, "endpoint_id": ep_ok})).await;
+    assert_eq!(r.ok(202)["queued"], 2, "the two published events, not the test event");
+    eventually("replayed events delivered", || async { ok.count() == 5 }).await;
+    let msgs = s.get(&format!("/v1/tenants/hooks/webhooks/{ep_ok}/messages?limit=100"), ADMIN).await;
+    let replays = msgs.ok(200)["data"].as_array().unwrap().iter().filter(|m| m["replay"] == true).count();
+    assert_eq!(replays, 2);
+    let bad = s.post("/v1/tenants/hooks/events/replay", ADMIN, json!({"from": future, "to": before})).await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "to");
+
+    let metrics = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("runway_webhook_dead_letters 2"), "{metrics}");
+    assert!(metrics.contains("runway_webhook_queue_depth"), "{metrics}");
+    assert!(metrics.contains("runway_webhook_oldest_pending_age_seconds"), "{metrics}");
+    assert!(metrics.contains(r#"runway_webhook_deliveries_total{outcome="dead"}"#), "{metrics}");
+    assert!(metrics.contains("runway_webhook_attempt_duration_seconds"), "{metrics}");
+}
+
+async fn endpoint_rate_limits_defer_without_dropping(engine: Engine) {
+    let s = setup_delivery(engine, vec![0, 1]).await;
+    let r = Receiver::start(Behaviour::Ok).await;
+    let ep = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": r.url, "rate_limit": 2})).await.ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let batch: Vec<Value> = (0..8)
+        .map(|i| json!({"type": "invoice.paid", "payload": {"invoice_id": format!("r{i}"), "amount": i}}))
+        .collect();
+    s.post("/v1/tenants/hooks/events", ADMIN, Value::Array(batch)).await.ok(202);
+    eventually("all eight delivered", || async { r.count() == 8 }).await;
+    let attempts = s.get(&format!("/v1/tenants/hooks/webhooks/{ep}/attempts"), ADMIN).await;
+    let list = attempts.ok(200)["data"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 8, "rate limiting defers; it neither drops nor fails attempts");
+    assert!(list.iter().all(|a| a["status_code"] == 200));
+    let metrics = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("runway_webhook_deliveries_deferred_total"), "the limit held some back: {metrics}");
+    let bad = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": r.url, "rate_limit": 0})).await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "rate_limit");
 }

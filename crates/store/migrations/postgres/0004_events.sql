@@ -53,6 +53,8 @@ CREATE TABLE deliveries (
     lease_until     BIGINT,
     lease_token     TEXT,
     last_error      TEXT,
+    -- A delivery made by replaying the event log rather than by publishing.
+    replay          BOOLEAN NOT NULL DEFAULT FALSE,
     created_at      BIGINT NOT NULL,
     updated_at      BIGINT NOT NULL
 );

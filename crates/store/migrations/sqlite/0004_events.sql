@@ -55,6 +55,8 @@ CREATE TABLE deliveries (
     lease_until     BIGINT,
     lease_token     TEXT,
     last_error      TEXT,
+    -- A delivery made by replaying the event log rather than by publishing.
+    replay          INTEGER NOT NULL DEFAULT 0,
     created_at      BIGINT NOT NULL,
     updated_at      BIGINT NOT NULL
 );
