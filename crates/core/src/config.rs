@@ -38,6 +38,25 @@ pub struct EventsConfig {
     pub poll_interval_ms: u64,
     /// Run the delivery worker in this process.
     pub worker_enabled: bool,
+    /// Outbox tables to relay from, each in a service's own PostgreSQL database.
+    pub relays: Vec<RelayConfig>,
+}
+
+/// One outbox relay run by `serve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// `postgres://…` of the database holding the outbox table.
+    pub source_url: DatabaseUrl,
+    /// Outbox table name (`runway_outbox`, or `schema.table`).
+    pub table: String,
+    /// Pause between passes that found nothing, in milliseconds.
+    #[serde(default = "default_relay_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_relay_interval() -> u64 {
+    200
 }
 
 impl Default for EventsConfig {
@@ -49,6 +68,7 @@ impl Default for EventsConfig {
             worker_concurrency: 32,
             poll_interval_ms: 500,
             worker_enabled: true,
+            relays: Vec::new(),
         }
     }
 }
@@ -330,6 +350,14 @@ impl Config {
         }
         if !(1..=300).contains(&self.events.delivery_timeout_secs) {
             return Err(bad("events.delivery_timeout_secs", "must be 1 to 300"));
+        }
+        for (i, r) in self.events.relays.iter().enumerate() {
+            if !r.source_url.is_postgres() {
+                return Err(bad(
+                    format!("events.relays[{i}].source_url"),
+                    "the outbox must be in PostgreSQL (postgres://…)",
+                ));
+            }
         }
         if self.events.worker_concurrency == 0 {
             return Err(bad("events.worker_concurrency", "must be at least 1"));

@@ -7,6 +7,7 @@
 pub mod compat;
 pub mod endpoints;
 pub mod log;
+pub mod relay;
 pub mod routes;
 pub mod schedule;
 pub mod signature;

@@ -54,8 +54,29 @@ enum Command {
     /// Verify and export the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Relay an outbox table of a service's PostgreSQL database into Runway as events.
+    Relay(RelayArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Args)]
+struct RelayArgs {
+    /// `postgres://…` of the database holding the outbox table.
+    #[arg(long)]
+    source: String,
+    /// The outbox table (see README for its DDL).
+    #[arg(long, default_value = "runway_outbox")]
+    table: String,
+    /// Rows per pass.
+    #[arg(long, default_value_t = 500)]
+    batch: i64,
+    /// Run passes until nothing is ready, then exit.
+    #[arg(long)]
+    once: bool,
+    /// Pause between passes that found nothing, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    interval_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +218,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(cmd) => tenant(&cli, open(config).await?, cmd).await,
         Command::Key(cmd) => key(&cli, open(config).await?, cmd).await,
         Command::Audit(cmd) => audit(&cli, open(config).await?, cmd).await,
+        Command::Relay(args) => relay(&cli, config, args).await,
     }
 }
 
@@ -482,4 +504,39 @@ async fn audit(cli: &Cli, id: Arc<Identity>, cmd: &AuditCmd) -> anyhow::Result<(
             Ok(())
         }
     }
+}
+
+async fn relay(cli: &Cli, config: Config, args: &RelayArgs) -> anyhow::Result<()> {
+    let identity = open(config.clone()).await?;
+    let events = runway_events::Events::new(identity.store.clone(), Arc::new(SystemClock), &config)?;
+    let source = runway_store::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&args.source)
+        .await
+        .context("connecting to the outbox database")?;
+    let relay = runway_events::relay::Relay::new(source, &args.table, args.batch).map_err(anyhow::Error::msg)?;
+    if !args.once {
+        let stop = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        runway_events::relay::run(events, relay, std::time::Duration::from_millis(args.interval_ms), stop).await;
+        return Ok(());
+    }
+    let mut total = runway_events::relay::RelayPass::default();
+    loop {
+        let p = relay.pass(&events).await?;
+        let done = p.published + p.duplicates + p.rejected == 0;
+        total.published += p.published;
+        total.duplicates += p.duplicates;
+        total.rejected += p.rejected;
+        if done {
+            break;
+        }
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string(&total)?);
+    } else {
+        println!("published {}, already published {}, rejected {}", total.published, total.duplicates, total.rejected);
+    }
+    Ok(())
 }

@@ -106,6 +106,25 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     let upkeep = tokio::spawn(identity.clone().run_upkeep(wait_stop(stop_rx.clone())));
     let worker =
         config.events.worker_enabled.then(|| tokio::spawn(events.clone().run_worker(wait_stop(stop_rx.clone()))));
+    let mut relays = Vec::new();
+    for (i, r) in config.events.relays.iter().enumerate() {
+        let source =
+            sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy(&r.source_url.0).map_err(|e| {
+                runway_core::config::ConfigError {
+                    key: format!("events.relays[{i}].source_url"),
+                    reason: e.to_string(),
+                }
+            })?;
+        let relay = runway_events::relay::Relay::new(source, &r.table, 500)
+            .map_err(|reason| runway_core::config::ConfigError { key: format!("events.relays[{i}].table"), reason })?;
+        let interval = Duration::from_millis(r.interval_ms.max(10));
+        relays.push(tokio::spawn(runway_events::relay::run(
+            events.clone(),
+            relay,
+            interval,
+            wait_stop(stop_rx.clone()),
+        )));
+    }
     let purge_state = state.clone();
     let purge = tokio::spawn({
         let stop = wait_stop(stop_rx.clone());
@@ -143,6 +162,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         let _ = upkeep.await;
         if let Some(w) = worker {
             let _ = w.await;
+        }
+        for r in relays {
+            let _ = r.await;
         }
         let _ = purge.await;
         store.close().await;

@@ -481,3 +481,59 @@ async fn endpoint_rate_limits_defer_without_dropping(engine: Engine) {
     let bad = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": r.url, "rate_limit": 0})).await;
     assert_eq!(bad.problem(422, "validation_failed")["field"], "rate_limit");
 }
+
+/// PostgreSQL only (the outbox lives in the service's PostgreSQL): a row whose transaction
+/// commits after a later row's is neither skipped nor overtaken; a crash between publishing and
+/// marking publishes nothing twice; rows Runway refuses are marked, not retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_relay_never_skips_a_late_commit_and_keeps_key_order() {
+    use runway_store::sqlx::{self, Connection};
+    let Some(engine) = Engine::postgres() else { return };
+    let s = TestServer::start(engine).await;
+    s.post("/v1/event-types", ADMIN, json!({"name": "order.placed", "schema": null, "version": "1.0"})).await.ok(201);
+    s.tenant("shop").await;
+    let source = s.db.owner_url.clone();
+    let mut ddl = sqlx::PgConnection::connect(&source).await.unwrap();
+    sqlx::raw_sql(runway_events::relay::OUTBOX_DDL).execute(&mut ddl).await.unwrap();
+    let insert = "INSERT INTO runway_outbox (tenant, event_type, payload, event_key) VALUES ($1, 'order.placed', $2::jsonb, 'order-7')";
+
+    // T1 takes id 1 and stays open; T2 takes id 2 and commits first.
+    let mut t1_conn = sqlx::PgConnection::connect(&source).await.unwrap();
+    let mut t1 = t1_conn.begin().await.unwrap();
+    sqlx::query(insert).bind("shop").bind(r#"{"step": 1}"#).execute(&mut *t1).await.unwrap();
+    let mut t2 = sqlx::PgConnection::connect(&source).await.unwrap();
+    sqlx::query(insert).bind("shop").bind(r#"{"step": 2}"#).execute(&mut t2).await.unwrap();
+
+    let relay = |db: &crate::harness::Database| -> Value {
+        let (ok, out, err) =
+            crate::harness::cli(db, &["--json", "relay", "--source", &source, "--table", "runway_outbox", "--once"]);
+        assert!(ok, "{err}");
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let first = relay(&s.db);
+    assert_eq!(first["published"], 0, "row 2 waits while the older transaction holding row 1 is open");
+    t1.commit().await.unwrap();
+    let second = relay(&s.db);
+    assert_eq!(second["published"], 2);
+
+    let log = s.get("/v1/tenants/shop/events", ADMIN).await;
+    let ids: Vec<&str> = log.ok(200)["data"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["outbox-1", "outbox-2"], "published in id order, none skipped");
+    let pending = s.db.scalar("SELECT COUNT(*) FROM runway_outbox WHERE published_at IS NULL").await;
+    assert_eq!(pending, 0);
+
+    // A crash after publishing but before marking: the row is found again and deduplicated.
+    s.db.exec("UPDATE runway_outbox SET published_at = NULL WHERE id = 1").await;
+    let again = relay(&s.db);
+    assert_eq!((again["published"].as_u64(), again["duplicates"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(s.db.scalar("SELECT COUNT(*) FROM events").await, 2, "nothing published twice");
+
+    sqlx::query(insert).bind("no-such-tenant").bind("{}").execute(&mut t2).await.unwrap();
+    let rejected = relay(&s.db);
+    assert_eq!(rejected["rejected"], 1);
+    let why = s
+        .db
+        .scalar("SELECT COUNT(*) FROM runway_outbox WHERE rejected_at IS NOT NULL AND last_error LIKE '%no tenant%'")
+        .await;
+    assert_eq!(why, 1);
+}
