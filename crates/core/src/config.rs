@@ -40,6 +40,11 @@ pub struct EventsConfig {
     pub worker_enabled: bool,
     /// Outbox tables to relay from, each in a service's own PostgreSQL database.
     pub relays: Vec<RelayConfig>,
+    /// An endpoint whose deliveries have failed without a success for this long is disabled,
+    /// in seconds (default 5 days).
+    pub disable_after_failing_secs: u64,
+    /// How long a rotated-out secret keeps signing, in seconds (default 24 h).
+    pub secret_rotation_overlap_secs: u64,
 }
 
 /// One outbox relay run by `serve`.
@@ -69,6 +74,8 @@ impl Default for EventsConfig {
             poll_interval_ms: 500,
             worker_enabled: true,
             relays: Vec::new(),
+            disable_after_failing_secs: 5 * 24 * 3600,
+            secret_rotation_overlap_secs: 24 * 3600,
         }
     }
 }

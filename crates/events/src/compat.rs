@@ -99,6 +99,18 @@ pub fn pii_paths(schema: &Value) -> Vec<String> {
     out
 }
 
+/// What masked personal data reads as.
+pub const REDACTED: &str = "[redacted]";
+
+/// Masks the values at `paths` (JSON pointers) in `payload`, where present.
+pub fn redact(payload: &mut Value, paths: &[String]) {
+    for p in paths {
+        if let Some(v) = payload.pointer_mut(p) {
+            *v = Value::String(REDACTED.to_owned());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +150,14 @@ mod tests {
     }
 
     #[test]
-    fn pii_fields_are_found() {
-        assert_eq!(pii_paths(&base()), vec!["/email"]);
+    fn pii_fields_are_found_and_masked() {
+        let paths = pii_paths(&base());
+        assert_eq!(paths, vec!["/email"]);
+        let mut p = json!({"id": "x", "email": "a@b.c"});
+        redact(&mut p, &paths);
+        assert_eq!(p, json!({"id": "x", "email": REDACTED}));
+        let mut absent = json!({"id": "x"});
+        redact(&mut absent, &paths);
+        assert_eq!(absent, json!({"id": "x"}));
     }
 }

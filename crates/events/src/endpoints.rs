@@ -503,6 +503,101 @@ impl Events {
     }
 }
 
+impl Events {
+    /// Replaces the endpoint's secret; the old one keeps signing, beside the new one, for
+    /// `secret_rotation_overlap_secs`. Returns when the old secret stops being sent.
+    pub async fn rotate_secret(
+        &self,
+        ctx: &AuditContext,
+        tenant: &TenantId,
+        id: &EndpointId,
+        new: Option<String>,
+    ) -> Result<i64, ApiError> {
+        let secret = match new {
+            Some(s) => WebhookSecret::parse(&s).map_err(|e| ApiError::validation("secret", e.to_string()))?,
+            None => WebhookSecret::generate(),
+        };
+        let now = self.clock.now_micros();
+        let until = now + (self.config.secret_rotation_overlap_secs as i64) * 1_000_000;
+        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        let n = on_conn!(&mut tx, c => sqlx::query(
+            "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_expires_at = $1, secret = $2, updated_at = $3
+             WHERE id = $4 AND tenant_id = $5")
+            .bind(until).bind(secret.expose()).bind(now).bind(id.as_str()).bind(tenant.as_str())
+            .execute(&mut *c).await.map(|r| r.rows_affected()))
+        .map_err(StoreError::from)?;
+        if n == 0 {
+            return Err(endpoint_not_found());
+        }
+        runway_audit::append(
+            &mut tx,
+            &*self.clock,
+            ctx,
+            &Chain::Tenant(tenant.clone()),
+            Change {
+                action: "webhook_endpoint.secret_rotated",
+                target_kind: "webhook_endpoint",
+                target_id: id.as_str(),
+                summary: json!({"previous_secret_valid_until": rfc3339(until)}),
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(until)
+    }
+
+    /// Tracks an endpoint's run of failures and disables it once the run is too long, with an
+    /// audit entry and a `runway.endpoint.disabled` event in the tenant's log.
+    pub(crate) async fn note_health(&self, tenant: &str, endpoint: &str, success: bool) -> Result<(), StoreError> {
+        let now = self.clock.now_micros();
+        let mut tx = self.store.write(DbScope::Platform).await?;
+        if success {
+            on_conn!(&mut tx, c => sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
+                .bind(endpoint).execute(&mut *c).await.map(|_| ()))?;
+            return tx.commit().await;
+        }
+        let since: Option<i64> = on_conn!(&mut tx, c => sqlx::query_scalar(
+            "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $1) WHERE id = $2 AND enabled RETURNING failing_since")
+            .bind(now).bind(endpoint).fetch_optional(&mut *c).await)?;
+        let limit = (self.config.disable_after_failing_secs as i64).saturating_mul(1_000_000);
+        if since.is_none_or(|s| now - s < limit) {
+            return tx.commit().await;
+        }
+        on_conn!(&mut tx, c => sqlx::query("UPDATE webhook_endpoints SET enabled = FALSE, updated_at = $1 WHERE id = $2")
+            .bind(now).bind(endpoint).execute(&mut *c).await.map(|_| ()))?;
+        let tenant_id = TenantId::from_trusted(tenant.to_owned());
+        let failing_for = (now - since.unwrap_or(now)) / 1_000_000;
+        runway_audit::append(
+            &mut tx,
+            &*self.clock,
+            &AuditContext::system("webhook-health"),
+            &Chain::Tenant(tenant_id.clone()),
+            Change {
+                action: "webhook_endpoint.disabled",
+                target_kind: "webhook_endpoint",
+                target_id: endpoint,
+                summary: json!({"reason": "failing continuously", "failing_for_secs": failing_for}),
+            },
+        )
+        .await?;
+        // The operational event goes through the tenant's log to its other endpoints.
+        let pos = runway_core::EventPos::generate();
+        let payload = json!({"endpoint_id": endpoint, "failing_since": rfc3339(since.unwrap_or(now)), "reason": "failing continuously"});
+        on_conn!(&mut tx, c => sqlx::query(
+            "INSERT INTO events (pos, tenant_id, event_id, type, type_version, payload, event_key, occurred_at, received_at)
+             VALUES ($1, $2, $1, 'runway.endpoint.disabled', '1.0', $3, $4, $5, $5)")
+            .bind(pos.as_str()).bind(tenant).bind(payload.to_string()).bind(endpoint).bind(now)
+            .execute(&mut *c).await.map(|_| ()))?;
+        for ep in subscribed(&mut tx, &tenant_id).await?.iter().filter(|e| e.accepts("runway.endpoint.disabled")) {
+            enqueue(&mut tx, &tenant_id, &ep.id, pos.as_str(), now, &DeliveryId::generate(), false).await?;
+        }
+        tx.commit().await?;
+        tracing::warn!(endpoint, tenant, "webhook endpoint disabled after failing continuously");
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
 /// Refusal for an unknown endpoint that does not reveal other tenants' endpoints.
 pub fn endpoint_not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such webhook endpoint")

@@ -392,6 +392,27 @@ pub struct EventFilter {
     pub to: Option<i64>,
 }
 
+/// Masks `x-pii` fields of each event's payload, by the schema of the version it was published under.
+pub async fn redact_page(tx: &mut Tx, page: &mut Page<Event>) -> Result<(), StoreError> {
+    let mut cache: std::collections::HashMap<(String, String), Vec<String>> = Default::default();
+    for ev in &mut page.data {
+        let key = (ev.event_type.clone(), ev.type_version.clone());
+        if !cache.contains_key(&key) {
+            let (major, minor) = parse_version(&ev.type_version).unwrap_or((1, 0));
+            let schema: Option<Option<String>> = on_conn!(tx, c => sqlx::query_scalar("SELECT schema FROM event_types WHERE name = $1 AND major = $2 AND minor = $3")
+                .bind(&ev.event_type).bind(major).bind(minor).fetch_optional(&mut *c).await)?;
+            let paths = schema
+                .flatten()
+                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
+                .map(|s| compat::pii_paths(&s))
+                .unwrap_or_default();
+            cache.insert(key.clone(), paths);
+        }
+        compat::redact(&mut ev.payload, &cache[&key]);
+    }
+    Ok(())
+}
+
 /// A page of a tenant's event log, oldest first.
 pub async fn list_events(
     tx: &mut Tx,

@@ -41,6 +41,7 @@ pub fn router() -> OpenApiRouter<EventsState> {
         .routes(routes!(redrive))
         .routes(routes!(send_test))
         .routes(routes!(replay))
+        .routes(routes!(rotate_secret))
 }
 
 /// A new version of an event type.
@@ -227,7 +228,11 @@ async fn list_events(
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
     let f = EventFilter { event_type: q.event_type, from: query_time(q.from, "from")?, to: query_time(q.to, "to")? };
     let mut tx = s.events.store.read(scope.db()).await?;
-    Ok(Json(log::list_events(&mut tx, scope.id(), &f, &cursor).await?))
+    let mut page = log::list_events(&mut tx, scope.id(), &f, &cursor).await?;
+    if !auth.principal.scopes.contains(runway_identity::Scope::EventsReadPii) {
+        log::redact_page(&mut tx, &mut page).await?;
+    }
+    Ok(Json(page))
 }
 
 /// A new webhook endpoint.
@@ -588,4 +593,32 @@ async fn replay(
         .map_err(|e| ApiError::validation("endpoint_id", e.to_string()))?;
     let queued = s.events.replay(scope.id(), from, to, b.event_type.as_deref(), endpoint.as_ref()).await?;
     Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
+}
+
+/// Rotate an endpoint's secret.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateIn {
+    /// The new `whsec_…` secret; generated when absent.
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Rotated {
+    /// Until then deliveries carry signatures by both the old and the new secret.
+    pub previous_secret_valid_until: String,
+}
+
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/secret/rotate", tag = "webhooks", request_body = RotateIn,
+    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 200, body = Rotated), (status = 404, body = Problem)))]
+async fn rotate_secret(
+    State(s): St,
+    auth: Authorized<WebhooksWrite>,
+    Path((tenant, ep)): Path<(String, String)>,
+    ApiJson(b): ApiJson<RotateIn>,
+) -> Result<Json<Rotated>, ApiError> {
+    let scope = auth.tenant(&s.identity, &tenant).await?;
+    let id = EndpointId::parse(&ep)?;
+    let until = s.events.rotate_secret(&auth.audit, scope.id(), &id, b.secret).await?;
+    Ok(Json(Rotated { previous_secret_valid_until: rfc3339(until) }))
 }

@@ -83,6 +83,8 @@ pub struct Claimed {
     pub url: String,
     pub headers: String,
     pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<i64>,
     pub event_id: String,
     pub event_type: String,
     pub payload: String,
@@ -145,7 +147,7 @@ impl DeliveryQueue for Events {
             return Ok(Vec::new());
         }
         let claimed: Vec<Claimed> = on_conn!(&mut tx, c => sqlx::query_as(
-            "SELECT d.id, d.tenant_id, d.endpoint_id, d.attempts, w.rate_limit, w.url, w.headers, w.secret, e.event_id, e.type AS event_type, e.payload, e.occurred_at
+            "SELECT d.id, d.tenant_id, d.endpoint_id, d.attempts, w.rate_limit, w.url, w.headers, w.secret, w.previous_secret, w.previous_secret_expires_at, e.event_id, e.type AS event_type, e.payload, e.occurred_at
              FROM deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id JOIN events e ON e.pos = d.event_pos
              WHERE d.lease_token = $1 ORDER BY d.next_attempt_at")
             .bind(&token).fetch_all(&mut *c).await)?;
@@ -246,13 +248,22 @@ impl Events {
         };
         let body = envelope(d);
         let ts = self.clock.now().unix_timestamp();
+        let mut signature = secret.sign(&d.id, ts, &body);
+        // During a rotation both signatures go in the one header; receivers accept either.
+        if let (Some(prev), Some(until)) = (&d.previous_secret, d.previous_secret_expires_at) {
+            if until > self.clock.now_micros() {
+                if let Ok(prev) = WebhookSecret::parse(prev) {
+                    signature = format!("{signature} {}", prev.sign(&d.id, ts, &body));
+                }
+            }
+        }
         let mut req = self
             .http
             .post(url)
             .header("content-type", "application/json")
             .header("webhook-id", &d.id)
             .header("webhook-timestamp", ts.to_string())
-            .header("webhook-signature", secret.sign(&d.id, ts, &body));
+            .header("webhook-signature", signature);
         let extra: std::collections::BTreeMap<String, String> = serde_json::from_str(&d.headers).unwrap_or_default();
         for (k, v) in extra {
             req = req.header(k, v);
@@ -348,6 +359,10 @@ impl Events {
         if let Err(e) = self.complete(&d, &outcome, retry_at).await {
             // The lease runs out and the delivery is tried again: at least once, never lost.
             tracing::error!(error = %e, delivery = %d.id, "could not record a delivery attempt");
+            return;
+        }
+        if let Err(e) = self.note_health(&d.tenant_id, &d.endpoint_id, outcome.succeeded()).await {
+            tracing::warn!(error = %e, endpoint = %d.endpoint_id, "could not update endpoint health");
         }
     }
 

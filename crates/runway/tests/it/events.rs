@@ -11,6 +11,9 @@ crate::both_engines!(
     webhook_endpoints_are_validated_and_tenant_scoped,
     operators_recover_redrive_test_and_replay,
     endpoint_rate_limits_defer_without_dropping,
+    pii_is_masked_in_listings_but_delivered_intact,
+    rotated_secrets_sign_alongside_the_new_one,
+    endpoints_failing_too_long_are_disabled_with_an_operational_event,
 );
 
 fn invoice_schema() -> Value {
@@ -536,4 +539,98 @@ async fn outbox_relay_never_skips_a_late_commit_and_keeps_key_order() {
         .scalar("SELECT COUNT(*) FROM runway_outbox WHERE rejected_at IS NOT NULL AND last_error LIKE '%no tenant%'")
         .await;
     assert_eq!(why, 1);
+}
+
+async fn pii_is_masked_in_listings_but_delivered_intact(engine: Engine) {
+    let s = setup_delivery(engine, vec![0]).await;
+    let r = Receiver::start(Behaviour::Ok).await;
+    s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": r.url})).await.ok(201);
+    let (reader, _) = s.tenant_key("hooks", &["events:read"]).await;
+    let (pii_reader, _) = s.tenant_key("hooks", &["events:read", "events:read_pii"]).await;
+    let payload = json!({"invoice_id": "p1", "amount": 5, "email": "ada@example.com"});
+    s.post("/v1/tenants/hooks/events", ADMIN, json!({"type": "invoice.paid", "payload": payload})).await.ok(202);
+    let masked = s.get("/v1/tenants/hooks/events", &reader).await;
+    assert_eq!(masked.ok(200)["data"][0]["payload"]["email"], "[redacted]");
+    assert_eq!(masked.body["data"][0]["payload"]["invoice_id"], "p1");
+    assert!(!masked.text.contains("ada@example.com"));
+    let clear = s.get("/v1/tenants/hooks/events", &pii_reader).await;
+    assert_eq!(clear.ok(200)["data"][0]["payload"]["email"], "ada@example.com");
+    eventually("delivered", || async { r.count() == 1 }).await;
+    let delivered: Value = serde_json::from_slice(&r.got.lock().unwrap()[0].1).unwrap();
+    assert_eq!(delivered["data"], payload, "the delivered payload is unchanged");
+}
+
+async fn rotated_secrets_sign_alongside_the_new_one(engine: Engine) {
+    let s = setup_delivery(engine, vec![0]).await;
+    let r = Receiver::start(Behaviour::Ok).await;
+    let ep = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": r.url})).await.ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_path = format!("/v1/tenants/hooks/webhooks/{ep}/secret");
+    let old = WebhookSecret::parse(s.get(&secret_path, ADMIN).await.ok(200)["secret"].as_str().unwrap()).unwrap();
+    let rotated = s.post(&format!("/v1/tenants/hooks/webhooks/{ep}/secret/rotate"), ADMIN, json!({})).await;
+    assert!(rotated.ok(200)["previous_secret_valid_until"].is_string());
+    let new = WebhookSecret::parse(s.get(&secret_path, ADMIN).await.ok(200)["secret"].as_str().unwrap()).unwrap();
+    assert_ne!(old, new);
+    s.post(
+        "/v1/tenants/hooks/events",
+        ADMIN,
+        json!({"type": "invoice.paid", "payload": {"invoice_id": "r", "amount": 1}}),
+    )
+    .await
+    .ok(202);
+    eventually("delivered", || async { r.count() == 1 }).await;
+    let (headers, body) = r.got.lock().unwrap()[0].clone();
+    let h = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+    let sig = h("webhook-signature").unwrap();
+    assert_eq!(sig.split(' ').count(), 2, "both signatures in one header: {sig}");
+    for secret in [&old, &new] {
+        verify(secret, h("webhook-id").as_deref(), h("webhook-timestamp").as_deref(), Some(&sig), &body, None)
+            .expect("verifies with either secret");
+    }
+    let bad = s
+        .post(&format!("/v1/tenants/hooks/webhooks/{ep}/secret/rotate"), ADMIN, json!({"secret": "whsec_c2hvcnQ="}))
+        .await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "secret");
+    let audit = s.get("/v1/tenants/hooks/audit?action=webhook_endpoint.secret_rotated", ADMIN).await;
+    assert_eq!(audit.ok(200)["data"].as_array().unwrap().len(), 1);
+    assert!(!audit.text.contains("whsec_"), "no secret in the audit log");
+}
+
+async fn endpoints_failing_too_long_are_disabled_with_an_operational_event(engine: Engine) {
+    let s = TestServer::start_with(engine, |c| {
+        c.events.allow_destinations = vec!["127.0.0.0/8".into()];
+        c.events.retry_schedule_secs = vec![0, 2, 2];
+        c.events.poll_interval_ms = 50;
+        c.events.disable_after_failing_secs = 1;
+    })
+    .await;
+    s.post("/v1/event-types", ADMIN, json!({"name": "ping", "schema": null, "version": "1.0"})).await.ok(201);
+    s.tenant("sick").await;
+    let down = Receiver::start(Behaviour::AlwaysFail).await;
+    let watcher = Receiver::start(Behaviour::Ok).await;
+    let ep = s
+        .post("/v1/tenants/sick/webhooks", ADMIN, json!({"url": down.url, "event_types": ["ping"]}))
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.post(
+        "/v1/tenants/sick/webhooks",
+        ADMIN,
+        json!({"url": watcher.url, "event_types": ["runway.endpoint.disabled"]}),
+    )
+    .await
+    .ok(201);
+    s.post("/v1/tenants/sick/events", ADMIN, json!({"type": "ping", "payload": {}})).await.ok(202);
+    let path = format!("/v1/tenants/sick/webhooks/{ep}");
+    eventually("endpoint disabled", || async { s.get(&path, ADMIN).await.body["enabled"] == false }).await;
+    eventually("operational event delivered", || async { watcher.count() == 1 }).await;
+    let event: Value = serde_json::from_slice(&watcher.got.lock().unwrap()[0].1).unwrap();
+    assert_eq!(event["type"], "runway.endpoint.disabled");
+    assert_eq!(event["data"]["endpoint_id"], ep.as_str());
+    let audit = s.get("/v1/tenants/sick/audit?action=webhook_endpoint.disabled", ADMIN).await;
+    assert_eq!(audit.ok(200)["data"][0]["actor"]["kind"], "system");
 }

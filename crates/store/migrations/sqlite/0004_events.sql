@@ -37,6 +37,11 @@ CREATE TABLE webhook_endpoints (
     headers     TEXT NOT NULL,
     metadata    TEXT NOT NULL,
     secret      TEXT NOT NULL,
+    -- After a rotation the old secret still signs until it expires (both signatures are sent).
+    previous_secret            TEXT,
+    previous_secret_expires_at BIGINT,
+    -- When the current run of failed deliveries began; NULL while deliveries succeed.
+    failing_since BIGINT,
     created_at  BIGINT NOT NULL,
     updated_at  BIGINT NOT NULL
 );
