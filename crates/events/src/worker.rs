@@ -250,12 +250,11 @@ impl Events {
         let ts = self.clock.now().unix_timestamp();
         let mut signature = secret.sign(&d.id, ts, &body);
         // During a rotation both signatures go in the one header; receivers accept either.
-        if let (Some(prev), Some(until)) = (&d.previous_secret, d.previous_secret_expires_at) {
-            if until > self.clock.now_micros() {
-                if let Ok(prev) = WebhookSecret::parse(prev) {
-                    signature = format!("{signature} {}", prev.sign(&d.id, ts, &body));
-                }
-            }
+        if let (Some(prev), Some(until)) = (&d.previous_secret, d.previous_secret_expires_at)
+            && until > self.clock.now_micros()
+            && let Ok(prev) = WebhookSecret::parse(prev)
+        {
+            signature = format!("{signature} {}", prev.sign(&d.id, ts, &body));
         }
         let mut req = self
             .http
