@@ -449,28 +449,47 @@ impl Events {
     /// Queues again every failed message of an endpoint created since `since` (dead ones, and
     /// pending ones that have failed at least once). Returns how many.
     pub async fn recover(&self, tenant: &TenantId, endpoint: &EndpointId, since: i64) -> Result<u64, ApiError> {
-        self.requeue(tenant, endpoint, true, since).await
+        self.requeue(tenant, endpoint, Requeue::Failed { since }, i64::MAX).await
     }
 
     /// Queues again every dead-lettered message of an endpoint. Returns how many.
     pub async fn redrive(&self, tenant: &TenantId, endpoint: &EndpointId) -> Result<u64, ApiError> {
-        self.requeue(tenant, endpoint, false, i64::MIN).await
+        self.requeue(tenant, endpoint, Requeue::Dead, i64::MAX).await
     }
 
-    async fn requeue(
+    /// How many messages `requeue` with `which` would move.
+    pub async fn count_requeueable(
         &self,
         tenant: &TenantId,
         endpoint: &EndpointId,
-        include_failing: bool,
-        since: i64,
+        which: Requeue,
     ) -> Result<u64, ApiError> {
+        let (failing, since) = which.args();
+        let mut tx = self.store.read(DbScope::Tenant(tenant.clone())).await?;
+        let n: i64 = on_conn!(&mut tx, c => sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = $1 AND tenant_id = $2 AND created_at >= $4
+               AND (status = 'dead' OR ($3 AND status = 'pending' AND attempts > 0))")
+            .bind(endpoint.as_str()).bind(tenant.as_str()).bind(failing).bind(since).fetch_one(&mut *c).await)
+        .map_err(StoreError::from)?;
+        Ok(n as u64)
+    }
+
+    /// Moves up to `limit` messages selected by `which` back to pending, due now.
+    pub async fn requeue(
+        &self,
+        tenant: &TenantId,
+        endpoint: &EndpointId,
+        which: Requeue,
+        limit: i64,
+    ) -> Result<u64, ApiError> {
+        let (failing, since) = which.args();
         let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         let n = on_conn!(&mut tx, c => sqlx::query(
             "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, lease_until = NULL, lease_token = NULL, updated_at = $1
-             WHERE endpoint_id = $2 AND tenant_id = $3 AND created_at >= $5
-               AND (status = 'dead' OR ($4 AND status = 'pending' AND attempts > 0))")
-            .bind(now).bind(endpoint.as_str()).bind(tenant.as_str()).bind(include_failing).bind(since)
+             WHERE id IN (SELECT id FROM deliveries WHERE endpoint_id = $2 AND tenant_id = $3 AND created_at >= $5
+               AND (status = 'dead' OR ($4 AND status = 'pending' AND attempts > 0)) ORDER BY id LIMIT $6)")
+            .bind(now).bind(endpoint.as_str()).bind(tenant.as_str()).bind(failing).bind(since).bind(limit)
             .execute(&mut *c).await.map(|r| r.rows_affected()))
         .map_err(StoreError::from)?;
         tx.commit().await?;
@@ -595,6 +614,24 @@ impl Events {
         tracing::warn!(endpoint, tenant, "webhook endpoint disabled after failing continuously");
         self.wake.notify_one();
         Ok(())
+    }
+}
+
+/// Which messages to queue again.
+#[derive(Debug, Clone, Copy)]
+pub enum Requeue {
+    /// Dead-lettered ones (the DLQ).
+    Dead,
+    /// Dead ones and pending ones that have failed, created since a time (microseconds).
+    Failed { since: i64 },
+}
+
+impl Requeue {
+    fn args(self) -> (bool, i64) {
+        match self {
+            Requeue::Dead => (false, i64::MIN),
+            Requeue::Failed { since } => (true, since),
+        }
     }
 }
 

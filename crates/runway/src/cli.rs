@@ -54,10 +54,86 @@ enum Command {
     /// Verify and export the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Publish and list events.
+    #[command(subcommand)]
+    Events(EventsCmd),
+    /// Operate webhook endpoints: list, test, resend, recover, dead-letter queue.
+    #[command(subcommand)]
+    Webhooks(WebhooksCmd),
     /// Relay an outbox table of a service's PostgreSQL database into Runway as events.
     Relay(RelayArgs),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCmd {
+    /// Publish one event (or, with --file, a JSON array of events).
+    Publish {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// The payload as JSON.
+        #[arg(long)]
+        payload: Option<String>,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        /// A file with a JSON array of {type, id?, payload, key?} events.
+        #[arg(long, conflicts_with_all = ["event_type", "payload", "id", "key"])]
+        file: Option<PathBuf>,
+    },
+    /// List a tenant's events, oldest first (x-pii fields masked unless --show-pii).
+    List {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(long)]
+        show_pii: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhooksCmd {
+    /// List a tenant's endpoints.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Send a test event to an endpoint.
+    Test {
+        #[arg(long)]
+        tenant: String,
+        endpoint: String,
+    },
+    /// Queue one message again.
+    Resend {
+        #[arg(long)]
+        tenant: String,
+        endpoint: String,
+        message: String,
+    },
+    /// Queue again every failed message since a time (RFC 3339).
+    Recover {
+        #[arg(long)]
+        tenant: String,
+        endpoint: String,
+        #[arg(long)]
+        since: String,
+    },
+    /// List an endpoint's dead-letter queue; with --redrive, queue it all again.
+    Dlq {
+        #[arg(long)]
+        tenant: String,
+        endpoint: String,
+        #[arg(long)]
+        redrive: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +295,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => key(&cli, open(config).await?, cmd).await,
         Command::Audit(cmd) => audit(&cli, open(config).await?, cmd).await,
         Command::Relay(args) => relay(&cli, config, args).await,
+        Command::Events(cmd) => events_cmd(&cli, config, cmd).await,
+        Command::Webhooks(cmd) => webhooks_cmd(&cli, config, cmd).await,
     }
 }
 
@@ -539,4 +617,186 @@ async fn relay(cli: &Cli, config: Config, args: &RelayArgs) -> anyhow::Result<()
         println!("published {}, already published {}, rejected {}", total.published, total.duplicates, total.rejected);
     }
     Ok(())
+}
+
+async fn open_events(config: &Config) -> anyhow::Result<(Arc<Identity>, Arc<runway_events::Events>)> {
+    let identity = open(config.clone()).await?;
+    let events = runway_events::Events::new(identity.store.clone(), Arc::new(SystemClock), config)?;
+    Ok((identity, events))
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn events_cmd(cli: &Cli, config: Config, cmd: &EventsCmd) -> anyhow::Result<()> {
+    use runway_events::log::{self, EventFilter, NewEvent};
+    let (identity, events) = open_events(&config).await?;
+    match cmd {
+        EventsCmd::Publish { tenant, event_type, payload, id, key, file } => {
+            let t = resolve(&identity, tenant).await?;
+            let batch: Vec<NewEvent> = match file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                    let items: Vec<serde_json::Value> =
+                        serde_json::from_str(&text).context("the file must hold a JSON array of events")?;
+                    items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            Ok(NewEvent {
+                                event_type: v["type"]
+                                    .as_str()
+                                    .with_context(|| format!("event {i} has no type"))?
+                                    .to_owned(),
+                                id: v["id"].as_str().map(str::to_owned),
+                                payload: v.get("payload").cloned().unwrap_or(serde_json::Value::Null),
+                                occurred_at: None,
+                                key: v["key"].as_str().map(str::to_owned),
+                            })
+                        })
+                        .collect::<anyhow::Result<_>>()?
+                }
+                None => {
+                    let ty = event_type.clone().context("--type is required (or --file)")?;
+                    let payload =
+                        serde_json::from_str(payload.as_deref().unwrap_or("{}")).context("--payload must be JSON")?;
+                    vec![NewEvent { event_type: ty, id: id.clone(), payload, occurred_at: None, key: key.clone() }]
+                }
+            };
+            let published = events.publish(&t.id, batch, if file.is_some() { "/" } else { "" }).await?;
+            if cli.json {
+                return print_json(&published);
+            }
+            let mut tbl = table(&["ID", "POSITION", "DUPLICATE"]);
+            for p in published {
+                tbl.add_row(vec![p.id, p.pos, p.duplicate.to_string()]);
+            }
+            println!("{tbl}");
+            Ok(())
+        }
+        EventsCmd::List { tenant, event_type, limit, show_pii } => {
+            let t = resolve(&identity, tenant).await?;
+            let mut tx = identity.store.read(DbScope::Tenant(t.id.clone())).await?;
+            let f = EventFilter { event_type: event_type.clone(), from: None, to: None };
+            let mut page =
+                log::list_events(&mut tx, &t.id, &f, &Cursor { after: None, limit: (*limit).clamp(1, 100) }).await?;
+            if !show_pii {
+                log::redact_page(&mut tx, &mut page).await?;
+            }
+            if cli.json {
+                return print_json(&page.data);
+            }
+            let mut tbl = table(&["ID", "TYPE", "KEY", "RECEIVED", "PAYLOAD"]);
+            for e in page.data {
+                tbl.add_row(vec![
+                    e.id,
+                    e.event_type,
+                    e.key.unwrap_or_else(|| "-".into()),
+                    e.received_at,
+                    e.payload.to_string(),
+                ]);
+            }
+            println!("{tbl}");
+            Ok(())
+        }
+    }
+}
+
+async fn webhooks_cmd(cli: &Cli, config: Config, cmd: &WebhooksCmd) -> anyhow::Result<()> {
+    use runway_core::{DeliveryId, EndpointId};
+    use runway_events::endpoints::{self, MessageFilter, Requeue};
+    let (identity, events) = open_events(&config).await?;
+    let endpoint = |raw: &str| EndpointId::parse(raw).map_err(anyhow::Error::from);
+    match cmd {
+        WebhooksCmd::List { tenant } => {
+            let t = resolve(&identity, tenant).await?;
+            let mut tx = identity.store.read(DbScope::Tenant(t.id.clone())).await?;
+            let page = endpoints::list(&mut tx, &t.id, &Cursor { after: None, limit: 100 }).await?;
+            let out: Vec<runway_events::routes::EndpointOut> = page.data.into_iter().map(Into::into).collect();
+            if cli.json {
+                return print_json(&out);
+            }
+            let mut tbl = table(&["ID", "URL", "ENABLED", "EVENT TYPES"]);
+            for e in out {
+                let types = if e.event_types.is_empty() { "all".into() } else { e.event_types.join(",") };
+                tbl.add_row(vec![e.id.to_string(), e.url, e.enabled.to_string(), types]);
+            }
+            println!("{tbl}");
+            Ok(())
+        }
+        WebhooksCmd::Test { tenant, endpoint: ep } => {
+            let t = resolve(&identity, tenant).await?;
+            let id = events.send_test(&t.id, &endpoint(ep)?).await?;
+            println!("queued test message {id}");
+            Ok(())
+        }
+        WebhooksCmd::Resend { tenant, endpoint: ep, message } => {
+            let t = resolve(&identity, tenant).await?;
+            events.resend(&t.id, &endpoint(ep)?, &DeliveryId::parse(message)?).await?;
+            println!("queued {message} again");
+            Ok(())
+        }
+        WebhooksCmd::Recover { tenant, endpoint: ep, since } => {
+            let t = resolve(&identity, tenant).await?;
+            let since = parse_rfc3339(since).context("--since must be an RFC 3339 time")?;
+            let n = requeue_with_progress(&events, &t.id, &endpoint(ep)?, Requeue::Failed { since }).await?;
+            println!("queued {n} failed message(s) again");
+            Ok(())
+        }
+        WebhooksCmd::Dlq { tenant, endpoint: ep, redrive } => {
+            let t = resolve(&identity, tenant).await?;
+            let ep = endpoint(ep)?;
+            if *redrive {
+                let n = requeue_with_progress(&events, &t.id, &ep, Requeue::Dead).await?;
+                println!("queued {n} dead-lettered message(s) again");
+                return Ok(());
+            }
+            let mut tx = identity.store.read(DbScope::Tenant(t.id.clone())).await?;
+            let f = MessageFilter { status: Some("dead".into()), ..Default::default() };
+            let page = endpoints::list_messages(&mut tx, &ep, &f, &Cursor { after: None, limit: 100 }).await?;
+            if cli.json {
+                return print_json(&page.data);
+            }
+            let mut tbl = table(&["MESSAGE", "EVENT", "TYPE", "ATTEMPTS", "LAST ERROR"]);
+            for m in page.data {
+                tbl.add_row(vec![
+                    m.id,
+                    m.event_id,
+                    m.event_type,
+                    m.attempts.to_string(),
+                    m.last_error.unwrap_or_default(),
+                ]);
+            }
+            println!("{tbl}");
+            Ok(())
+        }
+    }
+}
+
+/// Requeues in batches of 500, showing progress on a terminal.
+async fn requeue_with_progress(
+    events: &runway_events::Events,
+    tenant: &runway_core::TenantId,
+    endpoint: &runway_core::EndpointId,
+    which: runway_events::endpoints::Requeue,
+) -> anyhow::Result<u64> {
+    let total = events.count_requeueable(tenant, endpoint, which).await?;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} messages requeued ({eta} left)")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut done = 0;
+    while done < total {
+        let n = events.requeue(tenant, endpoint, which, 500).await?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+        bar.inc(n);
+    }
+    bar.finish_and_clear();
+    Ok(done)
 }

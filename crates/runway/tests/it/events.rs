@@ -14,6 +14,7 @@ crate::both_engines!(
     pii_is_masked_in_listings_but_delivered_intact,
     rotated_secrets_sign_alongside_the_new_one,
     endpoints_failing_too_long_are_disabled_with_an_operational_event,
+    cli_publishes_events_and_operates_webhooks,
 );
 
 fn invoice_schema() -> Value {
@@ -633,4 +634,79 @@ async fn endpoints_failing_too_long_are_disabled_with_an_operational_event(engin
     assert_eq!(event["data"]["endpoint_id"], ep.as_str());
     let audit = s.get("/v1/tenants/sick/audit?action=webhook_endpoint.disabled", ADMIN).await;
     assert_eq!(audit.ok(200)["data"][0]["actor"]["kind"], "system");
+}
+
+async fn cli_publishes_events_and_operates_webhooks(engine: Engine) {
+    use crate::harness::cli;
+    let s = setup_delivery(engine, vec![0]).await;
+    let down = Receiver::start(Behaviour::AlwaysFail).await;
+    let ep = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": down.url})).await.ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let run = |args: &[&str]| {
+        let (ok, out, err) = cli(&s.db, args);
+        assert!(ok, "runway {args:?}: {err}");
+        out
+    };
+    let out = run(&[
+        "--json",
+        "events",
+        "publish",
+        "--tenant",
+        "hooks",
+        "--type",
+        "invoice.paid",
+        "--id",
+        "cli-1",
+        "--payload",
+        r#"{"invoice_id":"c","amount":3,"email":"x@y.z"}"#,
+    ]);
+    let published: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(published[0]["id"], "cli-1");
+    let file = s.db.dir.join("batch.json");
+    std::fs::write(&file, r#"[{"type":"invoice.paid","id":"cli-2","payload":{"invoice_id":"d","amount":4}},{"type":"invoice.paid","id":"cli-1","payload":{"invoice_id":"c","amount":3}}]"#).unwrap();
+    let out = run(&["--json", "events", "publish", "--tenant", "hooks", "--file", file.to_str().unwrap()]);
+    let batch: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(batch[1]["duplicate"], true);
+    let (ok, _, err) = cli(
+        &s.db,
+        &["events", "publish", "--tenant", "hooks", "--type", "invoice.paid", "--payload", r#"{"amount":1}"#],
+    );
+    assert!(!ok && err.contains("payload"), "{err}");
+
+    let listed: Value = serde_json::from_str(&run(&["--json", "events", "list", "--tenant", "hooks"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[0]["payload"]["email"], "[redacted]");
+    let clear: Value =
+        serde_json::from_str(&run(&["--json", "events", "list", "--tenant", "hooks", "--show-pii"])).unwrap();
+    assert_eq!(clear[0]["payload"]["email"], "x@y.z");
+
+    eventually("both dead-lettered", || async {
+        let out = cli(&s.db, &["--json", "webhooks", "dlq", "--tenant", "hooks", &ep]).1;
+        serde_json::from_str::<Value>(&out).ok().and_then(|v| v.as_array().map(|a| a.len())) == Some(2)
+    })
+    .await;
+    let out = run(&["webhooks", "dlq", "--tenant", "hooks", &ep, "--redrive"]);
+    assert!(out.contains("queued 2"), "{out}");
+    eventually("redriven by the server's worker", || async { down.count() >= 4 }).await;
+    eventually("dead again", || async {
+        let out = cli(&s.db, &["--json", "webhooks", "dlq", "--tenant", "hooks", &ep]).1;
+        serde_json::from_str::<Value>(&out).ok().and_then(|v| v.as_array().map(|a| a.len())) == Some(2)
+    })
+    .await;
+    let out = run(&["webhooks", "recover", "--tenant", "hooks", &ep, "--since", "2020-01-01T00:00:00Z"]);
+    assert!(out.contains("queued 2"), "{out}");
+    let msg = {
+        let out = s.get(&format!("/v1/tenants/hooks/webhooks/{ep}/messages"), ADMIN).await;
+        out.body["data"][0]["id"].as_str().unwrap().to_owned()
+    };
+    let out = run(&["webhooks", "resend", "--tenant", "hooks", &ep, &msg]);
+    assert!(out.contains(&msg));
+    let out = run(&["webhooks", "test", "--tenant", "hooks", &ep]);
+    assert!(out.contains("queued test message msg_"), "{out}");
+    let endpoints: Value = serde_json::from_str(&run(&["--json", "webhooks", "list", "--tenant", "hooks"])).unwrap();
+    assert_eq!(endpoints[0]["id"], ep.as_str());
+    let table = run(&["webhooks", "list", "--tenant", "hooks"]);
+    assert!(table.contains("URL") && table.contains(&ep));
 }
