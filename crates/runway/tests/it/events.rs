@@ -710,3 +710,77 @@ async fn cli_publishes_events_and_operates_webhooks(engine: Engine) {
     let table = run(&["webhooks", "list", "--tenant", "hooks"]);
     assert!(table.contains("URL") && table.contains(&ep));
 }
+
+/// The official Python Standard Webhooks library, in a real receiver process, verifies what
+/// Runway sends. Required when `RUNWAY_TEST_POSTGRES` is set (CI installs the library).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_standardwebhooks_library_verifies_deliveries() {
+    let have_lib = std::process::Command::new("python3")
+        .args(["-c", "import standardwebhooks"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have_lib {
+        assert!(
+            std::env::var("RUNWAY_TEST_POSTGRES").is_err(),
+            "python3 -m pip install standardwebhooks (as .ci/run does)"
+        );
+        eprintln!("standardwebhooks is not installed: interop test skipped");
+        return;
+    }
+    let s = setup_delivery(Engine::Sqlite, vec![0]).await;
+    let ep = s
+        .post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": "http://127.0.0.1:9/placeholder"}))
+        .await
+        .ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret = s.get(&format!("/v1/tenants/hooks/webhooks/{ep}/secret"), ADMIN).await.ok(200)["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let port_file = s.db.dir.join("port");
+    let log_file = s.db.dir.join("verified.log");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/standardwebhooks_receiver.py");
+    let mut child = std::process::Command::new("python3")
+        .args([script, &secret, port_file.to_str().unwrap(), log_file.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    eventually("python receiver listening", || async {
+        std::fs::read_to_string(&port_file).is_ok_and(|p| !p.is_empty())
+    })
+    .await;
+    let port = std::fs::read_to_string(&port_file).unwrap();
+    s.patch(
+        &format!("/v1/tenants/hooks/webhooks/{ep}"),
+        ADMIN,
+        json!({"url": format!("http://127.0.0.1:{port}/hook")}),
+    )
+    .await
+    .ok(200);
+    s.post(
+        "/v1/tenants/hooks/events",
+        ADMIN,
+        json!({"type": "invoice.paid", "payload": {"invoice_id": "py", "amount": 7}}),
+    )
+    .await
+    .ok(202);
+    // After a rotation the header carries two signatures; the library accepts either.
+    s.post(&format!("/v1/tenants/hooks/webhooks/{ep}/secret/rotate"), ADMIN, json!({})).await.ok(200);
+    s.post(
+        "/v1/tenants/hooks/events",
+        ADMIN,
+        json!({"type": "invoice.paid", "payload": {"invoice_id": "py2", "amount": 8}}),
+    )
+    .await
+    .ok(202);
+    eventually("two deliveries verified", || async {
+        std::fs::read_to_string(&log_file).is_ok_and(|l| l.lines().count() >= 2)
+    })
+    .await;
+    let _ = child.kill();
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    for line in log.lines() {
+        assert!(line.starts_with("ok msg_") && line.ends_with("invoice.paid"), "{log}");
+    }
+}
