@@ -209,6 +209,14 @@ pub struct PlanLimits {
     /// Monthly quotas by meter name, enforced by metering.
     #[serde(default)]
     pub monthly_quotas: BTreeMap<String, u64>,
+    /// Days events, webhook messages and attempts are kept (at least 1, so deduplication by
+    /// event id holds for 24 h).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+}
+
+fn default_retention_days() -> u32 {
+    30
 }
 
 impl Default for ServerConfig {
@@ -258,21 +266,22 @@ impl Default for TenantsConfig {
     }
 }
 
-fn plan(rps: u32, burst: u32, conc: u32, events: u64, requests: u64) -> PlanLimits {
+fn plan(rps: u32, burst: u32, conc: u32, events: u64, requests: u64, retention_days: u32) -> PlanLimits {
     PlanLimits {
         requests_per_second: rps,
         burst,
         max_concurrent_requests: conc,
         monthly_quotas: BTreeMap::from([("events".into(), events), ("api_requests".into(), requests)]),
+        retention_days,
     }
 }
 
 /// The built-in plans; a config file may change them or add more.
 pub fn default_plans() -> BTreeMap<String, PlanLimits> {
     BTreeMap::from([
-        ("free".into(), plan(10, 20, 10, 100_000, 1_000_000)),
-        ("pro".into(), plan(100, 200, 50, 10_000_000, 100_000_000)),
-        ("enterprise".into(), plan(1_000, 2_000, 200, 1_000_000_000, 10_000_000_000)),
+        ("free".into(), plan(10, 20, 10, 100_000, 1_000_000, 7)),
+        ("pro".into(), plan(100, 200, 50, 10_000_000, 100_000_000, 30)),
+        ("enterprise".into(), plan(1_000, 2_000, 200, 1_000_000_000, 10_000_000_000, 90)),
     ])
 }
 
@@ -333,6 +342,9 @@ impl Config {
             }
             if p.burst == 0 {
                 return Err(bad(format!("plans.{name}.burst"), "must be at least 1"));
+            }
+            if p.retention_days == 0 {
+                return Err(bad(format!("plans.{name}.retention_days"), "must be at least 1"));
             }
             if p.max_concurrent_requests == 0 {
                 return Err(bad(format!("plans.{name}.max_concurrent_requests"), "must be at least 1"));

@@ -85,6 +85,9 @@ enum EventsCmd {
         #[arg(long, conflicts_with_all = ["event_type", "payload", "id", "key"])]
         file: Option<PathBuf>,
     },
+    /// Delete events, finished messages and attempts older than each plan's retention now
+    /// (`serve` does it every five minutes).
+    Purge,
     /// List a tenant's events, oldest first (x-pii fields masked unless --show-pii).
     List {
         #[arg(long)]
@@ -674,6 +677,11 @@ async fn events_cmd(cli: &Cli, config: Config, cmd: &EventsCmd) -> anyhow::Resul
                 tbl.add_row(vec![p.id, p.pos, p.duplicate.to_string()]);
             }
             println!("{tbl}");
+            Ok(())
+        }
+        EventsCmd::Purge => {
+            let n = events.enforce_retention(&config.plans).await?;
+            println!("deleted {n} row(s) past retention");
             Ok(())
         }
         EventsCmd::List { tenant, event_type, limit, show_pii } => {

@@ -133,8 +133,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             tokio::pin!(stop);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => if let Err(e) = idempotency::purge_expired(&purge_state).await {
-                        tracing::warn!(error = %e, "could not purge expired idempotency records");
+                    _ = tick.tick() => {
+                        if let Err(e) = idempotency::purge_expired(&purge_state).await {
+                            tracing::warn!(error = %e, "could not purge expired idempotency records");
+                        }
+                        if let Err(e) = purge_state.events.enforce_retention(&purge_state.config.plans).await {
+                            tracing::warn!(error = %e, "could not enforce event retention");
+                        }
                     },
                     _ = &mut stop => break,
                 }

@@ -132,6 +132,7 @@ async fn bench_engine(
             burst: 10_000_000,
             max_concurrent_requests: 100_000,
             monthly_quotas: Default::default(),
+            retention_days: 1,
         },
     );
     config.tenants.default_plan = "bench".into();

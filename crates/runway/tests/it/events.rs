@@ -15,6 +15,7 @@ crate::both_engines!(
     rotated_secrets_sign_alongside_the_new_one,
     endpoints_failing_too_long_are_disabled_with_an_operational_event,
     cli_publishes_events_and_operates_webhooks,
+    retention_per_plan_removes_old_rows_but_keeps_pending_work,
 );
 
 fn invoice_schema() -> Value {
@@ -779,8 +780,61 @@ async fn the_official_standardwebhooks_library_verifies_deliveries() {
     })
     .await;
     let _ = child.kill();
+    let _ = child.wait();
     let log = std::fs::read_to_string(&log_file).unwrap();
     for line in log.lines() {
         assert!(line.starts_with("ok msg_") && line.ends_with("invoice.paid"), "{log}");
     }
+}
+
+async fn retention_per_plan_removes_old_rows_but_keeps_pending_work(engine: Engine) {
+    use runway_core::ManualClock;
+    let db = crate::harness::Database::create(&engine).await;
+    let mut config = db.config();
+    config.events.allow_destinations = vec!["127.0.0.0/8".into()];
+    config.events.retry_schedule_secs = vec![0, 100_000];
+    config.events.poll_interval_ms = 50;
+    // Everything below happens "ten days ago"; the CLI purges with the real clock.
+    let clock = ManualClock::new(time::OffsetDateTime::now_utc() - time::Duration::days(10));
+    let s = TestServer::start_on(db, config, std::sync::Arc::new(clock)).await;
+    s.post("/v1/event-types", ADMIN, json!({"name": "ping", "schema": null, "version": "1.0"})).await.ok(201);
+    s.post("/v1/tenants", ADMIN, json!({"slug": "old", "name": "Old", "plan": "free"})).await.ok(201);
+    s.post("/v1/tenants", ADMIN, json!({"slug": "kept", "name": "Kept", "plan": "enterprise"})).await.ok(201);
+    let ok = Receiver::start(Behaviour::Ok).await;
+    let down = Receiver::start(Behaviour::AlwaysFail).await;
+    s.post("/v1/tenants/old/webhooks", ADMIN, json!({"url": ok.url})).await.ok(201);
+    s.post("/v1/tenants/kept/webhooks", ADMIN, json!({"url": ok.url})).await.ok(201);
+    s.post("/v1/tenants/old/events", ADMIN, json!({"type": "ping", "id": "done", "payload": {}})).await.ok(202);
+    s.post("/v1/tenants/kept/events", ADMIN, json!({"type": "ping", "id": "kept", "payload": {}})).await.ok(202);
+    eventually("both delivered", || async { ok.count() == 2 }).await;
+    s.post("/v1/tenants/old/webhooks", ADMIN, json!({"url": down.url})).await.ok(201);
+    s.post("/v1/tenants/old/events", ADMIN, json!({"type": "ping", "id": "stuck", "payload": {}})).await.ok(202);
+    eventually("the failing endpoint was tried", || async { down.count() == 1 }).await;
+    eventually("attempt recorded", || async { s.db.scalar("SELECT COUNT(*) FROM delivery_attempts").await == 4 }).await;
+
+    let (ok_run, out, err) = crate::harness::cli(&s.db, &["events", "purge"]);
+    assert!(ok_run, "{err}");
+    assert!(out.starts_with("deleted "), "{out}");
+    let left = |sql: &'static str| s.db.scalar(sql);
+    assert_eq!(
+        left("SELECT COUNT(*) FROM events WHERE event_id = 'done'").await,
+        0,
+        "a free-plan event past 7 days is gone"
+    );
+    assert_eq!(
+        left("SELECT COUNT(*) FROM events WHERE event_id = 'kept'").await,
+        1,
+        "an enterprise event is within 90 days"
+    );
+    assert_eq!(
+        left("SELECT COUNT(*) FROM events WHERE event_id = 'stuck'").await,
+        1,
+        "an event with pending work stays"
+    );
+    assert_eq!(left("SELECT COUNT(*) FROM deliveries WHERE status = 'pending'").await, 1);
+    assert_eq!(
+        left("SELECT COUNT(*) FROM deliveries WHERE status = 'delivered'").await,
+        1,
+        "only the enterprise tenant's"
+    );
 }
