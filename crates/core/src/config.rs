@@ -45,6 +45,9 @@ pub struct EventsConfig {
     pub disable_after_failing_secs: u64,
     /// How long a rotated-out secret keeps signing, in seconds (default 24 h).
     pub secret_rotation_overlap_secs: u64,
+    /// How much longer than the HTTP timeout a delivery stays leased, in seconds; after a crash,
+    /// leased deliveries wait this long (plus the timeout) before another worker takes them.
+    pub lease_margin_secs: u64,
 }
 
 /// One outbox relay run by `serve`.
@@ -76,6 +79,7 @@ impl Default for EventsConfig {
             relays: Vec::new(),
             disable_after_failing_secs: 5 * 24 * 3600,
             secret_rotation_overlap_secs: 24 * 3600,
+            lease_margin_secs: 30,
         }
     }
 }
@@ -377,6 +381,9 @@ impl Config {
                     "the outbox must be in PostgreSQL (postgres://…)",
                 ));
             }
+        }
+        if self.events.lease_margin_secs == 0 {
+            return Err(bad("events.lease_margin_secs", "must be at least 1 so a lease outlives the HTTP timeout"));
         }
         if self.events.worker_concurrency == 0 {
             return Err(bad("events.worker_concurrency", "must be at least 1"));

@@ -368,7 +368,7 @@ impl Events {
     /// Drains the queue until `stop` resolves. The lease is longer than the HTTP timeout, so a
     /// slow receiver is never sent the same message twice at once.
     pub async fn run_worker(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        let lease = Duration::from_secs(self.config.delivery_timeout_secs + 30);
+        let lease = Duration::from_secs(self.config.delivery_timeout_secs + self.config.lease_margin_secs);
         let poll = Duration::from_millis(self.config.poll_interval_ms.max(10));
         let limit = self.config.worker_concurrency;
         tokio::pin!(stop);

@@ -210,7 +210,11 @@ impl Store {
     /// Applies pending migrations, through `migration_url` when set (a role that owns the
     /// schema) and otherwise through the store's own connection. Returns how many ran.
     pub async fn migrate(&self, cfg: &DatabaseConfig) -> Result<usize, StoreError> {
-        let before = self.pending_migrations().await.unwrap_or(0);
+        let before = self.pending_migrations().await?;
+        if before == 0 {
+            // Nothing to do; the app role may lack the rights the migrator's bookkeeping needs.
+            return Ok(0);
+        }
         match &*self.pools {
             Pools::Sqlite { write, .. } => SQLITE_MIGRATIONS.run(write).await?,
             Pools::Postgres { pool } => match &cfg.migration_url {

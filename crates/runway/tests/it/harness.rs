@@ -315,6 +315,10 @@ pub enum Behaviour {
     /// Answer 500 to the first `n` requests, then 200.
     FailFirst(usize),
     AlwaysFail,
+    /// Answer 500 to every third request.
+    FailEveryThird,
+    /// Take this many milliseconds to answer 200.
+    Slow(u64),
 }
 
 /// Deliveries a receiver got: headers and body of each.
@@ -342,8 +346,12 @@ impl Receiver {
                         g.push((headers, body.to_vec()));
                         g.len()
                     };
+                    if let Behaviour::Slow(ms) = behaviour {
+                        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    }
                     let ok = match behaviour {
-                        Behaviour::Ok => true,
+                        Behaviour::Ok | Behaviour::Slow(_) => true,
+                        Behaviour::FailEveryThird => n % 3 != 0,
                         Behaviour::FailFirst(k) => n > k,
                         Behaviour::AlwaysFail => false,
                     };

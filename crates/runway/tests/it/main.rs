@@ -9,6 +9,7 @@ mod contract;
 mod conventions;
 mod credentials;
 mod events;
+mod fault;
 mod isolation;
 mod lifecycle;
 mod tenants;
