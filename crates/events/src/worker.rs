@@ -115,13 +115,9 @@ pub trait DeliveryQueue: Send + Sync {
         limit: u32,
         lease: Duration,
     ) -> impl std::future::Future<Output = Result<Vec<Claimed>, StoreError>> + Send;
-    /// Records an attempt and moves the delivery on: delivered, due again at `retry_at`, or dead.
-    fn complete(
-        &self,
-        d: &Claimed,
-        outcome: &Outcome,
-        retry_at: Option<i64>,
-    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+    /// Records attempts and moves each delivery on (delivered, due again, or dead), in one
+    /// transaction for the whole batch.
+    fn complete(&self, done: &[Finished]) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
 }
 
 impl DeliveryQueue for Events {
@@ -155,35 +151,47 @@ impl DeliveryQueue for Events {
         Ok(claimed)
     }
 
-    async fn complete(&self, d: &Claimed, o: &Outcome, retry_at: Option<i64>) -> Result<(), StoreError> {
+    async fn complete(&self, done: &[Finished]) -> Result<(), StoreError> {
         let now = self.clock.now_micros();
-        let status = match (o.succeeded(), retry_at) {
-            (true, _) => "delivered",
-            (false, Some(_)) => "pending",
-            (false, None) => "dead",
-        };
-        let last_error = o.error_kind.map(|k| match o.status_code {
-            Some(s) => format!("{k}: HTTP {s}"),
-            None => k.to_owned(),
-        });
         let mut tx = self.store.write(DbScope::Platform).await?;
-        on_conn!(&mut tx, c => sqlx::query(
-            "INSERT INTO delivery_attempts (id, delivery_id, tenant_id, endpoint_id, at, status_code, latency_ms, error_kind, response_excerpt)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-            .bind(AttemptId::generate().as_str()).bind(&d.id).bind(&d.tenant_id).bind(&d.endpoint_id).bind(now)
-            .bind(o.status_code.map(i64::from)).bind(o.latency.as_millis() as i64).bind(o.error_kind).bind(&o.excerpt)
-            .execute(&mut *c).await.map(|_| ()))?;
-        on_conn!(&mut tx, c => sqlx::query(
-            "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, lease_until = NULL, lease_token = NULL,
-             last_error = $3, updated_at = $4 WHERE id = $5")
-            .bind(status).bind(retry_at.unwrap_or(now)).bind(&last_error).bind(now).bind(&d.id)
-            .execute(&mut *c).await.map(|_| ()))?;
-        tx.commit().await?;
-        metrics::counter!("runway_webhook_deliveries_total", "outcome" => status).increment(1);
-        metrics::histogram!("runway_webhook_attempt_duration_seconds").record(o.latency.as_secs_f64());
-        Ok(())
+        let mut healthy: Vec<&str> = Vec::new();
+        for (d, o, retry_at) in done {
+            let status = match (o.succeeded(), retry_at) {
+                (true, _) => "delivered",
+                (false, Some(_)) => "pending",
+                (false, None) => "dead",
+            };
+            let last_error = o.error_kind.map(|k| match o.status_code {
+                Some(s) => format!("{k}: HTTP {s}"),
+                None => k.to_owned(),
+            });
+            on_conn!(&mut tx, c => sqlx::query(
+                "INSERT INTO delivery_attempts (id, delivery_id, tenant_id, endpoint_id, at, status_code, latency_ms, error_kind, response_excerpt)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+                .bind(AttemptId::generate().as_str()).bind(&d.id).bind(&d.tenant_id).bind(&d.endpoint_id).bind(now)
+                .bind(o.status_code.map(i64::from)).bind(o.latency.as_millis() as i64).bind(o.error_kind).bind(&o.excerpt)
+                .execute(&mut *c).await.map(|_| ()))?;
+            on_conn!(&mut tx, c => sqlx::query(
+                "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, lease_until = NULL, lease_token = NULL,
+                 last_error = $3, updated_at = $4 WHERE id = $5")
+                .bind(status).bind(retry_at.unwrap_or(now)).bind(&last_error).bind(now).bind(&d.id)
+                .execute(&mut *c).await.map(|_| ()))?;
+            if o.succeeded() && !healthy.contains(&d.endpoint_id.as_str()) {
+                healthy.push(&d.endpoint_id);
+            }
+            metrics::counter!("runway_webhook_deliveries_total", "outcome" => status).increment(1);
+            metrics::histogram!("runway_webhook_attempt_duration_seconds").record(o.latency.as_secs_f64());
+        }
+        for ep in healthy {
+            on_conn!(&mut tx, c => sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
+                .bind(ep).execute(&mut *c).await.map(|_| ()))?;
+        }
+        tx.commit().await
     }
 }
+
+/// A finished attempt on its way to the store: the delivery, how it went, when to retry.
+pub type Finished = (Claimed, Outcome, Option<i64>);
 
 const EXCERPT_BYTES: usize = 4096;
 
@@ -346,7 +354,9 @@ impl Events {
         Ok(())
     }
 
-    async fn process(&self, d: Claimed) {
+    /// Sends one claimed delivery (or defers it for the endpoint's rate limit) and hands the
+    /// result to the recorder.
+    async fn process(&self, d: Claimed, done: tokio::sync::mpsc::Sender<Finished>) {
         if let Err(wait) = self.rate_check(&d) {
             if let Err(e) = self.defer(&d, wait).await {
                 tracing::warn!(error = %e, delivery = %d.id, "could not defer a rate-limited delivery; it retries after its lease");
@@ -355,53 +365,77 @@ impl Events {
         }
         let outcome = self.send(&d).await;
         let retry_at = self.next_attempt(&d, &outcome);
-        if let Err(e) = self.complete(&d, &outcome, retry_at).await {
-            // The lease runs out and the delivery is tried again: at least once, never lost.
-            tracing::error!(error = %e, delivery = %d.id, "could not record a delivery attempt");
-            return;
-        }
-        if let Err(e) = self.note_health(&d.tenant_id, &d.endpoint_id, outcome.succeeded()).await {
-            tracing::warn!(error = %e, endpoint = %d.endpoint_id, "could not update endpoint health");
+        // If the recorder is gone (shutdown), the lease expires and the delivery is retried.
+        let _ = done.send((d, outcome, retry_at)).await;
+    }
+
+    /// Writes finished attempts in batches: whatever has arrived, up to 256, per transaction.
+    async fn record(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<Finished>) {
+        let mut batch = Vec::with_capacity(256);
+        while rx.recv_many(&mut batch, 256).await > 0 {
+            if let Err(e) = self.complete(&batch).await {
+                // The leases run out and the deliveries are tried again: at least once, never lost.
+                tracing::error!(error = %e, count = batch.len(), "could not record delivery attempts");
+                batch.clear();
+                continue;
+            }
+            let mut failing: Vec<(String, String)> = batch
+                .iter()
+                .filter(|(_, o, _)| !o.succeeded())
+                .map(|(d, _, _)| (d.tenant_id.clone(), d.endpoint_id.clone()))
+                .collect();
+            failing.sort();
+            failing.dedup();
+            for (tenant, endpoint) in failing {
+                if let Err(e) = self.note_health(&tenant, &endpoint, false).await {
+                    tracing::warn!(error = %e, endpoint = %endpoint, "could not update endpoint health");
+                }
+            }
+            batch.clear();
         }
     }
 
-    /// Drains the queue until `stop` resolves. The lease is longer than the HTTP timeout, so a
-    /// slow receiver is never sent the same message twice at once.
+    /// Drains the queue until `stop` resolves: claims as many due deliveries as there are free
+    /// sending slots, sends them concurrently, and records results in batches. The lease is
+    /// longer than the HTTP timeout, so a slow receiver is never sent the same message twice at
+    /// once.
     pub async fn run_worker(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
         let lease = Duration::from_secs(self.config.delivery_timeout_secs + self.config.lease_margin_secs);
         let poll = Duration::from_millis(self.config.poll_interval_ms.max(10));
-        let limit = self.config.worker_concurrency;
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.config.worker_concurrency as usize));
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel::<Finished>(4 * self.config.worker_concurrency as usize);
+        tokio::spawn(self.clone().record(done_rx));
         tokio::pin!(stop);
         loop {
-            loop {
-                let batch = match self.claim(limit, lease).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not claim deliveries");
-                        break;
-                    }
-                };
-                if batch.is_empty() {
-                    break;
-                }
-                let mut set = tokio::task::JoinSet::new();
-                for d in batch {
-                    let me = self.clone();
-                    set.spawn(async move { me.process(d).await });
-                }
-                tokio::select! {
-                    _ = async { while set.join_next().await.is_some() {} } => {}
-                    _ = &mut stop => {
-                        // In-flight attempts finish on their own; unrecorded ones retry after the lease.
-                        set.detach_all();
-                        return;
-                    }
-                }
-            }
+            // Wait for at least one free slot.
             tokio::select! {
                 _ = &mut stop => return,
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
+                permit = slots.clone().acquire_owned() => drop(permit),
+            }
+            let free = slots.available_permits() as u32;
+            let batch = match self.claim(free.max(1), lease).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim deliveries");
+                    Vec::new()
+                }
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                continue;
+            }
+            for d in batch {
+                let Ok(permit) = slots.clone().acquire_owned().await else { return };
+                let me = self.clone();
+                let done = done_tx.clone();
+                tokio::spawn(async move {
+                    me.process(d, done).await;
+                    drop(permit);
+                });
             }
         }
     }

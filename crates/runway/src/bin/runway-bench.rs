@@ -33,6 +33,12 @@ struct Args {
     /// Seconds of warm-up before each scenario.
     #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// `api` (authenticated reads and writes) or `events` (publish → delivered end to end).
+    #[arg(long, default_value = "api")]
+    scenario: String,
+    /// Events to publish in the `events` scenario.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
 }
 
 const ADMIN: &str = "rw_admin_bench_0123456789abcdefghijklmnopqrstuvwxyz";
@@ -212,9 +218,220 @@ async fn bench_engine(
     Ok(out)
 }
 
+/// Peak resident memory of this process, from /proc.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// CPU time (user + system) this process has used, in seconds.
+fn cpu_secs() -> f64 {
+    // /proc/self/stat fields 14 and 15 are utime and stime in clock ticks (100 per second here).
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// The ceiling: single-row durable inserts, one transaction each, at the same concurrency.
+async fn raw_insert_rate(store: &runway_store::Store, clients: usize, secs: u64) -> anyhow::Result<f64> {
+    use runway_store::{DbScope, on_conn};
+    {
+        let mut tx = store.write(DbScope::Platform).await?;
+        on_conn!(&mut tx, c => runway_store::sqlx::query("CREATE TABLE IF NOT EXISTS bench_ceiling (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+            .execute(&mut *c).await.map(|_| ()))?;
+        tx.commit().await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let count = Arc::new(AtomicU64::new(0));
+    let body = "x".repeat(300);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (store, count, body) = (store.clone(), count.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let id = runway_core::EventPos::generate().to_string();
+                let Ok(mut tx) = store.write(runway_store::DbScope::Platform).await else { continue };
+                let ok = on_conn!(&mut tx, c => runway_store::sqlx::query("INSERT INTO bench_ceiling (id, body) VALUES ($1, $2)")
+                    .bind(&id).bind(&body).execute(&mut *c).await.is_ok());
+                if ok && tx.commit().await.is_ok() {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / secs as f64)
+}
+
+async fn bench_events(engine: &str, url: String, migration_url: Option<String>, args: &Args) -> anyhow::Result<String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse()?;
+    config.database.url = DatabaseUrl(url);
+    config.database.migration_url = migration_url.map(DatabaseUrl);
+    config.database.max_connections = 16;
+    config.auth.admin_token = Some(SecretString::new(ADMIN));
+    config.log.level = "error".into();
+    config.events.allow_destinations = vec!["127.0.0.0/8".into()];
+    config.events.poll_interval_ms = 20;
+    config.plans.insert(
+        "bench".into(),
+        PlanLimits {
+            requests_per_second: 10_000_000,
+            burst: 10_000_000,
+            max_concurrent_requests: 100_000,
+            monthly_quotas: Default::default(),
+            retention_days: 1,
+        },
+    );
+    config.tenants.default_plan = "bench".into();
+    runway_server::telemetry::init(&config);
+    let running = runway_server::start(config, Arc::new(SystemClock)).await?;
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+
+    // The receiver: records when each event id first arrives.
+    let arrived: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let sink = arrived.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                if let Ok(v) = serde_json::from_slice::<Value>(&body)
+                    && let Some(id) = v["id"].as_str()
+                {
+                    sink.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_owned()).or_insert_with(Instant::now);
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let post = |path: String, body: Value| {
+        let (h, b) = (http.clone(), base.clone());
+        async move { h.post(format!("{b}{path}")).bearer_auth(ADMIN).json(&body).send().await }
+    };
+    post("/v1/event-types".into(), json!({"name": "order.placed", "schema": null, "version": "1.0"})).await?;
+    post("/v1/tenants".into(), json!({"slug": "bench", "name": "Bench"})).await?;
+    post("/v1/tenants/bench/webhooks".into(), json!({"url": hook})).await?;
+
+    let clients = 32usize;
+    let n = args.events;
+    let next = Arc::new(AtomicU64::new(0));
+    let published: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let cpu0 = cpu_secs();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (h, b, next, published) = (http.clone(), base.clone(), next.clone(), published.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    break;
+                }
+                let id = format!("order-{i}");
+                // About 300 bytes of JSON.
+                let payload = json!({"order_id": id, "customer": "cus_0123456789", "currency": "EUR", "amount": 4200 + i,
+                    "items": [{"sku": "sku-1", "qty": 2, "price": 1200}, {"sku": "sku-2", "qty": 1, "price": 1800}],
+                    "shipping": {"method": "express", "country": "DE", "postcode": "10115"}, "note": "leave at the door"});
+                let t = Instant::now();
+                let r = h.post(format!("{b}/v1/tenants/bench/events")).bearer_auth(ADMIN)
+                    .json(&json!({"type": "order.placed", "id": id, "payload": payload})).send().await;
+                if r.is_ok_and(|r| r.status().as_u16() == 202) {
+                    let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                    published.lock().unwrap_or_else(|e| e.into_inner()).insert(id, t);
+                }
+            }
+            hist
+        }));
+    }
+    let mut publish_hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        publish_hist.add(t.await?)?;
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while arrived.lock().unwrap_or_else(|e| e.into_inner()).len() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total_secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    let got = arrived.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let sent = published.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut lag = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+    for (id, t0) in &sent {
+        if let Some(t1) = got.get(id) {
+            let _ = lag.record(t1.saturating_duration_since(*t0).as_micros().max(1) as u64);
+        }
+    }
+    let rss = peak_rss_mib();
+    let ceiling = raw_insert_rate(&running.state.store, clients, 5).await?;
+    running.shutdown().await;
+    let delivered_rate = got.len() as f64 / total_secs;
+    Ok(format!(
+        "| {engine} | {n} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0}% |",
+        n as f64 / publish_secs,
+        delivered_rate,
+        publish_hist.value_at_quantile(0.5) as f64 / 1000.0,
+        publish_hist.value_at_quantile(0.99) as f64 / 1000.0,
+        lag.value_at_quantile(0.5) as f64 / 1000.0,
+        lag.value_at_quantile(0.99) as f64 / 1000.0,
+        cpu * 1000.0 / n as f64,
+        rss,
+        ceiling,
+        delivered_rate / ceiling * 100.0,
+    ))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.scenario == "events" {
+        println!(
+            "| engine | events | published/s | delivered/s | publish p50 ms | publish p99 ms | lag p50 ms | lag p99 ms | CPU ms/event (whole process) | peak RSS MiB (whole process) | raw inserts/s (ceiling) | delivered/ceiling |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let scratch = std::env::temp_dir().join(format!("runway-bench-ev-{}", std::process::id()));
+        if args.engine == "sqlite" || args.engine == "both" {
+            println!(
+                "{}",
+                bench_events("sqlite", format!("sqlite://{}/bench.db", scratch.display()), None, &args).await?
+            );
+        }
+        if args.engine == "postgres" || args.engine == "both" {
+            use runway_store::sqlx::{self, Connection};
+            let name = format!("runway_bench_ev_{}", std::process::id());
+            let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", args.pg_url)).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+            let url = format!("{}/{name}", args.pg_url);
+            let res = bench_events("postgres", url.clone(), Some(url), &args).await;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                .execute(&mut admin)
+                .await?;
+            println!("{}", res?);
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Ok(());
+    }
     let mut all = Vec::new();
     let scratch = std::env::temp_dir().join(format!("runway-bench-{}", std::process::id()));
     if args.engine == "sqlite" || args.engine == "both" {
