@@ -1,7 +1,7 @@
 //! Webhook endpoints: model, validation, storage, and their messages and attempts.
 
 use crate::Events;
-use crate::signature::WebhookSecret;
+use crate::signature::SigningKey;
 use runway_audit::{AuditContext, Chain, Change};
 use runway_core::clock::rfc3339;
 use runway_core::page::Cursor;
@@ -23,6 +23,8 @@ pub struct Endpoint {
     pub rate_limit: Option<i64>,
     pub headers: BTreeMap<String, String>,
     pub metadata: Value,
+    /// `v1` (HMAC-SHA256) or `v1a` (Ed25519).
+    pub signature_scheme: String,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -44,6 +46,7 @@ struct EndpointRow {
     rate_limit: Option<i64>,
     headers: String,
     metadata: String,
+    signature_scheme: String,
     created_at: i64,
     updated_at: i64,
 }
@@ -60,14 +63,14 @@ impl From<EndpointRow> for Endpoint {
             rate_limit: r.rate_limit,
             headers: serde_json::from_str(&r.headers).unwrap_or_default(),
             metadata: serde_json::from_str(&r.metadata).unwrap_or(Value::Null),
+            signature_scheme: r.signature_scheme,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
     }
 }
 
-const COLUMNS: &str =
-    "id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, created_at, updated_at";
+const COLUMNS: &str = "id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, signature_scheme, created_at, updated_at";
 
 /// The tenant's enabled endpoints, for fan-out at publish time.
 pub(crate) async fn subscribed(tx: &mut Tx, tenant: &TenantId) -> Result<Vec<Endpoint>, StoreError> {
@@ -120,6 +123,22 @@ pub struct EndpointInput {
     pub headers: Option<BTreeMap<String, String>>,
     pub metadata: Option<Value>,
     pub secret: Option<String>,
+    /// `v1` (default) or `v1a`; only when creating.
+    pub signature_scheme: Option<String>,
+}
+
+/// Parses a supplied key, or makes one, for `scheme`.
+fn key_for(scheme: &str, supplied: Option<&str>) -> Result<SigningKey, ApiError> {
+    let key = match supplied {
+        Some(s) => SigningKey::parse(s).map_err(|e| ApiError::validation("secret", e.to_string()))?,
+        None if scheme == "v1a" => SigningKey::generate_asymmetric(),
+        None => SigningKey::Symmetric(crate::signature::WebhookSecret::generate()),
+    };
+    match (scheme, &key) {
+        ("v1", SigningKey::Symmetric(_)) | ("v1a", SigningKey::Asymmetric(_)) => Ok(key),
+        ("v1", _) => Err(ApiError::validation("secret", "a v1 endpoint takes a whsec_ secret")),
+        _ => Err(ApiError::validation("secret", "a v1a endpoint takes a whsk_ key pair")),
+    }
 }
 
 /// Headers an endpoint may not override: they carry the signature and framing.
@@ -173,10 +192,11 @@ impl Events {
             return Err(ApiError::validation("url", "is required"));
         }
         validate(&input)?;
-        let secret = match &input.secret {
-            Some(s) => WebhookSecret::parse(s).map_err(|e| ApiError::validation("secret", e.to_string()))?,
-            None => WebhookSecret::generate(),
-        };
+        let scheme = input.signature_scheme.clone().unwrap_or_else(|| "v1".into());
+        if !matches!(scheme.as_str(), "v1" | "v1a") {
+            return Err(ApiError::validation("signature_scheme", "v1 (HMAC-SHA256) or v1a (Ed25519)"));
+        }
+        let secret = key_for(&scheme, input.secret.as_deref())?;
         let now = self.clock.now_micros();
         let ep = Endpoint {
             id: EndpointId::generate(),
@@ -188,23 +208,24 @@ impl Events {
             rate_limit: input.rate_limit.flatten(),
             headers: input.headers.unwrap_or_default(),
             metadata: input.metadata.unwrap_or_else(|| json!({})),
+            signature_scheme: scheme,
             created_at: now,
             updated_at: now,
         };
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         on_conn!(&mut tx, c => sqlx::query(
-            "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, secret, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)")
+            "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, secret, created_at, updated_at, signature_scheme)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)")
             .bind(ep.id.as_str()).bind(tenant.as_str()).bind(&ep.url).bind(&ep.description)
             .bind(json!(ep.event_types).to_string()).bind(ep.enabled).bind(ep.rate_limit)
-            .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(secret.expose()).bind(now)
+            .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(secret.expose()).bind(now).bind(&ep.signature_scheme)
             .execute(&mut *c).await.map(|_| ()))
         .map_err(StoreError::from)?;
         runway_audit::append(&mut tx, &*self.clock, ctx, &Chain::Tenant(tenant.clone()), Change {
             action: "webhook_endpoint.created",
             target_kind: "webhook_endpoint",
             target_id: ep.id.as_str(),
-            summary: json!({"url": ep.url, "event_types": ep.event_types, "enabled": ep.enabled, "secret_supplied": input.secret.is_some()}),
+            summary: json!({"url": ep.url, "event_types": ep.event_types, "enabled": ep.enabled, "signature_scheme": ep.signature_scheme, "secret_supplied": input.secret.is_some()}),
         })
         .await?;
         tx.commit().await?;
@@ -221,6 +242,9 @@ impl Events {
         validate(&input)?;
         if input.secret.is_some() {
             return Err(ApiError::validation("secret", "secrets are not changed by PATCH"));
+        }
+        if input.signature_scheme.is_some() {
+            return Err(ApiError::validation("signature_scheme", "create a new endpoint to change the scheme"));
         }
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         let before = find(&mut tx, tenant, id).await?.ok_or_else(|| ApiError::not_found("no such webhook endpoint"))?;
@@ -532,13 +556,11 @@ impl Events {
         id: &EndpointId,
         new: Option<String>,
     ) -> Result<i64, ApiError> {
-        let secret = match new {
-            Some(s) => WebhookSecret::parse(&s).map_err(|e| ApiError::validation("secret", e.to_string()))?,
-            None => WebhookSecret::generate(),
-        };
         let now = self.clock.now_micros();
         let until = now + (self.config.secret_rotation_overlap_secs as i64) * 1_000_000;
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        let ep = find(&mut tx, tenant, id).await?.ok_or_else(endpoint_not_found)?;
+        let secret = key_for(&ep.signature_scheme, new.as_deref())?;
         let n = on_conn!(&mut tx, c => sqlx::query(
             "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_expires_at = $1, secret = $2, updated_at = $3
              WHERE id = $4 AND tenant_id = $5")

@@ -250,8 +250,10 @@ pub struct EndpointCreate {
     pub headers: Option<BTreeMap<String, String>>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
-    /// `whsec_<base64>` (24–64 bytes); generated when absent.
+    /// `whsec_<base64>` (24–64 bytes) for v1, `whsk_<base64>` for v1a; generated when absent.
     pub secret: Option<String>,
+    /// `v1` (HMAC-SHA256, default) or `v1a` (Ed25519: receivers need only the public key).
+    pub signature_scheme: Option<String>,
 }
 
 /// Changes to an endpoint; absent fields stay as they are.
@@ -279,6 +281,7 @@ pub struct EndpointOut {
     pub headers: BTreeMap<String, String>,
     #[schema(value_type = Object)]
     pub metadata: Value,
+    pub signature_scheme: String,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -294,6 +297,7 @@ impl From<Endpoint> for EndpointOut {
             rate_limit: e.rate_limit,
             headers: e.headers,
             metadata: e.metadata,
+            signature_scheme: e.signature_scheme,
             created_at: rfc3339(e.created_at),
             updated_at: rfc3339(e.updated_at),
         }
@@ -318,6 +322,7 @@ async fn create_endpoint(
         headers: b.headers,
         metadata: b.metadata,
         secret: b.secret,
+        signature_scheme: b.signature_scheme,
     };
     let ep = s.events.create_endpoint(&auth.audit, scope.id(), input).await?;
     Ok((StatusCode::CREATED, Json(ep.into())))
@@ -384,6 +389,7 @@ async fn update_endpoint(
         headers: b.headers,
         metadata: b.metadata,
         secret: None,
+        signature_scheme: None,
     };
     Ok(Json(s.events.update_endpoint(&auth.audit, scope.id(), &id, input).await?.into()))
 }
@@ -403,8 +409,12 @@ async fn delete_endpoint(
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EndpointSecret {
-    /// `whsec_<base64>`: give it to a Standard Webhooks library to verify deliveries.
-    pub secret: String,
+    /// v1 endpoints: `whsec_<base64>`; give it to a Standard Webhooks library to verify deliveries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// v1a endpoints: `whpk_<base64>`, the Ed25519 public key deliveries verify with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/secret", tag = "webhooks",
@@ -416,7 +426,12 @@ async fn get_secret(
 ) -> Result<Json<EndpointSecret>, ApiError> {
     let scope = auth.tenant(&s.identity, &tenant).await?;
     let id = EndpointId::parse(&ep)?;
-    Ok(Json(EndpointSecret { secret: s.events.endpoint_secret(scope.id(), &id).await? }))
+    let stored = s.events.endpoint_secret(scope.id(), &id).await?;
+    let key = crate::signature::SigningKey::parse(&stored).map_err(ApiError::internal)?;
+    Ok(Json(match key.public_key() {
+        Some(pk) => EndpointSecret { secret: None, public_key: Some(pk) },
+        None => EndpointSecret { secret: Some(stored), public_key: None },
+    }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

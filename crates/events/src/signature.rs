@@ -42,8 +42,10 @@ pub enum SecretError {
     Empty,
     #[error("the secret is not base64 (optionally prefixed with whsec_)")]
     NotBase64,
-    #[error("the secret must decode to {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes, not {0}")]
+    #[error("the secret must decode to {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes (a whsk_ key to 64), not {0}")]
     Length(usize),
+    #[error("the whsk_ key's public half does not match its seed")]
+    KeyMismatch,
 }
 
 impl WebhookSecret {
@@ -77,6 +79,146 @@ impl WebhookSecret {
         mac.update(body);
         format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
     }
+}
+
+const SK_PREFIX: &str = "whsk_";
+const PK_PREFIX: &str = "whpk_";
+
+/// An endpoint's signing key: a shared secret (`v1`, HMAC) or an Ed25519 key pair (`v1a`),
+/// for endpoints whose receivers should hold only a public key.
+#[derive(Clone)]
+pub enum SigningKey {
+    Symmetric(WebhookSecret),
+    Asymmetric(Box<ed25519_dalek::SigningKey>),
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SigningKey::Symmetric(_) => "SigningKey::Symmetric(********)",
+            SigningKey::Asymmetric(_) => "SigningKey::Asymmetric(********)",
+        })
+    }
+}
+
+impl SigningKey {
+    /// `whsk_<base64 of 32-byte seed ‖ 32-byte public key>` or a symmetric `whsec_` secret.
+    pub fn parse(s: &str) -> Result<Self, SecretError> {
+        let Some(body) = s.strip_prefix(SK_PREFIX) else {
+            return WebhookSecret::parse(s).map(SigningKey::Symmetric);
+        };
+        let bytes = LENIENT.decode(body).map_err(|_| SecretError::NotBase64)?;
+        let (seed, public): ([u8; 32], [u8; 32]) = match bytes.len() {
+            64 => (
+                bytes[..32].try_into().map_err(|_| SecretError::Length(64))?,
+                bytes[32..].try_into().map_err(|_| SecretError::Length(64))?,
+            ),
+            n => return Err(SecretError::Length(n)),
+        };
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        if key.verifying_key().to_bytes() != public {
+            return Err(SecretError::KeyMismatch);
+        }
+        Ok(SigningKey::Asymmetric(Box::new(key)))
+    }
+
+    pub fn generate_asymmetric() -> Self {
+        SigningKey::Asymmetric(Box::new(ed25519_dalek::SigningKey::from_bytes(
+            &runway_core::secret::random_bytes::<32>(),
+        )))
+    }
+
+    /// The stored form (`whsec_…` or `whsk_…`).
+    pub fn expose(&self) -> String {
+        match self {
+            SigningKey::Symmetric(s) => s.expose(),
+            SigningKey::Asymmetric(k) => {
+                let mut bytes = k.to_bytes().to_vec();
+                bytes.extend_from_slice(&k.verifying_key().to_bytes());
+                format!("{SK_PREFIX}{}", STANDARD.encode(bytes))
+            }
+        }
+    }
+
+    /// `whpk_<base64>` for `v1a` keys: what receivers verify with.
+    pub fn public_key(&self) -> Option<String> {
+        match self {
+            SigningKey::Symmetric(_) => None,
+            SigningKey::Asymmetric(k) => Some(format!("{PK_PREFIX}{}", STANDARD.encode(k.verifying_key().to_bytes()))),
+        }
+    }
+
+    /// `v1,<base64 HMAC>` or `v1a,<base64 Ed25519 signature>`.
+    pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+        match self {
+            SigningKey::Symmetric(s) => s.sign(msg_id, timestamp, body),
+            SigningKey::Asymmetric(k) => {
+                use ed25519_dalek::Signer;
+                let content = signed_content(msg_id, timestamp, body);
+                format!("v1a,{}", STANDARD.encode(k.sign(&content).to_bytes()))
+            }
+        }
+    }
+}
+
+fn signed_content(msg_id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let mut content = Vec::with_capacity(msg_id.len() + body.len() + 24);
+    content.extend_from_slice(msg_id.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(timestamp.to_string().as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(body);
+    content
+}
+
+/// Verifies a `v1a` delivery with the endpoint's public key (`whpk_…`), as a receiver would.
+pub fn verify_asymmetric(
+    public_key: &str,
+    msg_id: Option<&str>,
+    timestamp: Option<&str>,
+    signatures: Option<&str>,
+    body: &[u8],
+    now: Option<i64>,
+) -> Result<(), VerifyError> {
+    use ed25519_dalek::Verifier;
+    let bytes = public_key.strip_prefix(PK_PREFIX).and_then(|b| LENIENT.decode(b).ok()).ok_or(VerifyError::NoMatch)?;
+    let key = <[u8; 32]>::try_from(bytes.as_slice())
+        .ok()
+        .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+        .ok_or(VerifyError::NoMatch)?;
+    let (msg_id, ts, signatures) = check_headers(msg_id, timestamp, signatures, now)?;
+    let content = signed_content(msg_id, ts, body);
+    for candidate in signatures.split(' ') {
+        let Some(b64) = candidate.strip_prefix("v1a,") else { continue };
+        let Some(sig) = LENIENT.decode(b64).ok().and_then(|b| <[u8; 64]>::try_from(b.as_slice()).ok()) else {
+            continue;
+        };
+        if key.verify(&content, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(VerifyError::NoMatch)
+}
+
+fn check_headers<'a>(
+    msg_id: Option<&'a str>,
+    timestamp: Option<&str>,
+    signatures: Option<&'a str>,
+    now: Option<i64>,
+) -> Result<(&'a str, i64, &'a str), VerifyError> {
+    let msg_id = msg_id.ok_or(VerifyError::MissingHeader("webhook-id"))?;
+    let ts_raw = timestamp.ok_or(VerifyError::MissingHeader("webhook-timestamp"))?;
+    let signatures = signatures.ok_or(VerifyError::MissingHeader("webhook-signature"))?;
+    let ts: i64 = ts_raw.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
+    if let Some(now) = now {
+        if now - ts > TOLERANCE_SECS {
+            return Err(VerifyError::TooOld);
+        }
+        if ts - now > TOLERANCE_SECS {
+            return Err(VerifyError::TooNew);
+        }
+    }
+    Ok((msg_id, ts, signatures))
 }
 
 /// The key bytes of a secret string, whatever their length.
@@ -113,18 +255,7 @@ pub fn verify(
     body: &[u8],
     now: Option<i64>,
 ) -> Result<(), VerifyError> {
-    let msg_id = msg_id.ok_or(VerifyError::MissingHeader("webhook-id"))?;
-    let ts_raw = timestamp.ok_or(VerifyError::MissingHeader("webhook-timestamp"))?;
-    let signatures = signatures.ok_or(VerifyError::MissingHeader("webhook-signature"))?;
-    let ts: i64 = ts_raw.trim().parse().map_err(|_| VerifyError::BadTimestamp)?;
-    if let Some(now) = now {
-        if now - ts > TOLERANCE_SECS {
-            return Err(VerifyError::TooOld);
-        }
-        if ts - now > TOLERANCE_SECS {
-            return Err(VerifyError::TooNew);
-        }
-    }
+    let (msg_id, ts, signatures) = check_headers(msg_id, timestamp, signatures, now)?;
     let expected = secret.sign(msg_id, ts, body);
     let expected = expected.as_bytes();
     for candidate in signatures.split(' ') {
@@ -233,6 +364,39 @@ mod tests {
             checked += 1;
         }
         assert!(checked >= 15, "{checked}");
+    }
+
+    #[test]
+    fn signs_and_verifies_the_ed25519_vector() {
+        let data = conformance("signing_vectors.json");
+        let v = data["signing_vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["scheme"].as_str().unwrap().starts_with("v1a"))
+            .unwrap();
+        let key = SigningKey::parse(v["secret"].as_str().unwrap()).unwrap();
+        assert_eq!(key.public_key().unwrap(), v["public_key"].as_str().unwrap());
+        let sig = key.sign(v["msg_id"].as_str().unwrap(), ts(v), &payload(v));
+        assert_eq!(sig, v["expected_signature"].as_str().unwrap());
+        let pk = key.public_key().unwrap();
+        let t = ts(v).to_string();
+        verify_asymmetric(&pk, v["msg_id"].as_str(), Some(&t), Some(&sig), &payload(v), None).unwrap();
+        assert_eq!(
+            verify_asymmetric(&pk, v["msg_id"].as_str(), Some(&t), Some(&sig), b"tampered", None),
+            Err(VerifyError::NoMatch)
+        );
+        // A generated key round-trips through its stored form.
+        let g = SigningKey::generate_asymmetric();
+        assert_eq!(SigningKey::parse(&g.expose()).unwrap().public_key(), g.public_key());
+        // A public key is not a signing key; a truncated whsk_ is refused.
+        assert!(SigningKey::parse(v["public_key"].as_str().unwrap()).is_err());
+        assert!(
+            SigningKey::parse(
+                "whsk_6Xb/dCcHpPea21PS1N9VY/NZW723CEc77N4rJCubMbfVKIDij2HKpMKkioLlX0dRqSKJp4AJ6p9lMicMFs6Kv"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use crate::Events;
 use crate::schedule::{FailureHint, random_unit};
-use crate::signature::WebhookSecret;
+use crate::signature::SigningKey;
 use crate::ssrf::{self, Cidr};
 use runway_core::AttemptId;
 use runway_core::clock::rfc3339;
@@ -250,7 +250,7 @@ impl Events {
         {
             return fail("blocked_destination", why);
         }
-        let secret = match WebhookSecret::parse(&d.secret) {
+        let secret = match SigningKey::parse(&d.secret) {
             Ok(s) => s,
             Err(e) => return fail("connect", format!("endpoint secret unusable: {e}")),
         };
@@ -260,7 +260,7 @@ impl Events {
         // During a rotation both signatures go in the one header; receivers accept either.
         if let (Some(prev), Some(until)) = (&d.previous_secret, d.previous_secret_expires_at)
             && until > self.clock.now_micros()
-            && let Ok(prev) = WebhookSecret::parse(prev)
+            && let Ok(prev) = SigningKey::parse(prev)
         {
             signature = format!("{signature} {}", prev.sign(&d.id, ts, &body));
         }

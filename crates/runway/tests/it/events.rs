@@ -1,5 +1,5 @@
 use crate::harness::{ADMIN, Behaviour, Engine, Receiver, TestServer, eventually};
-use runway_events::signature::{WebhookSecret, verify};
+use runway_events::signature::{WebhookSecret, verify, verify_asymmetric};
 use serde_json::{Value, json};
 
 crate::both_engines!(
@@ -16,6 +16,7 @@ crate::both_engines!(
     endpoints_failing_too_long_are_disabled_with_an_operational_event,
     cli_publishes_events_and_operates_webhooks,
     retention_per_plan_removes_old_rows_but_keeps_pending_work,
+    asymmetric_endpoints_sign_with_ed25519,
 );
 
 fn invoice_schema() -> Value {
@@ -837,4 +838,67 @@ async fn retention_per_plan_removes_old_rows_but_keeps_pending_work(engine: Engi
         1,
         "only the enterprise tenant's"
     );
+}
+
+async fn asymmetric_endpoints_sign_with_ed25519(engine: Engine) {
+    let s = setup_delivery(engine, vec![0]).await;
+    let r = Receiver::start(Behaviour::Ok).await;
+    let ep = s
+        .post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": r.url, "signature_scheme": "v1a"}))
+        .await
+        .ok(201)
+        .clone();
+    assert_eq!(ep["signature_scheme"], "v1a");
+    let id = ep["id"].as_str().unwrap();
+    let secret = s.get(&format!("/v1/tenants/hooks/webhooks/{id}/secret"), ADMIN).await.ok(200).clone();
+    assert!(secret.get("secret").is_none(), "the private key is never shown");
+    let pk = secret["public_key"].as_str().unwrap().to_owned();
+    assert!(pk.starts_with("whpk_"));
+    s.post(
+        "/v1/tenants/hooks/events",
+        ADMIN,
+        json!({"type": "invoice.paid", "payload": {"invoice_id": "ed", "amount": 1}}),
+    )
+    .await
+    .ok(202);
+    eventually("delivered", || async { r.count() == 1 }).await;
+    let (headers, body) = r.got.lock().unwrap()[0].clone();
+    let h = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+    let sig = h("webhook-signature").unwrap();
+    assert!(sig.starts_with("v1a,"), "{sig}");
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    verify_asymmetric(&pk, h("webhook-id").as_deref(), h("webhook-timestamp").as_deref(), Some(&sig), &body, Some(now))
+        .expect("verifies with the public key");
+    let bad = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": r.url, "signature_scheme": "v2"})).await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "signature_scheme");
+    let mismatch = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": r.url, "signature_scheme": "v1a", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8G"})).await;
+    assert_eq!(mismatch.problem(422, "validation_failed")["field"], "secret");
+    // Rotation makes a new key pair; the old public key still verifies meanwhile.
+    s.post(&format!("/v1/tenants/hooks/webhooks/{id}/secret/rotate"), ADMIN, json!({})).await.ok(200);
+    let new_pk = s.get(&format!("/v1/tenants/hooks/webhooks/{id}/secret"), ADMIN).await.ok(200)["public_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_pk, pk);
+    s.post(
+        "/v1/tenants/hooks/events",
+        ADMIN,
+        json!({"type": "invoice.paid", "payload": {"invoice_id": "ed2", "amount": 2}}),
+    )
+    .await
+    .ok(202);
+    eventually("delivered again", || async { r.count() == 2 }).await;
+    let (headers, body) = r.got.lock().unwrap()[1].clone();
+    let h = |n: &str| headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+    for key in [&pk, &new_pk] {
+        verify_asymmetric(
+            key,
+            h("webhook-id").as_deref(),
+            h("webhook-timestamp").as_deref(),
+            h("webhook-signature").as_deref(),
+            &body,
+            None,
+        )
+        .expect("both keys verify during the overlap");
+    }
 }

@@ -37,6 +37,8 @@ CREATE TABLE webhook_endpoints (
     headers     TEXT NOT NULL,
     metadata    TEXT NOT NULL,
     secret      TEXT NOT NULL,
+    -- 'v1' (HMAC with a whsec_ secret) or 'v1a' (Ed25519 with a whsk_ key pair).
+    signature_scheme TEXT NOT NULL DEFAULT 'v1',
     -- After a rotation the old secret still signs until it expires (both signatures are sent).
     previous_secret            TEXT,
     previous_secret_expires_at BIGINT,
