@@ -25,6 +25,8 @@ pub struct Endpoint {
     pub metadata: Value,
     /// `v1` (HMAC-SHA256) or `v1a` (Ed25519).
     pub signature_scheme: String,
+    /// Events with the same key are delivered strictly in order, one at a time.
+    pub ordered: bool,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -47,6 +49,7 @@ struct EndpointRow {
     headers: String,
     metadata: String,
     signature_scheme: String,
+    ordered: bool,
     created_at: i64,
     updated_at: i64,
 }
@@ -64,13 +67,14 @@ impl From<EndpointRow> for Endpoint {
             headers: serde_json::from_str(&r.headers).unwrap_or_default(),
             metadata: serde_json::from_str(&r.metadata).unwrap_or(Value::Null),
             signature_scheme: r.signature_scheme,
+            ordered: r.ordered,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, signature_scheme, created_at, updated_at";
+const COLUMNS: &str = "id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, signature_scheme, ordered, created_at, updated_at";
 
 /// The tenant's enabled endpoints, for fan-out at publish time.
 pub(crate) async fn subscribed(tx: &mut Tx, tenant: &TenantId) -> Result<Vec<Endpoint>, StoreError> {
@@ -79,22 +83,25 @@ pub(crate) async fn subscribed(tx: &mut Tx, tenant: &TenantId) -> Result<Vec<End
     Ok(rows.into_iter().map(Endpoint::from).collect())
 }
 
-/// Queues one event for one endpoint, due now.
-pub(crate) async fn enqueue(
-    tx: &mut Tx,
-    tenant: &TenantId,
-    endpoint: &EndpointId,
-    pos: &str,
-    now: i64,
-    id: &DeliveryId,
-    replay: bool,
-) -> Result<(), StoreError> {
+/// One event queued for one endpoint.
+pub(crate) struct NewDelivery<'a> {
+    pub endpoint: &'a EndpointId,
+    pub pos: &'a str,
+    pub now: i64,
+    pub replay: bool,
+    /// The event's key, when the endpoint delivers each key in order.
+    pub ordering_key: Option<&'a str>,
+}
+
+/// Queues one event for one endpoint, due now; returns the message id.
+pub(crate) async fn enqueue(tx: &mut Tx, tenant: &TenantId, d: NewDelivery<'_>) -> Result<DeliveryId, StoreError> {
+    let id = DeliveryId::generate();
     on_conn!(tx, c => sqlx::query(
-        "INSERT INTO deliveries (id, tenant_id, endpoint_id, event_pos, status, attempts, next_attempt_at, created_at, updated_at, replay)
-         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5, $6)")
-        .bind(id.as_str()).bind(tenant.as_str()).bind(endpoint.as_str()).bind(pos).bind(now).bind(replay)
+        "INSERT INTO deliveries (id, tenant_id, endpoint_id, event_pos, status, attempts, next_attempt_at, created_at, updated_at, replay, ordering_key)
+         VALUES ($1, $2, $3, $4, 'pending', 0, $5, $5, $5, $6, $7)")
+        .bind(id.as_str()).bind(tenant.as_str()).bind(d.endpoint.as_str()).bind(d.pos).bind(d.now).bind(d.replay).bind(d.ordering_key)
         .execute(&mut *c).await.map(|_| ()))?;
-    Ok(())
+    Ok(id)
 }
 
 pub async fn find(tx: &mut Tx, tenant: &TenantId, id: &EndpointId) -> Result<Option<Endpoint>, StoreError> {
@@ -125,6 +132,7 @@ pub struct EndpointInput {
     pub secret: Option<String>,
     /// `v1` (default) or `v1a`; only when creating.
     pub signature_scheme: Option<String>,
+    pub ordered: Option<bool>,
 }
 
 /// Parses a supplied key, or makes one, for `scheme`.
@@ -209,16 +217,17 @@ impl Events {
             headers: input.headers.unwrap_or_default(),
             metadata: input.metadata.unwrap_or_else(|| json!({})),
             signature_scheme: scheme,
+            ordered: input.ordered.unwrap_or(false),
             created_at: now,
             updated_at: now,
         };
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         on_conn!(&mut tx, c => sqlx::query(
-            "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, secret, created_at, updated_at, signature_scheme)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12)")
+            "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, secret, created_at, updated_at, signature_scheme, ordered)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)")
             .bind(ep.id.as_str()).bind(tenant.as_str()).bind(&ep.url).bind(&ep.description)
             .bind(json!(ep.event_types).to_string()).bind(ep.enabled).bind(ep.rate_limit)
-            .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(secret.expose()).bind(now).bind(&ep.signature_scheme)
+            .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(secret.expose()).bind(now).bind(&ep.signature_scheme).bind(ep.ordered)
             .execute(&mut *c).await.map(|_| ()))
         .map_err(StoreError::from)?;
         runway_audit::append(&mut tx, &*self.clock, ctx, &Chain::Tenant(tenant.clone()), Change {
@@ -267,15 +276,16 @@ impl Events {
         apply!(rate_limit);
         apply!(headers);
         apply!(metadata);
+        apply!(ordered);
         if diff.is_empty() {
             return Ok(before);
         }
         ep.updated_at = self.clock.now_micros();
         on_conn!(&mut tx, c => sqlx::query(
-            "UPDATE webhook_endpoints SET url = $1, description = $2, event_types = $3, enabled = $4, rate_limit = $5, headers = $6, metadata = $7, updated_at = $8
-             WHERE id = $9 AND tenant_id = $10")
+            "UPDATE webhook_endpoints SET url = $1, description = $2, event_types = $3, enabled = $4, rate_limit = $5, headers = $6, metadata = $7, updated_at = $8,
+             ordered = $11 WHERE id = $9 AND tenant_id = $10")
             .bind(&ep.url).bind(&ep.description).bind(json!(ep.event_types).to_string()).bind(ep.enabled).bind(ep.rate_limit)
-            .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(ep.updated_at).bind(id.as_str()).bind(tenant.as_str())
+            .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(ep.updated_at).bind(id.as_str()).bind(tenant.as_str()).bind(ep.ordered)
             .execute(&mut *c).await.map(|_| ()))
         .map_err(StoreError::from)?;
         runway_audit::append(
@@ -528,7 +538,6 @@ impl Events {
     pub async fn send_test(&self, tenant: &TenantId, endpoint: &EndpointId) -> Result<DeliveryId, ApiError> {
         let now = self.clock.now_micros();
         let pos = runway_core::EventPos::generate();
-        let id = DeliveryId::generate();
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         if find(&mut tx, tenant, endpoint).await?.is_none() {
             return Err(endpoint_not_found());
@@ -539,7 +548,12 @@ impl Events {
             .bind(pos.as_str()).bind(tenant.as_str()).bind(json!({"message": "a test event from Runway"}).to_string()).bind(now)
             .execute(&mut *c).await.map(|_| ()))
         .map_err(StoreError::from)?;
-        enqueue(&mut tx, tenant, endpoint, pos.as_str(), now, &id, false).await?;
+        let id = enqueue(
+            &mut tx,
+            tenant,
+            NewDelivery { endpoint, pos: pos.as_str(), now, replay: false, ordering_key: None },
+        )
+        .await?;
         tx.commit().await?;
         self.wake.notify_one();
         Ok(id)
@@ -630,7 +644,12 @@ impl Events {
             .bind(pos.as_str()).bind(tenant).bind(payload.to_string()).bind(endpoint).bind(now)
             .execute(&mut *c).await.map(|_| ()))?;
         for ep in subscribed(&mut tx, &tenant_id).await?.iter().filter(|e| e.accepts("runway.endpoint.disabled")) {
-            enqueue(&mut tx, &tenant_id, &ep.id, pos.as_str(), now, &DeliveryId::generate(), false).await?;
+            enqueue(
+                &mut tx,
+                &tenant_id,
+                NewDelivery { endpoint: &ep.id, pos: pos.as_str(), now, replay: false, ordering_key: None },
+            )
+            .await?;
         }
         tx.commit().await?;
         tracing::warn!(endpoint, tenant, "webhook endpoint disabled after failing continuously");

@@ -2,10 +2,11 @@
 
 use crate::Events;
 use crate::compat;
+use crate::endpoints::NewDelivery;
 use runway_audit::{AuditContext, Chain, Change};
 use runway_core::clock::rfc3339;
 use runway_core::page::Cursor;
-use runway_core::{ApiError, DeliveryId, ErrorCode, EventPos, Page, TenantId};
+use runway_core::{ApiError, ErrorCode, EventPos, Page, TenantId};
 use runway_store::{DbScope, StoreError, Tx, on_conn};
 use serde_json::{Value, json};
 
@@ -301,8 +302,13 @@ impl Events {
                 continue;
             }
             for ep in endpoints.iter().filter(|e| e.accepts(&ev.event_type)) {
-                crate::endpoints::enqueue(&mut tx, tenant, &ep.id, pos.as_str(), now, &DeliveryId::generate(), false)
-                    .await?;
+                let ordering_key = ev.key.as_deref().filter(|_| ep.ordered);
+                crate::endpoints::enqueue(
+                    &mut tx,
+                    tenant,
+                    NewDelivery { endpoint: &ep.id, pos: pos.as_str(), now, replay: false, ordering_key },
+                )
+                .await?;
             }
             created += 1;
             out.push(Published { id: event_id, pos: pos.to_string(), duplicate: false });
@@ -342,8 +348,8 @@ impl Events {
                 return Err(crate::endpoints::endpoint_not_found());
             }
         }
-        let rows: Vec<(String, String)> = on_conn!(&mut tx, c => sqlx::query_as(
-            "SELECT pos, type FROM events WHERE tenant_id = $1 AND received_at >= $2 AND received_at < $3
+        let rows: Vec<(String, String, Option<String>)> = on_conn!(&mut tx, c => sqlx::query_as(
+            "SELECT pos, type, event_key FROM events WHERE tenant_id = $1 AND received_at >= $2 AND received_at < $3
                AND (CAST($4 AS TEXT) IS NULL OR type = $4) AND type <> 'runway.test' ORDER BY pos LIMIT $5")
             .bind(tenant.as_str()).bind(from).bind(to).bind(event_type).bind(MAX_REPLAY + 1).fetch_all(&mut *c).await)
         .map_err(StoreError::from)?;
@@ -354,9 +360,15 @@ impl Events {
             ));
         }
         let mut queued = 0u64;
-        for (pos, ty) in &rows {
+        for (pos, ty, key) in &rows {
             for ep in targets.iter().filter(|e| e.accepts(ty)) {
-                crate::endpoints::enqueue(&mut tx, tenant, &ep.id, pos, now, &DeliveryId::generate(), true).await?;
+                let ordering_key = key.as_deref().filter(|_| ep.ordered);
+                crate::endpoints::enqueue(
+                    &mut tx,
+                    tenant,
+                    NewDelivery { endpoint: &ep.id, pos, now, replay: true, ordering_key },
+                )
+                .await?;
                 queued += 1;
             }
         }

@@ -254,6 +254,8 @@ pub struct EndpointCreate {
     pub secret: Option<String>,
     /// `v1` (HMAC-SHA256, default) or `v1a` (Ed25519: receivers need only the public key).
     pub signature_scheme: Option<String>,
+    /// Deliver events with the same `key` strictly in order, one at a time (default false).
+    pub ordered: Option<bool>,
 }
 
 /// Changes to an endpoint; absent fields stay as they are.
@@ -268,6 +270,7 @@ pub struct EndpointUpdate {
     pub headers: Option<BTreeMap<String, String>>,
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+    pub ordered: Option<bool>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -282,6 +285,7 @@ pub struct EndpointOut {
     #[schema(value_type = Object)]
     pub metadata: Value,
     pub signature_scheme: String,
+    pub ordered: bool,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -298,6 +302,7 @@ impl From<Endpoint> for EndpointOut {
             headers: e.headers,
             metadata: e.metadata,
             signature_scheme: e.signature_scheme,
+            ordered: e.ordered,
             created_at: rfc3339(e.created_at),
             updated_at: rfc3339(e.updated_at),
         }
@@ -323,6 +328,7 @@ async fn create_endpoint(
         metadata: b.metadata,
         secret: b.secret,
         signature_scheme: b.signature_scheme,
+        ordered: b.ordered,
     };
     let ep = s.events.create_endpoint(&auth.audit, scope.id(), input).await?;
     Ok((StatusCode::CREATED, Json(ep.into())))
@@ -390,6 +396,7 @@ async fn update_endpoint(
         metadata: b.metadata,
         secret: None,
         signature_scheme: None,
+        ordered: b.ordered,
     };
     Ok(Json(s.events.update_endpoint(&auth.audit, scope.id(), &id, input).await?.into()))
 }

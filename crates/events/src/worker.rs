@@ -132,10 +132,13 @@ impl DeliveryQueue for Events {
         };
         let sql = format!(
             "UPDATE deliveries SET lease_until = $1, lease_token = $2 WHERE id IN (
-               SELECT id FROM deliveries
-               WHERE status = 'pending' AND next_attempt_at <= $3 AND (lease_until IS NULL OR lease_until < $3)
-                 AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE enabled)
-               ORDER BY next_attempt_at LIMIT $4 {lock})"
+               SELECT d.id FROM deliveries d
+               WHERE d.status = 'pending' AND d.next_attempt_at <= $3 AND (d.lease_until IS NULL OR d.lease_until < $3)
+                 AND d.endpoint_id IN (SELECT id FROM webhook_endpoints WHERE enabled)
+                 AND (d.ordering_key IS NULL OR NOT EXISTS (
+                   SELECT 1 FROM deliveries o WHERE o.endpoint_id = d.endpoint_id AND o.ordering_key = d.ordering_key
+                     AND o.status = 'pending' AND o.event_pos < d.event_pos))
+               ORDER BY d.next_attempt_at LIMIT $4 {lock})"
         );
         let n = on_conn!(&mut tx, c => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(until).bind(&token).bind(now).bind(i64::from(limit)).execute(&mut *c).await.map(|r| r.rows_affected()))?;

@@ -17,6 +17,7 @@ crate::both_engines!(
     cli_publishes_events_and_operates_webhooks,
     retention_per_plan_removes_old_rows_but_keeps_pending_work,
     asymmetric_endpoints_sign_with_ed25519,
+    ordered_endpoints_deliver_each_key_in_order,
 );
 
 fn invoice_schema() -> Value {
@@ -901,4 +902,23 @@ async fn asymmetric_endpoints_sign_with_ed25519(engine: Engine) {
         )
         .expect("both keys verify during the overlap");
     }
+}
+
+async fn ordered_endpoints_deliver_each_key_in_order(engine: Engine) {
+    let s = setup_delivery(engine, vec![0, 1, 1, 1]).await;
+    let r = Receiver::start(Behaviour::FailFirst(2)).await;
+    let ep = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": r.url, "ordered": true})).await.ok(201).clone();
+    assert_eq!(ep["ordered"], true);
+    let batch: Vec<Value> = (1..=5).map(|i| json!({"type": "invoice.paid", "id": format!("o{i}"), "key": "customer-1", "payload": {"invoice_id": format!("o{i}"), "amount": i}})).collect();
+    s.post("/v1/tenants/hooks/events", ADMIN, Value::Array(batch)).await.ok(202);
+    eventually("all five delivered", || async { r.count() == 7 }).await;
+    let order: Vec<String> = r
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| serde_json::from_slice::<Value>(body).unwrap()["id"].as_str().unwrap().to_owned())
+        .collect();
+    // The first event fails twice and is retried; nothing with its key overtakes it.
+    assert_eq!(order, ["o1", "o1", "o1", "o2", "o3", "o4", "o5"]);
 }

@@ -38,6 +38,8 @@ CREATE TABLE webhook_endpoints (
     secret      TEXT NOT NULL,
     -- 'v1' (HMAC with a whsec_ secret) or 'v1a' (Ed25519 with a whsk_ key pair).
     signature_scheme TEXT NOT NULL DEFAULT 'v1',
+    -- Deliver events with the same key strictly one after another, in order.
+    ordered     BOOLEAN NOT NULL DEFAULT FALSE,
     -- After a rotation the old secret still signs until it expires (both signatures are sent).
     previous_secret            TEXT,
     previous_secret_expires_at BIGINT,
@@ -61,6 +63,8 @@ CREATE TABLE deliveries (
     lease_token     TEXT,
     last_error      TEXT,
     -- A delivery made by replaying the event log rather than by publishing.
+    -- The event's key when the endpoint is ordered: at most one pending delivery per key goes out.
+    ordering_key    TEXT,
     replay          BOOLEAN NOT NULL DEFAULT FALSE,
     created_at      BIGINT NOT NULL,
     updated_at      BIGINT NOT NULL
@@ -68,6 +72,7 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
 CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, id);
 CREATE INDEX deliveries_by_lease ON deliveries (lease_token);
+CREATE INDEX deliveries_by_ordering_key ON deliveries (endpoint_id, ordering_key, event_pos);
 
 CREATE TABLE delivery_attempts (
     id               TEXT PRIMARY KEY,

@@ -39,6 +39,8 @@ CREATE TABLE webhook_endpoints (
     secret      TEXT NOT NULL,
     -- 'v1' (HMAC with a whsec_ secret) or 'v1a' (Ed25519 with a whsk_ key pair).
     signature_scheme TEXT NOT NULL DEFAULT 'v1',
+    -- Deliver events with the same key strictly one after another, in order.
+    ordered     INTEGER NOT NULL DEFAULT 0,
     -- After a rotation the old secret still signs until it expires (both signatures are sent).
     previous_secret            TEXT,
     previous_secret_expires_at BIGINT,
@@ -63,6 +65,8 @@ CREATE TABLE deliveries (
     lease_token     TEXT,
     last_error      TEXT,
     -- A delivery made by replaying the event log rather than by publishing.
+    -- The event's key when the endpoint is ordered: at most one pending delivery per key goes out.
+    ordering_key    TEXT,
     replay          INTEGER NOT NULL DEFAULT 0,
     created_at      BIGINT NOT NULL,
     updated_at      BIGINT NOT NULL
@@ -72,6 +76,7 @@ CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at);
 
 CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, id);
 CREATE INDEX deliveries_by_lease ON deliveries (lease_token);
+CREATE INDEX deliveries_by_ordering_key ON deliveries (endpoint_id, ordering_key, event_pos);
 
 CREATE TABLE delivery_attempts (
     id               TEXT PRIMARY KEY,
