@@ -30,6 +30,8 @@ pub struct Events {
     http: reqwest::Client,
     /// Wakes the delivery worker when something was published.
     pub wake: Arc<Notify>,
+    /// Compiled event type schemas by `name@version`.
+    validators: moka::sync::Cache<String, Arc<jsonschema::Validator>>,
     /// Per-endpoint delivery rate limiters, with the rate each was built for.
     limiters: std::sync::Mutex<
         std::collections::HashMap<String, (std::num::NonZeroU32, Arc<governor::DefaultDirectRateLimiter>)>,
@@ -60,6 +62,7 @@ impl Events {
             http,
             wake: Arc::new(Notify::new()),
             limiters: Default::default(),
+            validators: moka::sync::Cache::new(10_000),
         }))
     }
 }

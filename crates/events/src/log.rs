@@ -9,6 +9,7 @@ use runway_core::page::Cursor;
 use runway_core::{ApiError, ErrorCode, EventPos, Page, TenantId};
 use runway_store::{DbScope, StoreError, Tx, on_conn};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// One version of an event type.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -221,6 +222,27 @@ impl From<EventRow> for Event {
     }
 }
 
+impl Events {
+    /// The compiled schema of one event type version. Versions are immutable, so a compiled
+    /// validator never goes stale; compiling on every publish would dominate its cost.
+    fn validator(
+        &self,
+        name: &str,
+        version: &str,
+        schema: Option<&str>,
+    ) -> Result<Option<Arc<jsonschema::Validator>>, ApiError> {
+        let Some(text) = schema else { return Ok(None) };
+        let key = format!("{name}@{version}");
+        if let Some(v) = self.validators.get(&key) {
+            return Ok(Some(v));
+        }
+        let schema: Value = serde_json::from_str(text).map_err(ApiError::internal)?;
+        let v = Arc::new(jsonschema::draft202012::new(&schema).map_err(ApiError::internal)?);
+        self.validators.insert(key, v.clone());
+        Ok(Some(v))
+    }
+}
+
 /// The most events one request may publish.
 pub const MAX_BATCH: usize = 1_000;
 
@@ -242,7 +264,8 @@ impl Events {
         }
         // Validate first, outside the write transaction.
         let mut read = self.store.read(DbScope::Platform).await?;
-        let mut types: std::collections::HashMap<String, (String, Option<jsonschema::Validator>)> = Default::default();
+        let mut types: std::collections::HashMap<String, (String, Option<Arc<jsonschema::Validator>>)> =
+            Default::default();
         for (i, ev) in events.iter().enumerate() {
             let at = |f: &str| if field_prefix.is_empty() { f.to_owned() } else { format!("{field_prefix}{i}/{f}") };
             if let Some(id) = &ev.id
@@ -260,11 +283,9 @@ impl Events {
                         format!("unknown event type `{}`; create it with POST /v1/event-types", ev.event_type),
                     )
                 })?;
-                let validator = match row.schema.as_deref().map(serde_json::from_str::<Value>) {
-                    Some(Ok(schema)) => Some(jsonschema::draft202012::new(&schema).map_err(ApiError::internal)?),
-                    _ => None,
-                };
-                types.insert(ev.event_type.clone(), (format!("{}.{}", row.major, row.minor), validator));
+                let version = format!("{}.{}", row.major, row.minor);
+                let validator = self.validator(&ev.event_type, &version, row.schema.as_deref())?;
+                types.insert(ev.event_type.clone(), (version, validator));
             }
             if let Some(validator) = &types[&ev.event_type].1
                 && let Some(err) = validator.iter_errors(&ev.payload).next()
