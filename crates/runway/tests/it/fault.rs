@@ -5,7 +5,7 @@
 //! nothing may be left pending. `RUNWAY_FAULT_EVENTS` sets the count (CI: the default 300; the
 //! benchmark runs 10,000).
 
-use crate::harness::{ADMIN, Behaviour, Database, Engine, Receiver, eventually};
+use crate::harness::{ADMIN, Behaviour, Database, Engine, Receiver, eventually, eventually_within};
 use runway_events::signature::{WebhookSecret, verify};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -108,7 +108,9 @@ async fn deliveries_survive_two_kill_9s(engine: Engine) {
         kill_9(&mut server);
         (server, _) = start(&db);
     }
-    eventually("every receiver holds every event", || async {
+    // Generous: the slow receiver alone needs n × 150 ms / 32 in flight.
+    let limit = std::time::Duration::from_secs(20 + n as u64 / 40);
+    eventually_within(limit, "every receiver holds every event", || async {
         receivers.iter().all(|r| {
             let got = r.got.lock().unwrap();
             let ids: HashSet<&str> =
@@ -117,7 +119,7 @@ async fn deliveries_survive_two_kill_9s(engine: Engine) {
         })
     })
     .await;
-    eventually("nothing left pending", || async {
+    eventually_within(limit, "nothing left pending", || async {
         db.scalar("SELECT COUNT(*) FROM deliveries WHERE status <> 'delivered'").await == 0
     })
     .await;

@@ -375,14 +375,23 @@ impl Receiver {
 }
 
 /// Polls `check` until it holds, failing after 20 s.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually_within(std::time::Duration::from_secs(20), what, check).await
+}
+
+/// Polls `check` until it holds, failing after `limit`.
+pub async fn eventually_within<F, Fut>(limit: std::time::Duration, what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let start = std::time::Instant::now();
     while !check().await {
-        assert!(start.elapsed() < std::time::Duration::from_secs(20), "timed out waiting for: {what}");
+        assert!(start.elapsed() < limit, "timed out waiting for: {what}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
