@@ -17,8 +17,18 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tenants: TenantsConfig,
     pub events: EventsConfig,
+    pub crypto: CryptoConfig,
     /// Named sets of limits a tenant can be on.
     pub plans: BTreeMap<String, PlanLimits>,
+}
+
+/// Keys for data Runway encrypts at rest (webhook endpoint secrets).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CryptoConfig {
+    /// 32 random bytes in base64 (`openssl rand -base64 32`). Required with PostgreSQL; on
+    /// SQLite a key is generated beside the database file (`master.key`) when unset.
+    pub master_key: Option<SecretString>,
 }
 
 /// The event backbone and webhook delivery.
@@ -299,6 +309,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tenants: TenantsConfig::default(),
             events: EventsConfig::default(),
+            crypto: CryptoConfig::default(),
             plans: default_plans(),
         }
     }

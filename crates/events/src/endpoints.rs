@@ -221,13 +221,14 @@ impl Events {
             created_at: now,
             updated_at: now,
         };
+        let sealed = self.seal_secret(&secret.expose(), ep.id.as_str())?;
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         on_conn!(&mut tx, c => sqlx::query(
             "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, secret, created_at, updated_at, signature_scheme, ordered)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)")
             .bind(ep.id.as_str()).bind(tenant.as_str()).bind(&ep.url).bind(&ep.description)
             .bind(json!(ep.event_types).to_string()).bind(ep.enabled).bind(ep.rate_limit)
-            .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(secret.expose()).bind(now).bind(&ep.signature_scheme).bind(ep.ordered)
+            .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(&sealed).bind(now).bind(&ep.signature_scheme).bind(ep.ordered)
             .execute(&mut *c).await.map(|_| ()))
         .map_err(StoreError::from)?;
         runway_audit::append(&mut tx, &*self.clock, ctx, &Chain::Tenant(tenant.clone()), Change {
@@ -343,7 +344,8 @@ impl Events {
         let s: Option<String> = on_conn!(&mut tx, c => sqlx::query_scalar("SELECT secret FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2")
             .bind(id.as_str()).bind(tenant.as_str()).fetch_optional(&mut *c).await)
         .map_err(StoreError::from)?;
-        s.ok_or_else(|| ApiError::not_found("no such webhook endpoint"))
+        let stored = s.ok_or_else(|| ApiError::not_found("no such webhook endpoint"))?;
+        self.open_secret(&stored, id.as_str()).map_err(ApiError::internal)
     }
 
     /// Queues a message again, due now, whatever its state.
@@ -575,10 +577,11 @@ impl Events {
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         let ep = find(&mut tx, tenant, id).await?.ok_or_else(endpoint_not_found)?;
         let secret = key_for(&ep.signature_scheme, new.as_deref())?;
+        let sealed = self.seal_secret(&secret.expose(), id.as_str())?;
         let n = on_conn!(&mut tx, c => sqlx::query(
             "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_expires_at = $1, secret = $2, updated_at = $3
              WHERE id = $4 AND tenant_id = $5")
-            .bind(until).bind(secret.expose()).bind(now).bind(id.as_str()).bind(tenant.as_str())
+            .bind(until).bind(&sealed).bind(now).bind(id.as_str()).bind(tenant.as_str())
             .execute(&mut *c).await.map(|r| r.rows_affected()))
         .map_err(StoreError::from)?;
         if n == 0 {

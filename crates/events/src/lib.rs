@@ -10,6 +10,7 @@ pub mod log;
 pub mod relay;
 pub mod routes;
 pub mod schedule;
+pub mod seal;
 pub mod signature;
 pub mod ssrf;
 pub mod worker;
@@ -30,6 +31,8 @@ pub struct Events {
     http: reqwest::Client,
     /// Wakes the delivery worker when something was published.
     pub wake: Arc<Notify>,
+    /// Seals endpoint secrets at rest; absent only in CLI commands that never touch them.
+    sealer: Option<seal::SecretBox>,
     /// Compiled event type schemas by `name@version`.
     validators: moka::sync::Cache<String, Arc<jsonschema::Validator>>,
     /// Per-endpoint delivery rate limiters, with the rate each was built for.
@@ -39,7 +42,13 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn new(store: Store, clock: Arc<dyn Clock>, config: &Config) -> Result<Arc<Self>, ConfigError> {
+    /// `master_key` seals endpoint secrets at rest; see [`seal::master_key`].
+    pub fn new(
+        store: Store,
+        clock: Arc<dyn Clock>,
+        config: &Config,
+        master_key: Option<[u8; 32]>,
+    ) -> Result<Arc<Self>, ConfigError> {
         let ev = config.events.clone();
         let allow = ev
             .allow_destinations
@@ -63,6 +72,23 @@ impl Events {
             wake: Arc::new(Notify::new()),
             limiters: Default::default(),
             validators: moka::sync::Cache::new(10_000),
+            sealer: master_key.map(|k| seal::SecretBox::new(&k)),
         }))
+    }
+}
+
+impl Events {
+    /// Encrypts an endpoint secret for storage, bound to its endpoint.
+    pub(crate) fn seal_secret(&self, plain: &str, endpoint: &str) -> Result<String, runway_core::ApiError> {
+        let sealer = self
+            .sealer
+            .as_ref()
+            .ok_or_else(|| runway_core::ApiError::internal("crypto.master_key is not configured"))?;
+        Ok(sealer.seal(plain, endpoint))
+    }
+
+    /// Decrypts a stored endpoint secret.
+    pub(crate) fn open_secret(&self, stored: &str, endpoint: &str) -> Result<String, String> {
+        self.sealer.as_ref().ok_or_else(|| "crypto.master_key is not configured".to_owned())?.open(stored, endpoint)
     }
 }

@@ -253,7 +253,11 @@ impl Events {
         {
             return fail("blocked_destination", why);
         }
-        let secret = match SigningKey::parse(&d.secret) {
+        let secret = match self
+            .open_secret(&d.secret, &d.endpoint_id)
+            .map_err(|e| e.to_string())
+            .and_then(|s| SigningKey::parse(&s).map_err(|e| e.to_string()))
+        {
             Ok(s) => s,
             Err(e) => return fail("connect", format!("endpoint secret unusable: {e}")),
         };
@@ -263,7 +267,8 @@ impl Events {
         // During a rotation both signatures go in the one header; receivers accept either.
         if let (Some(prev), Some(until)) = (&d.previous_secret, d.previous_secret_expires_at)
             && until > self.clock.now_micros()
-            && let Ok(prev) = SigningKey::parse(prev)
+            && let Ok(prev) = self.open_secret(prev, &d.endpoint_id)
+            && let Ok(prev) = SigningKey::parse(&prev)
         {
             signature = format!("{signature} {}", prev.sign(&d.id, ts, &body));
         }

@@ -589,7 +589,8 @@ async fn audit(cli: &Cli, id: Arc<Identity>, cmd: &AuditCmd) -> anyhow::Result<(
 
 async fn relay(cli: &Cli, config: Config, args: &RelayArgs) -> anyhow::Result<()> {
     let identity = open(config.clone()).await?;
-    let events = runway_events::Events::new(identity.store.clone(), Arc::new(SystemClock), &config)?;
+    let key = runway_events::seal::master_key(&config, false)?;
+    let events = runway_events::Events::new(identity.store.clone(), Arc::new(SystemClock), &config, key)?;
     let source = runway_store::sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&args.source)
@@ -624,7 +625,8 @@ async fn relay(cli: &Cli, config: Config, args: &RelayArgs) -> anyhow::Result<()
 
 async fn open_events(config: &Config) -> anyhow::Result<(Arc<Identity>, Arc<runway_events::Events>)> {
     let identity = open(config.clone()).await?;
-    let events = runway_events::Events::new(identity.store.clone(), Arc::new(SystemClock), config)?;
+    let key = runway_events::seal::master_key(config, false)?;
+    let events = runway_events::Events::new(identity.store.clone(), Arc::new(SystemClock), config, key)?;
     Ok((identity, events))
 }
 

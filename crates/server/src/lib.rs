@@ -84,7 +84,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     }
     let identity = Identity::new(store.clone(), clock.clone(), config.clone());
     let admin_token = identity.ensure_admin_token(config.auth.admin_token.as_ref()).await?;
-    let events = runway_events::Events::new(store.clone(), clock.clone(), &config)?;
+    let master_key = runway_events::seal::master_key(&config, true)?;
+    let events = runway_events::Events::new(store.clone(), clock.clone(), &config, master_key)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;

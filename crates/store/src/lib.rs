@@ -151,7 +151,7 @@ fn sqlite_options(url: &str, busy_timeout: Duration) -> Result<SqliteConnectOpti
 }
 
 /// The file a `sqlite://` URL names, so its folder can be created first.
-fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next()?;
     if path.is_empty() || path == ":memory:" {

@@ -287,6 +287,7 @@ async fn bench_events(engine: &str, url: String, migration_url: Option<String>, 
     config.log.level = "error".into();
     config.events.allow_destinations = vec!["127.0.0.0/8".into()];
     config.events.poll_interval_ms = 20;
+    config.crypto.master_key = Some(SecretString::new("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="));
     config.plans.insert(
         "bench".into(),
         PlanLimits {

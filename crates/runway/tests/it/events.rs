@@ -368,6 +368,12 @@ async fn webhook_endpoints_are_validated_and_tenant_scoped(engine: Engine) {
     assert!(ep.get("secret").is_none(), "the secret is not in the endpoint");
     s.get(&format!("/v1/tenants/wa/webhooks/{id}/secret"), &a_key).await.problem(403, "missing_scope");
     assert_eq!(s.get(&format!("/v1/tenants/wa/webhooks/{id}/secret"), ADMIN).await.ok(200)["secret"], supplied);
+    // Encrypted at rest: the database holds a sealed value, not the secret.
+    let plain =
+        s.db.scalar(&format!("SELECT COUNT(*) FROM webhook_endpoints WHERE secret LIKE '%{}%'", &supplied[6..20]))
+            .await;
+    assert_eq!(plain, 0, "the secret is not stored in the clear");
+    assert_eq!(s.db.scalar("SELECT COUNT(*) FROM webhook_endpoints WHERE secret LIKE 'enc1:%'").await, 1);
     s.post("/v1/tenants/wa/webhooks", &read_only, json!({"url": "https://example.com"}))
         .await
         .problem(403, "missing_scope");

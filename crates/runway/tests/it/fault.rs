@@ -20,6 +20,7 @@ fn start(db: &Database) -> (Child, String) {
         .current_dir(&db.dir)
         .env("RUNWAY_DATABASE_URL", &db.app_url)
         .env("RUNWAY_ADMIN_TOKEN", ADMIN)
+        .env("RUNWAY_CRYPTO_MASTER_KEY", crate::harness::MASTER_KEY)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// The master key test servers seal endpoint secrets with (32 bytes, base64).
+pub const MASTER_KEY: &str = "dGVzdC1tYXN0ZXIta2V5LTMyLWJ5dGVzLWxvbmchISE=";
+
 /// The admin token every test server is configured with.
 pub const ADMIN: &str = "rw_admin_test_0123456789abcdefghijklmnopqrstuvwxyz";
 
@@ -135,6 +138,7 @@ impl Database {
             c.database.migration_url = Some(DatabaseUrl(self.owner_url.clone()));
         }
         c.auth.admin_token = Some(runway_core::secret::SecretString::new(ADMIN));
+        c.crypto.master_key = Some(runway_core::secret::SecretString::new(MASTER_KEY));
         c.auth.last_used_flush_ms = 200;
         // Tests fire many requests quickly; the rate-limit test sets its own plan.
         c.tenants.default_plan = "enterprise".into();
@@ -297,6 +301,7 @@ pub fn cli(db: &Database, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_runway"))
         .args(args)
         .env("RUNWAY_DATABASE_URL", &db.app_url)
+        .env("RUNWAY_CRYPTO_MASTER_KEY", MASTER_KEY)
         .env_remove("RUNWAY_ADMIN_TOKEN")
         .current_dir(&db.dir)
         .output()

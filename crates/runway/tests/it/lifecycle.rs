@@ -132,6 +132,14 @@ fn binary_starts_with_zero_config_and_exits_cleanly_on_sigterm() {
         .expect("first start prints the admin token")
         .to_owned();
     assert!(dir.join("runway-data/runway.db").exists());
+    let key =
+        std::fs::metadata(dir.join("runway-data/master.key")).expect("a master key is generated beside the database");
+    #[cfg(unix)]
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600,
+        "readable by its owner only"
+    );
     let status = reqwest::blocking_get(&format!("{base}/v1/tenants"), &token);
     assert_eq!(status, 200, "the printed token works");
     sigterm(&child);
