@@ -183,6 +183,9 @@ impl DeliveryQueue for Events {
                 healthy.push(&d.endpoint_id);
             }
             metrics::counter!("runway_webhook_deliveries_total", "outcome" => status).increment(1);
+            // Per endpoint, so its success ratio is rate(success) / rate(all) in PromQL.
+            let result = if o.succeeded() { "success" } else { "failure" };
+            metrics::counter!("runway_webhook_endpoint_attempts_total", "endpoint" => d.endpoint_id.clone(), "result" => result).increment(1);
             metrics::histogram!("runway_webhook_attempt_duration_seconds").record(o.latency.as_secs_f64());
         }
         for ep in healthy {

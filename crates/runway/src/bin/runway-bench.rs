@@ -403,9 +403,130 @@ async fn bench_events(engine: &str, url: String, migration_url: Option<String>, 
     ))
 }
 
+/// Listing an endpoint's attempts with 100,000 of them in the store: first page and deep pages.
+async fn bench_listing(
+    engine: &str,
+    url: String,
+    migration_url: Option<String>,
+    args: &Args,
+) -> anyhow::Result<String> {
+    use runway_store::{DbScope, on_conn};
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse()?;
+    config.database.url = DatabaseUrl(url);
+    config.database.migration_url = migration_url.map(DatabaseUrl);
+    config.auth.admin_token = Some(SecretString::new(ADMIN));
+    config.crypto.master_key = Some(SecretString::new("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="));
+    config.log.level = "error".into();
+    config.events.worker_enabled = false;
+    runway_server::telemetry::init(&config);
+    let running = runway_server::start(config, Arc::new(SystemClock)).await?;
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).bearer_auth(ADMIN).json(&body).send();
+    post("/v1/event-types", json!({"name": "ping", "schema": null, "version": "1.0"})).await?;
+    post("/v1/tenants", json!({"slug": "list", "name": "List"})).await?;
+    let mut endpoints = Vec::new();
+    for i in 0..3 {
+        let ep: Value =
+            post("/v1/tenants/list/webhooks", json!({"url": format!("https://example.com/{i}")})).await?.json().await?;
+        endpoints.push(ep["id"].as_str().context("endpoint")?.to_owned());
+    }
+    post("/v1/tenants/list/events", json!({"type": "ping", "payload": {}})).await?;
+    let store = &running.state.store;
+    let (tenant, delivery): (String, String) = {
+        let mut tx = store.read(DbScope::Platform).await?;
+        on_conn!(&mut tx, c => runway_store::sqlx::query_as("SELECT tenant_id, id FROM deliveries WHERE endpoint_id = $1").bind(&endpoints[0]).fetch_one(&mut *c).await)?
+    };
+    // 100,000 attempts on the measured endpoint, and as many spread over two others.
+    let started = Instant::now();
+    for (n, ep) in [(100_000, &endpoints[0]), (50_000, &endpoints[1]), (50_000, &endpoints[2])] {
+        for chunk in 0..n / 1_000 {
+            let mut sql = String::from(
+                "INSERT INTO delivery_attempts (id, delivery_id, tenant_id, endpoint_id, at, status_code, latency_ms, error_kind, response_excerpt) VALUES ",
+            );
+            for i in 0..1_000 {
+                let id = runway_core::AttemptId::generate();
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&format!(
+                    "('{id}', '{delivery}', '{tenant}', '{ep}', {}, 500, 12, 'status', 'down')",
+                    chunk * 1_000 + i
+                ));
+            }
+            let mut tx = store.write(DbScope::Platform).await?;
+            on_conn!(&mut tx, c => runway_store::sqlx::query(runway_store::sqlx::AssertSqlSafe(sql.clone())).execute(&mut *c).await.map(|_| ()))?;
+            tx.commit().await?;
+        }
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+    let path = format!("{base}/v1/tenants/list/webhooks/{}/attempts?limit=100", endpoints[0]);
+    // First pages, then a walk to page 200 following next_cursor.
+    let mut first = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for _ in 0..200 {
+        let t = Instant::now();
+        http.get(&path).bearer_auth(ADMIN).send().await?.bytes().await?;
+        first.record(t.elapsed().as_micros().max(1) as u64)?;
+    }
+    let mut deep = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{path}&cursor={c}"),
+            None => path.clone(),
+        };
+        let t = Instant::now();
+        let page: Value = http.get(&url).bearer_auth(ADMIN).send().await?.json().await?;
+        deep.record(t.elapsed().as_micros().max(1) as u64)?;
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(c) if pages < 1_000 => cursor = Some(c.to_owned()),
+            _ => break,
+        }
+    }
+    running.shutdown().await;
+    let _ = args;
+    Ok(format!(
+        "| {engine} | 200,000 (100,000 on the endpoint) | {load_secs:.1} | {:.2} | {:.2} | {pages} | {:.2} | {:.2} |",
+        first.value_at_quantile(0.5) as f64 / 1000.0,
+        first.value_at_quantile(0.99) as f64 / 1000.0,
+        deep.value_at_quantile(0.5) as f64 / 1000.0,
+        deep.value_at_quantile(0.99) as f64 / 1000.0,
+    ))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.scenario == "listing" {
+        println!(
+            "| engine | attempts stored | load s | first page p50 ms | first page p99 ms | pages walked (100 each) | any page p50 ms | any page p99 ms |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+        let scratch = std::env::temp_dir().join(format!("runway-bench-ls-{}", std::process::id()));
+        if args.engine == "sqlite" || args.engine == "both" {
+            println!(
+                "{}",
+                bench_listing("sqlite", format!("sqlite://{}/bench.db", scratch.display()), None, &args).await?
+            );
+        }
+        if args.engine == "postgres" || args.engine == "both" {
+            use runway_store::sqlx::{self, Connection};
+            let name = format!("runway_bench_ls_{}", std::process::id());
+            let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", args.pg_url)).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+            let url = format!("{}/{name}", args.pg_url);
+            let res = bench_listing("postgres", url.clone(), Some(url), &args).await;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                .execute(&mut admin)
+                .await?;
+            println!("{}", res?);
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        return Ok(());
+    }
     if args.scenario == "events" {
         println!(
             "| engine | events | published/s | delivered/s | publish p50 ms | publish p99 ms | lag p50 ms | lag p99 ms | CPU ms/event (whole process) | peak RSS MiB (whole process) | raw inserts/s (ceiling) | delivered/ceiling |"

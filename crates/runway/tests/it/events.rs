@@ -471,6 +471,15 @@ async fn operators_recover_redrive_test_and_replay(engine: Engine) {
     assert!(metrics.contains("runway_webhook_oldest_pending_age_seconds"), "{metrics}");
     assert!(metrics.contains(r#"runway_webhook_deliveries_total{outcome="dead"}"#), "{metrics}");
     assert!(metrics.contains("runway_webhook_attempt_duration_seconds"), "{metrics}");
+    assert!(
+        metrics
+            .contains(&format!(r#"runway_webhook_endpoint_attempts_total{{endpoint="{ep_down}",result="failure"}}"#)),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(r#"runway_webhook_endpoint_attempts_total{{endpoint="{ep_ok}",result="success"}}"#)),
+        "{metrics}"
+    );
 }
 
 async fn endpoint_rate_limits_defer_without_dropping(engine: Engine) {
