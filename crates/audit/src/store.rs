@@ -154,13 +154,13 @@ pub async fn list(
            AND (CAST($3 AS TEXT) IS NULL OR actor_id = $3)
            AND (CAST($4 AS BIGINT) IS NULL OR at >= $4)
            AND (CAST($5 AS BIGINT) IS NULL OR at < $5)
-           AND (CAST($6 AS BIGINT) IS NULL OR seq < $6)
+           AND seq < $6
          ORDER BY seq DESC LIMIT $7"
     );
     let limit = i64::from(cursor.limit) + 1;
     let rows: Vec<EntryRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
         .bind(chain.name()).bind(&filter.action).bind(&filter.actor_id).bind(filter.from).bind(filter.to)
-        .bind(before).bind(limit).fetch_all(&mut *c).await)?;
+        .bind(before.unwrap_or(i64::MAX)).bind(limit).fetch_all(&mut *c).await)?;
     Ok(Page::from_rows(rows, cursor.limit, |r| r.seq.to_string()).map(EntryRow::into_entry))
 }
 

@@ -111,11 +111,9 @@ pub async fn find(tx: &mut Tx, tenant: &TenantId, id: &EndpointId) -> Result<Opt
 }
 
 pub async fn list(tx: &mut Tx, tenant: &TenantId, cursor: &Cursor) -> Result<Page<Endpoint>, StoreError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND (CAST($2 AS TEXT) IS NULL OR id > $2) ORDER BY id LIMIT $3"
-    );
+    let sql = format!("SELECT {COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3");
     let rows: Vec<EndpointRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(tenant.as_str()).bind(&cursor.after).bind(i64::from(cursor.limit) + 1).fetch_all(&mut *c).await)?;
+        .bind(tenant.as_str()).bind(cursor.after.as_deref().unwrap_or("")).bind(i64::from(cursor.limit) + 1).fetch_all(&mut *c).await)?;
     Ok(Page::from_rows(rows, cursor.limit, |r| r.id.clone()).map(Endpoint::from))
 }
 
@@ -419,11 +417,11 @@ pub async fn list_messages(
     let rows: Vec<MessageRow> = on_conn!(tx, c => sqlx::query_as(
         "SELECT d.id, d.event_pos, e.event_id, e.type AS event_type, d.status, d.attempts, d.next_attempt_at, d.last_error, d.replay, d.created_at
          FROM deliveries d JOIN events e ON e.pos = d.event_pos
-         WHERE d.endpoint_id = $1 AND (CAST($2 AS TEXT) IS NULL OR d.status = $2) AND (CAST($3 AS TEXT) IS NULL OR d.id > $3)
+         WHERE d.endpoint_id = $1 AND (CAST($2 AS TEXT) IS NULL OR d.status = $2) AND d.id > $3
            AND (CAST($5 AS TEXT) IS NULL OR e.type = $5) AND (CAST($6 AS BIGINT) IS NULL OR d.created_at >= $6)
            AND (CAST($7 AS BIGINT) IS NULL OR d.created_at < $7)
          ORDER BY d.id LIMIT $4")
-        .bind(endpoint.as_str()).bind(&f.status).bind(&cursor.after).bind(i64::from(cursor.limit) + 1)
+        .bind(endpoint.as_str()).bind(&f.status).bind(cursor.after.as_deref().unwrap_or("")).bind(i64::from(cursor.limit) + 1)
         .bind(&f.event_type).bind(f.from).bind(f.to).fetch_all(&mut *c).await)?;
     Ok(Page::from_rows(rows, cursor.limit, |r| r.id.clone()).map(|r| Message {
         next_attempt_at: (r.status == "pending").then(|| rfc3339(r.next_attempt_at)),
@@ -468,8 +466,8 @@ struct AttemptRow {
 pub async fn list_attempts(tx: &mut Tx, endpoint: &EndpointId, cursor: &Cursor) -> Result<Page<Attempt>, StoreError> {
     let rows: Vec<AttemptRow> = on_conn!(tx, c => sqlx::query_as(
         "SELECT id, delivery_id, at, status_code, latency_ms, error_kind, response_excerpt FROM delivery_attempts
-         WHERE endpoint_id = $1 AND (CAST($2 AS TEXT) IS NULL OR id > $2) ORDER BY id LIMIT $3")
-        .bind(endpoint.as_str()).bind(&cursor.after).bind(i64::from(cursor.limit) + 1).fetch_all(&mut *c).await)?;
+         WHERE endpoint_id = $1 AND id > $2 ORDER BY id LIMIT $3")
+        .bind(endpoint.as_str()).bind(cursor.after.as_deref().unwrap_or("")).bind(i64::from(cursor.limit) + 1).fetch_all(&mut *c).await)?;
     Ok(Page::from_rows(rows, cursor.limit, |r| r.id.clone()).map(|r| Attempt {
         id: r.id,
         message_id: r.delivery_id,

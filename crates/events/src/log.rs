@@ -493,9 +493,9 @@ pub async fn list_events(
            AND (CAST($2 AS TEXT) IS NULL OR type = $2)
            AND (CAST($3 AS BIGINT) IS NULL OR received_at >= $3)
            AND (CAST($4 AS BIGINT) IS NULL OR received_at < $4)
-           AND (CAST($5 AS TEXT) IS NULL OR pos > $5)
+           AND pos > $5
          ORDER BY pos LIMIT $6")
-        .bind(tenant.as_str()).bind(&f.event_type).bind(f.from).bind(f.to).bind(&cursor.after).bind(i64::from(cursor.limit) + 1)
+        .bind(tenant.as_str()).bind(&f.event_type).bind(f.from).bind(f.to).bind(cursor.after.as_deref().unwrap_or("")).bind(i64::from(cursor.limit) + 1)
         .fetch_all(&mut *c).await)?;
     Ok(Page::from_rows(rows, cursor.limit, |r| r.pos.clone()).map(Event::from))
 }

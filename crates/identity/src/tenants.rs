@@ -125,11 +125,11 @@ pub async fn list(tx: &mut Tx, state: Option<TenantState>, cursor: &Cursor) -> R
     let sql = format!(
         "SELECT {COLUMNS} FROM tenants
          WHERE (CAST($1 AS TEXT) IS NULL AND state <> 'deleted' OR state = $1)
-           AND (CAST($2 AS TEXT) IS NULL OR id > $2)
+           AND id > $2
          ORDER BY id LIMIT $3"
     );
     let rows: Vec<TenantRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
-        .bind(state.map(TenantState::as_str)).bind(&cursor.after).bind(i64::from(cursor.limit) + 1)
+        .bind(state.map(TenantState::as_str)).bind(cursor.after.as_deref().unwrap_or("")).bind(i64::from(cursor.limit) + 1)
         .fetch_all(&mut *c).await)
     .map_err(runway_store::StoreError::from)?;
     Ok(Page::from_rows(rows, cursor.limit, |r| r.id.clone()).map(Tenant::from))
