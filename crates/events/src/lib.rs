@@ -33,6 +33,9 @@ pub struct Events {
     pub wake: Arc<Notify>,
     /// Seals endpoint secrets at rest; absent only in CLI commands that never touch them.
     sealer: Option<seal::SecretBox>,
+    /// The latest version (and schema) of each event type, for at most a second: a new version
+    /// created on another replica is used for validation there within a second.
+    latest_types: moka::sync::Cache<String, Arc<(String, Option<String>)>>,
     /// Compiled event type schemas by `name@version`.
     validators: moka::sync::Cache<String, Arc<jsonschema::Validator>>,
     /// Per-endpoint delivery rate limiters, with the rate each was built for.
@@ -72,6 +75,10 @@ impl Events {
             wake: Arc::new(Notify::new()),
             limiters: Default::default(),
             validators: moka::sync::Cache::new(10_000),
+            latest_types: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(1))
+                .build(),
             sealer: master_key.map(|k| seal::SecretBox::new(&k)),
         }))
     }

@@ -148,6 +148,7 @@ impl Events {
         })
         .await?;
         tx.commit().await?;
+        self.latest_types.invalidate(&new.name);
         Ok(EventType {
             name: new.name,
             version: format!("{major}.{minor}"),
@@ -262,8 +263,8 @@ impl Events {
                 format!("publish 1 to {MAX_BATCH} events at a time"),
             ));
         }
-        // Validate first, outside the write transaction.
-        let mut read = self.store.read(DbScope::Platform).await?;
+        // Validate first, outside the write transaction; type lookups mostly hit the cache.
+        let mut read: Option<Tx> = None;
         let mut types: std::collections::HashMap<String, (String, Option<Arc<jsonschema::Validator>>)> =
             Default::default();
         for (i, ev) in events.iter().enumerate() {
@@ -277,15 +278,30 @@ impl Events {
                 return Err(ApiError::validation(at("key"), "must be at most 255 characters"));
             }
             if !types.contains_key(&ev.event_type) {
-                let row = latest_type(&mut read, &ev.event_type).await?.ok_or_else(|| {
+                let latest = match self.latest_types.get(&ev.event_type) {
+                    Some(hit) => Some(hit),
+                    None => {
+                        if read.is_none() {
+                            read = Some(self.store.read(DbScope::Platform).await?);
+                        }
+                        let tx = read.as_mut().expect("opened just above");
+                        let found = latest_type(tx, &ev.event_type)
+                            .await?
+                            .map(|row| Arc::new((format!("{}.{}", row.major, row.minor), row.schema)));
+                        if let Some(f) = &found {
+                            self.latest_types.insert(ev.event_type.clone(), f.clone());
+                        }
+                        found
+                    }
+                };
+                let latest = latest.ok_or_else(|| {
                     ApiError::validation(
                         at("type"),
                         format!("unknown event type `{}`; create it with POST /v1/event-types", ev.event_type),
                     )
                 })?;
-                let version = format!("{}.{}", row.major, row.minor);
-                let validator = self.validator(&ev.event_type, &version, row.schema.as_deref())?;
-                types.insert(ev.event_type.clone(), (version, validator));
+                let validator = self.validator(&ev.event_type, &latest.0, latest.1.as_deref())?;
+                types.insert(ev.event_type.clone(), (latest.0.clone(), validator));
             }
             if let Some(validator) = &types[&ev.event_type].1
                 && let Some(err) = validator.iter_errors(&ev.payload).next()
