@@ -602,16 +602,12 @@ impl Events {
         Ok(until)
     }
 
-    /// Tracks an endpoint's run of failures and disables it once the run is too long, with an
-    /// audit entry and a `runway.endpoint.disabled` event in the tenant's log.
-    pub(crate) async fn note_health(&self, tenant: &str, endpoint: &str, success: bool) -> Result<(), StoreError> {
+    /// Records that an endpoint failed: starts its run of failures, and disables it once the run
+    /// is too long, with an audit entry and a `runway.endpoint.disabled` event in the tenant's
+    /// log. (A success ends the run inside the worker's batched attempt transaction.)
+    pub(crate) async fn note_failure(&self, tenant: &str, endpoint: &str) -> Result<(), StoreError> {
         let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Platform).await?;
-        if success {
-            on_conn!(&mut tx, c => sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
-                .bind(endpoint).execute(&mut *c).await.map(|_| ()))?;
-            return tx.commit().await;
-        }
         let since: Option<i64> = on_conn!(&mut tx, c => sqlx::query_scalar(
             "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $1) WHERE id = $2 AND enabled RETURNING failing_since")
             .bind(now).bind(endpoint).fetch_optional(&mut *c).await)?;

@@ -398,7 +398,7 @@ impl Events {
             failing.sort();
             failing.dedup();
             for (tenant, endpoint) in failing {
-                if let Err(e) = self.note_health(&tenant, &endpoint, false).await {
+                if let Err(e) = self.note_failure(&tenant, &endpoint).await {
                     tracing::warn!(error = %e, endpoint = %endpoint, "could not update endpoint health");
                 }
             }

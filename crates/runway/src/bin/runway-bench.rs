@@ -497,6 +497,31 @@ async fn bench_listing(
     ))
 }
 
+/// A throwaway PostgreSQL database for one benchmark run.
+struct ScratchPg {
+    admin: runway_store::sqlx::PgConnection,
+    name: String,
+    url: String,
+}
+
+impl ScratchPg {
+    async fn create(base: &str, tag: &str) -> anyhow::Result<Self> {
+        use runway_store::sqlx::{self, Connection};
+        let name = format!("runway_bench_{tag}_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
+        Ok(Self { admin, url: format!("{base}/{name}"), name })
+    }
+
+    async fn drop_db(mut self) -> anyhow::Result<()> {
+        use runway_store::sqlx;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+            .execute(&mut self.admin)
+            .await?;
+        Ok(())
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -513,15 +538,9 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         if args.engine == "postgres" || args.engine == "both" {
-            use runway_store::sqlx::{self, Connection};
-            let name = format!("runway_bench_ls_{}", std::process::id());
-            let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", args.pg_url)).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
-            let url = format!("{}/{name}", args.pg_url);
-            let res = bench_listing("postgres", url.clone(), Some(url), &args).await;
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                .execute(&mut admin)
-                .await?;
+            let db = ScratchPg::create(&args.pg_url, "ls").await?;
+            let res = bench_listing("postgres", db.url.clone(), Some(db.url.clone()), &args).await;
+            db.drop_db().await?;
             println!("{}", res?);
         }
         let _ = std::fs::remove_dir_all(&scratch);
@@ -540,15 +559,9 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         if args.engine == "postgres" || args.engine == "both" {
-            use runway_store::sqlx::{self, Connection};
-            let name = format!("runway_bench_ev_{}", std::process::id());
-            let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", args.pg_url)).await?;
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
-            let url = format!("{}/{name}", args.pg_url);
-            let res = bench_events("postgres", url.clone(), Some(url), &args).await;
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                .execute(&mut admin)
-                .await?;
+            let db = ScratchPg::create(&args.pg_url, "ev").await?;
+            let res = bench_events("postgres", db.url.clone(), Some(db.url.clone()), &args).await;
+            db.drop_db().await?;
             println!("{}", res?);
         }
         let _ = std::fs::remove_dir_all(&scratch);
@@ -561,15 +574,9 @@ async fn main() -> anyhow::Result<()> {
         all.extend(bench_engine("sqlite", url, None, &args).await?);
     }
     if args.engine == "postgres" || args.engine == "both" {
-        use runway_store::sqlx::{self, Connection};
-        let name = format!("runway_bench_{}", std::process::id());
-        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", args.pg_url)).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await?;
-        let url = format!("{}/{name}", args.pg_url);
-        let res = bench_engine("postgres", url.clone(), Some(url), &args).await;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-            .execute(&mut admin)
-            .await?;
+        let db = ScratchPg::create(&args.pg_url, "api").await?;
+        let res = bench_engine("postgres", db.url.clone(), Some(db.url.clone()), &args).await;
+        db.drop_db().await?;
         all.extend(res?);
     }
     let _ = std::fs::remove_dir_all(&scratch);
