@@ -41,6 +41,9 @@ struct Args {
     events: usize,
 }
 
+/// Seals webhook secrets in the scratch databases (32 bytes, base64).
+const BENCH_MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
 const ADMIN: &str = "rw_admin_bench_0123456789abcdefghijklmnopqrstuvwxyz";
 
 struct Outcome {
@@ -129,6 +132,7 @@ async fn bench_engine(
     config.database.migration_url = migration_url.map(DatabaseUrl);
     config.database.max_connections = 16;
     config.auth.admin_token = Some(SecretString::new(ADMIN));
+    config.crypto.master_key = Some(SecretString::new(BENCH_MASTER_KEY));
     config.log.level = "error".into();
     // Limits are checked on every request but set high enough never to refuse.
     config.plans.insert(
@@ -287,7 +291,7 @@ async fn bench_events(engine: &str, url: String, migration_url: Option<String>, 
     config.log.level = "error".into();
     config.events.allow_destinations = vec!["127.0.0.0/8".into()];
     config.events.poll_interval_ms = 20;
-    config.crypto.master_key = Some(SecretString::new("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="));
+    config.crypto.master_key = Some(SecretString::new(BENCH_MASTER_KEY));
     config.plans.insert(
         "bench".into(),
         PlanLimits {
@@ -416,7 +420,7 @@ async fn bench_listing(
     config.database.url = DatabaseUrl(url);
     config.database.migration_url = migration_url.map(DatabaseUrl);
     config.auth.admin_token = Some(SecretString::new(ADMIN));
-    config.crypto.master_key = Some(SecretString::new("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="));
+    config.crypto.master_key = Some(SecretString::new(BENCH_MASTER_KEY));
     config.log.level = "error".into();
     config.events.worker_enabled = false;
     runway_server::telemetry::init(&config);
