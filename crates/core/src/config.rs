@@ -18,6 +18,7 @@ pub struct Config {
     pub tenants: TenantsConfig,
     pub events: EventsConfig,
     pub crypto: CryptoConfig,
+    pub flags: FlagsConfig,
     /// Named sets of limits a tenant can be on.
     pub plans: BTreeMap<String, PlanLimits>,
 }
@@ -29,6 +30,42 @@ pub struct CryptoConfig {
     /// 32 random bytes in base64 (`openssl rand -base64 32`). Required with PostgreSQL; on
     /// SQLite a key is generated beside the database file (`master.key`) when unset.
     pub master_key: Option<SecretString>,
+}
+
+/// Feature flags: environments, propagation and usage.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlagsConfig {
+    /// Environments created at start when missing; more can be added through the API.
+    pub environments: Vec<String>,
+    /// The environment used by a credential that is not bound to one.
+    pub default_environment: String,
+    /// How often each replica checks for flag changes made elsewhere, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// How often evaluation counts are written to the store, in seconds.
+    pub usage_flush_secs: u64,
+    /// A flag not evaluated, or fully rolled out, for this many days is reported stale.
+    pub stale_after_days: u32,
+    /// How often scheduled changes and release plans are checked, in milliseconds.
+    pub scheduler_interval_ms: u64,
+    /// Tenant (ID or slug) whose event log receives operational events such as
+    /// `runway.flag.release_plan.rolled_back`, so its webhooks can page someone. Unset: logs,
+    /// metrics and the audit log only.
+    pub operations_tenant: Option<String>,
+}
+
+impl Default for FlagsConfig {
+    fn default() -> Self {
+        Self {
+            environments: vec!["development".into(), "staging".into(), "production".into()],
+            default_environment: "development".into(),
+            poll_interval_ms: 250,
+            usage_flush_secs: 10,
+            stale_after_days: 30,
+            scheduler_interval_ms: 1000,
+            operations_tenant: None,
+        }
+    }
 }
 
 /// The event backbone and webhook delivery.
@@ -310,6 +347,7 @@ impl Default for Config {
             tenants: TenantsConfig::default(),
             events: EventsConfig::default(),
             crypto: CryptoConfig::default(),
+            flags: FlagsConfig::default(),
             plans: default_plans(),
         }
     }
@@ -344,6 +382,30 @@ impl Config {
         }
         if self.server.body_limit_bytes < 1024 {
             return Err(bad("server.body_limit_bytes", "must be at least 1024"));
+        }
+        let f = &self.flags;
+        if f.environments.is_empty() {
+            return Err(bad("flags.environments", "at least one environment must be defined"));
+        }
+        for (i, e) in f.environments.iter().enumerate() {
+            if !is_slug(e) {
+                return Err(bad(format!("flags.environments[{i}]"), "environment names use a-z, 0-9 and '-'"));
+            }
+        }
+        if !is_slug(&f.default_environment) {
+            return Err(bad("flags.default_environment", "environment names use a-z, 0-9 and '-'"));
+        }
+        if f.poll_interval_ms == 0 || f.poll_interval_ms > 1000 {
+            return Err(bad(
+                "flags.poll_interval_ms",
+                "must be between 1 and 1000 so changes reach every replica within a second",
+            ));
+        }
+        if f.usage_flush_secs == 0 {
+            return Err(bad("flags.usage_flush_secs", "must be at least 1"));
+        }
+        if f.scheduler_interval_ms == 0 {
+            return Err(bad("flags.scheduler_interval_ms", "must be at least 1"));
         }
         if self.plans.is_empty() {
             return Err(bad("plans", "at least one plan must be defined"));

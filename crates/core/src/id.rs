@@ -160,6 +160,19 @@ typed_id!(
     RequestId, "req", "request"
 );
 
+typed_id!(
+    /// A flag change scheduled to apply at a given time.
+    ScheduleId, "fsc", "scheduled change"
+);
+typed_id!(
+    /// A release plan taking a flag through rollout milestones.
+    ReleasePlanId, "rpl", "release plan"
+);
+typed_id!(
+    /// A guard watching a signal during a release plan's milestones.
+    GuardId, "grd", "guard"
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -633,26 +633,57 @@ impl Events {
         )
         .await?;
         // The operational event goes through the tenant's log to its other endpoints.
-        let pos = runway_core::EventPos::generate();
         let payload = json!({"endpoint_id": endpoint, "failing_since": rfc3339(since.unwrap_or(now)), "reason": "failing continuously"});
-        on_conn!(&mut tx, c => sqlx::query(
-            "INSERT INTO events (pos, tenant_id, event_id, type, type_version, payload, event_key, occurred_at, received_at)
-             VALUES ($1, $2, $1, 'runway.endpoint.disabled', '1.0', $3, $4, $5, $5)")
-            .bind(pos.as_str()).bind(tenant).bind(payload.to_string()).bind(endpoint).bind(now)
-            .execute(&mut *c).await.map(|_| ()))?;
-        for ep in subscribed(&mut tx, &tenant_id).await?.iter().filter(|e| e.accepts("runway.endpoint.disabled")) {
-            enqueue(
-                &mut tx,
-                &tenant_id,
-                NewDelivery { endpoint: &ep.id, pos: pos.as_str(), now, replay: false, ordering_key: None },
-            )
-            .await?;
-        }
+        record_operational(&mut tx, &tenant_id, "runway.endpoint.disabled", endpoint, &payload, now).await?;
         tx.commit().await?;
         tracing::warn!(endpoint, tenant, "webhook endpoint disabled after failing continuously");
         self.wake.notify_one();
         Ok(())
     }
+}
+
+impl Events {
+    /// Publishes an operational event of Runway's own (`runway.*`, no contract) into a tenant's
+    /// log and queues it for the endpoints subscribed to it.
+    pub async fn emit_operational(
+        &self,
+        tenant: &TenantId,
+        event_type: &str,
+        key: &str,
+        payload: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_micros();
+        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        record_operational(&mut tx, tenant, event_type, key, payload, now).await?;
+        tx.commit().await?;
+        self.wake.notify_one();
+        Ok(())
+    }
+}
+
+async fn record_operational(
+    tx: &mut Tx,
+    tenant: &TenantId,
+    event_type: &str,
+    key: &str,
+    payload: &serde_json::Value,
+    now: i64,
+) -> Result<(), StoreError> {
+    let pos = runway_core::EventPos::generate();
+    on_conn!(tx, c => sqlx::query(
+        "INSERT INTO events (pos, tenant_id, event_id, type, type_version, payload, event_key, occurred_at, received_at)
+         VALUES ($1, $2, $1, $3, '1.0', $4, $5, $6, $6)")
+        .bind(pos.as_str()).bind(tenant.as_str()).bind(event_type).bind(payload.to_string()).bind(key).bind(now)
+        .execute(&mut *c).await.map(|_| ()))?;
+    for ep in subscribed(tx, tenant).await?.iter().filter(|e| e.accepts(event_type)) {
+        enqueue(
+            tx,
+            tenant,
+            NewDelivery { endpoint: &ep.id, pos: pos.as_str(), now, replay: false, ordering_key: None },
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Which messages to queue again.

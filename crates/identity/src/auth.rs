@@ -38,6 +38,10 @@ pub struct Principal {
     pub scopes: ScopeSet,
     /// The plan whose limits apply (tenant keys).
     pub plan: Option<String>,
+    /// The flag environment the credential is bound to, if any.
+    pub environment: Option<String>,
+    /// The tenant's region (tenant keys), for flag evaluation contexts.
+    pub region: Option<String>,
 }
 
 impl Principal {
@@ -84,6 +88,8 @@ struct CachedKey {
     revoked: bool,
     tenant_state: Option<TenantState>,
     plan: Option<String>,
+    environment: Option<String>,
+    region: Option<String>,
 }
 
 /// Verifies credentials.
@@ -108,6 +114,8 @@ struct KeyAuthRow {
     revoked_at: Option<i64>,
     tenant_state: Option<String>,
     plan: Option<String>,
+    environment: Option<String>,
+    region: Option<String>,
 }
 
 impl Authenticator {
@@ -161,14 +169,20 @@ impl Authenticator {
             Some(t) => PrincipalKind::Tenant { key_id: parsed.id, tenant_id: t.clone() },
             None => PrincipalKind::Service { key_id: parsed.id },
         };
-        Ok(Principal { kind, scopes: key.scopes, plan: key.plan.clone() })
+        Ok(Principal {
+            kind,
+            scopes: key.scopes,
+            plan: key.plan.clone(),
+            environment: key.environment.clone(),
+            region: key.region.clone(),
+        })
     }
 
     async fn load_key(&self, id: &KeyId) -> Result<Option<Arc<CachedKey>>, ApiError> {
         // Authentication runs before any tenant is known, so it reads at platform scope.
         let mut tx = self.store.read(DbScope::Platform).await?;
         let row: Option<KeyAuthRow> = on_conn!(&mut tx, c => sqlx::query_as(
-            "SELECT k.secret_hash, k.kind, k.tenant_id, k.scopes, k.expires_at, k.revoked_at, t.state AS tenant_state, t.plan
+            "SELECT k.secret_hash, k.kind, k.tenant_id, k.scopes, k.expires_at, k.revoked_at, t.state AS tenant_state, t.plan, k.environment, t.region
              FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1")
             .bind(id.as_str()).fetch_optional(&mut *c).await)
         .map_err(runway_store::StoreError::from)?;
@@ -182,6 +196,8 @@ impl Authenticator {
                 revoked: r.revoked_at.is_some(),
                 tenant_state: r.tenant_state.as_deref().and_then(TenantState::parse),
                 plan: r.plan,
+                environment: r.environment,
+                region: r.region,
             })
         }))
     }
@@ -200,9 +216,13 @@ impl Authenticator {
             }
         };
         match stored {
-            Some(hash) if token::verify(presented, &hash) => {
-                Ok(Principal { kind: PrincipalKind::Admin, scopes: ScopeSet::all(), plan: None })
-            }
+            Some(hash) if token::verify(presented, &hash) => Ok(Principal {
+                kind: PrincipalKind::Admin,
+                scopes: ScopeSet::all(),
+                plan: None,
+                environment: None,
+                region: None,
+            }),
             _ => Err(ApiError::unauthenticated("the credential is not valid")),
         }
     }
@@ -299,11 +319,22 @@ impl Identity {
 }
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthenticated("send a credential as `Authorization: Bearer <token>`"))?;
+    let missing = || ApiError::unauthenticated("send a credential as `Authorization: Bearer <token>`");
+    let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        // OFREP clients may send the key as `X-API-Key` instead.
+        let key = headers.get("x-api-key").ok_or_else(missing)?;
+        let key = key.to_str().map_err(|_| ApiError::unauthenticated("the X-API-Key header is not valid text"))?;
+        return if key.trim().is_empty() { Err(missing()) } else { Ok(key.trim()) };
+    };
     let s = value.to_str().map_err(|_| ApiError::unauthenticated("the Authorization header is not valid text"))?;
-    let (scheme, token) = s.split_once(' ').ok_or_else(|| ApiError::unauthenticated("use the Bearer scheme"))?;
+    let Some((scheme, token)) = s.trim().split_once(' ') else {
+        // Unleash SDKs send the token bare, without a scheme.
+        return if s.trim().starts_with("rw_") {
+            Ok(s.trim())
+        } else {
+            Err(ApiError::unauthenticated("use the Bearer scheme"))
+        };
+    };
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(ApiError::unauthenticated("use the Bearer scheme"));
     }

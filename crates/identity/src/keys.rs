@@ -22,6 +22,8 @@ pub struct ApiKey {
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
+    /// The flag environment this key evaluates in, if bound to one.
+    pub environment: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -35,6 +37,7 @@ struct KeyRow {
     expires_at: Option<i64>,
     revoked_at: Option<i64>,
     last_used_at: Option<i64>,
+    environment: Option<String>,
 }
 
 impl From<KeyRow> for ApiKey {
@@ -50,6 +53,7 @@ impl From<KeyRow> for ApiKey {
             expires_at: r.expires_at,
             revoked_at: r.revoked_at,
             last_used_at: r.last_used_at,
+            environment: r.environment,
         }
     }
 }
@@ -61,9 +65,12 @@ pub struct NewKey {
     pub scopes: Vec<String>,
     /// Microseconds since the epoch.
     pub expires_at: Option<i64>,
+    /// Binds the key to one flag environment (`flags:evaluate` evaluates there).
+    pub environment: Option<String>,
 }
 
-const COLUMNS: &str = "id, kind, tenant_id, name, scopes, created_at, expires_at, revoked_at, last_used_at";
+const COLUMNS: &str =
+    "id, kind, tenant_id, name, scopes, created_at, expires_at, revoked_at, last_used_at, environment";
 
 /// Keys of one tenant, or the service keys when `tenant` is `None`, in creation order.
 pub async fn list(tx: &mut Tx, tenant: Option<&TenantId>, cursor: &Cursor) -> Result<Page<ApiKey>, ApiError> {
@@ -116,6 +123,11 @@ impl Identity {
         {
             return Err(ApiError::validation("expires_at", "must be in the future"));
         }
+        if let Some(env) = &new.environment
+            && !runway_core::config::is_slug(env)
+        {
+            return Err(ApiError::validation("environment", "environment names use a-z, 0-9 and '-'"));
+        }
         let kind = if tenant.is_some() { TokenKind::Tenant } else { TokenKind::Service };
         let minted = mint(kind);
         let key = ApiKey {
@@ -128,6 +140,7 @@ impl Identity {
             expires_at: new.expires_at,
             revoked_at: None,
             last_used_at: None,
+            environment: new.environment,
         };
         let (scope, chain) = match tenant {
             Some(t) => (DbScope::Tenant(t.clone()), Chain::Tenant(t.clone())),
@@ -135,17 +148,17 @@ impl Identity {
         };
         let mut tx = self.store.write(scope).await?;
         on_conn!(&mut tx, c => sqlx::query(
-            "INSERT INTO api_keys (id, kind, tenant_id, name, scopes, secret_hash, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+            "INSERT INTO api_keys (id, kind, tenant_id, name, scopes, secret_hash, created_at, expires_at, environment)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
             .bind(key.id.as_str()).bind(kind.as_str()).bind(tenant.map(TenantId::as_str)).bind(&key.name)
-            .bind(Json(scopes.names())).bind(&minted.secret_hash).bind(now).bind(key.expires_at)
+            .bind(Json(scopes.names())).bind(&minted.secret_hash).bind(now).bind(key.expires_at).bind(&key.environment)
             .execute(&mut *c).await.map(|_| ()))
         .map_err(runway_store::StoreError::from)?;
         runway_audit::append(&mut tx, &*self.clock, ctx, &chain, Change {
             action: "key.created",
             target_kind: "key",
             target_id: key.id.as_str(),
-            summary: json!({"kind": kind.as_str(), "name": key.name, "scopes": scopes.names(), "expires_at": key.expires_at.map(runway_core::clock::rfc3339)}),
+            summary: json!({"kind": kind.as_str(), "name": key.name, "scopes": scopes.names(), "expires_at": key.expires_at.map(runway_core::clock::rfc3339), "environment": key.environment}),
         })
         .await?;
         tx.commit().await?;

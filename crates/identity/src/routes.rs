@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<Arc<Identity>> {
         .routes(routes!(create_tenant_key, list_tenant_keys))
         .routes(routes!(revoke_tenant_key))
         .routes(routes!(list_audit))
+        .routes(routes!(list_platform_audit))
 }
 
 /// A new tenant.
@@ -225,6 +226,8 @@ pub struct KeyCreate {
     pub scopes: Vec<String>,
     /// RFC 3339; the key is refused from then on.
     pub expires_at: Option<String>,
+    /// Binds the key to a flag environment: it evaluates flags there and nowhere else.
+    pub environment: Option<String>,
 }
 
 /// A key as the API shows it; the secret is never shown again.
@@ -240,6 +243,9 @@ pub struct KeyOut {
     pub expires_at: Option<String>,
     pub revoked_at: Option<String>,
     pub last_used_at: Option<String>,
+    /// The flag environment the key is bound to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
 }
 
 impl From<ApiKey> for KeyOut {
@@ -254,6 +260,7 @@ impl From<ApiKey> for KeyOut {
             expires_at: k.expires_at.map(rfc3339),
             revoked_at: k.revoked_at.map(rfc3339),
             last_used_at: k.last_used_at.map(rfc3339),
+            environment: k.environment,
         }
     }
 }
@@ -274,7 +281,7 @@ fn new_key(body: KeyCreate) -> Result<NewKey, ApiError> {
             Some(parse_rfc3339(&s).ok_or_else(|| ApiError::validation("expires_at", "must be an RFC 3339 time"))?)
         }
     };
-    Ok(NewKey { name: body.name, scopes: body.scopes, expires_at })
+    Ok(NewKey { name: body.name, scopes: body.scopes, expires_at, environment: body.environment })
 }
 
 fn creator<P: crate::Permission>(auth: &Authorized<P>) -> Option<&crate::Principal> {
@@ -406,4 +413,24 @@ async fn list_audit(
     };
     let mut tx = id.store.read(scope.db()).await?;
     Ok(Json(runway_audit::list(&mut tx, &Chain::Tenant(scope.id().clone()), &filter, &cursor).await?))
+}
+
+/// The platform chain: operator-level changes (service keys, event types, flags, release plans).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = Page<AuditEntry>), (status = 403, body = Problem)))]
+async fn list_platform_audit(
+    State(id): St,
+    auth: Authorized<AuditRead>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<Page<AuditEntry>>, ApiError> {
+    auth.require_platform()?;
+    let cursor = page(q.limit, q.cursor)?;
+    let filter = AuditFilter {
+        action: q.action,
+        actor_id: q.actor,
+        from: time_param(q.from, "from")?,
+        to: time_param(q.to, "to")?,
+    };
+    let mut tx = id.store.read(runway_store::DbScope::Platform).await?;
+    Ok(Json(runway_audit::list(&mut tx, &Chain::Platform, &filter, &cursor).await?))
 }

@@ -40,8 +40,9 @@ scopes! {
     WebhooksRead => ("webhooks:read", true, "Read webhook endpoints, messages and attempts."),
     WebhooksWrite => ("webhooks:write", true, "Manage webhook endpoints."),
     WebhooksReadSecret => ("webhooks:read_secret", true, "Read webhook endpoint signing secrets."),
-    FlagsRead => ("flags:read", true, "Evaluate and read flags (reserved)."),
-    FlagsWrite => ("flags:write", false, "Manage flags (reserved)."),
+    FlagsRead => ("flags:read", true, "Read flag configuration, history, usage and release plans."),
+    FlagsWrite => ("flags:write", false, "Manage flags, segments, environments and release plans."),
+    FlagsEvaluate => ("flags:evaluate", true, "Evaluate flags (OFREP, the Unleash client API); a tenant key evaluates as its tenant."),
 }
 
 /// A set of scopes as a bit set, so a scope check on the request path is one AND.
@@ -123,6 +124,7 @@ permissions! {
     WebhooksReadSecret => WebhooksReadSecret,
     FlagsRead => FlagsRead,
     FlagsWrite => FlagsWrite,
+    FlagsEvaluate => FlagsEvaluate,
 }
 
 #[cfg(test)]

@@ -225,6 +225,9 @@ enum KeyCmd {
         /// RFC 3339 expiry.
         #[arg(long)]
         expires_at: Option<String>,
+        /// Bind the key to a flag environment (for `flags:evaluate`).
+        #[arg(long)]
+        environment: Option<String>,
     },
     /// List keys: a tenant's with --tenant, otherwise service keys.
     List {
@@ -483,7 +486,7 @@ async fn tenant(cli: &Cli, id: Arc<Identity>, cmd: &TenantCmd) -> anyhow::Result
 async fn key(cli: &Cli, id: Arc<Identity>, cmd: &KeyCmd) -> anyhow::Result<()> {
     let ctx = AuditContext::cli();
     match cmd {
-        KeyCmd::Create { name, scopes, tenant, expires_at } => {
+        KeyCmd::Create { name, scopes, tenant, expires_at, environment } => {
             let t = match tenant {
                 Some(raw) => Some(resolve(&id, raw).await?.id),
                 None => None,
@@ -492,7 +495,8 @@ async fn key(cli: &Cli, id: Arc<Identity>, cmd: &KeyCmd) -> anyhow::Result<()> {
                 .as_deref()
                 .map(|s| parse_rfc3339(s).context("--expires-at must be an RFC 3339 time"))
                 .transpose()?;
-            let new = NewKey { name: name.clone(), scopes: scopes.clone(), expires_at };
+            let new =
+                NewKey { name: name.clone(), scopes: scopes.clone(), expires_at, environment: environment.clone() };
             let (k, token) = id.create_key(&ctx, None, t.as_ref(), new).await?;
             let created = KeyCreated { key: KeyOut::from(k), token };
             if cli.json {

@@ -20,7 +20,7 @@ use utoipa_axum::routes;
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     components(schemas(runway_core::error::Problem)),
-    tags((name = "tenants"), (name = "keys"), (name = "audit"), (name = "events"), (name = "webhooks"), (name = "operations"))
+    tags((name = "tenants"), (name = "keys"), (name = "audit"), (name = "events"), (name = "webhooks"), (name = "flags"), (name = "operations"))
 )]
 struct ApiDoc;
 
@@ -44,6 +44,9 @@ pub fn openapi() -> OpenApi {
     doc.merge(ops_routes().split_for_parts().1);
     doc.merge(runway_identity::routes::router().split_for_parts().1);
     doc.merge(runway_events::routes::router().split_for_parts().1);
+    doc.merge(runway_flags::routes::router().split_for_parts().1);
+    doc.merge(runway_flags::ofrep::router().split_for_parts().1);
+    doc.merge(runway_flags::client_api::router().split_for_parts().1);
     doc
 }
 
@@ -53,9 +56,16 @@ pub fn router(state: AppState) -> Router {
     let (events, _) = runway_events::routes::router().split_for_parts();
     let events_state =
         runway_events::routes::EventsState { events: state.events.clone(), identity: state.identity.clone() };
+    let flags = runway_flags::routes::router()
+        .merge(runway_flags::ofrep::router())
+        .merge(runway_flags::client_api::router())
+        .split_for_parts()
+        .0
+        .with_state(state.flags.clone());
     let v1 = v1
         .with_state(state.identity.clone())
         .merge(events.with_state(events_state))
+        .merge(flags)
         // Layers run bottom-up: authentication, then idempotency, then the handler.
         .layer(middleware::from_fn_with_state(state.clone(), crate::idempotency::idempotency))
         .layer(middleware::from_fn_with_state(state.identity.clone(), runway_identity::authenticate));

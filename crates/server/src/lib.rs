@@ -27,6 +27,7 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub identity: Arc<Identity>,
     pub events: Arc<runway_events::Events>,
+    pub flags: Arc<runway_flags::Flags>,
     /// Set once shutdown begins, so `/readyz` turns away new traffic.
     pub draining: Arc<AtomicBool>,
 }
@@ -60,6 +61,32 @@ impl Running {
     }
 }
 
+/// Sends flag operational events (a release plan rolled back) into the operations tenant's
+/// event log, so its webhook endpoints hear about them.
+struct OpsEvents {
+    events: Arc<runway_events::Events>,
+    tenant: runway_core::TenantId,
+}
+
+impl runway_flags::OperationalEvents for OpsEvents {
+    fn emit(&self, kind: &str, payload: serde_json::Value) {
+        let (events, tenant, kind) = (self.events.clone(), self.tenant.clone(), format!("runway.{kind}"));
+        tokio::spawn(async move {
+            let key = payload.get("flag").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+            if let Err(e) = events.emit_operational(&tenant, &kind, &key, &payload).await {
+                tracing::error!(error = %e, kind, "could not record operational event");
+            }
+        });
+    }
+}
+
+async fn ops_tenant(store: &Store, raw: &str) -> Result<runway_core::TenantId, String> {
+    let r = runway_identity::tenants::TenantRef::parse(raw).map_err(|e| e.detail)?;
+    let mut tx = store.read(runway_store::DbScope::Platform).await.map_err(|e| e.to_string())?;
+    let t = runway_identity::tenants::find(&mut tx, &r).await.map_err(|e| e.detail)?;
+    t.map(|t| t.id).ok_or_else(|| format!("no tenant `{raw}`"))
+}
+
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -86,6 +113,14 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     let admin_token = identity.ensure_admin_token(config.auth.admin_token.as_ref()).await?;
     let master_key = runway_events::seal::master_key(&config, true)?;
     let events = runway_events::Events::new(store.clone(), clock.clone(), &config, master_key)?;
+    let flags = runway_flags::Flags::new(store.clone(), clock.clone(), config.flags.clone());
+    flags.init().await?;
+    if let Some(raw) = &config.flags.operations_tenant {
+        let tenant = ops_tenant(&store, raw)
+            .await
+            .map_err(|reason| runway_core::config::ConfigError { key: "flags.operations_tenant".into(), reason })?;
+        flags.set_operational_events(Arc::new(OpsEvents { events: events.clone(), tenant }));
+    }
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
@@ -96,6 +131,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         clock,
         identity: identity.clone(),
         events: events.clone(),
+        flags: flags.clone(),
         draining: Arc::new(AtomicBool::new(false)),
     };
     let app = router(state.clone());
@@ -107,6 +143,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     let upkeep = tokio::spawn(identity.clone().run_upkeep(wait_stop(stop_rx.clone())));
     let worker =
         config.events.worker_enabled.then(|| tokio::spawn(events.clone().run_worker(wait_stop(stop_rx.clone()))));
+    let flag_tasks = [
+        tokio::spawn(flags.clone().run_propagation(wait_stop(stop_rx.clone()))),
+        tokio::spawn(flags.clone().run_usage_flush(wait_stop(stop_rx.clone()))),
+        tokio::spawn(flags.clone().run_scheduler(wait_stop(stop_rx.clone()))),
+    ];
     let mut relays = Vec::new();
     for (i, r) in config.events.relays.iter().enumerate() {
         let source =
@@ -173,6 +214,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             let _ = r.await;
         }
         let _ = purge.await;
+        for t in flag_tasks {
+            let _ = t.await;
+        }
         store.close().await;
     });
     Ok(Running { addr, admin_token, state, stop: stop_tx, task })

@@ -10,6 +10,7 @@ mod conventions;
 mod credentials;
 mod events;
 mod fault;
+mod flags;
 mod isolation;
 mod lifecycle;
 mod tenants;

@@ -1,0 +1,173 @@
+//! The Unleash client API, so Unleash server-side SDKs can point at Runway unchanged:
+//! `GET /api/client/features` (ETag, 304), `POST /api/client/register`, `POST /api/client/metrics`.
+//! SDKs send the key bare in `Authorization`; it must carry `flags:evaluate` and is normally
+//! bound to an environment.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use runway_core::{ApiError, ApiJson, ErrorCode};
+use runway_identity::scope::FlagsEvaluate;
+use runway_identity::{Authorized, Principal};
+use runway_store::{DbScope, on_conn};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::{Flags, store_err};
+
+pub fn router() -> OpenApiRouter<Arc<Flags>> {
+    OpenApiRouter::new().routes(routes!(features)).routes(routes!(register)).routes(routes!(client_metrics))
+}
+
+/// Local evaluation hands the SDK every flag's rules, and the tenant fields of a tenant key
+/// could not be enforced there: tenant keys evaluate through OFREP instead.
+fn refuse_tenant_keys(p: &Principal) -> Result<(), ApiError> {
+    if p.tenant().is_some() {
+        return Err(ApiError::new(
+            ErrorCode::MissingScope,
+            "tenant keys evaluate through OFREP; the Unleash client API hands out every flag's rules",
+        ));
+    }
+    Ok(())
+}
+
+/// Query of the features document.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct FeaturesQuery {
+    /// For keys not bound to an environment; a bound key may only name its own.
+    pub environment: Option<String>,
+    /// Accepted for SDK compatibility; Runway has one project.
+    pub project: Option<String>,
+}
+
+/// Every flag of the key's environment in Unleash's client format.
+#[utoipa::path(get, path = "/api/client/features", tag = "flags", params(FeaturesQuery),
+    responses((status = 200, description = "Unleash client features document, with ETag"), (status = 304, description = "unchanged")))]
+async fn features(
+    State(flags): State<Arc<Flags>>,
+    auth: Authorized<FlagsEvaluate>,
+    Query(q): Query<FeaturesQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    refuse_tenant_keys(&auth.principal)?;
+    let _ = q.project;
+    let env = flags.environment_for(auth.principal.environment.as_deref(), q.environment.as_deref())?;
+    let state = flags.env_state(&env)?;
+    if crate::ofrep::if_none_match(&headers, &state.etag) {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, state.etag.clone())]).into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json".to_owned()), (header::ETAG, state.etag.clone())],
+        state.client_features.clone(),
+    )
+        .into_response())
+}
+
+/// An SDK announcing itself.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Registration {
+    pub app_name: String,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub sdk_version: Option<String>,
+    #[serde(default)]
+    pub strategies: Vec<String>,
+    #[serde(default)]
+    pub started: Option<String>,
+    #[serde(default)]
+    pub interval: Option<i64>,
+}
+
+/// Records an SDK instance (app, instance, SDK version, strategies it knows).
+#[utoipa::path(post, path = "/api/client/register", tag = "flags", request_body = Registration,
+    responses((status = 202, description = "recorded")))]
+async fn register(
+    State(flags): State<Arc<Flags>>,
+    auth: Authorized<FlagsEvaluate>,
+    ApiJson(r): ApiJson<Registration>,
+) -> Result<StatusCode, ApiError> {
+    refuse_tenant_keys(&auth.principal)?;
+    if r.app_name.trim().is_empty() || r.app_name.len() > 200 {
+        return Err(ApiError::validation("appName", "must be 1 to 200 characters"));
+    }
+    let env = flags.environment_for(auth.principal.environment.as_deref(), None)?;
+    let now = flags.clock.now_micros();
+    let strategies = serde_json::to_string(&r.strategies).unwrap_or_else(|_| "[]".into());
+    let mut tx = flags.store.write(DbScope::Platform).await?;
+    on_conn!(&mut tx, c => sqlx::query(
+        "INSERT INTO flag_clients (app_name, instance_id, environment, sdk_version, strategies, started_at, interval_ms, last_seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (app_name, instance_id, environment) DO UPDATE SET sdk_version = excluded.sdk_version,
+           strategies = excluded.strategies, started_at = excluded.started_at, interval_ms = excluded.interval_ms, last_seen = excluded.last_seen")
+        .bind(&r.app_name).bind(r.instance_id.as_deref().unwrap_or("default")).bind(&env)
+        .bind(r.sdk_version.as_deref().unwrap_or("unknown")).bind(&strategies).bind(&r.started).bind(r.interval).bind(now)
+        .execute(&mut *c).await.map(|_| ()))
+    .map_err(store_err)?;
+    tx.commit().await?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+/// Evaluation counts an SDK gathered locally.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientMetrics {
+    pub app_name: String,
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub bucket: Bucket,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Bucket {
+    #[serde(default)]
+    pub toggles: HashMap<String, ToggleCount>,
+    #[serde(default)]
+    pub start: Option<Value>,
+    #[serde(default)]
+    pub stop: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ToggleCount {
+    #[serde(default)]
+    pub yes: u64,
+    #[serde(default)]
+    pub no: u64,
+    #[serde(default)]
+    pub variants: HashMap<String, u64>,
+}
+
+/// Adds an SDK's counts to flag usage.
+#[utoipa::path(post, path = "/api/client/metrics", tag = "flags", request_body = ClientMetrics,
+    responses((status = 202, description = "counted")))]
+async fn client_metrics(
+    State(flags): State<Arc<Flags>>,
+    auth: Authorized<FlagsEvaluate>,
+    ApiJson(m): ApiJson<ClientMetrics>,
+) -> Result<StatusCode, ApiError> {
+    refuse_tenant_keys(&auth.principal)?;
+    let env = flags.environment_for(auth.principal.environment.as_deref(), None)?;
+    let now = flags.clock.now_micros();
+    let _ = (&m.app_name, &m.instance_id, &m.bucket.start, &m.bucket.stop);
+    for (name, t) in &m.bucket.toggles {
+        let variant_total: u64 = t.variants.values().sum();
+        for (variant, n) in &t.variants {
+            flags.usage.record(&env, name, variant, *n, 0, now);
+        }
+        // Evaluations without a variant lookup are counted under "disabled", as isEnabled calls.
+        let yes = t.yes.saturating_sub(variant_total);
+        if yes > 0 || t.no > 0 {
+            flags.usage.record(&env, name, "disabled", yes, t.no, now);
+        }
+    }
+    Ok(StatusCode::ACCEPTED)
+}

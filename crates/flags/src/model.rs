@@ -1,0 +1,395 @@
+//! Flags as Runway stores them: one document per flag holding its metadata and every
+//! environment's configuration, validated before it is written. Pure; no I/O.
+
+use std::collections::BTreeMap;
+
+use runway_core::ApiError;
+use runway_flags_engine::wire::{ConstraintDef, DependencyDef, FeatureDef, StrategyDef, VariantDef};
+use runway_flags_engine::{OPERATORS, STRATEGIES};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// Whether a flag answers on/off or picks among variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FlagKind {
+    #[default]
+    Boolean,
+    Variant,
+}
+
+/// One flag: metadata plus its configuration in each environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlagDocument {
+    pub key: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub kind: FlagKind,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub archived: bool,
+    /// Environments without an entry are off.
+    #[serde(default)]
+    pub environments: BTreeMap<String, EnvConfig>,
+}
+
+/// A flag's configuration in one environment, in Unleash's vocabulary so documents and SDK
+/// payloads read the same.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Evaluated in order; the first that matches turns the flag on (and picks its variants).
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub strategies: Vec<StrategyDef>,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub variants: Vec<VariantDef>,
+    #[serde(default)]
+    #[schema(value_type = Vec<Object>)]
+    pub dependencies: Vec<DependencyDef>,
+}
+
+/// Path words under `/v1/flags/` that cannot be flag keys.
+const RESERVED_KEYS: &[&str] = &["import", "export", "evaluate", "guards", "stale", "usage"];
+
+pub fn validate_key(key: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| Err(ApiError::validation("key", why.to_owned()));
+    if key.trim().is_empty() || key.chars().count() > 200 {
+        return bad("must be 1 to 200 characters");
+    }
+    if key.trim() != key || key.chars().any(|c| c.is_control() || c == '/' || c == '?' || c == '#') {
+        return bad("may not contain '/', '?', '#', control characters or surrounding spaces");
+    }
+    if RESERVED_KEYS.contains(&key) {
+        return bad("is a reserved word");
+    }
+    Ok(())
+}
+
+/// What a validation may look up beyond the document itself.
+pub struct Known<'a> {
+    pub environments: &'a [String],
+    pub segments: &'a [i64],
+    /// Other flags and whether each has dependencies of its own.
+    pub flags: &'a BTreeMap<String, bool>,
+    /// Imports accept what Unleash SDKs tolerate: custom strategies and references to missing
+    /// segments, both of which make the strategy evaluate to false.
+    pub lenient: bool,
+}
+
+impl FlagDocument {
+    pub fn validate(&self, known: &Known<'_>) -> Result<(), ApiError> {
+        validate_key(&self.key)?;
+        if self.description.chars().count() > 2000 {
+            return Err(ApiError::validation("description", "must be at most 2000 characters"));
+        }
+        for (i, t) in self.tags.iter().enumerate() {
+            if t.trim().is_empty() || t.len() > 100 {
+                return Err(ApiError::validation(format!("tags/{i}"), "tags are 1 to 100 characters"));
+            }
+        }
+        for (env, cfg) in &self.environments {
+            if !known.environments.iter().any(|e| e == env) {
+                return Err(ApiError::validation(
+                    format!("environments/{env}"),
+                    format!("no environment `{env}`; create it first (known: {})", known.environments.join(", ")),
+                ));
+            }
+            cfg.validate(&self.key, &format!("environments/{env}"), known)?;
+        }
+        Ok(())
+    }
+
+    /// The Unleash client-API view of this flag in one environment.
+    pub fn feature(&self, env: &str) -> FeatureDef {
+        let cfg = self.environments.get(env).cloned().unwrap_or_default();
+        let mut extra = serde_json::Map::new();
+        extra.insert("type".into(), json!(if self.kind == FlagKind::Variant { "experiment" } else { "release" }));
+        extra.insert("project".into(), json!("default"));
+        extra.insert("stale".into(), json!(false));
+        FeatureDef {
+            name: self.key.clone(),
+            description: Some(self.description.clone()),
+            enabled: cfg.enabled,
+            strategies: Some(cfg.strategies),
+            variants: Some(cfg.variants),
+            dependencies: (!cfg.dependencies.is_empty()).then_some(cfg.dependencies),
+            impression_data: Some(false),
+            extra,
+        }
+    }
+
+    pub fn has_dependencies(&self) -> bool {
+        self.environments.values().any(|c| !c.dependencies.is_empty())
+    }
+}
+
+fn pointer(base: &str, rest: impl std::fmt::Display) -> String {
+    format!("{base}/{rest}")
+}
+
+impl EnvConfig {
+    /// The config an Unleash feature carries.
+    pub fn from_feature(f: &FeatureDef) -> EnvConfig {
+        EnvConfig {
+            enabled: f.enabled,
+            strategies: f.strategies.clone().unwrap_or_default(),
+            variants: f.variants.clone().unwrap_or_default(),
+            dependencies: f.dependencies.clone().unwrap_or_default(),
+        }
+    }
+
+    /// On for everyone: enabled, and some strategy with no conditions lets everybody in.
+    pub fn fully_on(&self) -> bool {
+        self.enabled
+            && (self.strategies.is_empty()
+                || self.strategies.iter().any(|s| {
+                    let unconditioned = s.constraints.as_ref().is_none_or(Vec::is_empty)
+                        && s.segments.as_ref().is_none_or(Vec::is_empty);
+                    let all_in = match s.name.as_str() {
+                        "default" => true,
+                        "flexibleRollout" => s.param("rollout").and_then(|r| r.parse::<f64>().ok()) == Some(100.0),
+                        "gradualRolloutRandom" => {
+                            s.param("percentage").and_then(|r| r.parse::<f64>().ok()) == Some(100.0)
+                        }
+                        _ => false,
+                    };
+                    unconditioned && all_in
+                }))
+    }
+
+    pub fn validate(&self, flag: &str, base: &str, known: &Known<'_>) -> Result<(), ApiError> {
+        for (i, s) in self.strategies.iter().enumerate() {
+            let at = pointer(base, format_args!("strategies/{i}"));
+            if !STRATEGIES.contains(&s.name.as_str()) && !known.lenient {
+                return Err(ApiError::validation(
+                    pointer(&at, "name"),
+                    format!("unknown strategy `{}`; known: {}", s.name, STRATEGIES.join(", ")),
+                ));
+            }
+            for p in ["rollout", "percentage"] {
+                if let Some(v) = s.param(p) {
+                    match v.trim().parse::<f64>() {
+                        Ok(n) if (0.0..=100.0).contains(&n) => {}
+                        _ => {
+                            return Err(ApiError::validation(
+                                pointer(&at, format_args!("parameters/{p}")),
+                                "must be a number from 0 to 100",
+                            ));
+                        }
+                    }
+                }
+            }
+            if s.name == "flexibleRollout" && s.param("rollout").is_none() {
+                return Err(ApiError::validation(
+                    pointer(&at, "parameters/rollout"),
+                    "flexibleRollout needs a rollout",
+                ));
+            }
+            for (j, c) in s.constraints.iter().flatten().enumerate() {
+                validate_constraint(c, &pointer(&at, format_args!("constraints/{j}")))?;
+            }
+            for (j, id) in s.segments.iter().flatten().enumerate() {
+                if !known.segments.contains(id) && !known.lenient {
+                    return Err(ApiError::validation(
+                        pointer(&at, format_args!("segments/{j}")),
+                        format!("no segment with id {id}"),
+                    ));
+                }
+            }
+            validate_variants(s.variants.as_deref().unwrap_or_default(), &pointer(&at, "variants"))?;
+        }
+        validate_variants(&self.variants, &pointer(base, "variants"))?;
+        for (i, d) in self.dependencies.iter().enumerate() {
+            let at = pointer(base, format_args!("dependencies/{i}/feature"));
+            if d.feature == flag {
+                return Err(ApiError::validation(at, "a flag cannot depend on itself"));
+            }
+            match known.flags.get(&d.feature) {
+                None => return Err(ApiError::validation(at, format!("no flag `{}`", d.feature))),
+                Some(true) => {
+                    return Err(ApiError::validation(
+                        at,
+                        format!("`{}` has dependencies of its own; dependencies are one level deep", d.feature),
+                    ));
+                }
+                Some(false) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn validate_constraint(c: &ConstraintDef, at: &str) -> Result<(), ApiError> {
+    if c.context_name.trim().is_empty() {
+        return Err(ApiError::validation(pointer(at, "contextName"), "is required"));
+    }
+    if !OPERATORS.contains(&c.operator.as_str()) {
+        return Err(ApiError::validation(
+            pointer(at, "operator"),
+            format!("unknown operator `{}`; known: {}", c.operator, OPERATORS.join(", ")),
+        ));
+    }
+    let single = c.value.clone().or_else(|| c.values.as_ref().and_then(|v| v.first().cloned()));
+    let need = |ok: bool, what: &str| {
+        if ok { Ok(()) } else { Err(ApiError::validation(pointer(at, "value"), what.to_owned())) }
+    };
+    let op = c.operator.as_str();
+    if op.starts_with("NUM_") {
+        need(single.as_deref().is_some_and(|v| v.trim().parse::<f64>().is_ok()), "must be a number")?;
+    } else if op.starts_with("SEMVER_") {
+        need(
+            single.as_deref().is_some_and(|v| semver::Version::parse(v.trim()).is_ok()),
+            "must be a semantic version",
+        )?;
+    } else if op.starts_with("DATE_") {
+        let ok = single.as_deref().is_some_and(|v| {
+            time::OffsetDateTime::parse(v.trim(), &time::format_description::well_known::Rfc3339).is_ok()
+        });
+        need(ok, "must be an RFC 3339 date-time")?;
+    } else if op == "REGEX" {
+        need(single.as_deref().is_some_and(|v| regex::Regex::new(v).is_ok()), "must be a valid regular expression")?;
+    } else if op == "IN_CIDR" {
+        for (i, v) in c.values.iter().flatten().enumerate() {
+            if v.parse::<ipnet::IpNet>().is_err() && v.parse::<std::net::IpAddr>().is_err() {
+                return Err(ApiError::validation(
+                    pointer(at, format_args!("values/{i}")),
+                    "must be an IP or CIDR range",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_variants(variants: &[VariantDef], at: &str) -> Result<(), ApiError> {
+    let mut names = std::collections::HashSet::new();
+    for (i, v) in variants.iter().enumerate() {
+        let here = pointer(at, i);
+        if v.name.trim().is_empty() || !names.insert(v.name.as_str()) {
+            return Err(ApiError::validation(pointer(&here, "name"), "variant names are required and unique"));
+        }
+        if let Some(p) = &v.payload {
+            let ok = match p.kind.as_str() {
+                "string" | "csv" => true,
+                "json" => serde_json::from_str::<Value>(&p.value).is_ok(),
+                "number" => p.value.trim().parse::<f64>().is_ok(),
+                _ => false,
+            };
+            if !ok {
+                return Err(ApiError::validation(
+                    pointer(&here, "payload"),
+                    "payload type is string, json, number or csv, and its value must parse as that type",
+                ));
+            }
+        }
+    }
+    if !variants.is_empty() && variants.iter().all(|v| v.weight == 0) {
+        return Err(ApiError::validation(at.to_owned(), "at least one variant needs a weight above 0"));
+    }
+    Ok(())
+}
+
+/// What changed between two versions of a document, as `{path, from, to}` entries.
+pub fn diff(before: &Value, after: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    walk("", before, after, &mut out);
+    out
+}
+
+fn walk(path: &str, a: &Value, b: &Value, out: &mut Vec<Value>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            for k in keys {
+                let p = format!("{path}/{}", k.replace('~', "~0").replace('/', "~1"));
+                walk(&p, x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null), out);
+            }
+        }
+        _ if a != b => out.push(json!({"path": if path.is_empty() { "/" } else { path }, "from": a, "to": b})),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strategy(name: &str, params: &[(&str, &str)]) -> StrategyDef {
+        StrategyDef {
+            name: name.into(),
+            parameters: Some(params.iter().map(|(k, v)| (k.to_string(), json!(v))).collect()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fully_on_means_everyone_gets_it() {
+        let mut c = EnvConfig { enabled: true, ..Default::default() };
+        assert!(c.fully_on(), "no strategies = everyone");
+        c.strategies = vec![strategy("flexibleRollout", &[("rollout", "50")])];
+        assert!(!c.fully_on());
+        c.strategies.push(strategy("flexibleRollout", &[("rollout", "100")]));
+        assert!(c.fully_on());
+        c.enabled = false;
+        assert!(!c.fully_on());
+    }
+
+    #[test]
+    fn diff_names_the_changed_paths() {
+        let a = json!({"environments": {"production": {"enabled": false}}, "tags": ["a"]});
+        let b = json!({"environments": {"production": {"enabled": true}}, "tags": ["a"]});
+        assert_eq!(diff(&a, &b), vec![json!({"path": "/environments/production/enabled", "from": false, "to": true})]);
+        assert!(diff(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn validation_points_at_the_bad_field() {
+        let flags = BTreeMap::from([("parent".to_string(), true)]);
+        let envs = vec!["production".to_string()];
+        let known = Known { environments: &envs, segments: &[1], flags: &flags, lenient: false };
+        let mut doc = FlagDocument {
+            key: "checkout".into(),
+            description: String::new(),
+            kind: FlagKind::Boolean,
+            tags: vec![],
+            owner: None,
+            archived: false,
+            environments: BTreeMap::new(),
+        };
+        let mut cfg = EnvConfig {
+            enabled: true,
+            strategies: vec![strategy("flexibleRollout", &[("rollout", "150")])],
+            ..Default::default()
+        };
+        doc.environments.insert("production".into(), cfg.clone());
+        let e = doc.validate(&known).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("environments/production/strategies/0/parameters/rollout"));
+        cfg.strategies = vec![strategy("default", &[])];
+        cfg.strategies[0].constraints = Some(vec![ConstraintDef {
+            context_name: "version".into(),
+            operator: "SEMVER_GT".into(),
+            value: Some("not-a-version".into()),
+            ..Default::default()
+        }]);
+        doc.environments.insert("production".into(), cfg.clone());
+        let e = doc.validate(&known).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("environments/production/strategies/0/constraints/0/value"));
+        cfg.strategies[0].constraints = None;
+        cfg.dependencies = vec![DependencyDef { feature: "parent".into(), ..Default::default() }];
+        doc.environments.insert("production".into(), cfg);
+        let e = doc.validate(&known).unwrap_err();
+        assert!(e.detail.contains("one level"), "{}", e.detail);
+        doc.environments.insert("staging".into(), EnvConfig::default());
+        doc.environments.remove("production");
+        assert!(doc.validate(&known).unwrap_err().detail.contains("no environment `staging`"));
+        assert!(validate_key("import").is_err() && validate_key("a/b").is_err() && validate_key("Feature.Ä").is_ok());
+    }
+}

@@ -1,0 +1,659 @@
+//! Feature flags through the real HTTP interfaces: management, versions and audit, OFREP,
+//! the Unleash client API and import, propagation between replicas, schedules, release plans
+//! with guards, and usage.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{ADMIN, Engine, TestServer, eventually, eventually_within};
+
+crate::both_engines!(
+    flag_changes_are_versioned_audited_and_reversible,
+    bad_flag_configuration_is_refused_with_a_pointer,
+    ofrep_evaluates_single_and_bulk,
+    unleash_documents_import_and_evaluate_as_specified,
+    unleash_client_api_serves_sdks,
+    kill_switch_reaches_another_replica,
+    scheduled_changes_apply_on_time,
+    release_plan_advances_and_a_guard_rolls_it_back,
+    usage_is_counted_and_stale_flags_reported,
+);
+
+fn now_us() -> i64 {
+    runway_core::clock::to_micros(time::OffsetDateTime::now_utc())
+}
+
+fn rollout(pct: u32) -> Value {
+    json!({"name": "flexibleRollout", "parameters": {"rollout": pct.to_string(), "stickiness": "default", "groupId": "g"}})
+}
+
+async fn evaluate_key(s: &TestServer, env: &str) -> String {
+    let r = s
+        .post("/v1/service-keys", ADMIN, json!({"name": "eval", "scopes": ["flags:evaluate"], "environment": env}))
+        .await;
+    assert_eq!(r.ok(201)["environment"], env);
+    r.body["token"].as_str().unwrap().to_owned()
+}
+
+async fn flag_changes_are_versioned_audited_and_reversible(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    let envs = s.get("/v1/environments", ADMIN).await;
+    let names: Vec<&str> =
+        envs.ok(200)["data"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["development", "staging", "production"], "configured environments exist from the start");
+    s.post("/v1/environments", ADMIN, json!({"name": "canary"})).await.ok(201);
+    s.post("/v1/environments", ADMIN, json!({"name": "canary"})).await.problem(409, "conflict");
+
+    let created = s
+        .post(
+            "/v1/flags",
+            ADMIN,
+            json!({"key": "new-checkout", "description": "One-page checkout", "tags": ["payments"], "owner": "team-pay",
+                   "environments": {"staging": {"enabled": true, "strategies": [rollout(50)]}}}),
+        )
+        .await;
+    assert_eq!(created.ok(201)["version"], 1);
+    assert_eq!(created.body["environments"]["staging"]["strategies"][0]["parameters"]["rollout"], "50");
+    s.post("/v1/flags", ADMIN, json!({"key": "new-checkout"})).await.problem(409, "conflict");
+
+    let on = s.post("/v1/flags/new-checkout/environments/production/enable", ADMIN, json!({})).await;
+    assert_eq!(on.ok(200)["version"], 2);
+    assert_eq!(on.body["environments"]["production"]["enabled"], true);
+    let put = s
+        .call(
+            Method::PUT,
+            "/v1/flags/new-checkout/environments/production",
+            Some(ADMIN),
+            Some(json!({"enabled": true, "strategies": [rollout(10)]})),
+        )
+        .await;
+    assert_eq!(put.ok(200)["version"], 3);
+    let copied = s.post("/v1/flags/new-checkout/copy", ADMIN, json!({"from": "production", "to": "canary"})).await;
+    assert_eq!(copied.ok(200)["environments"]["canary"]["strategies"][0]["parameters"]["rollout"], "10");
+    let same = s.post("/v1/flags/new-checkout/environments/production/enable", ADMIN, json!({})).await;
+    assert_eq!(same.ok(200)["version"], 4, "a change that changes nothing makes no version");
+
+    let history = s.get("/v1/flags/new-checkout/versions", ADMIN).await;
+    let versions = history.ok(200)["data"].as_array().unwrap();
+    let actions: Vec<&str> = versions.iter().map(|v| v["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["copied", "configured", "enabled", "created"]);
+    assert_eq!(versions[0]["actor"], "admin:admin");
+    let enabled_diff = &versions[2]["diff"];
+    assert!(
+        enabled_diff
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["path"] == "/environments/production" && d["to"]["enabled"] == true),
+        "the diff names what changed: {enabled_diff}"
+    );
+
+    let back = s.post("/v1/flags/new-checkout/rollback", ADMIN, json!({"version": 1})).await;
+    assert_eq!(back.ok(200)["version"], 5);
+    assert!(back.body["environments"].get("production").is_none(), "version 1 had no production config");
+    s.post("/v1/flags/new-checkout/rollback", ADMIN, json!({"version": 99})).await.problem(404, "not_found");
+
+    let killed = s.post("/v1/flags/new-checkout/kill", ADMIN, json!({})).await;
+    assert_eq!(killed.ok(200)["environments"]["staging"]["enabled"], false);
+
+    let audit = s.get("/v1/audit?action=flag.killed", ADMIN).await;
+    let entry = &audit.ok(200)["data"][0];
+    assert_eq!(entry["target"]["id"], "new-checkout");
+    assert_eq!(entry["summary"]["version"], 6);
+    let all = s.get("/v1/audit", ADMIN).await;
+    let flag_entries = all.ok(200)["data"].as_array().unwrap().iter().filter(|e| e["target"]["kind"] == "flag").count();
+    assert_eq!(flag_entries, 6, "every version has its audit entry");
+
+    let archived = s.delete("/v1/flags/new-checkout", ADMIN).await;
+    assert_eq!(archived.ok(200)["archived"], true);
+    assert!(s.get("/v1/flags", ADMIN).await.ok(200)["data"].as_array().unwrap().is_empty());
+    assert_eq!(s.get("/v1/flags?archived=true", ADMIN).await.ok(200)["data"][0]["key"], "new-checkout");
+
+    // Flag management is the operator's: tenant keys cannot hold flags:write, and read keys cannot write.
+    s.tenant("acme").await;
+    let r = s.post("/v1/tenants/acme/keys", ADMIN, json!({"name": "x", "scopes": ["flags:write"]})).await;
+    r.problem(422, "validation_failed");
+    let (reader, _) = s.service_key(&["flags:read"]).await;
+    s.post("/v1/flags", &reader, json!({"key": "x"})).await.problem(403, "missing_scope");
+    s.get("/v1/audit", &s.tenant_key("acme", &["audit:read"]).await.0).await.problem(403, "missing_scope");
+}
+
+async fn bad_flag_configuration_is_refused_with_a_pointer(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    let cases = [
+        (
+            json!({"key": "a", "environments": {"production": {"strategies": [rollout(150)]}}}),
+            "environments/production/strategies/0/parameters/rollout",
+        ),
+        (json!({"key": "a", "environments": {"nowhere": {}}}), "environments/nowhere"),
+        (
+            json!({"key": "a", "environments": {"production": {"strategies": [{"name": "myCustom"}]}}}),
+            "environments/production/strategies/0/name",
+        ),
+        (
+            json!({"key": "a", "environments": {"production": {"strategies": [{"name": "default", "constraints": [{"contextName": "v", "operator": "SEMVER_GT", "value": "one"}]}]}}}),
+            "environments/production/strategies/0/constraints/0/value",
+        ),
+        (
+            json!({"key": "a", "environments": {"production": {"strategies": [{"name": "default", "constraints": [{"contextName": "v", "operator": "LIKE", "values": ["x"]}]}]}}}),
+            "environments/production/strategies/0/constraints/0/operator",
+        ),
+        (
+            json!({"key": "a", "environments": {"production": {"strategies": [{"name": "default", "segments": [7]}]}}}),
+            "environments/production/strategies/0/segments/0",
+        ),
+        (
+            json!({"key": "a", "environments": {"production": {"variants": [{"name": "x", "weight": 1, "payload": {"type": "json", "value": "{not json"}}]}}}),
+            "environments/production/variants/0/payload",
+        ),
+        (
+            json!({"key": "a", "environments": {"production": {"dependencies": [{"feature": "ghost"}]}}}),
+            "environments/production/dependencies/0/feature",
+        ),
+        (json!({"key": "import"}), "key"),
+        (json!({"key": "a/b"}), "key"),
+    ];
+    for (body, field) in cases {
+        let r = s.post("/v1/flags", ADMIN, body.clone()).await;
+        assert_eq!(r.problem(422, "validation_failed")["field"], field, "for {body}");
+    }
+    s.post("/v1/flags", ADMIN, json!({"key": "a", "bogus": 1})).await.problem(422, "validation_failed");
+    assert!(s.get("/v1/flags", ADMIN).await.ok(200)["data"].as_array().unwrap().is_empty(), "nothing half-written");
+    // One level of dependencies: a child of a child is refused.
+    s.post("/v1/flags", ADMIN, json!({"key": "parent"})).await.ok(201);
+    s.post(
+        "/v1/flags",
+        ADMIN,
+        json!({"key": "child", "environments": {"production": {"dependencies": [{"feature": "parent"}]}}}),
+    )
+    .await
+    .ok(201);
+    let deep = s
+        .post(
+            "/v1/flags",
+            ADMIN,
+            json!({"key": "grandchild", "environments": {"production": {"dependencies": [{"feature": "child"}]}}}),
+        )
+        .await;
+    assert!(deep.problem(422, "validation_failed")["detail"].as_str().unwrap().contains("one level"));
+}
+
+async fn ofrep_evaluates_single_and_bulk(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    s.post(
+        "/v1/flags",
+        ADMIN,
+        json!({"key": "gold-feature", "environments": {"production": {"enabled": true, "strategies": [{
+            "name": "flexibleRollout", "parameters": {"rollout": "100", "stickiness": "default", "groupId": "gold-feature"},
+            "constraints": [{"contextName": "plan", "operator": "IN", "values": ["gold"]}]}]}}}),
+    )
+    .await
+    .ok(201);
+    s.post(
+        "/v1/flags",
+        ADMIN,
+        json!({"key": "banner", "kind": "variant", "environments": {"production": {"enabled": true, "variants": [
+            {"name": "blue", "weight": 1000, "payload": {"type": "json", "value": "{\"color\":\"blue\",\"size\":2}"}}]}}}),
+    )
+    .await
+    .ok(201);
+    s.post(
+        "/v1/flags",
+        ADMIN,
+        json!({"key": "half", "environments": {"production": {"enabled": true, "strategies": [rollout(50)]}}}),
+    )
+    .await
+    .ok(201);
+    let key = evaluate_key(&s, "production").await;
+
+    let r = s
+        .post("/ofrep/v1/evaluate/flags/gold-feature", &key, json!({"context": {"targetingKey": "u1", "plan": "gold"}}))
+        .await;
+    assert_eq!(r.ok(200)["value"], true);
+    assert_eq!(r.body["reason"], "TARGETING_MATCH");
+    assert_eq!(r.body["key"], "gold-feature");
+    assert!(r.body["variant"].is_string(), "OpenFeature providers require a variant");
+    let r = s
+        .post("/ofrep/v1/evaluate/flags/gold-feature", &key, json!({"context": {"targetingKey": "u1", "plan": "free"}}))
+        .await;
+    assert_eq!(r.ok(200)["value"], false);
+    assert_eq!(r.body["reason"], "DEFAULT");
+    let r = s.post("/ofrep/v1/evaluate/flags/banner", &key, json!({"context": {"targetingKey": "u1"}})).await;
+    assert_eq!(r.ok(200)["value"], json!({"color": "blue", "size": 2}));
+    assert_eq!(r.body["variant"], "blue");
+
+    let missing = s.post("/ofrep/v1/evaluate/flags/nope", &key, json!({"context": {"targetingKey": "u1"}})).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(
+        missing.body,
+        json!({"key": "nope", "errorCode": "FLAG_NOT_FOUND", "errorDetails": missing.body["errorDetails"]})
+    );
+    let no_target = s.post("/ofrep/v1/evaluate/flags/half", &key, json!({"context": {}})).await;
+    assert_eq!(no_target.status, 400);
+    assert_eq!(no_target.body["errorCode"], "TARGETING_KEY_MISSING");
+    let fine = s.post("/ofrep/v1/evaluate/flags/gold-feature", &key, json!({"context": {"plan": "gold"}})).await;
+    assert_eq!(fine.ok(200)["value"], true, "a flag that does not hash on the user needs no targeting key");
+    let bad_ctx = s
+        .post("/ofrep/v1/evaluate/flags/half", &key, json!({"context": {"targetingKey": "u", "nested": {"a": 1}}}))
+        .await;
+    assert_eq!((bad_ctx.status, bad_ctx.body["errorCode"].as_str()), (400, Some("INVALID_CONTEXT")));
+    let raw = s
+        .http
+        .post(format!("{}/ofrep/v1/evaluate/flags/half", s.base))
+        .bearer_auth(&key)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    let raw = TestServer::read(raw).await;
+    assert_eq!((raw.status, raw.body["errorCode"].as_str()), (400, Some("PARSE_ERROR")));
+    assert!(raw.body["errorDetails"].is_string());
+
+    s.call(Method::POST, "/ofrep/v1/evaluate/flags/half", None, Some(json!({"context": {}})))
+        .await
+        .problem(401, "unauthenticated");
+    let (no_scope, _) = s.service_key(&["flags:read"]).await;
+    s.post("/ofrep/v1/evaluate/flags/half", &no_scope, json!({"context": {}})).await.problem(403, "missing_scope");
+    let x_api_key = s
+        .http
+        .post(format!("{}/ofrep/v1/evaluate/flags/banner", s.base))
+        .header("x-api-key", &key)
+        .json(&json!({"context": {"targetingKey": "u1"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_api_key.status(), 200, "OFREP's X-API-Key works too");
+
+    let bulk =
+        s.post("/ofrep/v1/evaluate/flags", &key, json!({"context": {"targetingKey": "u1", "plan": "gold"}})).await;
+    let flags = bulk.ok(200)["flags"].as_array().unwrap();
+    assert_eq!(flags.len(), 3);
+    assert_eq!(bulk.body["eventStreams"][0]["type"], "sse");
+    let etag = bulk.header("etag").unwrap().to_owned();
+    let again = s
+        .http
+        .post(format!("{}/ofrep/v1/evaluate/flags", s.base))
+        .bearer_auth(&key)
+        .header("if-none-match", &etag)
+        .json(&json!({"context": {"targetingKey": "u1", "plan": "gold"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    s.post("/v1/flags/banner/kill", ADMIN, json!({})).await.ok(200);
+    let changed = s
+        .http
+        .post(format!("{}/ofrep/v1/evaluate/flags", s.base))
+        .bearer_auth(&key)
+        .header("if-none-match", &etag)
+        .json(&json!({"context": {"targetingKey": "u1", "plan": "gold"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200, "a change to any flag changes the ETag");
+    let bulk_bad = s.post("/ofrep/v1/evaluate/flags", &key, json!({"context": [1]})).await;
+    assert_eq!((bulk_bad.status, bulk_bad.body["errorCode"].as_str()), (400, Some("INVALID_CONTEXT")));
+
+    // A tenant key evaluates as its tenant: plan and tenantId come from the tenant, not the caller.
+    s.post("/v1/tenants", ADMIN, json!({"slug": "acme", "name": "Acme", "plan": "pro"})).await.ok(201);
+    let r = s
+        .post(
+            "/v1/tenants/acme/keys",
+            ADMIN,
+            json!({"name": "t", "scopes": ["flags:evaluate"], "environment": "production"}),
+        )
+        .await;
+    let tenant_key = r.ok(201)["token"].as_str().unwrap().to_owned();
+    let r = s
+        .post(
+            "/ofrep/v1/evaluate/flags/gold-feature",
+            &tenant_key,
+            json!({"context": {"targetingKey": "u1", "plan": "gold"}}),
+        )
+        .await;
+    assert_eq!(r.ok(200)["value"], false, "the tenant's plan is pro, whatever the caller claims");
+}
+
+fn spec_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/unleash-client-spec")
+}
+
+async fn unleash_documents_import_and_evaluate_as_specified(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    let mut checked = 0;
+    for (i, file) in [
+        "09-strategy-constraints.json",
+        "15-global-constraints.json",
+        "16-strategy-variants.json",
+        "20-delta-api-events.json",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let spec: Value = serde_json::from_str(&std::fs::read_to_string(spec_dir().join(file)).unwrap()).unwrap();
+        let env = format!("spec-{i}");
+        s.post("/v1/environments", ADMIN, json!({"name": env})).await.ok(201);
+        let r = s.post(&format!("/v1/flags/import?environment={env}"), ADMIN, spec["state"].clone()).await;
+        assert!(r.ok(200)["created"].as_u64().unwrap() + r.body["updated"].as_u64().unwrap() > 0, "{file}: {}", r.text);
+        for case in spec["tests"].as_array().into_iter().flatten() {
+            let e = s
+                .post(
+                    "/v1/flags/evaluate",
+                    ADMIN,
+                    json!({"environment": env, "context": case["context"], "flags": [case["toggleName"]]}),
+                )
+                .await;
+            assert_eq!(e.ok(200)["data"][0]["enabled"], case["expectedResult"], "{file}: {}", case["description"]);
+            checked += 1;
+        }
+        for case in spec["variantTests"].as_array().into_iter().flatten() {
+            let e = s
+                .post(
+                    "/v1/flags/evaluate",
+                    ADMIN,
+                    json!({"environment": env, "context": case["context"], "flags": [case["toggleName"]]}),
+                )
+                .await;
+            let got = &e.ok(200)["data"][0]["variant"];
+            assert_eq!(got["name"], case["expectedResult"]["name"], "{file}: {}", case["description"]);
+            assert_eq!(got["payload"], case["expectedResult"]["payload"].clone(), "{file}: {}", case["description"]);
+            checked += 1;
+        }
+        // Export gives back an Unleash document that evaluates the same way.
+        let exported = s.get(&format!("/v1/flags/export?environment={env}"), ADMIN).await;
+        assert_eq!(exported.ok(200)["version"], 2);
+        assert!(exported.body["features"].as_array().unwrap().iter().all(|f| f["strategies"].is_array()));
+    }
+    assert!(checked > 30, "ran {checked} specification cases through import and the HTTP API");
+    let bad = s
+        .post(
+            "/v1/flags/import?environment=production",
+            ADMIN,
+            json!({"version": 1, "features": [{"name": "x", "enabled": "yes"}]}),
+        )
+        .await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "features/0/enabled");
+    s.post("/v1/flags/import?environment=nowhere", ADMIN, json!({"version": 1, "features": []}))
+        .await
+        .problem(422, "validation_failed");
+}
+
+async fn unleash_client_api_serves_sdks(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    s.post(
+        "/v1/flags",
+        ADMIN,
+        json!({"key": "f1", "environments": {"staging": {"enabled": true}, "production": {"enabled": false}}}),
+    )
+    .await
+    .ok(201);
+    let key = evaluate_key(&s, "staging").await;
+    // Unleash SDKs send the key bare, without "Bearer".
+    let get = |etag: Option<String>| {
+        let mut req = s.http.get(format!("{}/api/client/features", s.base)).header("authorization", &key);
+        if let Some(e) = etag {
+            req = req.header("if-none-match", e);
+        }
+        req.send()
+    };
+    let r = TestServer::read(get(None).await.unwrap()).await;
+    assert_eq!(r.ok(200)["version"], 2);
+    assert_eq!(r.body["features"][0]["name"], "f1");
+    assert_eq!(r.body["features"][0]["enabled"], true, "the key's environment: staging");
+    let etag = r.header("etag").unwrap().to_owned();
+    assert_eq!(get(Some(etag.clone())).await.unwrap().status(), 304);
+    s.post("/v1/flags/f1/environments/staging/disable", ADMIN, json!({})).await.ok(200);
+    let r = TestServer::read(get(Some(etag)).await.unwrap()).await;
+    assert_eq!(r.ok(200)["features"][0]["enabled"], false);
+
+    let other = s
+        .http
+        .get(format!("{}/api/client/features?environment=production", s.base))
+        .header("authorization", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 403, "a key bound to staging cannot read production");
+
+    let reg = s
+        .http
+        .post(format!("{}/api/client/register", s.base))
+        .header("authorization", &key)
+        .json(&json!({"appName": "billing", "instanceId": "i-1", "sdkVersion": "unleash-python-sdk:6.9.1", "strategies": ["default"], "started": "2026-11-26T00:00:00Z", "interval": 60000, "connectionId": "c"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reg.status(), 202);
+    let metrics = s
+        .http
+        .post(format!("{}/api/client/metrics", s.base))
+        .header("authorization", &key)
+        .json(&json!({"appName": "billing", "instanceId": "i-1", "bucket": {"start": "2026-11-26T00:00:00Z", "stop": "2026-11-26T00:01:00Z",
+            "toggles": {"f1": {"yes": 7, "no": 3, "variants": {}}}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 202);
+    let usage = s.get("/v1/flags/usage?flag=f1", ADMIN).await;
+    let row = &usage.ok(200)["data"][0];
+    assert_eq!(
+        (row["environment"].as_str(), row["yes"].as_i64(), row["no"].as_i64()),
+        (Some("staging"), Some(7), Some(3))
+    );
+
+    s.tenant("acme").await;
+    let r = s.post("/v1/tenants/acme/keys", ADMIN, json!({"name": "t", "scopes": ["flags:evaluate"]})).await;
+    let tenant_key = r.ok(201)["token"].as_str().unwrap().to_owned();
+    let refused = s
+        .http
+        .get(format!("{}/api/client/features", s.base))
+        .header("authorization", &tenant_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403, "tenant keys do not get every flag's rules");
+}
+
+async fn kill_switch_reaches_another_replica(engine: Engine) {
+    let a = TestServer::start(engine).await;
+    let b = TestServer::start_on(a.db.clone(), a.db.config(), std::sync::Arc::new(runway_core::SystemClock)).await;
+    a.post("/v1/flags", ADMIN, json!({"key": "risky", "environments": {"production": {"enabled": true}}}))
+        .await
+        .ok(201);
+    let key = evaluate_key(&a, "production").await;
+    let on_b = || async {
+        b.post("/ofrep/v1/evaluate/flags/risky", &key, json!({"context": {"targetingKey": "u"}})).await.body["value"]
+            .clone()
+    };
+    eventually("the new flag is live on replica b", || async { on_b().await == json!(true) }).await;
+    a.post("/v1/flags/risky/kill", ADMIN, json!({})).await.ok(200);
+    // The poll interval is 250 ms; allow generous slack for a loaded CI machine.
+    eventually_within(Duration::from_secs(3), "the kill switch reaches replica b", || async {
+        on_b().await == json!(false)
+    })
+    .await;
+}
+
+async fn scheduled_changes_apply_on_time(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    s.post("/v1/flags", ADMIN, json!({"key": "launch"})).await.ok(201);
+    let at = runway_core::clock::rfc3339(now_us() + 1_500_000);
+    let sched = s
+        .post(
+            "/v1/flags/launch/schedules",
+            ADMIN,
+            json!({"apply_at": at, "environment": "production", "enabled": true}),
+        )
+        .await;
+    assert_eq!(sched.ok(201)["status"], "pending");
+    let later = runway_core::clock::rfc3339(now_us() + 3_600_000_000);
+    let cancelled = s
+        .post(
+            "/v1/flags/launch/schedules",
+            ADMIN,
+            json!({"apply_at": later, "environment": "staging", "enabled": true}),
+        )
+        .await;
+    let cancel_id = cancelled.ok(201)["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.delete(&format!("/v1/flags/launch/schedules/{cancel_id}"), ADMIN).await.status, 204);
+    s.post("/v1/flags/launch/schedules", ADMIN, json!({"apply_at": at, "environment": "nowhere", "enabled": true}))
+        .await
+        .problem(422, "validation_failed");
+    s.post("/v1/flags/launch/schedules", ADMIN, json!({"environment": "production", "enabled": true}))
+        .await
+        .problem(422, "validation_failed");
+    eventually("the scheduled change applies", || async {
+        s.get("/v1/flags/launch", ADMIN).await.body["environments"]["production"]["enabled"] == json!(true)
+    })
+    .await;
+    let list = s.get("/v1/flags/launch/schedules", ADMIN).await;
+    let statuses: Vec<&str> =
+        list.ok(200)["data"].as_array().unwrap().iter().map(|x| x["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["applied", "cancelled"]);
+    let history = s.get("/v1/flags/launch/versions", ADMIN).await;
+    assert_eq!(history.ok(200)["data"][0]["action"], "scheduled_change_applied");
+    assert_eq!(history.body["data"][0]["actor"], "system:flag-scheduler");
+    assert!(s.get("/v1/flags/launch/schedules", ADMIN).await.body["data"][1]["status"] == "cancelled");
+}
+
+async fn release_plan_advances_and_a_guard_rolls_it_back(engine: Engine) {
+    let s = TestServer::start_with(engine, |c| c.flags.operations_tenant = None).await;
+    s.tenant("ops").await;
+    // Restart-free wiring: the operations tenant is read at start, so use a second server.
+    let ops = TestServer::start_on(
+        s.db.clone(),
+        {
+            let mut c = s.db.config();
+            c.flags.operations_tenant = Some("ops".into());
+            c
+        },
+        std::sync::Arc::new(runway_core::SystemClock),
+    )
+    .await;
+    ops.post("/v1/flags", ADMIN, json!({"key": "search-v2"})).await.ok(201);
+    let plan = ops
+        .post(
+            "/v1/release-plans",
+            ADMIN,
+            json!({"flag": "search-v2", "environment": "production",
+                   "milestones": [{"name": "canary", "rollout": 5, "wait_secs": 1}, {"name": "half", "rollout": 50}, {"name": "all", "rollout": 100}],
+                   "guards": [{"name": "errors", "alertname": "SearchErrorRate"}]}),
+        )
+        .await;
+    let plan = plan.ok(201).clone();
+    let id = plan["id"].as_str().unwrap().to_owned();
+    assert_eq!(plan["status"], "active");
+    let rollout_now = || async {
+        ops.get("/v1/flags/search-v2", ADMIN).await.body["environments"]["production"]["strategies"][0]["parameters"]["rollout"].clone()
+    };
+    assert_eq!(rollout_now().await, "5");
+    ops.post(
+        "/v1/release-plans",
+        ADMIN,
+        json!({"flag": "search-v2", "environment": "production", "milestones": [{"rollout": 1}]}),
+    )
+    .await
+    .problem(409, "conflict");
+    eventually("the canary milestone's wait ends and the plan moves to 50 %", || async { rollout_now().await == "50" })
+        .await;
+    let p = ops.get(&format!("/v1/release-plans/{id}"), ADMIN).await;
+    assert_eq!((p.ok(200)["current"].as_i64(), p.body["last_safe"].as_i64()), (Some(1), Some(0)));
+
+    let alert = json!({"version": "4", "status": "firing", "alerts": [
+        {"status": "firing", "labels": {"alertname": "SearchErrorRate", "flag": "search-v2"}, "annotations": {"summary": "5xx above 2 %"}}]});
+    let r = ops.post("/v1/flags/guards/alertmanager", ADMIN, alert).await;
+    assert_eq!(r.ok(200)["rolled_back"][0], id.as_str());
+    assert_eq!(rollout_now().await, "5", "back to the last milestone that passed its watch");
+    let p = ops.get(&format!("/v1/release-plans/{id}"), ADMIN).await;
+    assert_eq!(p.ok(200)["status"], "rolled_back");
+    assert_eq!(p.body["guards"][0]["state"], "tripped");
+    ops.post(&format!("/v1/release-plans/{id}/advance"), ADMIN, json!({})).await.problem(409, "conflict");
+    let audit = ops.get("/v1/audit?action=release_plan.rolled_back", ADMIN).await;
+    assert_eq!(audit.ok(200)["data"][0]["summary"]["guard"], "errors");
+    eventually("the operational event lands in the operations tenant's log", || async {
+        let events = ops.get("/v1/tenants/ops/events", ADMIN).await;
+        events.body["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|e| e["type"] == "runway.flag.release_plan.rolled_back"))
+    })
+    .await;
+
+    // The guard API does the same for a plan of its own.
+    ops.post("/v1/flags", ADMIN, json!({"key": "other"})).await.ok(201);
+    let p2 = ops.post("/v1/release-plans", ADMIN, json!({"flag": "other", "environment": "staging", "milestones": [{"rollout": 10}, {"rollout": 100}], "guards": [{"name": "manual"}]})).await;
+    let id2 = p2.ok(201)["id"].as_str().unwrap().to_owned();
+    let adv = ops.post(&format!("/v1/release-plans/{id2}/advance"), ADMIN, json!({})).await;
+    assert_eq!(adv.ok(200)["status"], "completed");
+    let tripped = ops
+        .call(
+            Method::PUT,
+            &format!("/v1/release-plans/{id2}/guards/manual"),
+            Some(ADMIN),
+            Some(json!({"state": "tripped", "reason": "on-call said so"})),
+        )
+        .await;
+    assert_eq!(tripped.ok(200)["status"], "completed", "a finished plan is not rolled back");
+    ops.call(
+        Method::PUT,
+        &format!("/v1/release-plans/{id2}/guards/ghost"),
+        Some(ADMIN),
+        Some(json!({"state": "tripped"})),
+    )
+    .await
+    .problem(404, "not_found");
+    ops.call(
+        Method::PUT,
+        &format!("/v1/release-plans/{id2}/guards/manual"),
+        Some(ADMIN),
+        Some(json!({"state": "maybe"})),
+    )
+    .await
+    .problem(422, "validation_failed");
+    drop(s);
+}
+
+async fn usage_is_counted_and_stale_flags_reported(engine: Engine) {
+    let db = crate::harness::Database::create(&engine).await;
+    let clock = std::sync::Arc::new(runway_core::ManualClock::new(time::OffsetDateTime::now_utc()));
+    let s = TestServer::start_on(db.clone(), db.config(), clock.clone()).await;
+    s.post("/v1/flags", ADMIN, json!({"key": "everyone", "environments": {"production": {"enabled": true}}}))
+        .await
+        .ok(201);
+    s.post(
+        "/v1/flags",
+        ADMIN,
+        json!({"key": "forgotten", "environments": {"production": {"enabled": true, "strategies": [rollout(30)]}}}),
+    )
+    .await
+    .ok(201);
+    let key = evaluate_key(&s, "production").await;
+    for _ in 0..5 {
+        s.post("/ofrep/v1/evaluate/flags/everyone", &key, json!({"context": {"targetingKey": "u"}})).await.ok(200);
+    }
+    let usage = s.get("/v1/flags/usage?flag=everyone", ADMIN).await;
+    assert_eq!(usage.ok(200)["data"][0]["yes"], 5);
+    assert!(
+        s.get("/v1/flags/stale", ADMIN).await.ok(200)["data"].as_array().unwrap().is_empty(),
+        "nothing is stale yet"
+    );
+    clock.advance(time::Duration::days(40));
+    s.post("/ofrep/v1/evaluate/flags/everyone", &key, json!({"context": {"targetingKey": "u"}})).await.ok(200);
+    let stale = s.get("/v1/flags/stale?days=30", ADMIN).await;
+    let mut found: Vec<(String, String)> = stale.ok(200)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["flag"].as_str().unwrap().to_owned(), x["reason"].as_str().unwrap().to_owned()))
+        .collect();
+    found.sort();
+    assert_eq!(found, [("everyone".into(), "fully_rolled_out".into()), ("forgotten".into(), "never_evaluated".into())]);
+    let metrics = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("runway_flag_evaluations_total{environment=\"production\",flag=\"everyone\""),
+        "usage is on /metrics"
+    );
+}
