@@ -62,8 +62,116 @@ enum Command {
     Webhooks(WebhooksCmd),
     /// Relay an outbox table of a service's PostgreSQL database into Runway as events.
     Relay(RelayArgs),
+    /// Manage feature flags: create, configure, enable, kill, history, rollback, copy, schedule, eval.
+    #[command(subcommand)]
+    Flags(FlagsCmd),
     /// Print the version.
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+enum FlagsCmd {
+    /// List flags.
+    List {
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        archived: bool,
+    },
+    /// Show one flag with every environment's configuration.
+    Get { key: String },
+    /// Create a flag (off everywhere until configured).
+    Create {
+        key: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// boolean or variant.
+        #[arg(long, default_value = "boolean")]
+        kind: String,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Replace a flag's configuration in one environment with a JSON document
+    /// `{enabled, strategies, variants, dependencies}` (--rules inline, or --file).
+    Set {
+        key: String,
+        #[arg(long = "env")]
+        environment: String,
+        /// The configuration as JSON.
+        #[arg(long = "rules", conflicts_with = "file")]
+        config_json: Option<String>,
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Turn a flag on in one environment.
+    Enable {
+        key: String,
+        #[arg(long = "env")]
+        environment: String,
+    },
+    /// Turn a flag off in one environment.
+    Disable {
+        key: String,
+        #[arg(long = "env")]
+        environment: String,
+    },
+    /// Kill switch: off in every environment (or one); live everywhere within a second.
+    Kill {
+        key: String,
+        #[arg(long = "env")]
+        environment: Option<String>,
+    },
+    /// Every version of a flag: who, when, what changed.
+    History { key: String },
+    /// Restore the configuration of an earlier version (as a new version).
+    Rollback {
+        key: String,
+        #[arg(long)]
+        version: i64,
+    },
+    /// Copy a flag's configuration from one environment to another.
+    Copy {
+        key: String,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Schedule a change: --enable / --disable and/or a configuration, applied at --at.
+    Schedule {
+        key: String,
+        #[arg(long = "env")]
+        environment: String,
+        /// RFC 3339.
+        #[arg(long)]
+        at: String,
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        /// Configuration JSON to apply.
+        #[arg(long = "rules")]
+        config_json: Option<String>,
+    },
+    /// Evaluate flags for a context, with the reason for each answer.
+    Eval {
+        #[arg(long = "env")]
+        environment: Option<String>,
+        /// Only these flags (repeatable); default all.
+        #[arg(long = "flag")]
+        flags: Vec<String>,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long)]
+        remote_address: Option<String>,
+        /// A context property, `name=value` (repeatable).
+        #[arg(long = "prop")]
+        props: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +411,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Relay(args) => relay(&cli, config, args).await,
         Command::Events(cmd) => events_cmd(&cli, config, cmd).await,
         Command::Webhooks(cmd) => webhooks_cmd(&cli, config, cmd).await,
+        Command::Flags(cmd) => flags_cmd(&cli, config, cmd).await,
     }
 }
 
@@ -813,4 +922,166 @@ async fn requeue_with_progress(
     }
     bar.finish_and_clear();
     Ok(done)
+}
+
+async fn flags_cmd(cli: &Cli, config: Config, cmd: &FlagsCmd) -> anyhow::Result<()> {
+    use runway_flags::model::{EnvConfig, FlagDocument, FlagKind};
+    use runway_flags::routes::FlagOut;
+    let identity = open(config.clone()).await?;
+    let flags = runway_flags::Flags::new(identity.store.clone(), Arc::new(SystemClock), config.flags.clone());
+    flags.init().await?;
+    let ctx = AuditContext::cli();
+    let show = |f: runway_flags::StoredFlag| -> anyhow::Result<()> {
+        let out = FlagOut::from(f);
+        if cli.json {
+            return print_json(&out);
+        }
+        println!(
+            "{} (version {}, {:?}){}",
+            out.key,
+            out.version,
+            out.kind,
+            if out.archived { " archived" } else { "" }
+        );
+        if !out.description.is_empty() {
+            println!("  {}", out.description);
+        }
+        let mut t = table(&["ENVIRONMENT", "ENABLED", "STRATEGIES", "VARIANTS"]);
+        for (env, c) in &out.environments {
+            let strategies: Vec<String> = c
+                .strategies
+                .iter()
+                .map(|s| match s.param("rollout") {
+                    Some(r) => format!("{} {r}%", s.name),
+                    None => s.name.clone(),
+                })
+                .collect();
+            let variants: Vec<&str> = c.variants.iter().map(|v| v.name.as_str()).collect();
+            t.add_row(vec![env.clone(), c.enabled.to_string(), strategies.join(", "), variants.join(", ")]);
+        }
+        println!("{t}");
+        Ok(())
+    };
+    let parse_config = |json: Option<&str>, file: Option<&PathBuf>| -> anyhow::Result<EnvConfig> {
+        let text = match (json, file) {
+            (Some(j), _) => j.to_owned(),
+            (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+            (None, None) => bail!("give the configuration with --rules or --file"),
+        };
+        serde_json::from_str(&text)
+            .context("the configuration must be JSON {enabled, strategies, variants, dependencies}")
+    };
+    match cmd {
+        FlagsCmd::List { tag, archived } => {
+            let list = flags.list(tag.as_deref(), *archived).await?;
+            if cli.json {
+                return print_json(&list.into_iter().map(FlagOut::from).collect::<Vec<_>>());
+            }
+            let mut t = table(&["KEY", "KIND", "VERSION", "ON IN", "TAGS"]);
+            for f in list {
+                let d = &f.document;
+                let on: Vec<&str> = d.environments.iter().filter(|(_, c)| c.enabled).map(|(e, _)| e.as_str()).collect();
+                t.add_row(vec![
+                    d.key.clone(),
+                    format!("{:?}", d.kind).to_lowercase(),
+                    f.version.to_string(),
+                    on.join(", "),
+                    d.tags.join(", "),
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        FlagsCmd::Get { key } => show(flags.get(key).await?),
+        FlagsCmd::Create { key, description, kind, tags, owner } => {
+            let kind = match kind.as_str() {
+                "boolean" => FlagKind::Boolean,
+                "variant" => FlagKind::Variant,
+                other => bail!("--kind is boolean or variant, not `{other}`"),
+            };
+            let doc = FlagDocument {
+                key: key.clone(),
+                description: description.clone(),
+                kind,
+                tags: tags.clone(),
+                owner: owner.clone(),
+                archived: false,
+                environments: Default::default(),
+            };
+            show(flags.create(&ctx, doc).await?)
+        }
+        FlagsCmd::Set { key, environment, config_json, file } => {
+            let cfg = parse_config(config_json.as_deref(), file.as_ref())?;
+            show(flags.set_env_config(&ctx, key, environment, cfg).await?)
+        }
+        FlagsCmd::Enable { key, environment } => show(flags.set_enabled(&ctx, key, environment, true).await?),
+        FlagsCmd::Disable { key, environment } => show(flags.set_enabled(&ctx, key, environment, false).await?),
+        FlagsCmd::Kill { key, environment } => show(flags.kill(&ctx, key, environment.as_deref()).await?),
+        FlagsCmd::History { key } => {
+            let versions = flags.history(key).await?;
+            if cli.json {
+                return print_json(&versions);
+            }
+            let mut t = table(&["VERSION", "ACTION", "ACTOR", "AT", "CHANGES"]);
+            for v in versions {
+                let changes: Vec<String> = v
+                    .diff
+                    .as_array()
+                    .map(|d| d.iter().map(|c| c["path"].as_str().unwrap_or("").to_owned()).collect())
+                    .unwrap_or_default();
+                t.add_row(vec![v.version.to_string(), v.action, v.actor, v.created_at, changes.join(" ")]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        FlagsCmd::Rollback { key, version } => show(flags.rollback(&ctx, key, *version).await?),
+        FlagsCmd::Copy { key, from, to } => show(flags.copy(&ctx, key, from, to).await?),
+        FlagsCmd::Schedule { key, environment, at, enable, disable, config_json } => {
+            let at = parse_rfc3339(at).context("--at must be an RFC 3339 time")?;
+            let enabled = if *enable {
+                Some(true)
+            } else if *disable {
+                Some(false)
+            } else {
+                None
+            };
+            let config = config_json.as_deref().map(|j| parse_config(Some(j), None)).transpose()?;
+            let change = runway_flags::schedule::ScheduledChange { environment: environment.clone(), enabled, config };
+            let s = flags.schedule(&ctx, key, change, at).await?;
+            if cli.json {
+                return print_json(&s);
+            }
+            println!("scheduled {} for {} ({})", s.id, s.apply_at, s.status);
+            Ok(())
+        }
+        FlagsCmd::Eval { environment, flags: only, user, session, remote_address, props } => {
+            let env = flags.environment_for(None, environment.as_deref())?;
+            let mut c = runway_flags_engine::Context {
+                user_id: user.clone(),
+                session_id: session.clone(),
+                remote_address: remote_address.clone(),
+                ..Default::default()
+            };
+            for p in props {
+                let (k, v) = p.split_once('=').with_context(|| format!("--prop `{p}` must be name=value"))?;
+                c.properties.insert(k, v);
+            }
+            let only = (!only.is_empty()).then_some(only.as_slice());
+            let results = flags.evaluate_many(&env, &c, only)?;
+            if cli.json {
+                return print_json(&results);
+            }
+            let mut t = table(&["FLAG", "ENABLED", "VARIANT", "REASON"]);
+            for r in results {
+                t.add_row(vec![
+                    r.flag,
+                    r.enabled.to_string(),
+                    r.variant["name"].as_str().unwrap_or("").to_owned(),
+                    r.reason,
+                ]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+    }
 }

@@ -1,7 +1,7 @@
 use crate::harness::{Database, Engine, cli};
 use serde_json::Value;
 
-crate::both_engines!(cli_manages_tenants_and_keys);
+crate::both_engines!(cli_manages_tenants_and_keys, cli_manages_flags);
 
 fn json(db: &Database, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
@@ -65,4 +65,49 @@ async fn cli_manages_tenants_and_keys(engine: Engine) {
     assert!(export.contains(r#""kind":"cli""#));
     let report = json(&db, &["audit", "verify"]);
     assert_eq!(report["ok"], true);
+}
+
+async fn cli_manages_flags(engine: Engine) {
+    let db = Database::create(&engine).await;
+    if !engine.is_postgres() {
+        assert!(cli(&db, &["migrate"]).0);
+    }
+    let f = json(&db, &["flags", "create", "pricing-page", "--description", "New pricing", "--tag", "growth"]);
+    assert_eq!((f["key"].as_str(), f["version"].as_i64()), (Some("pricing-page"), Some(1)));
+    let cfg = r#"{"enabled": true, "strategies": [{"name": "userWithId", "parameters": {"userIds": "ann,bob"}}]}"#;
+    let f = json(&db, &["flags", "set", "pricing-page", "--env", "staging", "--rules", cfg]);
+    assert_eq!(f["environments"]["staging"]["strategies"][0]["name"], "userWithId");
+    let eval = json(&db, &["flags", "eval", "--env", "staging", "--flag", "pricing-page", "--user", "ann"]);
+    assert_eq!((eval[0]["enabled"].as_bool(), eval[0]["reason"].as_str()), (Some(true), Some("TARGETING_MATCH")));
+    let eval = json(&db, &["flags", "eval", "--env", "staging", "--user", "zed"]);
+    assert_eq!(eval[0]["enabled"], false);
+    json(&db, &["flags", "enable", "pricing-page", "--env", "production"]);
+    let copied = json(&db, &["flags", "copy", "pricing-page", "--from", "staging", "--to", "development"]);
+    assert_eq!(copied["environments"]["development"]["strategies"][0]["parameters"]["userIds"], "ann,bob");
+    json(&db, &["flags", "disable", "pricing-page", "--env", "development"]);
+    let killed = json(&db, &["flags", "kill", "pricing-page"]);
+    assert!(killed["environments"].as_object().unwrap().values().all(|c| c["enabled"] == false));
+    let history = json(&db, &["flags", "history", "pricing-page"]);
+    let actions: Vec<&str> = history.as_array().unwrap().iter().map(|v| v["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["killed", "disabled", "copied", "enabled", "configured", "created"]);
+    assert!(history[0]["actor"].as_str().unwrap().starts_with("cli:"));
+    let back = json(&db, &["flags", "rollback", "pricing-page", "--version", "3"]);
+    assert_eq!(back["environments"]["production"]["enabled"], true);
+    assert_eq!(back["version"], 7);
+    let sched = json(
+        &db,
+        &["flags", "schedule", "pricing-page", "--env", "staging", "--at", "2030-01-01T00:00:00Z", "--disable"],
+    );
+    assert_eq!(sched["status"], "pending");
+    let list = json(&db, &["flags", "list", "--tag", "growth"]);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (ok, out, _) = cli(&db, &["flags", "get", "pricing-page"]);
+    assert!(ok && out.contains("production") && out.contains("userWithId"), "{out}");
+    let (ok, _, err) = cli(
+        &db,
+        &["flags", "set", "pricing-page", "--env", "staging", "--rules", r#"{"strategies": [{"name": "nope"}]}"#],
+    );
+    assert!(!ok && err.contains("unknown strategy"), "{err}");
+    let (ok, _, err) = cli(&db, &["flags", "enable", "ghost", "--env", "staging"]);
+    assert!(!ok && err.contains("no flag `ghost`"), "{err}");
 }

@@ -20,6 +20,8 @@ crate::both_engines!(
     scheduled_changes_apply_on_time,
     release_plan_advances_and_a_guard_rolls_it_back,
     usage_is_counted_and_stale_flags_reported,
+    real_sdks_agree_with_the_engine,
+    the_event_stream_tells_clients_to_refetch,
 );
 
 fn now_us() -> i64 {
@@ -656,4 +658,112 @@ async fn usage_is_counted_and_stale_flags_reported(engine: Engine) {
         metrics.contains("runway_flag_evaluations_total{environment=\"production\",flag=\"everyone\""),
         "usage is on /metrics"
     );
+}
+
+async fn real_sdks_agree_with_the_engine(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    s.post(
+        "/v1/segments",
+        ADMIN,
+        json!({"name": "beta-testers", "constraints": [{"contextName": "beta", "operator": "IN", "values": ["yes"]}]}),
+    )
+    .await
+    .ok(201);
+    let flags = [
+        json!({"key": "checkout-v2", "environments": {"production": {"enabled": true, "strategies": [
+            {"name": "flexibleRollout", "parameters": {"rollout": "40", "stickiness": "default", "groupId": "checkout-v2"},
+             "constraints": [{"contextName": "country", "operator": "IN", "values": ["DE", "FR"]},
+                             {"contextName": "appVersion", "operator": "SEMVER_GTE", "value": "2.1.0"}]},
+            {"name": "userWithId", "parameters": {"userIds": "vip-1,vip-2"}}]}}}),
+        json!({"key": "beta-search", "environments": {"production": {"enabled": true, "strategies": [
+            {"name": "default", "segments": [1]}]}}}),
+        json!({"key": "theme", "kind": "variant", "environments": {"production": {"enabled": true, "variants": [
+            {"name": "dark", "weight": 300, "stickiness": "default", "payload": {"type": "json", "value": "{\"bg\":\"#000\"}"}},
+            {"name": "light", "weight": 700, "stickiness": "default", "payload": {"type": "json", "value": "{\"bg\":\"#fff\"}"},
+             "overrides": [{"contextName": "userId", "values": ["vip-1"]}]}]}}}),
+        json!({"key": "dormant", "environments": {"production": {"enabled": false}}}),
+    ];
+    for f in &flags {
+        s.post("/v1/flags", ADMIN, f.clone()).await.ok(201);
+    }
+    let key = evaluate_key(&s, "production").await;
+    let mut contexts = vec![json!({"userId": "vip-1", "properties": {}})];
+    for i in 0..12 {
+        let country = ["DE", "FR", "US"][i % 3];
+        let version = ["2.0.9", "2.1.0", "3.0.0-beta.1", "3.1.0"][i % 4];
+        let beta = if i % 2 == 0 { "yes" } else { "no" };
+        contexts.push(json!({"userId": format!("user-{i}"), "properties": {"country": country, "appVersion": version, "beta": beta}}));
+    }
+    let cases = json!({
+        "flags": [{"key": "checkout-v2", "kind": "boolean"}, {"key": "beta-search", "kind": "boolean"},
+                  {"key": "theme", "kind": "variant"}, {"key": "dormant", "kind": "boolean"}],
+        "contexts": contexts,
+    });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/flag_sdks.py");
+    let base = s.base.clone();
+    let (key2, cases2) = (key.clone(), cases.to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3").args([script, &base, &key2, &cases2]).output()
+    })
+    .await
+    .unwrap()
+    .expect("python3 runs");
+    assert!(out.status.success(), "SDK script failed: {}", String::from_utf8_lossy(&out.stderr));
+    let said: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let mut i = 0;
+    let mut enabled_seen = 0;
+    for flag in cases["flags"].as_array().unwrap() {
+        for ctx in cases["contexts"].as_array().unwrap() {
+            let ours = s.post("/v1/flags/evaluate", &key, json!({"context": ctx, "flags": [flag["key"]]})).await;
+            let ours = ours.ok(200)["data"][0].clone();
+            let (ofrep, unleash) = (&said["ofrep"][i], &said["unleash"][i]);
+            let what = format!("{} for {ctx}", flag["key"]);
+            assert_eq!(unleash["enabled"], ours["enabled"], "Unleash SDK vs engine: {what}");
+            assert_eq!(unleash["variant"], ours["variant"]["name"], "Unleash SDK variant: {what}");
+            assert_eq!(ofrep["error"], Value::Null, "OFREP provider error: {what}: {ofrep}");
+            if flag["kind"] == "boolean" {
+                assert_eq!(ofrep["value"], ours["enabled"], "OFREP provider vs engine: {what}");
+            } else {
+                let payload: Value =
+                    serde_json::from_str(ours["variant"]["payload"]["value"].as_str().unwrap()).unwrap();
+                assert_eq!(ofrep["value"], payload, "OFREP provider value: {what}");
+                assert_eq!(ofrep["variant"], ours["variant"]["name"], "OFREP provider variant: {what}");
+            }
+            enabled_seen += usize::from(ours["enabled"] == true);
+            i += 1;
+        }
+    }
+    assert!(enabled_seen > 5 && enabled_seen < i, "the cases mix on and off answers ({enabled_seen} of {i} on)");
+    // The Unleash SDK registered and sent its counts on the way out.
+    let usage = s.get("/v1/flags/usage?flag=checkout-v2", ADMIN).await;
+    assert!(!usage.ok(200)["data"].as_array().unwrap().is_empty(), "SDK metrics reach usage: {}", usage.text);
+}
+
+async fn the_event_stream_tells_clients_to_refetch(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    s.post("/v1/flags", ADMIN, json!({"key": "live"})).await.ok(201);
+    let key = evaluate_key(&s, "production").await;
+    let bulk = s.post("/ofrep/v1/evaluate/flags", &key, json!({"context": {"targetingKey": "u"}})).await;
+    let uri = bulk.ok(200)["eventStreams"][0]["endpoint"]["requestUri"].as_str().unwrap().to_owned();
+    let res = s.http.get(format!("{}{uri}", s.base)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let mut res = res;
+    s.post("/v1/flags/live/environments/production/enable", ADMIN, json!({})).await.ok(200);
+    let mut seen = String::new();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = res.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen.contains("refetchEvaluation") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "stream said: {seen}");
+    assert!(seen.contains("event: message"), "{seen}");
+    let unauthorized = s.http.get(format!("{}{uri}", s.base)).send().await.unwrap();
+    assert_eq!(unauthorized.status(), 401);
 }
