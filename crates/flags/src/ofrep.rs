@@ -264,16 +264,19 @@ async fn evaluate_all(
     let mapped = map_context(req.context.as_ref(), &auth.principal)?;
     let (env, state) = env_of(&flags, &auth.principal)?;
     let mut out = Vec::with_capacity(state.engine.len());
+    let mut evaluated = Vec::with_capacity(state.engine.len());
     for key in state.engine.names() {
         if !mapped.has_identity && state.engine.needs_targeting_key(key) {
             out.push(json!({"key": key, "errorCode": "TARGETING_KEY_MISSING", "errorDetails": "this flag rolls out by user; send `targetingKey`"}));
             continue;
         }
         let eval = state.engine.evaluate(key, &mapped.context);
-        flags.count(&env, key, &eval);
         let kind = state.kinds.get(key).copied().unwrap_or_default();
         out.push(success_body(key, kind, &eval, &env));
+        evaluated.push((key, eval));
     }
+    let now = flags.clock.now_micros();
+    flags.usage.record_all(&env, evaluated.iter().map(|(k, e)| (*k, e.variant.name.as_str(), e.enabled)), now);
     let body = json!({
         "flags": out,
         "metadata": {"environment": env},

@@ -30,6 +30,18 @@ impl Usage {
     /// Adds evaluations of one flag: `yes` on, `no` off, under `variant` ("disabled" if none).
     pub fn record(&self, env: &str, flag: &str, variant: &str, yes: u64, no: u64, now: i64) {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        Self::add(&mut counts, env, flag, variant, yes, no, now);
+    }
+
+    /// Adds one evaluation of each flag in `evals` under one lock (a bulk evaluation).
+    pub fn record_all<'a>(&self, env: &str, evals: impl Iterator<Item = (&'a str, &'a str, bool)>, now: i64) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        for (flag, variant, on) in evals {
+            Self::add(&mut counts, env, flag, variant, u64::from(on), u64::from(!on), now);
+        }
+    }
+
+    fn add(counts: &mut Counts, env: &str, flag: &str, variant: &str, yes: u64, no: u64, now: i64) {
         let by_flag = match counts.get_mut(env) {
             Some(m) => m,
             None => counts.entry(env.to_owned()).or_default(),

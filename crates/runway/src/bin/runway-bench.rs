@@ -33,7 +33,8 @@ struct Args {
     /// Seconds of warm-up before each scenario.
     #[arg(long, default_value_t = 2)]
     warmup: u64,
-    /// `api` (authenticated reads and writes) or `events` (publish → delivered end to end).
+    /// `api` (authenticated reads and writes), `events` (publish → delivered end to end),
+    /// `listing` (webhook attempt listings over 100,000 rows) or `flags` (OFREP under load).
     #[arg(long, default_value = "api")]
     scenario: String,
     /// Events to publish in the `events` scenario.
@@ -120,12 +121,8 @@ where
     (total, errors)
 }
 
-async fn bench_engine(
-    engine: &str,
-    url: String,
-    migration_url: Option<String>,
-    args: &Args,
-) -> anyhow::Result<Vec<Outcome>> {
+/// A server config for benchmarks: scratch store, quiet logs, limits checked but never refusing.
+fn bench_config(url: String, migration_url: Option<String>) -> anyhow::Result<Config> {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse()?;
     config.database.url = DatabaseUrl(url);
@@ -147,6 +144,16 @@ async fn bench_engine(
     );
     config.tenants.default_plan = "bench".into();
     config.auth.service_key_plan = "bench".into();
+    Ok(config)
+}
+
+async fn bench_engine(
+    engine: &str,
+    url: String,
+    migration_url: Option<String>,
+    args: &Args,
+) -> anyhow::Result<Vec<Outcome>> {
+    let config = bench_config(url, migration_url)?;
     runway_server::telemetry::init(&config);
     let running = runway_server::start(config, Arc::new(SystemClock)).await?;
     let base = format!("http://{}", running.addr);
@@ -526,6 +533,88 @@ impl ScratchPg {
     }
 }
 
+fn print_outcomes(args: &Args, all: &[Outcome]) {
+    println!(
+        "concurrency {}, {} s per scenario after {} s warm-up, client and server in one process",
+        args.concurrency, args.seconds, args.warmup
+    );
+    println!("| scenario | requests | errors | req/s | p50 µs | p99 µs |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for o in all {
+        println!("| {} | {} | {} | {:.0} | {} | {} |", o.name, o.requests, o.errors, o.rps, o.p50_us, o.p99_us);
+    }
+}
+
+/// OFREP under load: 100 flags imported as an Unleash document, an environment-bound key, a new
+/// user in every request; the baseline is `/healthz` on the same server in the same run.
+async fn bench_flags(
+    engine: &str,
+    url: String,
+    migration_url: Option<String>,
+    args: &Args,
+) -> anyhow::Result<Vec<Outcome>> {
+    let config = bench_config(url, migration_url)?;
+    runway_server::telemetry::init(&config);
+    let running = runway_server::start(config, Arc::new(SystemClock)).await?;
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
+    let features: Vec<Value> = (0..100)
+        .map(|i| {
+            let name = format!("flag-{i}");
+            json!({"name": name, "enabled": true, "strategies": [{
+                "name": "flexibleRollout", "parameters": {"rollout": "25", "stickiness": "default", "groupId": name},
+                "constraints": [{"contextName": "country", "operator": "IN", "values": ["DE", "FR"]},
+                                {"contextName": "appVersion", "operator": "SEMVER_GTE", "value": "2.1.0"}]}]})
+        })
+        .collect();
+    let imported = http
+        .post(format!("{base}/v1/flags/import?environment=production"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"version": 2, "features": features}))
+        .send()
+        .await?;
+    anyhow::ensure!(imported.status().is_success(), "import failed: {}", imported.text().await?);
+    let key: Value = http
+        .post(format!("{base}/v1/service-keys"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "bench", "scopes": ["flags:evaluate"], "environment": "production"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = key["token"].as_str().context("key created")?.to_owned();
+    let ok = |r: Result<reqwest::Response, reqwest::Error>| r.map(|r| r.status().is_success()).unwrap_or(false);
+    let mut out = Vec::new();
+    let (h, b) = (http.clone(), base.clone());
+    out.push(
+        scenario(&format!("{engine}: baseline GET /healthz"), args, move |_| {
+            let (h, b) = (h.clone(), b.clone());
+            async move { ok(h.get(format!("{b}/healthz")).send().await) }
+        })
+        .await,
+    );
+    let (h, b, t) = (http.clone(), base.clone(), token.clone());
+    out.push(
+        scenario(&format!("{engine}: OFREP one flag"), args, move |n| {
+            let (h, b, t) = (h.clone(), b.clone(), t.clone());
+            let ctx = json!({"context": {"targetingKey": format!("user-{n}"), "country": "DE", "appVersion": "2.4.0"}});
+            async move { ok(h.post(format!("{b}/ofrep/v1/evaluate/flags/flag-7")).bearer_auth(t).json(&ctx).send().await) }
+        })
+        .await,
+    );
+    let (h, b, t) = (http.clone(), base.clone(), token.clone());
+    out.push(
+        scenario(&format!("{engine}: OFREP bulk, 100 flags"), args, move |n| {
+            let (h, b, t) = (h.clone(), b.clone(), t.clone());
+            let ctx = json!({"context": {"targetingKey": format!("user-{n}"), "country": "DE", "appVersion": "2.4.0"}});
+            async move { ok(h.post(format!("{b}/ofrep/v1/evaluate/flags")).bearer_auth(t).json(&ctx).send().await) }
+        })
+        .await,
+    );
+    running.shutdown().await;
+    Ok(out)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -548,6 +637,22 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", res?);
         }
         let _ = std::fs::remove_dir_all(&scratch);
+        return Ok(());
+    }
+    if args.scenario == "flags" {
+        let mut all = Vec::new();
+        let scratch = std::env::temp_dir().join(format!("runway-bench-fl-{}", std::process::id()));
+        if args.engine == "sqlite" || args.engine == "both" {
+            all.extend(bench_flags("sqlite", format!("sqlite://{}/bench.db", scratch.display()), None, &args).await?);
+        }
+        if args.engine == "postgres" || args.engine == "both" {
+            let db = ScratchPg::create(&args.pg_url, "fl").await?;
+            let res = bench_flags("postgres", db.url.clone(), Some(db.url.clone()), &args).await;
+            db.drop_db().await?;
+            all.extend(res?);
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        print_outcomes(&args, &all);
         return Ok(());
     }
     if args.scenario == "events" {
@@ -584,15 +689,7 @@ async fn main() -> anyhow::Result<()> {
         all.extend(res?);
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    println!(
-        "concurrency {}, {} s per scenario after {} s warm-up, client and server in one process",
-        args.concurrency, args.seconds, args.warmup
-    );
-    println!("| scenario | requests | errors | req/s | p50 µs | p99 µs |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for o in &all {
-        println!("| {} | {} | {} | {:.0} | {} | {} |", o.name, o.requests, o.errors, o.rps, o.p50_us, o.p99_us);
-    }
+    print_outcomes(&args, &all);
     for pair in all.chunks(4) {
         if let [base, authed, ..] = pair {
             println!(
