@@ -199,18 +199,13 @@ impl Flags {
     /// Polls the stored revision so changes made on other replicas are live here within
     /// `poll_interval_ms`.
     pub async fn run_propagation(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        let every = std::time::Duration::from_millis(self.config.poll_interval_ms);
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                _ = tokio::time::sleep(every) => {
-                    if let Err(e) = self.refresh().await {
-                        tracing::warn!(error = %e.detail, "could not refresh flag state");
-                    }
-                }
+        let me = &self;
+        every(std::time::Duration::from_millis(self.config.poll_interval_ms), stop, || async move {
+            if let Err(e) = me.refresh().await {
+                tracing::warn!(error = %e.detail, "could not refresh flag state");
             }
-        }
+        })
+        .await;
     }
 
     /// The environment a credential evaluates in: its binding, else what it asked, else the default.
@@ -473,6 +468,15 @@ impl Flags {
         .await
     }
 
+    /// Ends a change that is not a flag version (environments, segments): its audit entry, the
+    /// revision bump, commit, and the new snapshot.
+    async fn finish(&self, mut tx: Tx, ctx: &AuditContext, change: Change<'_>) -> Result<(), ApiError> {
+        runway_audit::append(&mut tx, &*self.clock, ctx, &Chain::Platform, change).await?;
+        bump(&mut tx, self.clock.now_micros()).await?;
+        tx.commit().await?;
+        self.reload().await
+    }
+
     // ---- environments ----
 
     pub async fn environments(&self) -> Result<Vec<Environment>, ApiError> {
@@ -506,11 +510,9 @@ impl Flags {
         if done == 0 {
             return Err(ApiError::new(ErrorCode::Conflict, format!("environment `{name}` exists already")));
         }
-        runway_audit::append(
-            &mut tx,
-            &*self.clock,
+        self.finish(
+            tx,
             ctx,
-            &Chain::Platform,
             Change {
                 action: "flag_environment.created",
                 target_kind: "flag_environment",
@@ -519,9 +521,6 @@ impl Flags {
             },
         )
         .await?;
-        bump(&mut tx, now).await?;
-        tx.commit().await?;
-        self.reload().await?;
         Ok(Environment {
             name: name.to_owned(),
             description: description.to_owned(),
@@ -578,11 +577,9 @@ impl Flags {
                 (next, "flag_segment.created")
             }
         };
-        runway_audit::append(
-            &mut tx,
-            &*self.clock,
+        self.finish(
+            tx,
             ctx,
-            &Chain::Platform,
             Change {
                 action,
                 target_kind: "flag_segment",
@@ -591,9 +588,6 @@ impl Flags {
             },
         )
         .await?;
-        bump(&mut tx, now).await?;
-        tx.commit().await?;
-        self.reload().await?;
         Ok(Segment { id, name: name.to_owned(), description: description.to_owned(), constraints })
     }
 
@@ -613,18 +607,15 @@ impl Flags {
         if !users.is_empty() {
             return Err(ApiError::new(ErrorCode::Conflict, format!("segment {id} is used by: {}", users.join(", "))));
         }
-        let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Platform).await?;
         let n = on_conn!(&mut tx, c => sqlx::query("DELETE FROM flag_segments WHERE id = $1").bind(id).execute(&mut *c).await.map(|r| r.rows_affected()))
             .map_err(store_err)?;
         if n == 0 {
             return Err(ApiError::not_found(format!("no segment {id}")));
         }
-        runway_audit::append(
-            &mut tx,
-            &*self.clock,
+        self.finish(
+            tx,
             ctx,
-            &Chain::Platform,
             Change {
                 action: "flag_segment.deleted",
                 target_kind: "flag_segment",
@@ -632,10 +623,7 @@ impl Flags {
                 summary: json!({}),
             },
         )
-        .await?;
-        bump(&mut tx, now).await?;
-        tx.commit().await?;
-        self.reload().await
+        .await
     }
 
     // ---- import / export ----
@@ -765,6 +753,21 @@ pub struct Environment {
     pub name: String,
     pub description: String,
     pub created_at: String,
+}
+
+/// Runs `tick` every `period` until `stop` resolves; the background loops of this capability.
+pub(crate) async fn every<F, Fut>(period: std::time::Duration, stop: impl std::future::Future<Output = ()>, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(period) => tick().await,
+        }
+    }
 }
 
 async fn bump(tx: &mut Tx, now: i64) -> Result<(), ApiError> {

@@ -213,20 +213,15 @@ impl Flags {
 
     /// Applies due schedules and moves release plans along until stopped.
     pub async fn run_scheduler(self: std::sync::Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        let every = std::time::Duration::from_millis(self.config.scheduler_interval_ms);
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                _ = tokio::time::sleep(every) => {
-                    if let Err(e) = self.apply_due_schedules().await {
-                        tracing::warn!(error = %e.detail, "could not apply scheduled flag changes");
-                    }
-                    if let Err(e) = self.advance_due_plans().await {
-                        tracing::warn!(error = %e.detail, "could not advance release plans");
-                    }
-                }
+        let me = &self;
+        crate::every(std::time::Duration::from_millis(self.config.scheduler_interval_ms), stop, || async move {
+            if let Err(e) = me.apply_due_schedules().await {
+                tracing::warn!(error = %e.detail, "could not apply scheduled flag changes");
             }
-        }
+            if let Err(e) = me.advance_due_plans().await {
+                tracing::warn!(error = %e.detail, "could not advance release plans");
+            }
+        })
+        .await;
     }
 }

@@ -152,18 +152,13 @@ impl Flags {
 
     /// Flushes every `usage_flush_secs` until stopped, and once more on the way out.
     pub async fn run_usage_flush(self: std::sync::Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        let every = std::time::Duration::from_secs(self.config.usage_flush_secs);
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                _ = &mut stop => break,
-                _ = tokio::time::sleep(every) => {
-                    if let Err(e) = self.flush_usage().await {
-                        tracing::warn!(error = %e.detail, "could not write flag usage");
-                    }
-                }
+        let me = &self;
+        crate::every(std::time::Duration::from_secs(self.config.usage_flush_secs), stop, || async move {
+            if let Err(e) = me.flush_usage().await {
+                tracing::warn!(error = %e.detail, "could not write flag usage");
             }
-        }
+        })
+        .await;
         if let Err(e) = self.flush_usage().await {
             tracing::warn!(error = %e.detail, "could not write flag usage at shutdown");
         }

@@ -147,17 +147,27 @@ fn bench_config(url: String, migration_url: Option<String>) -> anyhow::Result<Co
     Ok(config)
 }
 
+/// Starts a server on the bench config and a client pooled for `args.concurrency`.
+async fn start_bench_server(
+    url: String,
+    migration_url: Option<String>,
+    args: &Args,
+) -> anyhow::Result<(runway_server::Running, String, reqwest::Client)> {
+    let config = bench_config(url, migration_url)?;
+    runway_server::telemetry::init(&config);
+    let running = runway_server::start(config, Arc::new(SystemClock)).await?;
+    let base = format!("http://{}", running.addr);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
+    Ok((running, base, http))
+}
+
 async fn bench_engine(
     engine: &str,
     url: String,
     migration_url: Option<String>,
     args: &Args,
 ) -> anyhow::Result<Vec<Outcome>> {
-    let config = bench_config(url, migration_url)?;
-    runway_server::telemetry::init(&config);
-    let running = runway_server::start(config, Arc::new(SystemClock)).await?;
-    let base = format!("http://{}", running.addr);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
+    let (running, base, http) = start_bench_server(url, migration_url, args).await?;
 
     let tenant: Value = http
         .post(format!("{base}/v1/tenants"))
@@ -553,11 +563,7 @@ async fn bench_flags(
     migration_url: Option<String>,
     args: &Args,
 ) -> anyhow::Result<Vec<Outcome>> {
-    let config = bench_config(url, migration_url)?;
-    runway_server::telemetry::init(&config);
-    let running = runway_server::start(config, Arc::new(SystemClock)).await?;
-    let base = format!("http://{}", running.addr);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency * 2).build()?;
+    let (running, base, http) = start_bench_server(url, migration_url, args).await?;
     let features: Vec<Value> = (0..100)
         .map(|i| {
             let name = format!("flag-{i}");
