@@ -40,7 +40,7 @@ scopes! {
     WebhooksRead => ("webhooks:read", true, "Read webhook endpoints, messages and attempts."),
     WebhooksWrite => ("webhooks:write", true, "Manage webhook endpoints."),
     WebhooksReadSecret => ("webhooks:read_secret", true, "Read webhook endpoint signing secrets."),
-    FlagsRead => ("flags:read", true, "Read flag configuration, history, usage and release plans."),
+    FlagsRead => ("flags:read", false, "Read flag configuration, history, usage and release plans (every flag's rules, so not for tenant keys)."),
     FlagsWrite => ("flags:write", false, "Manage flags, segments, environments and release plans."),
     FlagsEvaluate => ("flags:evaluate", true, "Evaluate flags (OFREP, the Unleash client API); a tenant key evaluates as its tenant."),
 }

@@ -22,6 +22,7 @@ crate::both_engines!(
     usage_is_counted_and_stale_flags_reported,
     real_sdks_agree_with_the_engine,
     the_event_stream_tells_clients_to_refetch,
+    ofrep_rate_limits_say_when_to_retry,
 );
 
 fn now_us() -> i64 {
@@ -114,10 +115,13 @@ async fn flag_changes_are_versioned_audited_and_reversible(engine: Engine) {
     assert!(s.get("/v1/flags", ADMIN).await.ok(200)["data"].as_array().unwrap().is_empty());
     assert_eq!(s.get("/v1/flags?archived=true", ADMIN).await.ok(200)["data"][0]["key"], "new-checkout");
 
-    // Flag management is the operator's: tenant keys cannot hold flags:write, and read keys cannot write.
+    // Flag management is the operator's: tenant keys cannot hold flags:write or flags:read (every
+    // flag's rules), and read keys cannot write.
     s.tenant("acme").await;
-    let r = s.post("/v1/tenants/acme/keys", ADMIN, json!({"name": "x", "scopes": ["flags:write"]})).await;
-    r.problem(422, "validation_failed");
+    for scope in ["flags:write", "flags:read"] {
+        let r = s.post("/v1/tenants/acme/keys", ADMIN, json!({"name": "x", "scopes": [scope]})).await;
+        r.problem(422, "validation_failed");
+    }
     let (reader, _) = s.service_key(&["flags:read"]).await;
     s.post("/v1/flags", &reader, json!({"key": "x"})).await.problem(403, "missing_scope");
     s.get("/v1/audit", &s.tenant_key("acme", &["audit:read"]).await.0).await.problem(403, "missing_scope");
@@ -766,4 +770,23 @@ async fn the_event_stream_tells_clients_to_refetch(engine: Engine) {
     assert!(seen.contains("event: message"), "{seen}");
     let unauthorized = s.http.get(format!("{}{uri}", s.base)).send().await.unwrap();
     assert_eq!(unauthorized.status(), 401);
+}
+
+async fn ofrep_rate_limits_say_when_to_retry(engine: Engine) {
+    let s = TestServer::start_with(engine, |c| {
+        let mut tiny = c.plans["free"].clone();
+        tiny.requests_per_second = 1;
+        tiny.burst = 1;
+        c.plans.insert("tiny".into(), tiny);
+        c.auth.service_key_plan = "tiny".into();
+    })
+    .await;
+    s.post("/v1/flags", ADMIN, json!({"key": "f", "environments": {"production": {"enabled": true}}})).await.ok(201);
+    let key = evaluate_key(&s, "production").await;
+    let first = s.post("/ofrep/v1/evaluate/flags/f", &key, json!({"context": {"targetingKey": "u"}})).await;
+    assert_eq!(first.ok(200)["value"], true);
+    let second = s.post("/ofrep/v1/evaluate/flags/f", &key, json!({"context": {"targetingKey": "u"}})).await;
+    assert_eq!(second.status, 429);
+    let retry = second.header("retry-after").expect("429 carries Retry-After");
+    assert!(retry.parse::<u64>().is_ok(), "whole seconds, which OFREP providers parse: {retry}");
 }
