@@ -7,6 +7,7 @@
 pub mod compat;
 pub mod endpoints;
 pub mod log;
+mod publisher;
 pub mod relay;
 pub mod routes;
 pub mod schedule;
@@ -31,6 +32,8 @@ pub struct Events {
     http: reqwest::Client,
     /// Wakes the delivery worker when something was published.
     pub wake: Arc<Notify>,
+    /// Group commit of concurrent publishes; started with the first publish.
+    publisher: std::sync::OnceLock<publisher::Publisher>,
     /// Seals endpoint secrets at rest; absent only in CLI commands that never touch them.
     sealer: Option<seal::SecretBox>,
     /// The latest version (and schema) of each event type, for at most a second: a new version
@@ -73,6 +76,7 @@ impl Events {
             allow,
             http,
             wake: Arc::new(Notify::new()),
+            publisher: std::sync::OnceLock::new(),
             limiters: Default::default(),
             validators: moka::sync::Cache::new(10_000),
             latest_types: moka::sync::Cache::builder()

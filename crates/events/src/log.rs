@@ -316,46 +316,26 @@ impl Events {
         drop(read);
 
         let now = self.clock.now_micros();
-        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
-        let endpoints = crate::endpoints::subscribed(&mut tx, tenant).await?;
-        let mut out = Vec::with_capacity(events.len());
-        let mut created = 0usize;
-        for ev in events {
-            let pos = EventPos::generate();
-            let event_id = ev.id.clone().unwrap_or_else(|| pos.to_string());
-            let version = types[&ev.event_type].0.clone();
-            let inserted = on_conn!(&mut tx, c => sqlx::query(
-                "INSERT INTO events (pos, tenant_id, event_id, type, type_version, payload, event_key, occurred_at, received_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant_id, event_id) DO NOTHING")
-                .bind(pos.as_str()).bind(tenant.as_str()).bind(&event_id).bind(&ev.event_type).bind(&version)
-                .bind(ev.payload.to_string()).bind(&ev.key).bind(ev.occurred_at.unwrap_or(now)).bind(now)
-                .execute(&mut *c).await.map(|r| r.rows_affected()))
-            .map_err(StoreError::from)?;
-            if inserted == 0 {
-                let original: String = on_conn!(&mut tx, c => sqlx::query_scalar("SELECT pos FROM events WHERE tenant_id = $1 AND event_id = $2")
-                    .bind(tenant.as_str()).bind(&event_id).fetch_one(&mut *c).await)
-                .map_err(StoreError::from)?;
-                out.push(Published { id: event_id, pos: original, duplicate: true });
-                continue;
-            }
-            for ep in endpoints.iter().filter(|e| e.accepts(&ev.event_type)) {
-                let ordering_key = ev.key.as_deref().filter(|_| ep.ordered);
-                crate::endpoints::enqueue(
-                    &mut tx,
-                    tenant,
-                    NewDelivery { endpoint: &ep.id, pos: pos.as_str(), now, replay: false, ordering_key },
-                )
-                .await?;
-            }
-            created += 1;
-            out.push(Published { id: event_id, pos: pos.to_string(), duplicate: false });
-        }
-        tx.commit().await?;
-        metrics::counter!("runway_events_published_total").increment(created as u64);
-        if created > 0 {
-            self.wake.notify_one();
-        }
-        Ok(out)
+        let rows = events
+            .into_iter()
+            .map(|ev| {
+                let pos = EventPos::generate();
+                crate::publisher::Prepared {
+                    event_id: ev.id.unwrap_or_else(|| pos.to_string()),
+                    version: types[&ev.event_type].0.clone(),
+                    payload: ev.payload.to_string(),
+                    key: ev.key,
+                    occurred_at: ev.occurred_at.unwrap_or(now),
+                    event_type: ev.event_type,
+                    pos,
+                }
+            })
+            .collect();
+        // Committed (with whatever else is being published now) before this returns.
+        self.publisher
+            .get_or_init(|| crate::publisher::Publisher::start(self.store.clone(), self.wake.clone()))
+            .publish(tenant, rows, now)
+            .await
     }
 }
 

@@ -158,29 +158,32 @@ impl DeliveryQueue for Events {
         let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Platform).await?;
         let mut healthy: Vec<&str> = Vec::new();
+        let mut delivered: Vec<&str> = Vec::new();
+        for chunk in done.chunks(500) {
+            insert_attempts(&mut tx, chunk, now).await?;
+        }
         for (d, o, retry_at) in done {
             let status = match (o.succeeded(), retry_at) {
                 (true, _) => "delivered",
                 (false, Some(_)) => "pending",
                 (false, None) => "dead",
             };
-            let last_error = o.error_kind.map(|k| match o.status_code {
-                Some(s) => format!("{k}: HTTP {s}"),
-                None => k.to_owned(),
-            });
-            on_conn!(&mut tx, c => sqlx::query(
-                "INSERT INTO delivery_attempts (id, delivery_id, tenant_id, endpoint_id, at, status_code, latency_ms, error_kind, response_excerpt)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-                .bind(AttemptId::generate().as_str()).bind(&d.id).bind(&d.tenant_id).bind(&d.endpoint_id).bind(now)
-                .bind(o.status_code.map(i64::from)).bind(o.latency.as_millis() as i64).bind(o.error_kind).bind(&o.excerpt)
-                .execute(&mut *c).await.map(|_| ()))?;
-            on_conn!(&mut tx, c => sqlx::query(
-                "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, lease_until = NULL, lease_token = NULL,
-                 last_error = $3, updated_at = $4 WHERE id = $5")
-                .bind(status).bind(retry_at.unwrap_or(now)).bind(&last_error).bind(now).bind(&d.id)
-                .execute(&mut *c).await.map(|_| ()))?;
-            if o.succeeded() && !healthy.contains(&d.endpoint_id.as_str()) {
-                healthy.push(&d.endpoint_id);
+            if o.succeeded() {
+                // Successes share every new value, so they move in one statement below.
+                delivered.push(&d.id);
+                if !healthy.contains(&d.endpoint_id.as_str()) {
+                    healthy.push(&d.endpoint_id);
+                }
+            } else {
+                let last_error = o.error_kind.map(|k| match o.status_code {
+                    Some(s) => format!("{k}: HTTP {s}"),
+                    None => k.to_owned(),
+                });
+                on_conn!(&mut tx, c => sqlx::query(
+                    "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, lease_until = NULL, lease_token = NULL,
+                     last_error = $3, updated_at = $4 WHERE id = $5")
+                    .bind(status).bind(retry_at.unwrap_or(now)).bind(&last_error).bind(now).bind(&d.id)
+                    .execute(&mut *c).await.map(|_| ()))?;
             }
             metrics::counter!("runway_webhook_deliveries_total", "outcome" => status).increment(1);
             // Per endpoint, so its success ratio is rate(success) / rate(all) in PromQL.
@@ -188,12 +191,61 @@ impl DeliveryQueue for Events {
             metrics::counter!("runway_webhook_endpoint_attempts_total", "endpoint" => d.endpoint_id.clone(), "result" => result).increment(1);
             metrics::histogram!("runway_webhook_attempt_duration_seconds").record(o.latency.as_secs_f64());
         }
+        for chunk in delivered.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "UPDATE deliveries SET status = 'delivered', attempts = attempts + 1, next_attempt_at = $1, lease_until = NULL,
+                 lease_token = NULL, last_error = NULL, updated_at = $1 WHERE id IN ({})",
+                list.join(", ")
+            );
+            on_conn!(&mut tx, c => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(now);
+                for id in chunk {
+                    q = q.bind(*id);
+                }
+                q.execute(&mut *c).await.map(|_| ())
+            })?;
+        }
         for ep in healthy {
             on_conn!(&mut tx, c => sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
                 .bind(ep).execute(&mut *c).await.map(|_| ()))?;
         }
         tx.commit().await
     }
+}
+
+/// Records attempts with one multi-row insert.
+async fn insert_attempts(tx: &mut runway_store::Tx, done: &[Finished], now: i64) -> Result<(), StoreError> {
+    let values: Vec<String> = (0..done.len())
+        .map(|i| {
+            let b = i * 8;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                done.len() * 8 + 1,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO delivery_attempts (id, delivery_id, tenant_id, endpoint_id, at, status_code, latency_ms, error_kind, response_excerpt) VALUES {}",
+        values.join(", ")
+    );
+    on_conn!(tx, c => {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
+        for (d, o, _) in done {
+            q = q.bind(AttemptId::generate().as_str().to_owned()).bind(&d.id).bind(&d.tenant_id).bind(&d.endpoint_id)
+                .bind(o.status_code.map(i64::from)).bind(o.latency.as_millis() as i64).bind(o.error_kind).bind(&o.excerpt);
+        }
+        q.bind(now).execute(&mut *c).await.map(|_| ())
+    })?;
+    Ok(())
 }
 
 /// A finished attempt on its way to the store: the delivery, how it went, when to retry.
