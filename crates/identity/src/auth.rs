@@ -98,6 +98,9 @@ pub struct Authenticator {
     clock: Arc<dyn Clock>,
     ttl: Duration,
     keys: moka::sync::Cache<KeyId, Option<Arc<CachedKey>>>,
+    /// Tenants by the ID or slug a path named them with, for at most the credential TTL: a
+    /// tenant-scoped request then costs no store round trip to resolve its tenant.
+    tenants: moka::sync::Cache<String, Tenant>,
     admin_hash: RwLock<Option<(Option<String>, Instant)>>,
     last_used: Mutex<HashMap<KeyId, i64>>,
 }
@@ -125,6 +128,7 @@ impl Authenticator {
             clock,
             ttl,
             keys: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
+            tenants: moka::sync::Cache::builder().max_capacity(100_000).time_to_live(ttl).build(),
             admin_hash: RwLock::new(None),
             last_used: Mutex::new(HashMap::new()),
         }
@@ -232,9 +236,10 @@ impl Authenticator {
         self.keys.invalidate(id);
     }
 
-    /// Drops every cached key after a tenant's state or plan changed.
+    /// Drops every cached key and tenant after a tenant's state or plan changed.
     pub fn forget_tenant(&self, _id: &TenantId) {
         self.keys.invalidate_all();
+        self.tenants.invalidate_all();
     }
 
     /// Writes the remembered `last_used_at` times in one transaction.
@@ -460,8 +465,15 @@ impl<P: Permission> Authorized<P> {
             }
             None => DbScope::Platform,
         };
-        let mut tx = identity.store.read(scope).await?;
-        let tenant = tenants::find(&mut tx, &r).await?.ok_or_else(not_found)?;
+        let tenant = match identity.auth.tenants.get(raw) {
+            Some(t) => t,
+            None => {
+                let mut tx = identity.store.read(scope).await?;
+                let t = tenants::find(&mut tx, &r).await?.ok_or_else(not_found)?;
+                identity.auth.tenants.insert(raw.to_owned(), t.clone());
+                t
+            }
+        };
         if let Some(own) = self.principal.tenant()
             && &tenant.id != own
         {

@@ -155,6 +155,16 @@ enum FlagsCmd {
         #[arg(long = "rules")]
         config_json: Option<String>,
     },
+    /// Flag environments: list, or create one.
+    Env {
+        #[command(subcommand)]
+        cmd: FlagEnvCmd,
+    },
+    /// Segments (reusable constraint sets): list, create, update, delete.
+    Segment {
+        #[command(subcommand)]
+        cmd: SegmentCmd,
+    },
     /// Evaluate flags for a context, with the reason for each answer.
     Eval {
         #[arg(long = "env")]
@@ -172,6 +182,42 @@ enum FlagsCmd {
         #[arg(long = "prop")]
         props: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum FlagEnvCmd {
+    List,
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SegmentCmd {
+    List,
+    /// Create a segment; --constraints is a JSON array of Unleash constraints.
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        constraints: String,
+    },
+    /// Replace a segment's name, description and constraints (every flag using it changes).
+    Update {
+        id: i64,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        constraints: String,
+    },
+    /// Delete a segment no flag uses.
+    Delete { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1053,6 +1099,54 @@ async fn flags_cmd(cli: &Cli, config: Config, cmd: &FlagsCmd) -> anyhow::Result<
             }
             println!("scheduled {} for {} ({})", s.id, s.apply_at, s.status);
             Ok(())
+        }
+        FlagsCmd::Env { cmd } => {
+            match cmd {
+                FlagEnvCmd::List => {}
+                FlagEnvCmd::Create { name, description } => {
+                    flags.create_environment(&ctx, name, description).await?;
+                }
+            }
+            let list = flags.environments().await?;
+            if cli.json {
+                return print_json(&list);
+            }
+            let mut t = table(&["ENVIRONMENT", "DESCRIPTION", "CREATED"]);
+            for e in list {
+                t.add_row(vec![e.name, e.description, e.created_at]);
+            }
+            println!("{t}");
+            Ok(())
+        }
+        FlagsCmd::Segment { cmd } => {
+            let constraints = |text: &str| -> anyhow::Result<Vec<runway_flags_engine::wire::ConstraintDef>> {
+                serde_json::from_str(text).context("--constraints must be a JSON array of {contextName, operator, values}")
+            };
+            match cmd {
+                SegmentCmd::List => {
+                    let list = flags.segments().await?;
+                    if cli.json {
+                        return print_json(&list);
+                    }
+                    let mut t = table(&["ID", "NAME", "CONSTRAINTS"]);
+                    for g in list {
+                        t.add_row(vec![g.id.to_string(), g.name, serde_json::to_string(&g.constraints)?]);
+                    }
+                    println!("{t}");
+                    Ok(())
+                }
+                SegmentCmd::Create { name, description, constraints: c } => {
+                    print_one(cli, &flags.put_segment(&ctx, None, name, description, constraints(c)?).await?)
+                }
+                SegmentCmd::Update { id, name, description, constraints: c } => {
+                    print_one(cli, &flags.put_segment(&ctx, Some(*id), name, description, constraints(c)?).await?)
+                }
+                SegmentCmd::Delete { id } => {
+                    flags.delete_segment(&ctx, *id).await?;
+                    println!("deleted segment {id}");
+                    Ok(())
+                }
+            }
         }
         FlagsCmd::Eval { environment, flags: only, user, session, remote_address, props } => {
             let env = flags.environment_for(None, environment.as_deref())?;

@@ -108,6 +108,18 @@ async fn cli_manages_flags(engine: Engine) {
         &["flags", "set", "pricing-page", "--env", "staging", "--rules", r#"{"strategies": [{"name": "nope"}]}"#],
     );
     assert!(!ok && err.contains("unknown strategy"), "{err}");
+    let envs = json(&db, &["flags", "env", "create", "qa", "--description", "QA cluster"]);
+    assert!(envs.as_array().unwrap().iter().any(|e| e["name"] == "qa"));
+    let seg = json(&db, &["flags", "segment", "create", "--name", "eu", "--constraints", r#"[{"contextName": "region", "operator": "IN", "values": ["eu"]}]"#]);
+    let seg_id = seg["id"].as_i64().unwrap().to_string();
+    let rules = format!(r#"{{"enabled": true, "strategies": [{{"name": "default", "segments": [{seg_id}]}}]}}"#);
+    json(&db, &["flags", "set", "pricing-page", "--env", "qa", "--rules", &rules]);
+    let eu = json(&db, &["flags", "eval", "--env", "qa", "--flag", "pricing-page", "--prop", "region=eu"]);
+    assert_eq!(eu[0]["enabled"], true);
+    let us = json(&db, &["flags", "eval", "--env", "qa", "--flag", "pricing-page", "--prop", "region=us"]);
+    assert_eq!(us[0]["enabled"], false);
+    let (ok, _, err) = cli(&db, &["flags", "segment", "delete", &seg_id]);
+    assert!(!ok && err.contains("used by"), "a segment in use is kept: {err}");
     let (ok, _, err) = cli(&db, &["flags", "enable", "ghost", "--env", "staging"]);
     assert!(!ok && err.contains("no flag `ghost`"), "{err}");
 }
