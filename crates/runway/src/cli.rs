@@ -217,7 +217,9 @@ enum SegmentCmd {
         constraints: String,
     },
     /// Delete a segment no flag uses.
-    Delete { id: i64 },
+    Delete {
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -1120,7 +1122,8 @@ async fn flags_cmd(cli: &Cli, config: Config, cmd: &FlagsCmd) -> anyhow::Result<
         }
         FlagsCmd::Segment { cmd } => {
             let constraints = |text: &str| -> anyhow::Result<Vec<runway_flags_engine::wire::ConstraintDef>> {
-                serde_json::from_str(text).context("--constraints must be a JSON array of {contextName, operator, values}")
+                serde_json::from_str(text)
+                    .context("--constraints must be a JSON array of {contextName, operator, values}")
             };
             match cmd {
                 SegmentCmd::List => {

@@ -1,6 +1,11 @@
 //! `runway`: the one binary. `serve` runs the server; the other commands work on the store
 //! directly (same config), recording their changes in the audit log as the CLI user.
 
+/// jemalloc instead of the system allocator: the request path allocates small, short-lived
+/// buffers, where glibc malloc showed up as a quarter of the CPU in profiles (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod cli;
 
 use clap::Parser;

@@ -4,6 +4,11 @@
 //!
 //! `cargo run --release -p runway --bin runway-bench -- --engine both`
 
+/// jemalloc instead of the system allocator: the request path allocates small, short-lived
+/// buffers, where glibc malloc showed up as a quarter of the CPU in profiles (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;

@@ -110,7 +110,18 @@ async fn cli_manages_flags(engine: Engine) {
     assert!(!ok && err.contains("unknown strategy"), "{err}");
     let envs = json(&db, &["flags", "env", "create", "qa", "--description", "QA cluster"]);
     assert!(envs.as_array().unwrap().iter().any(|e| e["name"] == "qa"));
-    let seg = json(&db, &["flags", "segment", "create", "--name", "eu", "--constraints", r#"[{"contextName": "region", "operator": "IN", "values": ["eu"]}]"#]);
+    let seg = json(
+        &db,
+        &[
+            "flags",
+            "segment",
+            "create",
+            "--name",
+            "eu",
+            "--constraints",
+            r#"[{"contextName": "region", "operator": "IN", "values": ["eu"]}]"#,
+        ],
+    );
     let seg_id = seg["id"].as_i64().unwrap().to_string();
     let rules = format!(r#"{{"enabled": true, "strategies": [{{"name": "default", "segments": [{seg_id}]}}]}}"#);
     json(&db, &["flags", "set", "pricing-page", "--env", "qa", "--rules", &rules]);
