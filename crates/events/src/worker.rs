@@ -468,12 +468,19 @@ impl Events {
         let slots = Arc::new(tokio::sync::Semaphore::new(self.config.worker_concurrency as usize));
         let (done_tx, done_rx) = tokio::sync::mpsc::channel::<Finished>(4 * self.config.worker_concurrency as usize);
         tokio::spawn(self.clone().record(done_rx));
+        let min_batch = (self.config.worker_concurrency / 4).max(1) as usize;
+        let mut backlog = false;
         tokio::pin!(stop);
         loop {
             // Wait for at least one free slot.
             tokio::select! {
                 _ = &mut stop => return,
                 permit = slots.clone().acquire_owned() => drop(permit),
+            }
+            // With a backlog, let a few more slots free up so one claim serves several
+            // deliveries instead of one claim transaction per finished request.
+            if backlog && slots.available_permits() < min_batch {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let free = slots.available_permits() as u32;
             let batch = match self.claim(free.max(1), lease).await {
@@ -483,6 +490,7 @@ impl Events {
                     Vec::new()
                 }
             };
+            backlog = batch.len() as u32 >= free.max(1);
             if batch.is_empty() {
                 tokio::select! {
                     _ = &mut stop => return,
