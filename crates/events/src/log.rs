@@ -270,12 +270,12 @@ impl Events {
         for (i, ev) in events.iter().enumerate() {
             let at = |f: &str| if field_prefix.is_empty() { f.to_owned() } else { format!("{field_prefix}{i}/{f}") };
             if let Some(id) = &ev.id
-                && (id.is_empty() || id.len() > 255)
+                && (id.is_empty() || id.len() > 255 || id.contains('\0'))
             {
-                return Err(ApiError::validation(at("id"), "must be 1 to 255 characters"));
+                return Err(ApiError::validation(at("id"), "must be 1 to 255 characters, without NUL"));
             }
-            if ev.key.as_ref().is_some_and(|k| k.len() > 255) {
-                return Err(ApiError::validation(at("key"), "must be at most 255 characters"));
+            if ev.key.as_ref().is_some_and(|k| k.len() > 255 || k.contains('\0')) {
+                return Err(ApiError::validation(at("key"), "must be at most 255 characters, without NUL"));
             }
             if !types.contains_key(&ev.event_type) {
                 let latest = match self.latest_types.get(&ev.event_type) {

@@ -51,7 +51,7 @@ pub(crate) struct Variants {
 
 impl Variants {
     pub(crate) fn compile(defs: &[VariantDef]) -> Variants {
-        let total_weight = defs.iter().map(|v| v.weight).sum();
+        let total_weight = defs.iter().fold(0u32, |acc, v| acc.saturating_add(v.weight));
         let mut overrides = Vec::new();
         for (i, v) in defs.iter().enumerate() {
             for o in v.overrides.iter().flatten() {
@@ -88,9 +88,9 @@ impl Variants {
             Some(value) => strategy::hash(group, value, VARIANT_SEED) % self.total_weight + 1,
             None => fastrand::u32(1..=self.total_weight),
         };
-        let mut acc = 0;
+        let mut acc: u32 = 0;
         for v in &self.defs {
-            acc += v.weight;
+            acc = acc.saturating_add(v.weight);
             if v.weight > 0 && acc >= target {
                 return Some((v, self.defs.len() > 1));
             }

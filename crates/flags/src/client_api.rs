@@ -115,6 +115,9 @@ async fn register(
     Ok(StatusCode::ACCEPTED)
 }
 
+/// The largest count one SDK metrics bucket may carry for one flag (a bucket covers a minute or so).
+const MAX_BUCKET_COUNT: u64 = 1_000_000_000;
+
 /// Evaluation counts an SDK gathered locally.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -156,15 +159,30 @@ async fn client_metrics(
 ) -> Result<StatusCode, ApiError> {
     refuse_tenant_keys(&auth.principal)?;
     let env = flags.environment_for(auth.principal.environment.as_deref(), None)?;
+    let state = flags.env_state(&env)?;
     let now = flags.clock.now_micros();
     let _ = (&m.app_name, &m.instance_id, &m.bucket.start, &m.bucket.stop);
     for (name, t) in &m.bucket.toggles {
-        let variant_total: u64 = t.variants.values().sum();
-        for (variant, n) in &t.variants {
-            flags.usage.record(&env, name, variant, *n, 0, now);
+        let too_many = |n: u64| n > MAX_BUCKET_COUNT;
+        if too_many(t.yes) || too_many(t.no) || t.variants.values().any(|n| too_many(*n)) {
+            return Err(ApiError::validation(
+                format!("bucket/toggles/{name}"),
+                format!("counts above {MAX_BUCKET_COUNT} in one bucket are not believable"),
+            ));
         }
-        // Evaluations without a variant lookup are counted under "disabled", as isEnabled calls.
-        let yes = t.yes.saturating_sub(variant_total);
+        // Counts for flags this environment does not have are dropped: SDKs count every name
+        // they were asked about, and unbounded names would grow the usage table and metrics.
+        if !state.engine.contains(name) {
+            continue;
+        }
+        // Variant counts are evaluations that were on, under that variant; "disabled" is the
+        // answer when off (or on without variants), which the yes/no counts already cover.
+        let mut named = 0u64;
+        for (variant, n) in t.variants.iter().filter(|(v, _)| v.as_str() != "disabled") {
+            flags.usage.record(&env, name, variant, *n, 0, now);
+            named = named.saturating_add(*n);
+        }
+        let yes = t.yes.saturating_sub(named);
         if yes > 0 || t.no > 0 {
             flags.usage.record(&env, name, "disabled", yes, t.no, now);
         }

@@ -103,7 +103,16 @@ struct FlagRow {
 }
 
 fn store_err(e: sqlx::Error) -> ApiError {
-    StoreError::from(e).into()
+    let e = StoreError::from(e);
+    if e.is_unique_violation() {
+        // Two writers raced to create the same flag, segment or version, or an import names a
+        // segment that exists under another id.
+        return ApiError::new(
+            ErrorCode::Conflict,
+            "that conflicts with a flag or segment that exists; read it and retry",
+        );
+    }
+    e.into()
 }
 
 fn parse_doc(text: &str) -> Result<FlagDocument, ApiError> {
@@ -189,7 +198,14 @@ impl Flags {
         drop(tx);
         let docs = docs.iter().map(|d| parse_doc(d)).collect::<Result<Vec<_>, _>>()?;
         let snapshot = build_snapshot(revision, environments, &docs, &segments);
-        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        {
+            let mut current = self.snapshot.write().unwrap_or_else(|e| e.into_inner());
+            // Two reloads can race (a poll and a local change); the older must not win.
+            if revision < current.revision {
+                return Ok(());
+            }
+            *current = Arc::new(snapshot);
+        }
         self.revision_tx.send_replace(revision);
         metrics::histogram!("runway_flag_reload_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("runway_flag_revision").set(revision as f64);
@@ -634,8 +650,21 @@ impl Flags {
         if !self.snapshot().environments.iter().any(|e| e == env) {
             return Err(ApiError::validation("environment", format!("no environment `{env}`")));
         }
+        let mut seen = std::collections::HashSet::new();
         for (i, f) in doc.features.iter().enumerate() {
             model::validate_key(&f.name).map_err(|e| ApiError::validation(format!("features/{i}/name"), e.detail))?;
+            if !seen.insert(f.name.as_str()) {
+                return Err(ApiError::validation(format!("features/{i}/name"), format!("`{}` appears twice", f.name)));
+            }
+        }
+        let mut seen_segments = std::collections::HashSet::new();
+        for (i, s) in doc.segments.iter().flatten().enumerate() {
+            if !seen_segments.insert(s.id) {
+                return Err(ApiError::validation(
+                    format!("segments/{i}/id"),
+                    format!("segment {} appears twice", s.id),
+                ));
+            }
         }
         let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Platform).await?;

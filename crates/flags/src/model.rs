@@ -276,6 +276,12 @@ fn validate_variants(variants: &[VariantDef], at: &str) -> Result<(), ApiError> 
         if v.name.trim().is_empty() || !names.insert(v.name.as_str()) {
             return Err(ApiError::validation(pointer(&here, "name"), "variant names are required and unique"));
         }
+        if v.weight > 1_000_000 {
+            return Err(ApiError::validation(
+                pointer(&here, "weight"),
+                "must be at most 1000000 (Unleash uses 0 to 1000)",
+            ));
+        }
         if let Some(p) = &v.payload {
             let ok = match p.kind.as_str() {
                 "string" | "csv" => true,

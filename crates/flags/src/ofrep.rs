@@ -110,9 +110,8 @@ pub fn map_context(raw: Option<&Value>, principal: &Principal) -> Result<Mapped,
             Value::Number(n) => n.to_string(),
             Value::Bool(b) => b.to_string(),
             Value::Null => continue,
-            Value::Array(_) | Value::Object(_) => {
-                return Err(invalid(format!("context attribute `{k}` must be a string, number or boolean")));
-            }
+            // Structured attributes are allowed by OFREP; constraints compare them as JSON text.
+            Value::Array(_) | Value::Object(_) => v.to_string(),
         };
         match k.as_str() {
             "targetingKey" => targeting = Some(text),
@@ -152,7 +151,9 @@ fn reason(r: Reason) -> &'static str {
         Reason::Static => "STATIC",
         Reason::TargetingMatch => "TARGETING_MATCH",
         Reason::Split => "SPLIT",
-        Reason::Default => "DEFAULT",
+        // On, but no strategy matched: the value still came from evaluating the targeting rules
+        // (OFREP's reasons are STATIC, TARGETING_MATCH, SPLIT, DISABLED, UNKNOWN).
+        Reason::Default => "TARGETING_MATCH",
         Reason::NotFound => "UNKNOWN",
     }
 }

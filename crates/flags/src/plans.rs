@@ -120,6 +120,9 @@ pub fn safe_rollout(milestones: &[Milestone], last_safe: i64) -> u32 {
     if last_safe < 0 { 0 } else { milestones[last_safe as usize].rollout }
 }
 
+/// The longest a milestone may wait: a year.
+const MAX_WAIT_SECS: u64 = 366 * 86_400;
+
 fn validate_milestones(m: &[Milestone]) -> Result<(), ApiError> {
     if m.is_empty() || m.len() > 50 {
         return Err(ApiError::validation("milestones", "a plan has 1 to 50 milestones"));
@@ -128,6 +131,9 @@ fn validate_milestones(m: &[Milestone]) -> Result<(), ApiError> {
         if x.rollout > 100 {
             return Err(ApiError::validation(format!("milestones/{i}/rollout"), "must be 0 to 100"));
         }
+        if x.wait_secs.is_some_and(|w| w > MAX_WAIT_SECS) {
+            return Err(ApiError::validation(format!("milestones/{i}/wait_secs"), "must be at most a year"));
+        }
         if i > 0 && x.rollout < m[i - 1].rollout {
             return Err(ApiError::validation(format!("milestones/{i}/rollout"), "milestones only go up"));
         }
@@ -135,8 +141,15 @@ fn validate_milestones(m: &[Milestone]) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Sets the plan's strategy to `rollout` percent and turns the environment on.
-fn set_rollout(doc: &mut FlagDocument, env: &str, strategy: usize, rollout: u32) -> Result<(), ApiError> {
+/// Sets the plan's strategy to `rollout` percent. Only starting a plan turns the environment on:
+/// a flag killed during a plan stays off when the plan moves on or rolls back.
+fn set_rollout(
+    doc: &mut FlagDocument,
+    env: &str,
+    strategy: usize,
+    rollout: u32,
+    turn_on: bool,
+) -> Result<(), ApiError> {
     let cfg = doc.environments.entry(env.to_owned()).or_default();
     let s = cfg
         .strategies
@@ -146,7 +159,9 @@ fn set_rollout(doc: &mut FlagDocument, env: &str, strategy: usize, rollout: u32)
         return Err(ApiError::new(ErrorCode::Conflict, "the plan's strategy is no longer a flexibleRollout"));
     }
     s.parameters.get_or_insert_with(Default::default).insert("rollout".into(), json!(rollout.to_string()));
-    cfg.enabled = true;
+    if turn_on {
+        cfg.enabled = true;
+    }
     Ok(())
 }
 
@@ -172,8 +187,11 @@ type GuardRow = (String, String, Option<String>, String, Option<String>, i64);
 
 const PLAN_COLUMNS: &str = "id, flag_key, environment, strategy, milestones, current, last_safe, status, next_at, reason, created_by, created_at, updated_at";
 
-async fn load_plan(tx: &mut Tx, id: &str) -> Result<Option<ReleasePlan>, ApiError> {
-    let row: Option<PlanRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {PLAN_COLUMNS} FROM flag_release_plans WHERE id = $1")))
+/// Reads a plan. With `for_update` (write transactions) the row is locked on PostgreSQL, so a
+/// guard trip, an advance and a pause cannot interleave and undo one another.
+async fn load_plan(tx: &mut Tx, id: &str, for_update: bool) -> Result<Option<ReleasePlan>, ApiError> {
+    let lock = if for_update && tx.engine() == runway_store::Engine::Postgres { " FOR UPDATE" } else { "" };
+    let row: Option<PlanRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {PLAN_COLUMNS} FROM flag_release_plans WHERE id = $1{lock}")))
         .bind(id).fetch_optional(&mut *c).await)
     .map_err(store_err)?;
     let Some(r) = row else { return Ok(None) };
@@ -226,7 +244,7 @@ pub struct PlanCreate {
 impl Flags {
     pub async fn plan(&self, id: &ReleasePlanId) -> Result<ReleasePlan, ApiError> {
         let mut tx = self.store.read(DbScope::Platform).await?;
-        load_plan(&mut tx, id.as_str()).await?.ok_or_else(|| ApiError::not_found("no such release plan"))
+        load_plan(&mut tx, id.as_str(), false).await?.ok_or_else(|| ApiError::not_found("no such release plan"))
     }
 
     pub async fn plans(&self, flag: Option<&str>) -> Result<Vec<ReleasePlan>, ApiError> {
@@ -236,7 +254,7 @@ impl Flags {
         .map_err(store_err)?;
         let mut out = Vec::new();
         for id in ids {
-            out.extend(load_plan(&mut tx, &id).await?);
+            out.extend(load_plan(&mut tx, &id, false).await?);
         }
         Ok(out)
     }
@@ -299,7 +317,8 @@ impl Flags {
                         }
                     },
                 };
-                set_rollout(doc, &env, strategy_index, first).map_err(|e| ApiError::validation("strategy", e.detail))
+                set_rollout(doc, &env, strategy_index, first, true)
+                    .map_err(|e| ApiError::validation("strategy", e.detail))
             })
             .await?;
         let _ = stored;
@@ -334,7 +353,8 @@ impl Flags {
     /// Moves a plan to its next milestone (by hand or when its wait is over).
     pub async fn advance_plan(&self, ctx: &AuditContext, id: &ReleasePlanId) -> Result<ReleasePlan, ApiError> {
         let mut tx = self.store.write(DbScope::Platform).await?;
-        let plan = load_plan(&mut tx, id.as_str()).await?.ok_or_else(|| ApiError::not_found("no such release plan"))?;
+        let plan =
+            load_plan(&mut tx, id.as_str(), true).await?.ok_or_else(|| ApiError::not_found("no such release plan"))?;
         if plan.status != "active" && plan.status != "paused" {
             return Err(ApiError::new(ErrorCode::Conflict, format!("the plan is {}", plan.status)));
         }
@@ -347,7 +367,7 @@ impl Flags {
             let m = &plan.milestones[next as usize];
             let (env, strategy, rollout) = (plan.environment.clone(), plan.strategy, m.rollout);
             self.change_in(&mut tx, ctx, &plan.flag, "release_plan_advanced", |doc| {
-                set_rollout(doc, &env, strategy, rollout)
+                set_rollout(doc, &env, strategy, rollout, false)
             })
             .await?;
         }
@@ -387,7 +407,8 @@ impl Flags {
         to: &str,
     ) -> Result<ReleasePlan, ApiError> {
         let mut tx = self.store.write(DbScope::Platform).await?;
-        let plan = load_plan(&mut tx, id.as_str()).await?.ok_or_else(|| ApiError::not_found("no such release plan"))?;
+        let plan =
+            load_plan(&mut tx, id.as_str(), true).await?.ok_or_else(|| ApiError::not_found("no such release plan"))?;
         let allowed = match to {
             "paused" => plan.status == "active",
             "active" => plan.status == "paused",
@@ -455,9 +476,17 @@ impl Flags {
             }
         };
         let mut rolled_back = Vec::new();
+        let named = matches!(signal.target, GuardTarget::Named { .. });
         for (plan_id, guard) in candidates {
-            if self.apply_guard(&plan_id, &guard, &signal).await? {
-                rolled_back.push(ReleasePlanId::from_trusted(plan_id));
+            match self.apply_guard(&plan_id, &guard, &signal).await {
+                Ok(true) => rolled_back.push(ReleasePlanId::from_trusted(plan_id)),
+                Ok(false) => {}
+                // A guard set by name reports its own failure; an alert fans out, so one plan
+                // that cannot roll back must not keep the others from doing so.
+                Err(e) if named => return Err(e),
+                Err(e) => {
+                    tracing::error!(plan = %plan_id, error = %e.detail, "guard tripped but the plan could not roll back")
+                }
             }
         }
         if !rolled_back.is_empty() {
@@ -470,7 +499,7 @@ impl Flags {
         let now = self.clock.now_micros();
         let ctx = AuditContext::system("release-guard");
         let mut tx = self.store.write(DbScope::Platform).await?;
-        let Some(plan) = load_plan(&mut tx, plan_id).await? else { return Ok(false) };
+        let Some(plan) = load_plan(&mut tx, plan_id, true).await? else { return Ok(false) };
         let state = if signal.firing { "tripped" } else { "ok" };
         on_conn!(&mut tx, c => sqlx::query("UPDATE flag_guards SET state = $3, reason = $4, updated_at = $5 WHERE plan_id = $1 AND name = $2")
             .bind(plan_id).bind(guard).bind(state).bind(&signal.reason).bind(now).execute(&mut *c).await.map(|_| ()))
@@ -480,7 +509,7 @@ impl Flags {
             let rollout = safe_rollout(&plan.milestones, plan.last_safe);
             let (env, strategy) = (plan.environment.clone(), plan.strategy);
             self.change_in(&mut tx, &ctx, &plan.flag, "release_plan_rolled_back", |doc| {
-                set_rollout(doc, &env, strategy, rollout)
+                set_rollout(doc, &env, strategy, rollout, false)
             })
             .await?;
             let reason = format!("guard `{guard}` tripped: {}", signal.reason);

@@ -54,8 +54,8 @@ impl Usage {
             Some(c) => c,
             None => by_variant.entry(variant.to_owned()).or_default(),
         };
-        c.yes += yes;
-        c.no += no;
+        c.yes = c.yes.saturating_add(yes);
+        c.no = c.no.saturating_add(no);
         c.last = c.last.max(now);
     }
 

@@ -23,6 +23,7 @@ crate::both_engines!(
     real_sdks_agree_with_the_engine,
     the_event_stream_tells_clients_to_refetch,
     ofrep_rate_limits_say_when_to_retry,
+    inputs_that_would_poison_state_are_refused,
 );
 
 fn now_us() -> i64 {
@@ -226,7 +227,7 @@ async fn ofrep_evaluates_single_and_bulk(engine: Engine) {
         .post("/ofrep/v1/evaluate/flags/gold-feature", &key, json!({"context": {"targetingKey": "u1", "plan": "free"}}))
         .await;
     assert_eq!(r.ok(200)["value"], false);
-    assert_eq!(r.body["reason"], "DEFAULT");
+    assert_eq!(r.body["reason"], "TARGETING_MATCH", "OFREP's reasons: the rules were evaluated and said no");
     let r = s.post("/ofrep/v1/evaluate/flags/banner", &key, json!({"context": {"targetingKey": "u1"}})).await;
     assert_eq!(r.ok(200)["value"], json!({"color": "blue", "size": 2}));
     assert_eq!(r.body["variant"], "blue");
@@ -242,9 +243,15 @@ async fn ofrep_evaluates_single_and_bulk(engine: Engine) {
     assert_eq!(no_target.body["errorCode"], "TARGETING_KEY_MISSING");
     let fine = s.post("/ofrep/v1/evaluate/flags/gold-feature", &key, json!({"context": {"plan": "gold"}})).await;
     assert_eq!(fine.ok(200)["value"], true, "a flag that does not hash on the user needs no targeting key");
-    let bad_ctx = s
-        .post("/ofrep/v1/evaluate/flags/half", &key, json!({"context": {"targetingKey": "u", "nested": {"a": 1}}}))
+    let structured = s
+        .post(
+            "/ofrep/v1/evaluate/flags/half",
+            &key,
+            json!({"context": {"targetingKey": "u", "nested": {"a": 1}, "groups": ["x"]}}),
+        )
         .await;
+    assert_eq!(structured.ok(200)["key"], "half", "OFREP contexts may carry structured attributes");
+    let bad_ctx = s.post("/ofrep/v1/evaluate/flags/half", &key, json!({"context": "user-1"})).await;
     assert_eq!((bad_ctx.status, bad_ctx.body["errorCode"].as_str()), (400, Some("INVALID_CONTEXT")));
     let raw = s
         .http
@@ -789,4 +796,53 @@ async fn ofrep_rate_limits_say_when_to_retry(engine: Engine) {
     assert_eq!(second.status, 429);
     let retry = second.header("retry-after").expect("429 carries Retry-After");
     assert!(retry.parse::<u64>().is_ok(), "whole seconds, which OFREP providers parse: {retry}");
+}
+
+async fn inputs_that_would_poison_state_are_refused(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    let twice =
+        json!({"version": 1, "features": [{"name": "dup", "enabled": true}, {"name": "dup", "enabled": false}]});
+    let r = s.post("/v1/flags/import?environment=production", ADMIN, twice).await;
+    assert_eq!(r.problem(422, "validation_failed")["field"], "features/1/name");
+
+    s.post("/v1/flags", ADMIN, json!({"key": "f1", "environments": {"production": {"enabled": true}}})).await.ok(201);
+    let key = evaluate_key(&s, "production").await;
+    let post_metrics = |body: Value| {
+        s.http.post(format!("{}/api/client/metrics", s.base)).header("authorization", &key).json(&body).send()
+    };
+    let huge =
+        post_metrics(json!({"appName": "a", "bucket": {"toggles": {"f1": {"yes": i64::MAX, "no": 0}}}})).await.unwrap();
+    assert_eq!(huge.status(), 422, "counts no SDK could produce are refused");
+    let ok = post_metrics(json!({"appName": "a", "bucket": {"toggles": {"f1": {"yes": 2, "no": 1, "variants": {"disabled": 3}}, "ghost": {"yes": 1}}}}))
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+    let usage = s.get("/v1/flags/usage", ADMIN).await;
+    let rows = usage.ok(200)["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "counts for flags the environment does not have are dropped: {rows:?}");
+    assert_eq!(
+        (rows[0]["yes"].as_i64(), rows[0]["no"].as_i64()),
+        (Some(2), Some(1)),
+        "\"disabled\" is not counted twice"
+    );
+
+    // A flag killed during a release plan stays off when the plan moves on.
+    s.post("/v1/flags", ADMIN, json!({"key": "rollout"})).await.ok(201);
+    let plan = s
+        .post("/v1/release-plans", ADMIN, json!({"flag": "rollout", "environment": "production", "milestones": [{"rollout": 10}, {"rollout": 50}, {"rollout": 100}]}))
+        .await;
+    let id = plan.ok(201)["id"].as_str().unwrap().to_owned();
+    s.post("/v1/flags/rollout/kill", ADMIN, json!({})).await.ok(200);
+    s.post(&format!("/v1/release-plans/{id}/advance"), ADMIN, json!({})).await.ok(200);
+    let flag = s.get("/v1/flags/rollout", ADMIN).await;
+    assert_eq!(flag.ok(200)["environments"]["production"]["enabled"], false);
+    assert_eq!(flag.body["environments"]["production"]["strategies"][0]["parameters"]["rollout"], "50");
+    let too_long = s
+        .post("/v1/release-plans", ADMIN, json!({"flag": "f1", "environment": "staging", "milestones": [{"rollout": 1, "wait_secs": 10_000_000_000u64}]}))
+        .await;
+    assert_eq!(too_long.problem(422, "validation_failed")["field"], "milestones/0/wait_secs");
+    let heavy = s
+        .post("/v1/flags", ADMIN, json!({"key": "heavy", "environments": {"production": {"variants": [{"name": "a", "weight": 4_294_967_295u64}]}}}))
+        .await;
+    assert_eq!(heavy.problem(422, "validation_failed")["field"], "environments/production/variants/0/weight");
 }
