@@ -400,20 +400,43 @@ async fn import_flags(
     };
     let doc: ClientFeatures = if body.get("events").is_some() {
         let delta: DeltaDocument = serde_path_to_error::deserialize(body).map_err(parse_err)?;
-        let current: ClientFeatures =
-            serde_json::from_str(&f.export(&env)?.client_features).map_err(ApiError::internal)?;
-        let before: Vec<String> = current.features.iter().map(|x| x.name.clone()).collect();
-        let mut next = current;
+        // The base is the stored state (not this replica's snapshot, which may lag), holding only
+        // flags configured in this environment, so untouched flags get no new version.
+        let stored = f.list(None, false).await?;
+        let current = ClientFeatures {
+            version: 2,
+            features: stored
+                .iter()
+                .filter(|x| x.document.environments.contains_key(&env))
+                .map(|x| x.document.feature(&env))
+                .collect(),
+            segments: Some(
+                f.segments()
+                    .await?
+                    .into_iter()
+                    .map(|g| runway_flags_engine::wire::SegmentDef {
+                        id: g.id,
+                        name: Some(g.name),
+                        constraints: g.constraints,
+                    })
+                    .collect(),
+            ),
+            query: None,
+            meta: None,
+        };
+        let mut next = current.clone();
         next.apply_delta(&delta.events);
         // Features a delta removed leave this environment.
-        for gone in before.iter().filter(|n| !next.features.iter().any(|x| &x.name == *n)) {
+        for gone in current.features.iter().filter(|c| !next.features.iter().any(|x| x.name == c.name)) {
             let env = env.clone();
-            f.change(&auth.audit, gone, "imported", move |d| {
+            f.change(&auth.audit, &gone.name, "imported", move |d| {
                 d.environments.remove(&env);
                 Ok(())
             })
             .await?;
         }
+        // Only what the delta changed is imported.
+        next.features.retain(|x| !current.features.contains(x));
         next
     } else {
         serde_path_to_error::deserialize(body).map_err(parse_err)?

@@ -826,6 +826,19 @@ async fn inputs_that_would_poison_state_are_refused(engine: Engine) {
         "\"disabled\" is not counted twice"
     );
 
+    // A delta applies to the stored state: updated flags get a version, removed ones leave the
+    // environment, untouched ones are left alone.
+    s.post("/v1/flags", ADMIN, json!({"key": "old", "environments": {"staging": {"enabled": true}}})).await.ok(201);
+    s.post("/v1/flags", ADMIN, json!({"key": "keep", "environments": {"staging": {"enabled": true}}})).await.ok(201);
+    let delta = json!({"events": [
+        {"type": "feature-updated", "eventId": 1, "feature": {"name": "f1", "enabled": true, "strategies": [{"name": "default"}]}},
+        {"type": "feature-removed", "eventId": 2, "featureName": "old", "project": "default"}]});
+    let r = s.post("/v1/flags/import?environment=staging", ADMIN, delta).await;
+    assert_eq!(r.ok(200)["updated"], 1);
+    assert_eq!(s.get("/v1/flags/f1", ADMIN).await.body["environments"]["staging"]["enabled"], true);
+    assert!(s.get("/v1/flags/old", ADMIN).await.body["environments"].get("staging").is_none());
+    assert_eq!(s.get("/v1/flags/keep", ADMIN).await.body["version"], 1, "untouched flags get no new version");
+
     // A flag killed during a release plan stays off when the plan moves on.
     s.post("/v1/flags", ADMIN, json!({"key": "rollout"})).await.ok(201);
     let plan = s
