@@ -369,6 +369,25 @@ impl Flags {
         }
         let known = KnownOwned::load(tx, &doc).await?;
         doc.validate(&known.as_known(false))?;
+        // Dependencies are one level deep: a parent may not gain dependencies of its own, nor be
+        // archived, while live flags depend on it (they would turn off without a word).
+        if (doc.has_dependencies() && !current.document.has_dependencies())
+            || (doc.archived && !current.document.archived)
+        {
+            let children: Vec<String> = all_documents(tx)
+                .await?
+                .into_iter()
+                .filter(|d| !d.archived && d.key != doc.key)
+                .filter(|d| d.environments.values().any(|c| c.dependencies.iter().any(|x| x.feature == doc.key)))
+                .map(|d| d.key)
+                .collect();
+            if !children.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::Conflict,
+                    format!("{} depend on `{}`; dependencies are one level deep", children.join(", "), doc.key),
+                ));
+            }
+        }
         let now = self.clock.now_micros();
         let version = current.version + 1;
         let text = serde_json::to_string(&doc).map_err(|e| ApiError::internal(e.to_string()))?;
@@ -608,22 +627,22 @@ impl Flags {
     }
 
     pub async fn delete_segment(&self, ctx: &AuditContext, id: i64) -> Result<(), ApiError> {
-        let users: Vec<String> = self
-            .list(None, false)
+        // Checked inside the write transaction, archived flags included: an archived flag that
+        // still names the segment could never be changed or restored again.
+        let mut tx = self.store.write(DbScope::Platform).await?;
+        let users: Vec<String> = all_documents(&mut tx)
             .await?
             .into_iter()
-            .filter(|f| {
-                f.document
-                    .environments
+            .filter(|d| {
+                d.environments
                     .values()
                     .any(|c| c.strategies.iter().any(|s| s.segments.iter().flatten().any(|x| *x == id)))
             })
-            .map(|f| f.document.key)
+            .map(|d| d.key)
             .collect();
         if !users.is_empty() {
             return Err(ApiError::new(ErrorCode::Conflict, format!("segment {id} is used by: {}", users.join(", "))));
         }
-        let mut tx = self.store.write(DbScope::Platform).await?;
         let n = on_conn!(&mut tx, c => sqlx::query("DELETE FROM flag_segments WHERE id = $1").bind(id).execute(&mut *c).await.map(|r| r.rows_affected()))
             .map_err(store_err)?;
         if n == 0 {
@@ -821,6 +840,14 @@ async fn find(tx: &mut Tx, key: &str, lock: bool) -> Result<Option<StoredFlag>, 
         })
     })
     .transpose()
+}
+
+/// Every flag document, archived ones included.
+async fn all_documents(tx: &mut Tx) -> Result<Vec<FlagDocument>, ApiError> {
+    let docs: Vec<String> =
+        on_conn!(tx, c => sqlx::query_scalar("SELECT document FROM flags ORDER BY key").fetch_all(&mut *c).await)
+            .map_err(store_err)?;
+    docs.iter().map(|d| parse_doc(d)).collect()
 }
 
 async fn list_environment_names(tx: &mut Tx) -> Result<Vec<String>, ApiError> {

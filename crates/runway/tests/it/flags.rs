@@ -186,6 +186,17 @@ async fn bad_flag_configuration_is_refused_with_a_pointer(engine: Engine) {
         )
         .await;
     assert!(deep.problem(422, "validation_failed")["detail"].as_str().unwrap().contains("one level"));
+    s.post("/v1/flags", ADMIN, json!({"key": "other"})).await.ok(201);
+    let gains = s
+        .call(
+            Method::PUT,
+            "/v1/flags/parent/environments/staging",
+            Some(ADMIN),
+            Some(json!({"dependencies": [{"feature": "other"}]})),
+        )
+        .await;
+    assert!(gains.problem(409, "conflict")["detail"].as_str().unwrap().contains("child depend"), "{}", gains.text);
+    s.delete("/v1/flags/parent", ADMIN).await.problem(409, "conflict");
 }
 
 async fn ofrep_evaluates_single_and_bulk(engine: Engine) {
