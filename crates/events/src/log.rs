@@ -321,6 +321,7 @@ impl Events {
             .map(|ev| {
                 let pos = EventPos::generate();
                 crate::publisher::Prepared {
+                    explicit_id: ev.id.is_some(),
                     event_id: ev.id.unwrap_or_else(|| pos.to_string()),
                     version: types[&ev.event_type].0.clone(),
                     payload: ev.payload.to_string(),

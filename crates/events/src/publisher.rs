@@ -16,8 +16,11 @@ use crate::log::Published;
 /// An event validated and ready to store.
 #[derive(Debug)]
 pub(crate) struct Prepared {
+    /// Assigned again by the committer, so positions follow commit order (see `write_group`).
     pub pos: EventPos,
     pub event_id: String,
+    /// Whether the publisher chose the id; otherwise the id is the position.
+    pub explicit_id: bool,
     pub event_type: String,
     pub version: String,
     pub payload: String,
@@ -90,8 +93,8 @@ async fn run(store: Store, wake: Arc<Notify>, mut rx: mpsc::Receiver<Job>) {
             }
         }
         let mut created = 0usize;
-        for (tenant, group) in by_tenant {
-            let result = write_group(&store, &tenant, &group).await;
+        for (tenant, mut group) in by_tenant {
+            let result = write_group(&store, &tenant, &mut group).await;
             match result {
                 Ok(answers) => {
                     for (job, answer) in group.into_iter().zip(answers) {
@@ -116,8 +119,16 @@ async fn run(store: Store, wake: Arc<Notify>, mut rx: mpsc::Receiver<Job>) {
 }
 
 /// Writes every job of one tenant in one transaction; answers in job order.
-async fn write_group(store: &Store, tenant: &TenantId, jobs: &[Job]) -> Result<Vec<Vec<Published>>, StoreError> {
+async fn write_group(store: &Store, tenant: &TenantId, jobs: &mut [Job]) -> Result<Vec<Vec<Published>>, StoreError> {
     let mut tx = store.write(DbScope::Tenant(tenant.clone())).await?;
+    // Positions are made here, by the one committer, in the order groups commit: a reader paging
+    // the log by position never finds a smaller one committed after a larger one it has seen.
+    for r in jobs.iter_mut().flat_map(|j| j.rows.iter_mut()) {
+        r.pos = EventPos::generate();
+        if !r.explicit_id {
+            r.event_id = r.pos.to_string();
+        }
+    }
     let endpoints = crate::endpoints::subscribed(&mut tx, tenant).await?;
     let rows: Vec<(&Prepared, i64)> = jobs.iter().flat_map(|j| j.rows.iter().map(move |r| (r, j.now))).collect();
     let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
