@@ -352,9 +352,29 @@ impl Flags {
 
     /// Moves a plan to its next milestone (by hand or when its wait is over).
     pub async fn advance_plan(&self, ctx: &AuditContext, id: &ReleasePlanId) -> Result<ReleasePlan, ApiError> {
+        self.advance(ctx, id, false).await
+    }
+
+    /// Moves a plan on; with `only_if_due` (the scheduler) nothing happens unless its wait is
+    /// over once the row is locked, so two replicas' schedulers never advance it twice.
+    async fn advance(
+        &self,
+        ctx: &AuditContext,
+        id: &ReleasePlanId,
+        only_if_due: bool,
+    ) -> Result<ReleasePlan, ApiError> {
         let mut tx = self.store.write(DbScope::Platform).await?;
         let plan =
             load_plan(&mut tx, id.as_str(), true).await?.ok_or_else(|| ApiError::not_found("no such release plan"))?;
+        let due = plan.status == "active"
+            && plan
+                .next_at
+                .as_deref()
+                .and_then(runway_core::clock::parse_rfc3339)
+                .is_some_and(|t| t <= self.clock.now_micros());
+        if only_if_due && !due {
+            return Ok(plan);
+        }
         if plan.status != "active" && plan.status != "paused" {
             return Err(ApiError::new(ErrorCode::Conflict, format!("the plan is {}", plan.status)));
         }
@@ -563,7 +583,7 @@ impl Flags {
         let mut n = 0;
         for id in due {
             let id = ReleasePlanId::from_trusted(id);
-            match self.advance_plan(&AuditContext::system("release-plan"), &id).await {
+            match self.advance(&AuditContext::system("release-plan"), &id, true).await {
                 Ok(_) => n += 1,
                 Err(e) => tracing::warn!(plan = id.as_str(), error = %e.detail, "could not advance release plan"),
             }
