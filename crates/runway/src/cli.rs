@@ -473,6 +473,7 @@ async fn open(config: Config) -> anyhow::Result<Arc<Identity>> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     runway_server::telemetry::init(&config);
+    let first_signal = on_signal();
     let running = runway_server::start(config.clone(), Arc::new(SystemClock)).await?;
     let base = format!("http://{}", running.addr);
     println!("Runway {} is listening on {base}", env!("CARGO_PKG_VERSION"));
@@ -487,11 +488,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("  Use it as: Authorization: Bearer <token>");
     }
     println!("Press Ctrl-C to stop.");
-    wait_for_signal().await;
+    first_signal.await;
     tracing::info!("shutdown requested; press Ctrl-C again to exit at once");
     running.begin_shutdown();
-    tokio::spawn(async {
-        wait_for_signal().await;
+    let second_signal = on_signal();
+    tokio::spawn(async move {
+        second_signal.await;
         eprintln!("second signal: exiting now");
         std::process::exit(130);
     });
@@ -500,25 +502,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Registers for SIGTERM and Ctrl-C at once and returns a future that resolves on either.
+/// Registering before the banner is printed closes the window in which a SIGTERM sent right
+/// after it would still meet the default action and kill the process with no drain.
+fn on_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let interrupt = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = interrupt => {},
             }
-        };
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        let _ = interrupt.await;
     }
 }
 
