@@ -626,81 +626,68 @@ async fn bench_flags(
     Ok(out)
 }
 
+/// Runs one scenario on each engine `--engine` names: SQLite in a scratch folder, PostgreSQL in
+/// a scratch database that is dropped afterwards, whatever the scenario returned.
+async fn on_engines<T, F, Fut>(args: &Args, tag: &str, run: F) -> anyhow::Result<Vec<T>>
+where
+    F: Fn(&'static str, String, Option<String>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut out = Vec::new();
+    let scratch = std::env::temp_dir().join(format!("runway-bench-{tag}-{}", std::process::id()));
+    if args.engine == "sqlite" || args.engine == "both" {
+        out.push(run("sqlite", format!("sqlite://{}/bench.db", scratch.display()), None).await?);
+    }
+    if args.engine == "postgres" || args.engine == "both" {
+        let db = ScratchPg::create(&args.pg_url, tag).await?;
+        let res = run("postgres", db.url.clone(), Some(db.url.clone())).await;
+        db.drop_db().await?;
+        out.push(res?);
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(out)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.scenario == "listing" {
-        println!(
-            "| engine | attempts stored | load s | first page p50 ms | first page p99 ms | pages walked (100 each) | any page p50 ms | any page p99 ms |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-        let scratch = std::env::temp_dir().join(format!("runway-bench-ls-{}", std::process::id()));
-        if args.engine == "sqlite" || args.engine == "both" {
+    let args = &args;
+    match args.scenario.as_str() {
+        "listing" => {
             println!(
-                "{}",
-                bench_listing("sqlite", format!("sqlite://{}/bench.db", scratch.display()), None, &args).await?
+                "| engine | attempts stored | load s | first page p50 ms | first page p99 ms | pages walked (100 each) | any page p50 ms | any page p99 ms |"
             );
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+            for row in on_engines(args, "ls", |e, url, mig| bench_listing(e, url, mig, args)).await? {
+                println!("{row}");
+            }
+            return Ok(());
         }
-        if args.engine == "postgres" || args.engine == "both" {
-            let db = ScratchPg::create(&args.pg_url, "ls").await?;
-            let res = bench_listing("postgres", db.url.clone(), Some(db.url.clone()), &args).await;
-            db.drop_db().await?;
-            println!("{}", res?);
-        }
-        let _ = std::fs::remove_dir_all(&scratch);
-        return Ok(());
-    }
-    if args.scenario == "flags" {
-        let mut all = Vec::new();
-        let scratch = std::env::temp_dir().join(format!("runway-bench-fl-{}", std::process::id()));
-        if args.engine == "sqlite" || args.engine == "both" {
-            all.extend(bench_flags("sqlite", format!("sqlite://{}/bench.db", scratch.display()), None, &args).await?);
-        }
-        if args.engine == "postgres" || args.engine == "both" {
-            let db = ScratchPg::create(&args.pg_url, "fl").await?;
-            let res = bench_flags("postgres", db.url.clone(), Some(db.url.clone()), &args).await;
-            db.drop_db().await?;
-            all.extend(res?);
-        }
-        let _ = std::fs::remove_dir_all(&scratch);
-        print_outcomes(&args, &all);
-        return Ok(());
-    }
-    if args.scenario == "events" {
-        println!(
-            "| engine | events | published/s | delivered/s | publish p50 ms | publish p99 ms | lag p50 ms | lag p99 ms | CPU ms/event (whole process) | peak RSS MiB (whole process) | raw inserts/s (ceiling) | delivered/ceiling |"
-        );
-        println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        let scratch = std::env::temp_dir().join(format!("runway-bench-ev-{}", std::process::id()));
-        if args.engine == "sqlite" || args.engine == "both" {
+        "events" => {
             println!(
-                "{}",
-                bench_events("sqlite", format!("sqlite://{}/bench.db", scratch.display()), None, &args).await?
+                "| engine | events | published/s | delivered/s | publish p50 ms | publish p99 ms | lag p50 ms | lag p99 ms | CPU ms/event (whole process) | peak RSS MiB (whole process) | raw inserts/s (ceiling) | delivered/ceiling |"
             );
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for row in on_engines(args, "ev", |e, url, mig| bench_events(e, url, mig, args)).await? {
+                println!("{row}");
+            }
+            return Ok(());
         }
-        if args.engine == "postgres" || args.engine == "both" {
-            let db = ScratchPg::create(&args.pg_url, "ev").await?;
-            let res = bench_events("postgres", db.url.clone(), Some(db.url.clone()), &args).await;
-            db.drop_db().await?;
-            println!("{}", res?);
+        "flags" => {
+            let all: Vec<Outcome> = on_engines(args, "fl", |e, url, mig| bench_flags(e, url, mig, args))
+                .await?
+                .into_iter()
+                .flatten()
+                .collect();
+            print_outcomes(args, &all);
+            return Ok(());
         }
-        let _ = std::fs::remove_dir_all(&scratch);
-        return Ok(());
+        "api" => {}
+        other => anyhow::bail!("unknown scenario `{other}`: api, events, listing or flags"),
     }
-    let mut all = Vec::new();
-    let scratch = std::env::temp_dir().join(format!("runway-bench-{}", std::process::id()));
-    if args.engine == "sqlite" || args.engine == "both" {
-        let url = format!("sqlite://{}/bench.db", scratch.display());
-        all.extend(bench_engine("sqlite", url, None, &args).await?);
-    }
-    if args.engine == "postgres" || args.engine == "both" {
-        let db = ScratchPg::create(&args.pg_url, "api").await?;
-        let res = bench_engine("postgres", db.url.clone(), Some(db.url.clone()), &args).await;
-        db.drop_db().await?;
-        all.extend(res?);
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-    print_outcomes(&args, &all);
+    let all: Vec<Outcome> =
+        on_engines(args, "api", |e, url, mig| bench_engine(e, url, mig, args)).await?.into_iter().flatten().collect();
+    print_outcomes(args, &all);
     for pair in all.chunks(4) {
         if let [base, authed, ..] = pair {
             println!(
