@@ -79,7 +79,7 @@ pub struct EventsConfig {
     /// Address blocks webhooks may reach even though they are internal (CIDR), e.g. for a
     /// receiver on the same host in development.
     pub allow_destinations: Vec<String>,
-    /// Deliveries sent at once by one replica.
+    /// Deliveries sent at once by one replica; its worker holds up to twice as many leased.
     pub worker_concurrency: u32,
     /// How often the worker looks for due deliveries when nothing woke it, in milliseconds.
     pub poll_interval_ms: u64,

@@ -83,6 +83,38 @@ pub(crate) async fn subscribed(tx: &mut Tx, tenant: &TenantId) -> Result<Vec<End
     Ok(rows.into_iter().map(Endpoint::from).collect())
 }
 
+/// An enabled endpoint as the publish committer needs it: what it accepts and, for deliveries
+/// handed straight to the worker, everything needed to send (the secret stays sealed).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct Subscriber {
+    pub id: String,
+    pub url: String,
+    /// JSON array; empty means every type.
+    pub event_types: String,
+    pub rate_limit: Option<i64>,
+    pub headers: String,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub previous_secret_expires_at: Option<i64>,
+    pub ordered: bool,
+}
+
+impl Subscriber {
+    /// The types filter, parsed once per group.
+    pub(crate) fn types(&self) -> Vec<String> {
+        serde_json::from_str(&self.event_types).unwrap_or_default()
+    }
+}
+
+/// The tenant's enabled endpoints with their sending details, for fan-out at publish time.
+pub(crate) async fn subscribers(tx: &mut Tx, tenant: &TenantId) -> Result<Vec<Subscriber>, StoreError> {
+    let rows: Vec<Subscriber> = on_conn!(tx, c => sqlx::query_as(
+        "SELECT id, url, event_types, rate_limit, headers, secret, previous_secret, previous_secret_expires_at, ordered
+         FROM webhook_endpoints WHERE tenant_id = $1 AND enabled ORDER BY id")
+        .bind(tenant.as_str()).fetch_all(&mut *c).await)?;
+    Ok(rows)
+}
+
 /// One event queued for one endpoint.
 pub(crate) struct NewDelivery<'a> {
     pub endpoint: &'a EndpointId,

@@ -5,6 +5,7 @@
 //! types and events) and `endpoints`; delivery in `worker`; HTTP in `routes`.
 
 pub mod compat;
+mod dispatch;
 pub mod endpoints;
 pub mod log;
 mod publisher;
@@ -32,6 +33,8 @@ pub struct Events {
     http: reqwest::Client,
     /// Wakes the delivery worker when something was published.
     pub wake: Arc<Notify>,
+    /// Sending slots shared by the worker and the publish committer (direct dispatch).
+    pub(crate) dispatch: Arc<dispatch::Dispatch>,
     /// Group commit of concurrent publishes; started with the first publish.
     publisher: std::sync::OnceLock<publisher::Publisher>,
     /// Seals endpoint secrets at rest; absent only in CLI commands that never touch them.
@@ -77,6 +80,7 @@ impl Events {
             http,
             wake: Arc::new(Notify::new()),
             publisher: std::sync::OnceLock::new(),
+            dispatch: Arc::new(dispatch::Dispatch::new(config.events.worker_concurrency)),
             limiters: Default::default(),
             validators: moka::sync::Cache::new(10_000),
             latest_types: moka::sync::Cache::builder()

@@ -334,7 +334,15 @@ impl Events {
             .collect();
         // Committed (with whatever else is being published now) before this returns.
         self.publisher
-            .get_or_init(|| crate::publisher::Publisher::start(self.store.clone(), self.wake.clone()))
+            .get_or_init(|| {
+                let lease = self.config.delivery_timeout_secs + self.config.lease_margin_secs;
+                crate::publisher::Publisher::start(
+                    self.store.clone(),
+                    self.wake.clone(),
+                    self.dispatch.clone(),
+                    lease as i64 * 1_000_000,
+                )
+            })
             .publish(tenant, rows, now)
             .await
     }

@@ -10,8 +10,10 @@ use runway_core::{ApiError, EventPos, TenantId};
 use runway_store::{DbScope, Store, StoreError, Tx, on_conn};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::endpoints::Endpoint;
+use crate::dispatch::Dispatch;
+use crate::endpoints::Subscriber;
 use crate::log::Published;
+use crate::worker::Claimed;
 
 /// An event validated and ready to store.
 #[derive(Debug)]
@@ -38,7 +40,7 @@ struct Job {
 
 /// The most events written in one transaction.
 const MAX_GROUP_EVENTS: usize = 2_000;
-/// Rows per multi-row statement: 9 parameters an event, 7 a delivery, well under either
+/// Rows per multi-row statement: 9 parameters an event or a delivery, well under either
 /// engine's limit on bound parameters.
 const ROWS_PER_STATEMENT: usize = 500;
 
@@ -48,10 +50,12 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// Starts the committer on the current runtime.
-    pub(crate) fn start(store: Store, wake: Arc<Notify>) -> Publisher {
+    /// Starts the committer on the current runtime. `lease_micros` is how long a delivery handed
+    /// straight to the worker stays leased to it.
+    pub(crate) fn start(store: Store, wake: Arc<Notify>, dispatch: Arc<Dispatch>, lease_micros: i64) -> Publisher {
         let (jobs, rx) = mpsc::channel(4096);
-        tokio::spawn(run(store, wake, rx));
+        let committer = Committer { store, wake, dispatch, lease_micros };
+        tokio::spawn(committer.run(rx));
         Publisher { jobs }
     }
 
@@ -71,100 +75,181 @@ impl Publisher {
     }
 }
 
-async fn run(store: Store, wake: Arc<Notify>, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        let mut count = first.rows.len();
-        let mut jobs = vec![first];
-        while count < MAX_GROUP_EVENTS {
-            match rx.try_recv() {
-                Ok(job) => {
-                    count += job.rows.len();
-                    jobs.push(job);
+/// The one task that writes publishes.
+struct Committer {
+    store: Store,
+    /// Wakes the worker for deliveries left in the queue.
+    wake: Arc<Notify>,
+    dispatch: Arc<Dispatch>,
+    lease_micros: i64,
+}
+
+impl Committer {
+    async fn run(self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.recv().await {
+            let mut count = first.rows.len();
+            let mut jobs = vec![first];
+            while count < MAX_GROUP_EVENTS {
+                match rx.try_recv() {
+                    Ok(job) => {
+                        count += job.rows.len();
+                        jobs.push(job);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
-        }
-        // One transaction per tenant keeps row-level security meaningful for these writes.
-        let mut by_tenant: Vec<(TenantId, Vec<Job>)> = Vec::new();
-        for job in jobs {
-            match by_tenant.iter_mut().find(|(t, _)| *t == job.tenant) {
-                Some((_, group)) => group.push(job),
-                None => by_tenant.push((job.tenant.clone(), vec![job])),
+            // One transaction per tenant keeps row-level security meaningful for these writes.
+            let mut by_tenant: Vec<(TenantId, Vec<Job>)> = Vec::new();
+            for job in jobs {
+                match by_tenant.iter_mut().find(|(t, _)| *t == job.tenant) {
+                    Some((_, group)) => group.push(job),
+                    None => by_tenant.push((job.tenant.clone(), vec![job])),
+                }
             }
-        }
-        let mut created = 0usize;
-        for (tenant, mut group) in by_tenant {
-            let result = write_group(&store, &tenant, &mut group).await;
-            match result {
-                Ok(answers) => {
-                    for (job, answer) in group.into_iter().zip(answers) {
-                        created += answer.iter().filter(|p| !p.duplicate).count();
-                        let _ = job.reply.send(Ok(answer));
+            let mut created = 0usize;
+            let mut queued = 0usize;
+            for (tenant, mut group) in by_tenant {
+                let result = self.write_group(&tenant, &mut group).await;
+                match result {
+                    Ok((answers, left_in_queue)) => {
+                        queued += left_in_queue;
+                        for (job, answer) in group.into_iter().zip(answers) {
+                            created += answer.iter().filter(|p| !p.duplicate).count();
+                            let _ = job.reply.send(Ok(answer));
+                        }
+                    }
+                    Err(e) => {
+                        let e = ApiError::from(e);
+                        for job in group {
+                            let _ = job.reply.send(Err(e.clone()));
+                        }
                     }
                 }
-                Err(e) => {
-                    let e = ApiError::from(e);
-                    for job in group {
-                        let _ = job.reply.send(Err(e.clone()));
-                    }
-                }
+            }
+            metrics::counter!("runway_events_published_total").increment(created as u64);
+            metrics::histogram!("runway_publish_group_events").record(count as f64);
+            if queued > 0 {
+                self.wake.notify_one();
             }
         }
-        metrics::counter!("runway_events_published_total").increment(created as u64);
-        metrics::histogram!("runway_publish_group_events").record(count as f64);
-        if created > 0 {
-            wake.notify_one();
+    }
+
+    /// Writes every job of one tenant in one transaction; answers in job order, with how many
+    /// deliveries were left in the queue for the worker to claim.
+    async fn write_group(
+        &self,
+        tenant: &TenantId,
+        jobs: &mut [Job],
+    ) -> Result<(Vec<Vec<Published>>, usize), StoreError> {
+        let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
+        // Positions are made here, by the one committer, in the order groups commit: a reader paging
+        // the log by position never finds a smaller one committed after a larger one it has seen.
+        for r in jobs.iter_mut().flat_map(|j| j.rows.iter_mut()) {
+            r.pos = EventPos::generate();
+            if !r.explicit_id {
+                r.event_id = r.pos.to_string();
+            }
         }
+        let endpoints = crate::endpoints::subscribers(&mut tx, tenant).await?;
+        let filters: Vec<Vec<String>> = endpoints.iter().map(Subscriber::types).collect();
+        let rows: Vec<(&Prepared, i64)> = jobs.iter().flat_map(|j| j.rows.iter().map(move |r| (r, j.now))).collect();
+        let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            inserted.extend(insert_events(&mut tx, tenant, chunk).await?);
+        }
+        // Events whose id was published before (or earlier in this group) keep their first position.
+        let repeated: Vec<&str> =
+            rows.iter().filter(|(r, _)| !inserted.contains(r.pos.as_str())).map(|(r, _)| r.event_id.as_str()).collect();
+        let originals =
+            if repeated.is_empty() { HashMap::new() } else { original_positions(&mut tx, tenant, &repeated).await? };
+        let mut deliveries: Vec<NewDelivery> = rows
+            .iter()
+            .filter(|(r, _)| inserted.contains(r.pos.as_str()))
+            .flat_map(|(r, now)| {
+                endpoints.iter().zip(&filters).filter(|(_, f)| f.is_empty() || f.contains(&r.event_type)).map(
+                    move |(e, _)| NewDelivery {
+                        id: runway_core::DeliveryId::generate().as_str().to_owned(),
+                        event: r,
+                        endpoint: e,
+                        now: *now,
+                        ordering_key: r.key.as_deref().filter(|_| e.ordered),
+                        lease_until: None,
+                    },
+                )
+            })
+            .collect();
+        // Deliveries that must wait their turn behind a key stay in the queue; the rest may go
+        // straight to this replica's worker while it has free slots.
+        let direct = deliveries.iter().filter(|d| d.ordering_key.is_none()).count();
+        let mut permits = self.dispatch.reserve(direct).into_iter();
+        let mut leased = 0;
+        for d in deliveries.iter_mut().filter(|d| d.ordering_key.is_none()).take(permits.len()) {
+            d.lease_until = Some(d.now + self.lease_micros);
+            leased += 1;
+        }
+        for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
+            insert_deliveries(&mut tx, tenant, chunk, &self.dispatch.token).await?;
+        }
+        tx.commit().await?;
+        metrics::counter!("runway_webhook_deliveries_direct_total").increment(leased as u64);
+        for d in deliveries.iter().filter(|d| d.lease_until.is_some()) {
+            let Some(permit) = permits.next() else { break };
+            self.dispatch.hand_over((d.claimed(tenant, &self.dispatch.token), permit));
+        }
+        let answers = jobs
+            .iter()
+            .map(|j| {
+                j.rows
+                    .iter()
+                    .map(|r| {
+                        if inserted.contains(r.pos.as_str()) {
+                            Published { id: r.event_id.clone(), pos: r.pos.to_string(), duplicate: false }
+                        } else {
+                            let pos = originals.get(&r.event_id).cloned().unwrap_or_default();
+                            Published { id: r.event_id.clone(), pos, duplicate: true }
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok((answers, deliveries.len() - leased))
     }
 }
 
-/// Writes every job of one tenant in one transaction; answers in job order.
-async fn write_group(store: &Store, tenant: &TenantId, jobs: &mut [Job]) -> Result<Vec<Vec<Published>>, StoreError> {
-    let mut tx = store.write(DbScope::Tenant(tenant.clone())).await?;
-    // Positions are made here, by the one committer, in the order groups commit: a reader paging
-    // the log by position never finds a smaller one committed after a larger one it has seen.
-    for r in jobs.iter_mut().flat_map(|j| j.rows.iter_mut()) {
-        r.pos = EventPos::generate();
-        if !r.explicit_id {
-            r.event_id = r.pos.to_string();
+/// One delivery row about to be written.
+struct NewDelivery<'a> {
+    id: String,
+    event: &'a Prepared,
+    endpoint: &'a Subscriber,
+    now: i64,
+    ordering_key: Option<&'a str>,
+    /// Set when the delivery is handed straight to this replica's worker.
+    lease_until: Option<i64>,
+}
+
+impl NewDelivery<'_> {
+    /// What the worker would have claimed from the store for this delivery.
+    fn claimed(&self, tenant: &TenantId, lease_token: &str) -> Claimed {
+        let (e, r) = (self.endpoint, self.event);
+        Claimed {
+            id: self.id.clone(),
+            tenant_id: tenant.as_str().to_owned(),
+            endpoint_id: e.id.clone(),
+            attempts: 0,
+            rate_limit: e.rate_limit,
+            url: e.url.clone(),
+            headers: e.headers.clone(),
+            secret: e.secret.clone(),
+            previous_secret: e.previous_secret.clone(),
+            previous_secret_expires_at: e.previous_secret_expires_at,
+            event_id: r.event_id.clone(),
+            event_type: r.event_type.clone(),
+            payload: r.payload.clone(),
+            occurred_at: r.occurred_at,
+            lease_token: Some(lease_token.to_owned()),
+            lease_until: self.lease_until,
         }
     }
-    let endpoints = crate::endpoints::subscribed(&mut tx, tenant).await?;
-    let rows: Vec<(&Prepared, i64)> = jobs.iter().flat_map(|j| j.rows.iter().map(move |r| (r, j.now))).collect();
-    let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        inserted.extend(insert_events(&mut tx, tenant, chunk).await?);
-    }
-    // Events whose id was published before (or earlier in this group) keep their first position.
-    let repeated: Vec<&str> =
-        rows.iter().filter(|(r, _)| !inserted.contains(r.pos.as_str())).map(|(r, _)| r.event_id.as_str()).collect();
-    let originals =
-        if repeated.is_empty() { HashMap::new() } else { original_positions(&mut tx, tenant, &repeated).await? };
-    let deliveries: Vec<(&Prepared, &Endpoint, i64)> = rows
-        .iter()
-        .filter(|(r, _)| inserted.contains(r.pos.as_str()))
-        .flat_map(|(r, now)| endpoints.iter().filter(|e| e.accepts(&r.event_type)).map(move |e| (*r, e, *now)))
-        .collect();
-    for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
-        insert_deliveries(&mut tx, tenant, chunk).await?;
-    }
-    tx.commit().await?;
-    Ok(jobs
-        .iter()
-        .map(|j| {
-            j.rows
-                .iter()
-                .map(|r| {
-                    if inserted.contains(r.pos.as_str()) {
-                        Published { id: r.event_id.clone(), pos: r.pos.to_string(), duplicate: false }
-                    } else {
-                        let pos = originals.get(&r.event_id).cloned().unwrap_or_default();
-                        Published { id: r.event_id.clone(), pos, duplicate: true }
-                    }
-                })
-                .collect()
-        })
-        .collect())
 }
 
 fn placeholders(rows: usize, per_row: usize) -> String {
@@ -231,14 +316,15 @@ async fn original_positions(
 async fn insert_deliveries(
     tx: &mut Tx,
     tenant: &TenantId,
-    rows: &[(&Prepared, &Endpoint, i64)],
+    rows: &[NewDelivery<'_>],
+    lease_token: &str,
 ) -> Result<(), StoreError> {
-    // Each row: ($id, $tenant, $endpoint, $pos, 'pending', 0, $now, $now, $now, $replay, $key).
+    // Each row: ($id, $tenant, $endpoint, $pos, 'pending', 0, $now, $now, $now, $replay, $key, $lease_until, $token).
     let mut values = Vec::with_capacity(rows.len());
     for i in 0..rows.len() {
-        let b = i * 7;
+        let b = i * 9;
         values.push(format!(
-            "(${}, ${}, ${}, ${}, 'pending', 0, ${}, ${}, ${}, ${}, ${})",
+            "(${}, ${}, ${}, ${}, 'pending', 0, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
             b + 1,
             b + 2,
             b + 3,
@@ -247,20 +333,22 @@ async fn insert_deliveries(
             b + 5,
             b + 5,
             b + 6,
-            b + 7
+            b + 7,
+            b + 8,
+            b + 9
         ));
     }
     let sql = format!(
-        "INSERT INTO deliveries (id, tenant_id, endpoint_id, event_pos, status, attempts, next_attempt_at, created_at, updated_at, replay, ordering_key)
+        "INSERT INTO deliveries (id, tenant_id, endpoint_id, event_pos, status, attempts, next_attempt_at, created_at, updated_at, replay, ordering_key, lease_until, lease_token)
          VALUES {}",
         values.join(", ")
     );
     on_conn!(tx, c => {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()));
-        for (r, ep, now) in rows {
-            let ordering_key = r.key.as_deref().filter(|_| ep.ordered);
-            q = q.bind(runway_core::DeliveryId::generate().as_str().to_owned()).bind(tenant.as_str()).bind(ep.id.as_str())
-                .bind(r.pos.as_str()).bind(*now).bind(false).bind(ordering_key);
+        for d in rows {
+            q = q.bind(d.id.as_str()).bind(tenant.as_str()).bind(d.endpoint.id.as_str()).bind(d.event.pos.as_str())
+                .bind(d.now).bind(false).bind(d.ordering_key).bind(d.lease_until)
+                .bind(d.lease_until.map(|_| lease_token));
         }
         q.execute(&mut *c).await.map(|_| ())
     })?;

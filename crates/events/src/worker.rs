@@ -89,6 +89,9 @@ pub struct Claimed {
     pub event_type: String,
     pub payload: String,
     pub occurred_at: i64,
+    /// The lease this worker holds, so a delivery that waited for a slot can renew it first.
+    pub lease_token: Option<String>,
+    pub lease_until: Option<i64>,
 }
 
 /// How an attempt ended.
@@ -138,18 +141,29 @@ impl DeliveryQueue for Events {
                  AND (d.ordering_key IS NULL OR NOT EXISTS (
                    SELECT 1 FROM deliveries o WHERE o.endpoint_id = d.endpoint_id AND o.ordering_key = d.ordering_key
                      AND o.status = 'pending' AND o.event_pos < d.event_pos))
-               ORDER BY d.next_attempt_at LIMIT $4 {lock})"
+               ORDER BY d.next_attempt_at LIMIT $4 {lock}) RETURNING id"
         );
-        let n = on_conn!(&mut tx, c => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(until).bind(&token).bind(now).bind(i64::from(limit)).execute(&mut *c).await.map(|r| r.rows_affected()))?;
-        if n == 0 {
+        let ids: Vec<String> = on_conn!(&mut tx, c => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(until).bind(&token).bind(now).bind(i64::from(limit)).fetch_all(&mut *c).await)?;
+        metrics::counter!("runway_webhook_claims_total").increment(1);
+        metrics::counter!("runway_webhook_claimed_total").increment(ids.len() as u64);
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let claimed: Vec<Claimed> = on_conn!(&mut tx, c => sqlx::query_as(
-            "SELECT d.id, d.tenant_id, d.endpoint_id, d.attempts, w.rate_limit, w.url, w.headers, w.secret, w.previous_secret, w.previous_secret_expires_at, e.event_id, e.type AS event_type, e.payload, e.occurred_at
+        let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let read = format!(
+            "SELECT d.id, d.tenant_id, d.endpoint_id, d.attempts, w.rate_limit, w.url, w.headers, w.secret, w.previous_secret, w.previous_secret_expires_at, e.event_id, e.type AS event_type, e.payload, e.occurred_at, d.lease_token, d.lease_until
              FROM deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id JOIN events e ON e.pos = d.event_pos
-             WHERE d.lease_token = $1 ORDER BY d.next_attempt_at")
-            .bind(&token).fetch_all(&mut *c).await)?;
+             WHERE d.id IN ({}) ORDER BY d.next_attempt_at",
+            list.join(", ")
+        );
+        let claimed: Vec<Claimed> = on_conn!(&mut tx, c => {
+            let mut q = sqlx::query_as(sqlx::AssertSqlSafe(read.as_str()));
+            for id in &ids {
+                q = q.bind(id);
+            }
+            q.fetch_all(&mut *c).await
+        })?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -406,6 +420,26 @@ impl Events {
         })
     }
 
+    /// Renews the lease of a delivery that waited for a sending slot so long that the send could
+    /// outlast it; false when the lease was lost meanwhile. Most deliveries get a slot at once
+    /// and skip the write.
+    async fn keep_lease(&self, d: &mut Claimed) -> Result<bool, StoreError> {
+        let now = self.clock.now_micros();
+        let timeout = Duration::from_secs(self.config.delivery_timeout_secs);
+        if lease_outlasts_send(d.lease_until, now, timeout) {
+            return Ok(true);
+        }
+        let until = now
+            + Duration::from_secs(self.config.delivery_timeout_secs + self.config.lease_margin_secs).as_micros() as i64;
+        let mut tx = self.store.write(DbScope::Platform).await?;
+        let n = on_conn!(&mut tx, c => sqlx::query("UPDATE deliveries SET lease_until = $1 WHERE id = $2 AND lease_token = $3 AND status = 'pending'")
+            .bind(until).bind(&d.id).bind(&d.lease_token).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+        tx.commit().await?;
+        metrics::counter!("runway_webhook_leases_renewed_total").increment(1);
+        d.lease_until = Some(until);
+        Ok(n == 1)
+    }
+
     /// Puts a delivery back without counting an attempt: nothing is dropped by rate limiting.
     async fn defer(&self, d: &Claimed, wait: Duration) -> Result<(), StoreError> {
         let at = self.clock.now_micros() + wait.as_micros().max(1_000) as i64;
@@ -417,30 +451,54 @@ impl Events {
         Ok(())
     }
 
-    /// Sends one claimed delivery (or defers it for the endpoint's rate limit) and hands the
-    /// result to the recorder.
-    async fn process(&self, d: Claimed, done: tokio::sync::mpsc::Sender<Finished>) {
+    /// Sends one held delivery (or defers it for the endpoint's rate limit); the attempt is for
+    /// the recorder, none when nothing was sent.
+    async fn process(&self, mut d: Claimed) -> Option<Finished> {
+        match self.keep_lease(&mut d).await {
+            Ok(true) => {}
+            Ok(false) => return None, // another worker holds it now and sends it
+            Err(e) => {
+                tracing::warn!(error = %e, delivery = %d.id, "could not renew a lease; the delivery is retried after it");
+                return None;
+            }
+        }
         if let Err(wait) = self.rate_check(&d) {
             if let Err(e) = self.defer(&d, wait).await {
                 tracing::warn!(error = %e, delivery = %d.id, "could not defer a rate-limited delivery; it retries after its lease");
             }
-            return;
+            return None;
         }
         let outcome = self.send(&d).await;
         let retry_at = self.next_attempt(&d, &outcome);
-        // If the recorder is gone (shutdown), the lease expires and the delivery is retried.
-        let _ = done.send((d, outcome, retry_at)).await;
+        Some((d, outcome, retry_at))
     }
 
-    /// Writes finished attempts in batches: whatever has arrived, up to 256, per transaction.
+    /// Writes finished attempts in batches (whatever has arrived, up to 256, per transaction),
+    /// with up to `RECORDERS` transactions at once so recording keeps up with sending.
     async fn record(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<Finished>) {
+        let writers = Arc::new(tokio::sync::Semaphore::new(RECORDERS));
         let mut batch = Vec::with_capacity(256);
         while rx.recv_many(&mut batch, 256).await > 0 {
-            if let Err(e) = self.complete(&batch).await {
+            let Ok(writer) = writers.clone().acquire_owned().await else { return };
+            let me = self.clone();
+            let batch = std::mem::replace(&mut batch, Vec::with_capacity(256));
+            tokio::spawn(async move {
+                me.record_batch(batch).await;
+                drop(writer);
+            });
+        }
+    }
+
+    async fn record_batch(&self, batch: Vec<Finished>) {
+        {
+            let record_started = Instant::now();
+            let recorded = self.complete(&batch).await;
+            metrics::histogram!("runway_webhook_record_duration_seconds")
+                .record(record_started.elapsed().as_secs_f64());
+            if let Err(e) = recorded {
                 // The leases run out and the deliveries are tried again: at least once, never lost.
                 tracing::error!(error = %e, count = batch.len(), "could not record delivery attempts");
-                batch.clear();
-                continue;
+                return;
             }
             let mut failing: Vec<(String, String)> = batch
                 .iter()
@@ -454,60 +512,127 @@ impl Events {
                     tracing::warn!(error = %e, endpoint = %endpoint, "could not update endpoint health");
                 }
             }
-            batch.clear();
         }
     }
 
-    /// Drains the queue until `stop` resolves: claims as many due deliveries as there are free
-    /// sending slots, sends them concurrently, and records results in batches. The lease is
-    /// longer than the HTTP timeout, so a slow receiver is never sent the same message twice at
-    /// once.
+    /// Drains the queue until `stop` resolves: claims as many due deliveries as it has room to
+    /// hold (see `dispatch`), sends them concurrently, and records results in batches. The lease
+    /// is longer than the HTTP timeout, and renewed for a delivery that waited long for a slot,
+    /// so a slow receiver is never sent the same message twice at once.
     pub async fn run_worker(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
         let lease = Duration::from_secs(self.config.delivery_timeout_secs + self.config.lease_margin_secs);
         let poll = Duration::from_millis(self.config.poll_interval_ms.max(10));
-        let slots = Arc::new(tokio::sync::Semaphore::new(self.config.worker_concurrency as usize));
+        let (sending, held) = (self.dispatch.sending.clone(), self.dispatch.held.clone());
         let (done_tx, done_rx) = tokio::sync::mpsc::channel::<Finished>(4 * self.config.worker_concurrency as usize);
         tokio::spawn(self.clone().record(done_rx));
+        // Every held delivery, claimed or handed over by the committer, waits here for a sending
+        // slot in turn (the semaphore is fair), then keeps its place until it is recorded.
+        let start = {
+            let (me, done, sending) = (self.clone(), done_tx.clone(), sending.clone());
+            move |d: Claimed, place: tokio::sync::OwnedSemaphorePermit| {
+                let (me, done, sending) = (me.clone(), done.clone(), sending.clone());
+                tokio::spawn(async move {
+                    let Ok(slot) = sending.acquire_owned().await else { return };
+                    let finished = me.process(d).await;
+                    // The slot is free for the next send as soon as this one is answered; the
+                    // place is kept until the attempt is with the recorder.
+                    drop(slot);
+                    if let Some(f) = finished {
+                        // If the recorder is gone (shutdown), the lease runs out and the delivery is retried.
+                        let _ = done.send(f).await;
+                    }
+                    drop(place);
+                });
+            }
+        };
+        if let Some(mut handed) = self.dispatch.take_receiver() {
+            let start = start.clone();
+            tokio::spawn(async move {
+                while let Some((d, place)) = handed.recv().await {
+                    start(d, place);
+                }
+            });
+        }
+        // Ends direct dispatch when the worker stops, whichever way it returns.
+        struct Stopped<'a>(&'a crate::dispatch::Dispatch);
+        impl Drop for Stopped<'_> {
+            fn drop(&mut self) {
+                self.0.set_running(false);
+            }
+        }
+        let _stopped = Stopped(&self.dispatch);
         let min_batch = (self.config.worker_concurrency / 4).max(1) as usize;
         let mut backlog = false;
+        self.dispatch.set_running(true);
         tokio::pin!(stop);
         loop {
-            // Wait for at least one free slot.
-            tokio::select! {
+            // Wait for room; a claim waiting for it is served before the committer.
+            let first = tokio::select! {
                 _ = &mut stop => return,
-                permit = slots.clone().acquire_owned() => drop(permit),
-            }
-            // With a backlog, let a few more slots free up so one claim serves several
+                place = held.clone().acquire_owned() => match place {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            // With a backlog, let a little more room free up so one claim serves several
             // deliveries instead of one claim transaction per finished request.
-            if backlog && slots.available_permits() < min_batch {
+            if backlog && held.available_permits() + 1 < min_batch {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            let free = slots.available_permits() as u32;
-            let batch = match self.claim(free.max(1), lease).await {
+            // Claim exactly as many as there is room for. Held room is not a sending slot, so
+            // nothing sits idle during the claim: the deliveries already held keep going out.
+            let mut places = vec![first];
+            while let Ok(p) = held.clone().try_acquire_owned() {
+                places.push(p);
+            }
+            let want = places.len() as u32;
+            let claim_started = Instant::now();
+            let claimed = self.claim(want, lease).await;
+            metrics::histogram!("runway_webhook_claim_duration_seconds").record(claim_started.elapsed().as_secs_f64());
+            let batch = match claimed {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not claim deliveries");
                     Vec::new()
                 }
             };
-            backlog = batch.len() as u32 >= free.max(1);
-            if batch.is_empty() {
+            backlog = batch.len() as u32 >= want;
+            for (d, place) in batch.into_iter().zip(places) {
+                start(d, place);
+            }
+            // The queue had nothing more due: sleep until something is queued or a retry falls due,
+            // holding no room, so new deliveries go straight to the worker meanwhile.
+            if !backlog {
                 tokio::select! {
                     _ = &mut stop => return,
                     _ = self.wake.notified() => {}
                     _ = tokio::time::sleep(poll) => {}
                 }
-                continue;
-            }
-            for d in batch {
-                let Ok(permit) = slots.clone().acquire_owned().await else { return };
-                let me = self.clone();
-                let done = done_tx.clone();
-                tokio::spawn(async move {
-                    me.process(d, done).await;
-                    drop(permit);
-                });
             }
         }
+    }
+}
+
+/// Recording transactions in flight at once; batches hold disjoint deliveries.
+const RECORDERS: usize = 2;
+
+/// Whether a lease lasts through the longest possible send, with a second to spare.
+fn lease_outlasts_send(lease_until: Option<i64>, now: i64, timeout: Duration) -> bool {
+    lease_until.is_some_and(|until| until - now >= (timeout + Duration::from_secs(1)).as_micros() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_must_cover_the_whole_timeout_plus_a_second() {
+        let timeout = Duration::from_secs(15);
+        let now = 1_000_000_000;
+        assert!(lease_outlasts_send(Some(now + 45_000_000), now, timeout), "fresh 45 s lease");
+        assert!(lease_outlasts_send(Some(now + 16_000_000), now, timeout), "exactly enough");
+        assert!(!lease_outlasts_send(Some(now + 15_999_999), now, timeout), "a send could outlast it");
+        assert!(!lease_outlasts_send(Some(now - 1), now, timeout), "already expired");
+        assert!(!lease_outlasts_send(None, now, timeout), "no lease recorded");
     }
 }

@@ -1,8 +1,10 @@
 //! `runway-bench`: drives a real Runway server over HTTP at fixed concurrency and reports
 //! requests/s, p50 and p99 for authenticated reads, idempotent writes, and an unauthenticated
-//! baseline route served by the same process in the same run.
+//! baseline route served by the same process in the same run. The `events` scenario runs the
+//! `runway` binary beside it as a separate process, so the server's own CPU and memory are
+//! measured apart from the load generator and the receiver.
 //!
-//! `cargo run --release -p runway --bin runway-bench -- --engine both`
+//! `cargo build --release -p runway && target/release/runway-bench --engine both`
 
 /// jemalloc instead of the system allocator: the request path allocates small, short-lived
 /// buffers, where glibc malloc showed up as a quarter of the CPU in profiles (BENCHMARKS.md).
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
-#[command(about = "Load-test a Runway server started in this process")]
+#[command(about = "Load-test a real Runway server over HTTP")]
 struct Args {
     /// sqlite, postgres or both.
     #[arg(long, default_value = "sqlite")]
@@ -45,6 +47,10 @@ struct Args {
     /// Events to publish in the `events` scenario.
     #[arg(long, default_value_t = 20_000)]
     events: usize,
+    /// Extra `[events]` settings for the server in the `events` scenario, `;`-separated, e.g.
+    /// `worker_concurrency = 64; poll_interval_ms = 100`.
+    #[arg(long, default_value = "")]
+    events_config: String,
 }
 
 /// Seals webhook secrets in the scratch databases (32 bytes, base64).
@@ -244,9 +250,9 @@ async fn bench_engine(
     Ok(out)
 }
 
-/// Peak resident memory of this process, from /proc.
-fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// Peak resident memory of a process, from /proc.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
@@ -255,10 +261,10 @@ fn peak_rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// CPU time (user + system) this process has used, in seconds.
-fn cpu_secs() -> f64 {
-    // /proc/self/stat fields 14 and 15 are utime and stime in clock ticks (100 per second here).
-    std::fs::read_to_string("/proc/self/stat")
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    // /proc/<pid>/stat fields 14 and 15 are utime and stime in clock ticks (100 per second here).
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             let rest = s.rsplit_once(')')?.1;
@@ -301,33 +307,81 @@ async fn raw_insert_rate(store: &runway_store::Store, clients: usize, secs: u64)
     Ok(count.load(Ordering::Relaxed) as f64 / secs as f64)
 }
 
-async fn bench_events(engine: &str, url: String, migration_url: Option<String>, args: &Args) -> anyhow::Result<String> {
+/// A `runway serve` process started from the binary beside this one, so the server's CPU and
+/// memory are measured apart from the load generator and the receiver.
+struct ServerProcess {
+    child: std::process::Child,
+    base: String,
+}
+
+impl ServerProcess {
+    fn start(url: &str, dir: &std::path::Path, events_config: &str) -> anyhow::Result<ServerProcess> {
+        use std::io::{BufRead, BufReader};
+        let exe = std::env::current_exe()?.with_file_name("runway");
+        anyhow::ensure!(
+            exe.exists(),
+            "{} is missing: build both binaries with `cargo build --release -p runway`",
+            exe.display()
+        );
+        std::fs::create_dir_all(dir)?;
+        // Defaults, except: quiet logs, the local receiver allowed, and limits that never refuse.
+        let extra = events_config.replace(';', "\n");
+        std::fs::write(
+            dir.join("runway.toml"),
+            format!(
+                "[database]\nmax_connections = 16\n[log]\nlevel = \"error\"\n\
+                 [events]\nallow_destinations = [\"127.0.0.0/8\"]\n{extra}\n\
+                 [tenants]\ndefault_plan = \"bench\"\n[auth]\nservice_key_plan = \"bench\"\n\
+                 [plans.bench]\nrequests_per_second = 10000000\nburst = 10000000\nmax_concurrent_requests = 100000\n\
+                 retention_days = 1\n"
+            ),
+        )?;
+        let mut child = std::process::Command::new(&exe)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(dir)
+            .env("RUNWAY_CONFIG", dir.join("runway.toml"))
+            .env("RUNWAY_DATABASE_URL", url)
+            .env("RUNWAY_ADMIN_TOKEN", ADMIN)
+            .env("RUNWAY_CRYPTO_MASTER_KEY", BENCH_MASTER_KEY)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let mut lines = BufReader::new(child.stdout.take().context("server stdout")?).lines();
+        let mut base = None;
+        for line in lines.by_ref() {
+            let line = line?;
+            if let Some((_, addr)) = line.split_once("listening on ") {
+                base = Some(addr.trim().to_owned());
+            }
+            if line.contains("Ctrl-C") {
+                break;
+            }
+        }
+        let base = base.context("runway serve exited before it was ready")?;
+        std::thread::spawn(move || for _ in lines {});
+        Ok(ServerProcess { child, base })
+    }
+
+    /// Stops the server the way an orchestrator does (SIGTERM, drain) and waits for it.
+    fn stop(mut self) -> anyhow::Result<()> {
+        std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+async fn bench_events(
+    engine: &str,
+    url: String,
+    _migration_url: Option<String>,
+    args: &Args,
+) -> anyhow::Result<String> {
     use std::collections::HashMap;
     use std::sync::Mutex;
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse()?;
-    config.database.url = DatabaseUrl(url);
-    config.database.migration_url = migration_url.map(DatabaseUrl);
-    config.database.max_connections = 16;
-    config.auth.admin_token = Some(SecretString::new(ADMIN));
-    config.log.level = "error".into();
-    config.events.allow_destinations = vec!["127.0.0.0/8".into()];
-    config.events.poll_interval_ms = 20;
-    config.crypto.master_key = Some(SecretString::new(BENCH_MASTER_KEY));
-    config.plans.insert(
-        "bench".into(),
-        PlanLimits {
-            requests_per_second: 10_000_000,
-            burst: 10_000_000,
-            max_concurrent_requests: 100_000,
-            monthly_quotas: Default::default(),
-            retention_days: 1,
-        },
-    );
-    config.tenants.default_plan = "bench".into();
-    runway_server::telemetry::init(&config);
-    let running = runway_server::start(config, Arc::new(SystemClock)).await?;
-    let base = format!("http://{}", running.addr);
+    let dir = std::env::temp_dir().join(format!("runway-bench-server-{}-{engine}", std::process::id()));
+    let server = ServerProcess::start(&url, &dir, &args.events_config)?;
+    let pid = server.child.id();
+    let base = server.base.clone();
     let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
 
     // The receiver: records when each event id first arrives.
@@ -363,7 +417,7 @@ async fn bench_events(engine: &str, url: String, migration_url: Option<String>, 
     let n = args.events;
     let next = Arc::new(AtomicU64::new(0));
     let published: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
-    let cpu0 = cpu_secs();
+    let (server_cpu0, cpu0) = (cpu_secs(pid), cpu_secs(std::process::id()));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
@@ -396,12 +450,21 @@ async fn bench_events(engine: &str, url: String, migration_url: Option<String>, 
         publish_hist.add(t.await?)?;
     }
     let publish_secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "{engine}: publish latency ms p90 {:.1} p95 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
+        publish_hist.value_at_quantile(0.9) as f64 / 1000.0,
+        publish_hist.value_at_quantile(0.95) as f64 / 1000.0,
+        publish_hist.value_at_quantile(0.99) as f64 / 1000.0,
+        publish_hist.value_at_quantile(0.999) as f64 / 1000.0,
+        publish_hist.max() as f64 / 1000.0,
+    );
     let deadline = Instant::now() + Duration::from_secs(600);
     while arrived.lock().unwrap_or_else(|e| e.into_inner()).len() < n && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let total_secs = started.elapsed().as_secs_f64();
-    let cpu = cpu_secs() - cpu0;
+    let server_cpu = cpu_secs(pid) - server_cpu0;
+    let cpu = cpu_secs(std::process::id()) - cpu0;
     let got = arrived.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let sent = published.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut lag = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
@@ -410,20 +473,43 @@ async fn bench_events(engine: &str, url: String, migration_url: Option<String>, 
             let _ = lag.record(t1.saturating_duration_since(*t0).as_micros().max(1) as u64);
         }
     }
-    let rss = peak_rss_mib();
-    let ceiling = raw_insert_rate(&running.state.store, clients, 5).await?;
-    running.shutdown().await;
+    let rss = peak_rss_mib(pid);
+    if let Ok(r) = http.get(format!("{base}/metrics")).bearer_auth(ADMIN).send().await
+        && let Ok(text) = r.text().await
+    {
+        let wanted = [
+            "runway_webhook_deliveries_direct_total",
+            "runway_webhook_claimed_total",
+            "runway_webhook_claim_duration_seconds_",
+            "runway_webhook_record_duration_seconds_",
+            "runway_webhook_leases_renewed_total",
+            "runway_webhook_attempt_duration_seconds_",
+        ];
+        for line in text.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))) {
+            eprintln!("{engine}: {line}");
+        }
+    }
+    server.stop()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = runway_store::Store::connect(&runway_core::config::DatabaseConfig {
+        url: DatabaseUrl(url),
+        max_connections: 16,
+        ..Default::default()
+    })
+    .await?;
+    let ceiling = raw_insert_rate(&store, clients, 5).await?;
     let delivered_rate = got.len() as f64 / total_secs;
     Ok(format!(
-        "| {engine} | {n} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.0}% |",
+        "| {engine} | {n} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.3} | {:.0} | {:.3} | {:.0} | {:.0}% |",
         n as f64 / publish_secs,
         delivered_rate,
         publish_hist.value_at_quantile(0.5) as f64 / 1000.0,
         publish_hist.value_at_quantile(0.99) as f64 / 1000.0,
         lag.value_at_quantile(0.5) as f64 / 1000.0,
         lag.value_at_quantile(0.99) as f64 / 1000.0,
-        cpu * 1000.0 / n as f64,
+        server_cpu * 1000.0 / n as f64,
         rss,
+        cpu * 1000.0 / n as f64,
         ceiling,
         delivered_rate / ceiling * 100.0,
     ))
@@ -665,9 +751,9 @@ async fn main() -> anyhow::Result<()> {
         }
         "events" => {
             println!(
-                "| engine | events | published/s | delivered/s | publish p50 ms | publish p99 ms | lag p50 ms | lag p99 ms | CPU ms/event (whole process) | peak RSS MiB (whole process) | raw inserts/s (ceiling) | delivered/ceiling |"
+                "| engine | events | published/s | delivered/s | publish p50 ms | publish p99 ms | lag p50 ms | lag p99 ms | server CPU ms/event | server peak RSS MiB | load generator + receiver CPU ms/event | raw inserts/s (ceiling) | delivered/ceiling |"
             );
-            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
             for row in on_engines(args, "ev", |e, url, mig| bench_events(e, url, mig, args)).await? {
                 println!("{row}");
             }

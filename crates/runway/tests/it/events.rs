@@ -207,6 +207,10 @@ async fn webhooks_are_signed_delivered_and_retried(engine: Engine) {
         .to_owned();
     assert!(secret.starts_with("whsec_"));
 
+    // Once the worker has looked at the queue and found it empty, a new delivery goes straight to
+    // it, leased at publish time, without waiting for a claim.
+    eventually("the worker has claimed once", || async { s.metric("runway_webhook_claims_total").await.is_some() })
+        .await;
     s.post(
         "/v1/tenants/hooks/events",
         &key,
@@ -240,6 +244,11 @@ async fn webhooks_are_signed_delivered_and_retried(engine: Engine) {
     let ids: Vec<String> =
         flaky.got.lock().unwrap().iter().map(|(h, _)| h["webhook-id"].to_str().unwrap().to_owned()).collect();
     assert!(ids.iter().all(|i| i == &ids[0]), "retries keep the webhook-id");
+    assert_eq!(
+        s.metric("runway_webhook_deliveries_direct_total").await,
+        Some(2.0),
+        "both first attempts were handed over directly"
+    );
     eventually("message marked delivered", || async {
         let m = s.get(&format!("/v1/tenants/hooks/webhooks/{ep2_id}/messages"), &key).await;
         m.body["data"][0]["status"] == "delivered"
@@ -936,4 +945,6 @@ async fn ordered_endpoints_deliver_each_key_in_order(engine: Engine) {
         .collect();
     // The first event fails twice and is retried; nothing with its key overtakes it.
     assert_eq!(order, ["o1", "o1", "o1", "o2", "o3", "o4", "o5"]);
+    // Keyed deliveries to an ordered endpoint wait their turn in the queue; none skip it.
+    assert_eq!(s.metric("runway_webhook_deliveries_direct_total").await, Some(0.0));
 }

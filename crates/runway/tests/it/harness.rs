@@ -256,6 +256,12 @@ impl TestServer {
         Resp { status, headers, text, body }
     }
 
+    /// A counter or gauge from `/metrics` without labels; `None` until it is first recorded.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Resp {
         self.call(Method::GET, path, Some(token), None).await
     }
