@@ -426,7 +426,7 @@ impl Events {
     async fn keep_lease(&self, d: &mut Claimed) -> Result<bool, StoreError> {
         let now = self.clock.now_micros();
         let timeout = Duration::from_secs(self.config.delivery_timeout_secs);
-        if lease_outlasts_send(d.lease_until, now, timeout) {
+        if lease_outlasts_send(d.lease_until, now, timeout, Duration::from_secs(self.config.lease_margin_secs)) {
             return Ok(true);
         }
         let until = now
@@ -616,9 +616,10 @@ impl Events {
 /// Recording transactions in flight at once; batches hold disjoint deliveries.
 const RECORDERS: usize = 2;
 
-/// Whether a lease lasts through the longest possible send, with a second to spare.
-fn lease_outlasts_send(lease_until: Option<i64>, now: i64, timeout: Duration) -> bool {
-    lease_until.is_some_and(|until| until - now >= (timeout + Duration::from_secs(1)).as_micros() as i64)
+/// Whether a lease lasts through the longest possible send with half the margin to spare: a
+/// delivery that waited less than half the margin for its slot needs no renewal.
+fn lease_outlasts_send(lease_until: Option<i64>, now: i64, timeout: Duration, margin: Duration) -> bool {
+    lease_until.is_some_and(|until| until - now >= (timeout + margin / 2).as_micros() as i64)
 }
 
 #[cfg(test)]
@@ -626,13 +627,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lease_must_cover_the_whole_timeout_plus_a_second() {
-        let timeout = Duration::from_secs(15);
+    fn a_lease_must_cover_the_whole_timeout_plus_half_the_margin() {
+        let (timeout, margin) = (Duration::from_secs(15), Duration::from_secs(30));
         let now = 1_000_000_000;
-        assert!(lease_outlasts_send(Some(now + 45_000_000), now, timeout), "fresh 45 s lease");
-        assert!(lease_outlasts_send(Some(now + 16_000_000), now, timeout), "exactly enough");
-        assert!(!lease_outlasts_send(Some(now + 15_999_999), now, timeout), "a send could outlast it");
-        assert!(!lease_outlasts_send(Some(now - 1), now, timeout), "already expired");
-        assert!(!lease_outlasts_send(None, now, timeout), "no lease recorded");
+        assert!(lease_outlasts_send(Some(now + 45_000_000), now, timeout, margin), "fresh 45 s lease");
+        assert!(lease_outlasts_send(Some(now + 30_000_000), now, timeout, margin), "waited 15 s: still enough");
+        assert!(!lease_outlasts_send(Some(now + 29_999_999), now, timeout, margin), "renew before it gets tight");
+        assert!(!lease_outlasts_send(Some(now - 1), now, timeout, margin), "already expired");
+        assert!(!lease_outlasts_send(None, now, timeout, margin), "no lease recorded");
     }
 }

@@ -3,6 +3,7 @@ use runway_events::signature::{WebhookSecret, verify, verify_asymmetric};
 use serde_json::{Value, json};
 
 crate::both_engines!(
+    a_delivery_that_waited_for_a_slot_renews_its_lease_and_arrives_once,
     event_types_have_versioned_contracts,
     publishing_validates_deduplicates_and_logs,
     webhooks_are_signed_delivered_and_retried,
@@ -926,6 +927,39 @@ async fn asymmetric_endpoints_sign_with_ed25519(engine: Engine) {
         )
         .expect("both keys verify during the overlap");
     }
+}
+
+async fn a_delivery_that_waited_for_a_slot_renews_its_lease_and_arrives_once(engine: Engine) {
+    // One sending slot, a 4 s lease (2 s timeout + 2 s margin), and a receiver that takes 1.5 s:
+    // the second event waits for the slot long enough that its send could outlast the lease.
+    let s = TestServer::start_with(engine, |c| {
+        c.events.allow_destinations = vec!["127.0.0.0/8".into()];
+        c.events.worker_concurrency = 1;
+        c.events.delivery_timeout_secs = 2;
+        c.events.lease_margin_secs = 2;
+        c.events.poll_interval_ms = 50;
+    })
+    .await;
+    s.post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "schema": invoice_schema(), "version": "1.0"}))
+        .await
+        .ok(201);
+    s.tenant("hooks").await;
+    let slow = Receiver::start(Behaviour::Slow(1500)).await;
+    s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": slow.url})).await.ok(201);
+    eventually("the worker has claimed once", || async { s.metric("runway_webhook_claims_total").await.is_some() })
+        .await;
+    let batch: Vec<Value> = (1..=2)
+        .map(|i| json!({"type": "invoice.paid", "id": format!("w{i}"), "payload": {"invoice_id": format!("w{i}"), "amount": i}}))
+        .collect();
+    s.post("/v1/tenants/hooks/events", ADMIN, Value::Array(batch)).await.ok(202);
+    eventually("both delivered", || async { slow.count() == 2 }).await;
+    assert_eq!(s.metric("runway_webhook_deliveries_direct_total").await, Some(2.0), "both held at publish");
+    assert_eq!(s.metric("runway_webhook_leases_renewed_total").await, Some(1.0), "only the one that waited");
+    // Another claim after the first lease would have expired finds nothing to send twice.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let ids: std::collections::HashSet<String> =
+        slow.got.lock().unwrap().iter().map(|(h, _)| h["webhook-id"].to_str().unwrap().to_owned()).collect();
+    assert_eq!((slow.count(), ids.len()), (2, 2), "each message arrived exactly once");
 }
 
 async fn ordered_endpoints_deliver_each_key_in_order(engine: Engine) {
