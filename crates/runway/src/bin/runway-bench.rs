@@ -220,10 +220,14 @@ async fn bench_engine(
     );
     let (h, b, t, id) = (http.clone(), base.clone(), token.clone(), tenant_id.clone());
     out.push(
-        scenario(&format!("{engine}: GET /v1/tenants/{{id}} (auth + store read)"), args, move |_| {
-            let (h, b, t, id) = (h.clone(), b.clone(), t.clone(), id.clone());
-            async move { ok(h.get(format!("{b}/v1/tenants/{id}")).bearer_auth(t).send().await) }
-        })
+        scenario(
+            &format!("{engine}: GET /v1/tenants/{{id}} (auth + tenant from the per-replica cache)"),
+            args,
+            move |_| {
+                let (h, b, t, id) = (h.clone(), b.clone(), t.clone(), id.clone());
+                async move { ok(h.get(format!("{b}/v1/tenants/{id}")).bearer_auth(t).send().await) }
+            },
+        )
         .await,
     );
     let (h, b, t, id) = (http.clone(), base.clone(), token.clone(), tenant_id.clone());
