@@ -220,6 +220,8 @@ impl DeliveryQueue for Events {
                 q.execute(&mut *c).await.map(|_| ())
             })?;
         }
+        // Two recorders may run at once: lock endpoint rows in one order, so they never deadlock.
+        healthy.sort_unstable();
         for ep in healthy {
             on_conn!(&mut tx, c => sqlx::query("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = $1 AND failing_since IS NOT NULL")
                 .bind(ep).execute(&mut *c).await.map(|_| ()))?;
@@ -429,15 +431,17 @@ impl Events {
         if lease_outlasts_send(d.lease_until, now, timeout, Duration::from_secs(self.config.lease_margin_secs)) {
             return Ok(true);
         }
-        let until = now
-            + Duration::from_secs(self.config.delivery_timeout_secs + self.config.lease_margin_secs).as_micros() as i64;
         let mut tx = self.store.write(DbScope::Platform).await?;
+        // Timed from when the store is ours: waiting for the writer must not eat into the lease.
+        let until = self.clock.now_micros()
+            + Duration::from_secs(self.config.delivery_timeout_secs + self.config.lease_margin_secs).as_micros() as i64;
         let n = on_conn!(&mut tx, c => sqlx::query("UPDATE deliveries SET lease_until = $1 WHERE id = $2 AND lease_token = $3 AND status = 'pending'")
             .bind(until).bind(&d.id).bind(&d.lease_token).execute(&mut *c).await.map(|r| r.rows_affected()))?;
         tx.commit().await?;
         metrics::counter!("runway_webhook_leases_renewed_total").increment(1);
         d.lease_until = Some(until);
-        Ok(n == 1)
+        // A commit that took most of the margin leaves too little: let the lease run out instead.
+        Ok(n == 1 && lease_outlasts_send(d.lease_until, self.clock.now_micros(), timeout, Duration::ZERO))
     }
 
     /// Puts a delivery back without counting an attempt: nothing is dropped by rate limiting.
@@ -553,11 +557,14 @@ impl Events {
                 }
             });
         }
-        // Ends direct dispatch when the worker stops, whichever way it returns.
+        // Ends direct dispatch when the worker stops, whichever way it returns. Held deliveries
+        // that have not started sending stay unsent (their leases run out and another worker
+        // sends them), so none is sent by a process that can no longer record it.
         struct Stopped<'a>(&'a crate::dispatch::Dispatch);
         impl Drop for Stopped<'_> {
             fn drop(&mut self) {
                 self.0.set_running(false);
+                self.0.sending.close();
             }
         }
         let _stopped = Stopped(&self.dispatch);
