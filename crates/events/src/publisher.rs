@@ -162,12 +162,12 @@ impl Committer {
             rows.iter().filter(|(r, _)| !inserted.contains(r.pos.as_str())).map(|(r, _)| r.event_id.as_str()).collect();
         let originals =
             if repeated.is_empty() { HashMap::new() } else { original_positions(&mut tx, tenant, &repeated).await? };
-        let mut deliveries: Vec<NewDelivery> = rows
+        let mut deliveries: Vec<GroupDelivery> = rows
             .iter()
             .filter(|(r, _)| inserted.contains(r.pos.as_str()))
             .flat_map(|(r, now)| {
                 endpoints.iter().zip(&filters).filter(|(_, f)| f.is_empty() || f.contains(&r.event_type)).map(
-                    move |(e, _)| NewDelivery {
+                    move |(e, _)| GroupDelivery {
                         id: runway_core::DeliveryId::generate().as_str().to_owned(),
                         event: r,
                         endpoint: e,
@@ -217,7 +217,7 @@ impl Committer {
 }
 
 /// One delivery row about to be written.
-struct NewDelivery<'a> {
+struct GroupDelivery<'a> {
     id: String,
     event: &'a Prepared,
     endpoint: &'a Subscriber,
@@ -227,7 +227,7 @@ struct NewDelivery<'a> {
     lease_until: Option<i64>,
 }
 
-impl NewDelivery<'_> {
+impl GroupDelivery<'_> {
     /// What the worker would have claimed from the store for this delivery.
     fn claimed(&self, tenant: &TenantId, lease_token: &str) -> Claimed {
         let (e, r) = (self.endpoint, self.event);
@@ -316,7 +316,7 @@ async fn original_positions(
 async fn insert_deliveries(
     tx: &mut Tx,
     tenant: &TenantId,
-    rows: &[NewDelivery<'_>],
+    rows: &[GroupDelivery<'_>],
     lease_token: &str,
 ) -> Result<(), StoreError> {
     // Each row: ($id, $tenant, $endpoint, $pos, 'pending', 0, $now, $now, $now, $replay, $key, $lease_until, $token).
