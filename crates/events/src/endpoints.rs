@@ -378,12 +378,15 @@ impl Events {
         self.open_secret(&stored, id.as_str()).map_err(ApiError::internal)
     }
 
-    /// Queues a message again, due now, whatever its state.
+    /// Queues a message again, due now, whatever its state. A message a worker is sending right
+    /// now keeps its lease: that attempt is the resend, and no second copy goes out beside it.
     pub async fn resend(&self, tenant: &TenantId, endpoint: &EndpointId, msg: &DeliveryId) -> Result<(), ApiError> {
         let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         let n = on_conn!(&mut tx, c => sqlx::query(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, lease_until = NULL, lease_token = NULL, updated_at = $1
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1,
+               lease_token = CASE WHEN status = 'pending' AND lease_until >= $1 THEN lease_token END,
+               lease_until = CASE WHEN status = 'pending' AND lease_until >= $1 THEN lease_until END
              WHERE id = $2 AND endpoint_id = $3 AND tenant_id = $4")
             .bind(now).bind(msg.as_str()).bind(endpoint.as_str()).bind(tenant.as_str()).execute(&mut *c).await.map(|r| r.rows_affected()))
         .map_err(StoreError::from)?;
@@ -540,7 +543,8 @@ impl Events {
         Ok(n as u64)
     }
 
-    /// Moves up to `limit` messages selected by `which` back to pending, due now.
+    /// Moves up to `limit` messages selected by `which` back to pending, due now; one being sent
+    /// right now keeps its lease, as in `resend`.
     pub async fn requeue(
         &self,
         tenant: &TenantId,
@@ -552,7 +556,9 @@ impl Events {
         let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         let n = on_conn!(&mut tx, c => sqlx::query(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, lease_until = NULL, lease_token = NULL, updated_at = $1
+            "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $1,
+               lease_token = CASE WHEN status = 'pending' AND lease_until >= $1 THEN lease_token END,
+               lease_until = CASE WHEN status = 'pending' AND lease_until >= $1 THEN lease_until END
              WHERE id IN (SELECT id FROM deliveries WHERE endpoint_id = $2 AND tenant_id = $3 AND created_at >= $5
                AND (status = 'dead' OR ($4 AND status = 'pending' AND attempts > 0)) ORDER BY id LIMIT $6)")
             .bind(now).bind(endpoint.as_str()).bind(tenant.as_str()).bind(failing).bind(since).bind(limit)

@@ -19,6 +19,7 @@ crate::both_engines!(
     retention_per_plan_removes_old_rows_but_keeps_pending_work,
     asymmetric_endpoints_sign_with_ed25519,
     ordered_endpoints_deliver_each_key_in_order,
+    resending_a_message_being_sent_sends_no_second_copy_beside_it,
 );
 
 fn invoice_schema() -> Value {
@@ -960,6 +961,45 @@ async fn a_delivery_that_waited_for_a_slot_renews_its_lease_and_arrives_once(eng
     let ids: std::collections::HashSet<String> =
         slow.got.lock().unwrap().iter().map(|(h, _)| h["webhook-id"].to_str().unwrap().to_owned()).collect();
     assert_eq!((slow.count(), ids.len()), (2, 2), "each message arrived exactly once");
+}
+
+async fn resending_a_message_being_sent_sends_no_second_copy_beside_it(engine: Engine) {
+    let s = TestServer::start_with(engine, |c| {
+        c.events.allow_destinations = vec!["127.0.0.0/8".into()];
+        c.events.worker_concurrency = 2;
+        c.events.poll_interval_ms = 50;
+    })
+    .await;
+    s.post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "schema": invoice_schema(), "version": "1.0"}))
+        .await
+        .ok(201);
+    s.tenant("hooks").await;
+    let slow = Receiver::start(Behaviour::Slow(1500)).await;
+    let ep = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": slow.url})).await.ok(201)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.post(
+        "/v1/tenants/hooks/events",
+        ADMIN,
+        json!({"type": "invoice.paid", "id": "r1", "payload": {"invoice_id": "r1", "amount": 1}}),
+    )
+    .await
+    .ok(202);
+    // The receiver has the request and is still answering when the operator resends it.
+    eventually("the first copy arrived", || async { slow.count() == 1 }).await;
+    let msgs = s.get(&format!("/v1/tenants/hooks/webhooks/{ep}/messages"), ADMIN).await;
+    let msg = msgs.ok(200)["data"][0]["id"].as_str().unwrap().to_owned();
+    s.post(&format!("/v1/tenants/hooks/webhooks/{ep}/messages/{msg}/resend"), ADMIN, json!({})).await.ok(202);
+    // A free slot and a woken worker: without the lease, a second copy would arrive now.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert_eq!(slow.count(), 1, "no second copy while the first is being answered");
+    eventually("the message is delivered", || async {
+        let m = s.get(&format!("/v1/tenants/hooks/webhooks/{ep}/messages"), ADMIN).await;
+        m.body["data"][0]["status"] == "delivered"
+    })
+    .await;
+    assert_eq!(slow.count(), 1);
 }
 
 async fn ordered_endpoints_deliver_each_key_in_order(engine: Engine) {
