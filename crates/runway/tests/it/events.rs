@@ -171,11 +171,22 @@ async fn publishing_validates_deduplicates_and_logs(engine: Engine) {
 }
 
 async fn setup_delivery(engine: Engine, schedule: Vec<u64>) -> TestServer {
+    setup_delivery_with(engine, schedule, |_| {}).await
+}
+
+/// A server delivering to local receivers, with `invoice.paid` and tenant `hooks`; `tweak`
+/// adjusts the events settings after the test defaults.
+async fn setup_delivery_with(
+    engine: Engine,
+    schedule: Vec<u64>,
+    tweak: impl FnOnce(&mut runway_core::config::EventsConfig),
+) -> TestServer {
     let s = TestServer::start_with(engine, move |c| {
         c.events.allow_destinations = vec!["127.0.0.0/8".into()];
         c.events.retry_schedule_secs = schedule;
         c.events.poll_interval_ms = 50;
         c.events.delivery_timeout_secs = 5;
+        tweak(&mut c.events);
     })
     .await;
     s.post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "schema": invoice_schema(), "version": "1.0"}))
@@ -933,18 +944,12 @@ async fn asymmetric_endpoints_sign_with_ed25519(engine: Engine) {
 async fn a_delivery_that_waited_for_a_slot_renews_its_lease_and_arrives_once(engine: Engine) {
     // One sending slot, a 4 s lease (2 s timeout + 2 s margin), and a receiver that takes 1.5 s:
     // the second event waits for the slot long enough that its send could outlast the lease.
-    let s = TestServer::start_with(engine, |c| {
-        c.events.allow_destinations = vec!["127.0.0.0/8".into()];
-        c.events.worker_concurrency = 1;
-        c.events.delivery_timeout_secs = 2;
-        c.events.lease_margin_secs = 2;
-        c.events.poll_interval_ms = 50;
+    let s = setup_delivery_with(engine, vec![0, 1, 1], |e| {
+        e.worker_concurrency = 1;
+        e.delivery_timeout_secs = 2;
+        e.lease_margin_secs = 2;
     })
     .await;
-    s.post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "schema": invoice_schema(), "version": "1.0"}))
-        .await
-        .ok(201);
-    s.tenant("hooks").await;
     let slow = Receiver::start(Behaviour::Slow(1500)).await;
     s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": slow.url})).await.ok(201);
     eventually("the worker has claimed once", || async { s.metric("runway_webhook_claims_total").await.is_some() })
@@ -964,16 +969,7 @@ async fn a_delivery_that_waited_for_a_slot_renews_its_lease_and_arrives_once(eng
 }
 
 async fn resending_a_message_being_sent_sends_no_second_copy_beside_it(engine: Engine) {
-    let s = TestServer::start_with(engine, |c| {
-        c.events.allow_destinations = vec!["127.0.0.0/8".into()];
-        c.events.worker_concurrency = 2;
-        c.events.poll_interval_ms = 50;
-    })
-    .await;
-    s.post("/v1/event-types", ADMIN, json!({"name": "invoice.paid", "schema": invoice_schema(), "version": "1.0"}))
-        .await
-        .ok(201);
-    s.tenant("hooks").await;
+    let s = setup_delivery_with(engine, vec![0, 1, 1], |e| e.worker_concurrency = 2).await;
     let slow = Receiver::start(Behaviour::Slow(1500)).await;
     let ep = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": slow.url})).await.ok(201)["id"]
         .as_str()
