@@ -49,9 +49,9 @@ impl EntryRow {
         }
     }
 
-    fn into_entry(self) -> AuditEntry {
-        AuditEntry {
-            summary: serde_json::from_str(&self.summary).unwrap_or(serde_json::Value::Null),
+    fn into_entry(self) -> Result<AuditEntry, StoreError> {
+        Ok(AuditEntry {
+            summary: runway_store::stored_json("audit summary", &self.summary)?,
             at: rfc3339(self.at),
             actor: AuditActor { kind: self.actor_kind, id: self.actor_id },
             target: AuditTarget { kind: self.target_kind, id: self.target_id },
@@ -64,7 +64,7 @@ impl EntryRow {
             user_agent: self.user_agent,
             prev_hash: self.prev_hash,
             hash: self.hash,
-        }
+        })
     }
 }
 
@@ -125,7 +125,7 @@ pub async fn append(
         .execute(&mut *c).await.map(|_| ()))?;
     on_conn!(tx, c => sqlx::query("UPDATE audit_heads SET seq = $1, hash = $2 WHERE chain = $3")
         .bind(row.seq).bind(&row.hash).bind(chain_name).execute(&mut *c).await.map(|_| ()))?;
-    Ok(row.into_entry())
+    row.into_entry()
 }
 
 /// Filters for listing a tenant's audit log.
@@ -161,7 +161,7 @@ pub async fn list(
     let rows: Vec<EntryRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
         .bind(chain.name()).bind(&filter.action).bind(&filter.actor_id).bind(filter.from).bind(filter.to)
         .bind(before.unwrap_or(i64::MAX)).bind(limit).fetch_all(&mut *c).await)?;
-    Ok(Page::from_rows(rows, cursor.limit, |r| r.seq.to_string()).map(EntryRow::into_entry))
+    Page::from_rows(rows, cursor.limit, |r| r.seq.to_string()).try_map(EntryRow::into_entry)
 }
 
 /// Streams a whole chain, oldest first, to `sink` (for `runway audit export`).
@@ -180,7 +180,7 @@ pub async fn export_chain(
         after = last.seq;
         for row in batch {
             n += 1;
-            sink(row.into_entry()).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+            sink(row.into_entry()?).map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
         }
     }
 }

@@ -140,6 +140,40 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// How long a shutdown waits for in-flight requests, in seconds.
     pub shutdown_grace_secs: u64,
+    /// Where Prometheus scrapes `/metrics`: its own listener, loopback by default so that tenant
+    /// and endpoint counts are not public; `off` to serve none.
+    pub metrics_listen: MetricsListen,
+    /// A bearer token that also opens `/metrics` on the API listener (for scrapers that can only
+    /// reach that one); unset, the API listener has no `/metrics`.
+    pub metrics_token: Option<SecretString>,
+}
+
+/// The metrics listener: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsListen {
+    Off,
+    At(SocketAddr),
+}
+
+impl Serialize for MetricsListen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MetricsListen::Off => s.serialize_str("off"),
+            MetricsListen::At(a) => s.serialize_str(&a.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MetricsListen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(MetricsListen::Off);
+        }
+        s.parse()
+            .map(MetricsListen::At)
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is neither `off` nor an address like 127.0.0.1:7402")))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -276,6 +310,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             body_limit_bytes: 1024 * 1024,
             shutdown_grace_secs: 30,
+            metrics_listen: MetricsListen::At(SocketAddr::from(([127, 0, 0, 1], 7402))),
+            metrics_token: None,
         }
     }
 }
@@ -379,6 +415,11 @@ impl Config {
         }
         if db.max_connections == 0 {
             return Err(bad("database.max_connections", "must be at least 1"));
+        }
+        if let Some(t) = &self.server.metrics_token
+            && t.expose().len() < 16
+        {
+            return Err(bad("server.metrics_token", "must be at least 16 characters"));
         }
         if self.server.body_limit_bytes < 1024 {
             return Err(bad("server.body_limit_bytes", "must be at least 1024"));

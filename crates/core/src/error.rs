@@ -38,14 +38,24 @@ error_codes! {
     InvalidQuery => (StatusCode::BAD_REQUEST, "invalid_query", "A query parameter is invalid"),
     InvalidCursor => (StatusCode::BAD_REQUEST, "invalid_cursor", "The pagination cursor is invalid"),
     InvalidHeader => (StatusCode::BAD_REQUEST, "invalid_header", "A request header is invalid"),
+    InvalidPath => (StatusCode::BAD_REQUEST, "invalid_path", "The request path is malformed"),
     Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated", "Missing or invalid credentials"),
     MissingScope => (StatusCode::FORBIDDEN, "missing_scope", "The credential lacks a required scope"),
     TenantSuspended => (StatusCode::FORBIDDEN, "tenant_suspended", "The tenant is suspended"),
     NotFound => (StatusCode::NOT_FOUND, "not_found", "The resource does not exist"),
     MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed on this resource"),
     Conflict => (StatusCode::CONFLICT, "conflict", "The request conflicts with the current state"),
+    SlugTaken => (StatusCode::CONFLICT, "slug_taken", "A tenant with this slug exists or existed"),
+    TenantDeleted => (StatusCode::CONFLICT, "tenant_deleted", "The tenant is deleted and cannot change"),
+    AlreadyExists => (StatusCode::CONFLICT, "already_exists", "A resource with this name exists already"),
+    VersionNotNewer => (StatusCode::CONFLICT, "version_not_newer", "The version is not newer than the latest; versions are immutable"),
+    FlagHasDependents => (StatusCode::CONFLICT, "flag_has_dependents", "Other flags depend on this flag"),
+    SegmentInUse => (StatusCode::CONFLICT, "segment_in_use", "Flags still use this segment"),
+    InvalidTransition => (StatusCode::CONFLICT, "invalid_transition", "The resource's current state does not allow this change"),
     IdempotencyKeyInUse => (StatusCode::CONFLICT, "idempotency_key_in_use", "A request with this Idempotency-Key is still in progress"),
     PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is too large"),
+    UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long", "The request target is too long"),
+    HeadersTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", "The request headers are too large"),
     UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "The request body must be application/json"),
     ValidationFailed => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "The request is invalid"),
     IdempotencyKeyReused => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "The Idempotency-Key was used with a different request"),
@@ -60,20 +70,38 @@ error_codes! {
 pub struct ApiError {
     pub code: ErrorCode,
     pub detail: String,
-    /// For validation errors: the failing field as a JSON pointer or dotted path.
+    /// For validation errors: the failing field of the body as an RFC 6901 JSON Pointer with its
+    /// leading slash (`/headers/X-Trace`, `/1/payload/n`).
     pub field: Option<String>,
+    /// For a bad query parameter or header: its name (`limit`, `Idempotency-Key`).
+    pub parameter: Option<String>,
     /// Seconds to put in `Retry-After`.
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into(), field: None, retry_after: None }
+        Self { code, detail: detail.into(), field: None, parameter: None, retry_after: None }
     }
 
-    /// A 422 naming the field that failed.
+    /// A 422 naming the field that failed, as a JSON Pointer into the request body. A name given
+    /// without the leading slash is taken as a pointer from the body's root.
     pub fn validation(field: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { field: Some(field.into()), ..Self::new(ErrorCode::ValidationFailed, detail) }
+        let mut field = field.into();
+        if !field.is_empty() && !field.starts_with('/') {
+            field.insert(0, '/');
+        }
+        Self { field: (!field.is_empty()).then_some(field), ..Self::new(ErrorCode::ValidationFailed, detail) }
+    }
+
+    /// A 400 naming the query parameter that is wrong.
+    pub fn query(parameter: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { parameter: Some(parameter.into()), ..Self::new(ErrorCode::InvalidQuery, detail) }
+    }
+
+    /// A 400 naming the request header that is wrong.
+    pub fn header(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { parameter: Some(name.into()), ..Self::new(ErrorCode::InvalidHeader, detail) }
     }
 
     pub fn not_found(what: impl Into<String>) -> Self {
@@ -115,9 +143,13 @@ pub struct Problem {
     pub detail: String,
     /// Stable snake_case name of the problem (the last segment of `type`).
     pub code: String,
-    /// The failing field, for validation errors.
+    /// The failing field of the request body, as an RFC 6901 JSON Pointer with its leading slash
+    /// (`/headers/X-Trace`, `/1/payload/n`), for validation errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The query parameter or header that is wrong, by name (`limit`, `Idempotency-Key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter: Option<String>,
 }
 
 impl ApiError {
@@ -129,6 +161,7 @@ impl ApiError {
             detail: self.detail.clone(),
             code: self.code.name().to_owned(),
             field: self.field.clone(),
+            parameter: self.parameter.clone(),
         }
     }
 }

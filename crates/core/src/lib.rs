@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod id;
 pub mod json;
+pub mod labels;
 pub mod page;
 pub mod secret;
 

@@ -30,9 +30,7 @@ impl PageQuery {
     pub fn cursor(&self) -> Result<Cursor, ApiError> {
         let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {
-            let mut e = ApiError::new(ErrorCode::InvalidQuery, format!("limit must be between 1 and {MAX_LIMIT}"));
-            e.field = Some("limit".into());
-            return Err(e);
+            return Err(ApiError::query("limit", format!("limit must be between 1 and {MAX_LIMIT}")));
         }
         let after = match &self.cursor {
             None => None,
@@ -79,6 +77,11 @@ impl<T> Page<T> {
 
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
         Page { data: self.data.into_iter().map(f).collect(), next_cursor: self.next_cursor }
+    }
+
+    /// Like [`Page::map`], for conversions that can fail (stored data that does not parse).
+    pub fn try_map<U, E>(self, f: impl FnMut(T) -> Result<U, E>) -> Result<Page<U>, E> {
+        Ok(Page { data: self.data.into_iter().map(f).collect::<Result<_, E>>()?, next_cursor: self.next_cursor })
     }
 }
 

@@ -54,23 +54,25 @@ struct EndpointRow {
     updated_at: i64,
 }
 
-impl From<EndpointRow> for Endpoint {
-    fn from(r: EndpointRow) -> Self {
-        Endpoint {
+impl TryFrom<EndpointRow> for Endpoint {
+    type Error = StoreError;
+
+    fn try_from(r: EndpointRow) -> Result<Self, StoreError> {
+        Ok(Endpoint {
             id: EndpointId::from_trusted(r.id),
             tenant_id: TenantId::from_trusted(r.tenant_id),
             url: r.url,
             description: r.description,
-            event_types: serde_json::from_str(&r.event_types).unwrap_or_default(),
+            event_types: runway_store::stored_json("endpoint event_types", &r.event_types)?,
             enabled: r.enabled,
             rate_limit: r.rate_limit,
-            headers: serde_json::from_str(&r.headers).unwrap_or_default(),
-            metadata: serde_json::from_str(&r.metadata).unwrap_or(Value::Null),
+            headers: runway_store::stored_json("endpoint headers", &r.headers)?,
+            metadata: runway_store::stored_json("endpoint metadata", &r.metadata)?,
             signature_scheme: r.signature_scheme,
             ordered: r.ordered,
             created_at: r.created_at,
             updated_at: r.updated_at,
-        }
+        })
     }
 }
 
@@ -80,7 +82,7 @@ const COLUMNS: &str = "id, tenant_id, url, description, event_types, enabled, ra
 pub(crate) async fn subscribed(tx: &mut Tx, tenant: &TenantId) -> Result<Vec<Endpoint>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND enabled ORDER BY id");
     let rows: Vec<EndpointRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(tenant.as_str()).fetch_all(&mut *c).await)?;
-    Ok(rows.into_iter().map(Endpoint::from).collect())
+    rows.into_iter().map(Endpoint::try_from).collect()
 }
 
 /// An enabled endpoint as the publish committer needs it: what it accepts and, for deliveries
@@ -101,8 +103,8 @@ pub(crate) struct Subscriber {
 
 impl Subscriber {
     /// The types filter, parsed once per group.
-    pub(crate) fn types(&self) -> Vec<String> {
-        serde_json::from_str(&self.event_types).unwrap_or_default()
+    pub(crate) fn types(&self) -> Result<Vec<String>, StoreError> {
+        runway_store::stored_json("endpoint event_types", &self.event_types)
     }
 }
 
@@ -139,14 +141,14 @@ pub(crate) async fn enqueue(tx: &mut Tx, tenant: &TenantId, d: NewDelivery<'_>) 
 pub async fn find(tx: &mut Tx, tenant: &TenantId, id: &EndpointId) -> Result<Option<Endpoint>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2");
     let row: Option<EndpointRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).bind(id.as_str()).bind(tenant.as_str()).fetch_optional(&mut *c).await)?;
-    Ok(row.map(Endpoint::from))
+    row.map(Endpoint::try_from).transpose()
 }
 
 pub async fn list(tx: &mut Tx, tenant: &TenantId, cursor: &Cursor) -> Result<Page<Endpoint>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM webhook_endpoints WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3");
     let rows: Vec<EndpointRow> = on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str()))
         .bind(tenant.as_str()).bind(cursor.after.as_deref().unwrap_or("")).bind(i64::from(cursor.limit) + 1).fetch_all(&mut *c).await)?;
-    Ok(Page::from_rows(rows, cursor.limit, |r| r.id.clone()).map(Endpoint::from))
+    Page::from_rows(rows, cursor.limit, |r| r.id.clone()).try_map(Endpoint::try_from)
 }
 
 /// Fields of a new endpoint, or changes to one (`None` leaves a field as it is).
@@ -168,14 +170,14 @@ pub struct EndpointInput {
 /// Parses a supplied key, or makes one, for `scheme`.
 fn key_for(scheme: &str, supplied: Option<&str>) -> Result<SigningKey, ApiError> {
     let key = match supplied {
-        Some(s) => SigningKey::parse(s).map_err(|e| ApiError::validation("secret", e.to_string()))?,
+        Some(s) => SigningKey::parse(s).map_err(|e| ApiError::validation("/secret", e.to_string()))?,
         None if scheme == "v1a" => SigningKey::generate_asymmetric(),
         None => SigningKey::Symmetric(crate::signature::WebhookSecret::generate()),
     };
     match (scheme, &key) {
         ("v1", SigningKey::Symmetric(_)) | ("v1a", SigningKey::Asymmetric(_)) => Ok(key),
-        ("v1", _) => Err(ApiError::validation("secret", "a v1 endpoint takes a whsec_ secret")),
-        _ => Err(ApiError::validation("secret", "a v1a endpoint takes a whsk_ key pair")),
+        ("v1", _) => Err(ApiError::validation("/secret", "a v1 endpoint takes a whsec_ secret")),
+        _ => Err(ApiError::validation("/secret", "a v1a endpoint takes a whsk_ key pair")),
     }
 }
 
@@ -185,36 +187,42 @@ const RESERVED_HEADERS: &[&str] =
 
 fn validate(input: &EndpointInput) -> Result<(), ApiError> {
     if let Some(url) = &input.url {
-        let parsed = reqwest::Url::parse(url).map_err(|e| ApiError::validation("url", format!("not a URL: {e}")))?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| ApiError::validation("/url", format!("not a URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-            return Err(ApiError::validation("url", "must be an http:// or https:// URL with a host"));
+            return Err(ApiError::validation("/url", "must be an http:// or https:// URL with a host"));
         }
         if !parsed.username().is_empty() || parsed.password().is_some() {
-            return Err(ApiError::validation("url", "credentials in the URL are not allowed; use headers"));
+            return Err(ApiError::validation("/url", "credentials in the URL are not allowed; use headers"));
         }
     }
     if input.description.as_ref().is_some_and(|d| d.chars().count() > 500) {
-        return Err(ApiError::validation("description", "must be at most 500 characters"));
+        return Err(ApiError::validation("/description", "must be at most 500 characters"));
     }
     if let Some(Some(r)) = input.rate_limit
         && r < 1
     {
-        return Err(ApiError::validation("rate_limit", "must be at least 1 per second"));
+        return Err(ApiError::validation("/rate_limit", "must be at least 1 per second"));
     }
     if let Some(h) = &input.headers {
         for (k, v) in h {
             if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
-                return Err(ApiError::validation(format!("headers.{k}"), "this header is set by Runway"));
+                return Err(ApiError::validation(
+                    runway_core::json::pointer(["headers", k.as_str()]),
+                    "this header is set by Runway",
+                ));
             }
             if reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_err()
                 || reqwest::header::HeaderValue::from_str(v).is_err()
             {
-                return Err(ApiError::validation(format!("headers.{k}"), "not a valid HTTP header"));
+                return Err(ApiError::validation(
+                    runway_core::json::pointer(["headers", k.as_str()]),
+                    "not a valid HTTP header",
+                ));
             }
         }
     }
     if input.metadata.as_ref().is_some_and(|m| !m.is_object()) {
-        return Err(ApiError::validation("metadata", "must be a JSON object"));
+        return Err(ApiError::validation("/metadata", "must be a JSON object"));
     }
     Ok(())
 }
@@ -227,12 +235,12 @@ impl Events {
         input: EndpointInput,
     ) -> Result<Endpoint, ApiError> {
         if input.url.is_none() {
-            return Err(ApiError::validation("url", "is required"));
+            return Err(ApiError::validation("/url", "is required"));
         }
         validate(&input)?;
         let scheme = input.signature_scheme.clone().unwrap_or_else(|| "v1".into());
         if !matches!(scheme.as_str(), "v1" | "v1a") {
-            return Err(ApiError::validation("signature_scheme", "v1 (HMAC-SHA256) or v1a (Ed25519)"));
+            return Err(ApiError::validation("/signature_scheme", "v1 (HMAC-SHA256) or v1a (Ed25519)"));
         }
         let secret = key_for(&scheme, input.secret.as_deref())?;
         let now = self.clock.now_micros();
@@ -281,10 +289,10 @@ impl Events {
     ) -> Result<Endpoint, ApiError> {
         validate(&input)?;
         if input.secret.is_some() {
-            return Err(ApiError::validation("secret", "secrets are not changed by PATCH"));
+            return Err(ApiError::validation("/secret", "secrets are not changed by PATCH"));
         }
         if input.signature_scheme.is_some() {
-            return Err(ApiError::validation("signature_scheme", "create a new endpoint to change the scheme"));
+            return Err(ApiError::validation("/signature_scheme", "create a new endpoint to change the scheme"));
         }
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         let before = find(&mut tx, tenant, id).await?.ok_or_else(|| ApiError::not_found("no such webhook endpoint"))?;

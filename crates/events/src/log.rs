@@ -34,15 +34,17 @@ struct TypeRow {
     created_at: i64,
 }
 
-impl From<TypeRow> for EventType {
-    fn from(r: TypeRow) -> Self {
-        EventType {
+impl TryFrom<TypeRow> for EventType {
+    type Error = StoreError;
+
+    fn try_from(r: TypeRow) -> Result<Self, StoreError> {
+        Ok(EventType {
             name: r.name,
             version: format!("{}.{}", r.major, r.minor),
             description: r.description,
-            schema: r.schema.and_then(|s| serde_json::from_str(&s).ok()),
+            schema: r.schema.map(|s| runway_store::stored_json("event type schema", &s)).transpose()?,
             created_at: rfc3339(r.created_at),
-        }
+        })
     }
 }
 
@@ -72,7 +74,7 @@ pub async fn list_types(tx: &mut Tx) -> Result<Vec<EventType>, StoreError> {
     let sql = format!("SELECT {TYPE_COLUMNS} FROM event_types ORDER BY name, major, minor");
     let rows: Vec<TypeRow> =
         on_conn!(tx, c => sqlx::query_as(sqlx::AssertSqlSafe(sql.as_str())).fetch_all(&mut *c).await)?;
-    Ok(rows.into_iter().map(EventType::from).collect())
+    rows.into_iter().map(EventType::try_from).collect()
 }
 
 /// A new event type version as a client describes it.
@@ -95,27 +97,29 @@ impl Events {
             ));
         }
         let (major, minor) =
-            parse_version(&new.version).ok_or_else(|| ApiError::validation("version", "use MAJOR.MINOR, e.g. 1.0"))?;
+            parse_version(&new.version).ok_or_else(|| ApiError::validation("/version", "use MAJOR.MINOR, e.g. 1.0"))?;
         if let Some(schema) = &new.schema {
             jsonschema::draft202012::new(schema)
-                .map_err(|e| ApiError::validation("schema", format!("not a valid JSON Schema: {e}")))?;
+                .map_err(|e| ApiError::validation("/schema", format!("not a valid JSON Schema: {e}")))?;
         }
         let mut tx = self.store.write(DbScope::Platform).await?;
         if let Some(prev) = latest_type(&mut tx, &new.name).await? {
             if (major, minor) <= (prev.major, prev.minor) {
                 let mut e = ApiError::new(
-                    ErrorCode::Conflict,
+                    ErrorCode::VersionNotNewer,
                     format!(
                         "version {major}.{minor} is not newer than {}.{}; versions are immutable",
                         prev.major, prev.minor
                     ),
                 );
-                e.field = Some("version".into());
+                e.field = Some("/version".into());
                 return Err(e);
             }
             if major == prev.major {
-                let old: Value =
-                    prev.schema.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or(Value::Null);
+                let old: Value = match prev.schema.as_deref() {
+                    Some(s) => runway_store::stored_json("event type schema", s)?,
+                    None => Value::Null,
+                };
                 let breaks = match (&old, &new.schema) {
                     (Value::Null, _) => Vec::new(),
                     (_, None) => Vec::new(),
@@ -208,18 +212,20 @@ pub(crate) struct EventRow {
     pub received_at: i64,
 }
 
-impl From<EventRow> for Event {
-    fn from(r: EventRow) -> Self {
-        Event {
+impl TryFrom<EventRow> for Event {
+    type Error = StoreError;
+
+    fn try_from(r: EventRow) -> Result<Self, StoreError> {
+        Ok(Event {
             id: r.event_id,
             pos: r.pos,
             event_type: r.event_type,
             type_version: r.type_version,
-            payload: serde_json::from_str(&r.payload).unwrap_or(Value::Null),
+            payload: runway_store::stored_json("event payload", &r.payload)?,
             key: r.event_key,
             occurred_at: rfc3339(r.occurred_at),
             received_at: rfc3339(r.received_at),
-        }
+        })
     }
 }
 
@@ -268,7 +274,7 @@ impl Events {
         let mut types: std::collections::HashMap<String, (String, Option<Arc<jsonschema::Validator>>)> =
             Default::default();
         for (i, ev) in events.iter().enumerate() {
-            let at = |f: &str| if field_prefix.is_empty() { f.to_owned() } else { format!("{field_prefix}{i}/{f}") };
+            let at = |f: &str| if field_prefix.is_empty() { format!("/{f}") } else { format!("{field_prefix}{i}/{f}") };
             if let Some(id) = &ev.id
                 && (id.is_empty() || id.len() > 255 || id.contains('\0'))
             {
@@ -363,7 +369,7 @@ impl Events {
         endpoint: Option<&runway_core::EndpointId>,
     ) -> Result<u64, ApiError> {
         if to <= from {
-            return Err(ApiError::validation("to", "must be after from"));
+            return Err(ApiError::validation("/to", "must be after from"));
         }
         let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
@@ -473,11 +479,11 @@ pub async fn redact_page(tx: &mut Tx, page: &mut Page<Event>) -> Result<(), Stor
             let (major, minor) = parse_version(&ev.type_version).unwrap_or((1, 0));
             let schema: Option<Option<String>> = on_conn!(tx, c => sqlx::query_scalar("SELECT schema FROM event_types WHERE name = $1 AND major = $2 AND minor = $3")
                 .bind(&ev.event_type).bind(major).bind(minor).fetch_optional(&mut *c).await)?;
-            let paths = schema
-                .flatten()
-                .and_then(|s| serde_json::from_str::<Value>(&s).ok())
-                .map(|s| compat::pii_paths(&s))
-                .unwrap_or_default();
+            // A schema that does not parse is an error: its `x-pii` paths would go unredacted.
+            let paths = match schema.flatten() {
+                Some(s) => compat::pii_paths(&runway_store::stored_json::<Value>("event type schema", &s)?),
+                None => Vec::new(),
+            };
             cache.insert(key.clone(), paths);
         }
         compat::redact(&mut ev.payload, &cache[&key]);
@@ -502,7 +508,7 @@ pub async fn list_events(
          ORDER BY pos LIMIT $6")
         .bind(tenant.as_str()).bind(&f.event_type).bind(f.from).bind(f.to).bind(cursor.after.as_deref().unwrap_or("")).bind(i64::from(cursor.limit) + 1)
         .fetch_all(&mut *c).await)?;
-    Ok(Page::from_rows(rows, cursor.limit, |r| r.pos.clone()).map(Event::from))
+    Page::from_rows(rows, cursor.limit, |r| r.pos.clone()).try_map(Event::try_from)
 }
 
 #[cfg(test)]

@@ -151,7 +151,7 @@ impl Committer {
             }
         }
         let endpoints = crate::endpoints::subscribers(&mut tx, tenant).await?;
-        let filters: Vec<Vec<String>> = endpoints.iter().map(Subscriber::types).collect();
+        let filters: Vec<Vec<String>> = endpoints.iter().map(Subscriber::types).collect::<Result<_, _>>()?;
         let rows: Vec<(&Prepared, i64)> = jobs.iter().flat_map(|j| j.rows.iter().map(move |r| (r, j.now))).collect();
         let mut inserted: HashSet<String> = HashSet::with_capacity(rows.len());
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {

@@ -115,8 +115,8 @@ impl Relay {
                 }
             };
             let result = match (&tenant, serde_json::from_str(&row.payload)) {
-                (None, _) => Err(ApiError::validation("tenant", format!("no tenant `{}`", row.tenant))),
-                (_, Err(e)) => Err(ApiError::validation("payload", e.to_string())),
+                (None, _) => Err(ApiError::validation("/tenant", format!("no tenant `{}`", row.tenant))),
+                (_, Err(e)) => Err(ApiError::validation("/payload", e.to_string())),
                 (Some(t), Ok(payload)) => {
                     let ev = NewEvent {
                         event_type: row.event_type.clone(),

@@ -124,13 +124,13 @@ pub struct PublishResult {
 
 fn from_value<T: serde::de::DeserializeOwned>(v: Value, prefix: &str) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(v).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            prefix.trim_end_matches('/').to_owned()
+        let field = format!("{prefix}{}", runway_core::json::pointer_of(e.path()));
+        let detail = e.into_inner().to_string();
+        if field.is_empty() {
+            ApiError::new(ErrorCode::ValidationFailed, detail)
         } else {
-            format!("{prefix}{}", path.replace('.', "/"))
-        };
-        ApiError::validation(field, e.into_inner().to_string())
+            ApiError::validation(field, detail)
+        }
     })
 }
 
@@ -146,14 +146,14 @@ fn to_new_events(content_type: &str, body: Value) -> Result<(Vec<NewEvent>, &'st
     };
     let mut out = Vec::with_capacity(items.len());
     for (i, item) in items.into_iter().enumerate() {
-        let at = if prefix.is_empty() { String::new() } else { format!("/{i}/") };
+        let at = if prefix.is_empty() { String::new() } else { format!("/{i}") };
         if cloud {
             let ce: CloudEvent = from_value(item, &at)?;
             if ce.specversion != "1.0" {
-                return Err(ApiError::validation(format!("{at}specversion"), "only CloudEvents 1.0 is supported"));
+                return Err(ApiError::validation(format!("{at}/specversion"), "only CloudEvents 1.0 is supported"));
             }
             out.push(NewEvent {
-                occurred_at: time_field(ce.time, format!("{at}time"))?,
+                occurred_at: time_field(ce.time, format!("{at}/time"))?,
                 event_type: ce.event_type,
                 id: Some(ce.id),
                 payload: ce.data,
@@ -162,7 +162,7 @@ fn to_new_events(content_type: &str, body: Value) -> Result<(Vec<NewEvent>, &'st
         } else {
             let e: EventIn = from_value(item, &at)?;
             out.push(NewEvent {
-                occurred_at: time_field(e.occurred_at, format!("{at}occurred_at"))?,
+                occurred_at: time_field(e.occurred_at, format!("{at}/occurred_at"))?,
                 event_type: e.event_type,
                 id: e.id,
                 payload: e.payload,
@@ -206,14 +206,8 @@ pub struct EventQuery {
 }
 
 fn query_time(v: Option<String>, field: &str) -> Result<Option<i64>, ApiError> {
-    v.map(|s| {
-        parse_rfc3339(&s).ok_or_else(|| {
-            let mut e = ApiError::new(ErrorCode::InvalidQuery, format!("`{field}` must be an RFC 3339 time"));
-            e.field = Some(field.to_owned());
-            e
-        })
-    })
-    .transpose()
+    v.map(|s| parse_rfc3339(&s).ok_or_else(|| ApiError::query(field, format!("`{field}` must be an RFC 3339 time"))))
+        .transpose()
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events", params(("tenant" = String, Path), EventQuery),
@@ -471,9 +465,7 @@ async fn list_messages(
     if let Some(st) = &q.status
         && !matches!(st.as_str(), "pending" | "delivered" | "dead")
     {
-        let mut e = ApiError::new(ErrorCode::InvalidQuery, "status is pending, delivered or dead");
-        e.field = Some("status".into());
-        return Err(e);
+        return Err(ApiError::query("status", "status is pending, delivered or dead"));
     }
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
     let mut tx = s.events.store.read(scope.db()).await?;
@@ -540,7 +532,7 @@ async fn recover(
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     let scope = auth.tenant(&s.identity, &tenant).await?;
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
-    let since = parse_rfc3339(&b.since).ok_or_else(|| ApiError::validation("since", "must be an RFC 3339 time"))?;
+    let since = parse_rfc3339(&b.since).ok_or_else(|| ApiError::validation("/since", "must be an RFC 3339 time"))?;
     let queued = s.events.recover(scope.id(), &ep.id, since).await?;
     Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
 }
@@ -602,9 +594,9 @@ async fn replay(
     ApiJson(b): ApiJson<ReplayIn>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     let scope = auth.tenant(&s.identity, &tenant).await?;
-    let from = parse_rfc3339(&b.from).ok_or_else(|| ApiError::validation("from", "must be an RFC 3339 time"))?;
+    let from = parse_rfc3339(&b.from).ok_or_else(|| ApiError::validation("/from", "must be an RFC 3339 time"))?;
     let to = match b.to {
-        Some(t) => parse_rfc3339(&t).ok_or_else(|| ApiError::validation("to", "must be an RFC 3339 time"))?,
+        Some(t) => parse_rfc3339(&t).ok_or_else(|| ApiError::validation("/to", "must be an RFC 3339 time"))?,
         None => s.events.clock.now_micros() + 1,
     };
     let endpoint = b
@@ -612,7 +604,7 @@ async fn replay(
         .as_deref()
         .map(EndpointId::parse)
         .transpose()
-        .map_err(|e| ApiError::validation("endpoint_id", e.to_string()))?;
+        .map_err(|e| ApiError::validation("/endpoint_id", e.to_string()))?;
     let queued = s.events.replay(scope.id(), from, to, b.event_type.as_deref(), endpoint.as_ref()).await?;
     Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
 }

@@ -41,15 +41,34 @@ impl Cidr {
     }
 }
 
-/// IPv4-mapped IPv6 (`::ffff:10.0.0.1`) is judged as the IPv4 address it carries.
+/// IPv6 forms that carry an IPv4 address a packet ends up at are judged as that IPv4 address:
+/// IPv4-mapped (`::ffff:10.0.0.1`), IPv4-compatible (`::10.0.0.1`, deprecated but still routed by
+/// some stacks) and 6to4 (`2002:0a00:0001::/48` reaches `10.0.0.1` through a relay).
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(v6),
         },
         v4 => v4,
     }
+}
+
+fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let seg = v6.segments();
+    let o = v6.octets();
+    // IPv4-compatible `::a.b.c.d`; `::` and `::1` are IPv6's own unspecified and loopback.
+    if seg[..6].iter().all(|&s| s == 0) && u128::from(v6) > 1 {
+        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
+    // 6to4: 2002:AABB:CCDD::/48 carries AA.BB.CC.DD.
+    if seg[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    None
 }
 
 /// Why an address is refused, or `None` when it is a public unicast address.
@@ -102,8 +121,13 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     } else if seg[0] == 0x2001 && seg[1] == 0x0db8 {
         Some("documentation")
     } else if seg[0] == 0x0064 && seg[1] == 0xff9b {
-        // NAT64 can reach any IPv4 address, private ones included.
+        // NAT64, the well-known 64:ff9b::/96 and the local-use 64:ff9b:1::/48: a translator can
+        // reach any IPv4 address, private ones included, and which one it serves is not ours to know.
         Some("NAT64")
+    } else if seg[0] == 0x2001 && seg[1] == 0 {
+        // Teredo (2001::/32) tunnels to a host behind a NAT whose address is obfuscated in the
+        // last 32 bits; the packet's real destination cannot be judged from here.
+        Some("Teredo tunnel")
     } else {
         None
     }
@@ -150,6 +174,21 @@ mod tests {
             "::ffff:10.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::808:808",
+            // IPv4-compatible forms of internal addresses.
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "::169.254.169.254",
+            "::0.0.0.2",
+            // 6to4 wrapping internal addresses.
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:a9fe:a9fe::1",
+            "2002:c0a8:101:1::5",
+            // Teredo, whatever it embeds.
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001::1",
         ] {
             assert!(blocked_reason(ip(a)).is_some(), "{a} should be blocked");
         }
@@ -157,7 +196,17 @@ mod tests {
 
     #[test]
     fn public_destinations_pass() {
-        for a in ["93.184.216.34", "8.8.8.8", "2606:2800:220:1:248:1893:25c8:1946", "::ffff:8.8.8.8"] {
+        for a in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:2800:220:1:248:1893:25c8:1946",
+            "::ffff:8.8.8.8",
+            // IPv4-compatible and 6to4 forms of a public address are judged as that address.
+            "::8.8.8.8",
+            "2002:808:808::1",
+            // 2001:db8::/32 is documentation, but 2001:4860:: (outside Teredo's /32) is public.
+            "2001:4860:4860::8888",
+        ] {
             assert_eq!(blocked_reason(ip(a)), None, "{a}");
         }
     }
@@ -171,5 +220,16 @@ mod tests {
         assert!(check(ip("10.0.0.1"), &allow).is_err());
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
         assert!("nope".parse::<Cidr>().is_err());
+        // An allowlisted IPv4 block also admits the IPv6 forms that carry it.
+        assert!(check(ip("::127.0.0.1"), &allow).is_ok());
+        assert!(check(ip("2002:7f00:1::1"), &allow).is_ok());
+    }
+
+    #[test]
+    fn embedded_ipv4_is_named_in_the_reason() {
+        assert_eq!(blocked_reason(ip("::10.0.0.1")), Some("private"));
+        assert_eq!(blocked_reason(ip("2002:a9fe:a9fe::1")), Some("link-local or cloud metadata"));
+        assert_eq!(blocked_reason(ip("2001:0:4136:e378::1")), Some("Teredo tunnel"));
+        assert_eq!(blocked_reason(ip("64:ff9b:1::a00:1")), Some("NAT64"));
     }
 }

@@ -200,9 +200,12 @@ impl DeliveryQueue for Events {
                     .execute(&mut *c).await.map(|_| ()))?;
             }
             metrics::counter!("runway_webhook_deliveries_total", "outcome" => status).increment(1);
-            // Per endpoint, so its success ratio is rate(success) / rate(all) in PromQL.
+            // Per endpoint, so its success ratio is rate(success) / rate(all) in PromQL; bounded, so
+            // a tenant creating endpoints cannot grow the series without limit.
             let result = if o.succeeded() { "success" } else { "failure" };
-            metrics::counter!("runway_webhook_endpoint_attempts_total", "endpoint" => d.endpoint_id.clone(), "result" => result).increment(1);
+            let endpoint = ENDPOINT_LABELS.label(&d.endpoint_id);
+            metrics::counter!("runway_webhook_endpoint_attempts_total", "endpoint" => endpoint, "result" => result)
+                .increment(1);
             metrics::histogram!("runway_webhook_attempt_duration_seconds").record(o.latency.as_secs_f64());
         }
         for chunk in delivered.chunks(500) {
@@ -290,16 +293,23 @@ fn classify(e: &reqwest::Error) -> &'static str {
     "connect"
 }
 
+/// How many endpoints get their own `runway_webhook_endpoint_attempts_total` series per process;
+/// the rest are counted as `endpoint="other"`.
+pub const MAX_ENDPOINT_LABELS: usize = 200;
+
+static ENDPOINT_LABELS: std::sync::LazyLock<runway_core::labels::BoundedLabels> =
+    std::sync::LazyLock::new(|| runway_core::labels::BoundedLabels::new(MAX_ENDPOINT_LABELS));
+
 /// The body receivers get: the Standard Webhooks envelope.
-pub fn envelope(d: &Claimed) -> Vec<u8> {
-    let data: serde_json::Value = serde_json::from_str(&d.payload).unwrap_or(serde_json::Value::Null);
-    serde_json::to_vec(&serde_json::json!({
+pub fn envelope(d: &Claimed) -> Result<Vec<u8>, StoreError> {
+    let data: serde_json::Value = runway_store::stored_json("event payload", &d.payload)?;
+    Ok(serde_json::to_vec(&serde_json::json!({
         "id": d.event_id,
         "type": d.event_type,
         "timestamp": rfc3339(d.occurred_at),
         "data": data,
     }))
-    .unwrap_or_default()
+    .unwrap_or_default())
 }
 
 impl Events {
@@ -332,7 +342,11 @@ impl Events {
             Ok(s) => s,
             Err(e) => return fail("connect", format!("endpoint secret unusable: {e}")),
         };
-        let body = envelope(d);
+        let body = match envelope(d) {
+            Ok(b) => b,
+            // Never send a body other than the event's own; the attempt fails and is retried.
+            Err(e) => return fail("stored_data", e.to_string()),
+        };
         let ts = self.clock.now().unix_timestamp();
         let mut signature = secret.sign(&d.id, ts, &body);
         // During a rotation both signatures go in the one header; receivers accept either.
@@ -350,7 +364,11 @@ impl Events {
             .header("webhook-id", &d.id)
             .header("webhook-timestamp", ts.to_string())
             .header("webhook-signature", signature);
-        let extra: std::collections::BTreeMap<String, String> = serde_json::from_str(&d.headers).unwrap_or_default();
+        let extra: std::collections::BTreeMap<String, String> =
+            match runway_store::stored_json("endpoint headers", &d.headers) {
+                Ok(h) => h,
+                Err(e) => return fail("stored_data", e.to_string()),
+            };
         for (k, v) in extra {
             req = req.header(k, v);
         }

@@ -377,7 +377,7 @@ mod tests {
         };
         doc.environments.insert("production".into(), cfg.clone());
         let e = doc.validate(&known).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("environments/production/strategies/0/parameters/rollout"));
+        assert_eq!(e.field.as_deref(), Some("/environments/production/strategies/0/parameters/rollout"));
         cfg.strategies = vec![strategy("default", &[])];
         cfg.strategies[0].constraints = Some(vec![ConstraintDef {
             context_name: "version".into(),
@@ -387,7 +387,7 @@ mod tests {
         }]);
         doc.environments.insert("production".into(), cfg.clone());
         let e = doc.validate(&known).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("environments/production/strategies/0/constraints/0/value"));
+        assert_eq!(e.field.as_deref(), Some("/environments/production/strategies/0/constraints/0/value"));
         cfg.strategies[0].constraints = None;
         cfg.dependencies = vec![DependencyDef { feature: "parent".into(), ..Default::default() }];
         doc.environments.insert("production".into(), cfg);

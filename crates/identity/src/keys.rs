@@ -97,10 +97,10 @@ impl Identity {
         new: NewKey,
     ) -> Result<(ApiKey, String), ApiError> {
         if new.name.trim().is_empty() || new.name.chars().count() > 200 {
-            return Err(ApiError::validation("name", "must be 1 to 200 characters"));
+            return Err(ApiError::validation("/name", "must be 1 to 200 characters"));
         }
         if new.scopes.is_empty() {
-            return Err(ApiError::validation("scopes", "a key needs at least one scope"));
+            return Err(ApiError::validation("/scopes", "a key needs at least one scope"));
         }
         let scopes = ScopeSet::parse_names(&new.scopes, "scopes")?;
         if tenant.is_some()
@@ -121,12 +121,12 @@ impl Identity {
         if let Some(exp) = new.expires_at
             && exp <= now
         {
-            return Err(ApiError::validation("expires_at", "must be in the future"));
+            return Err(ApiError::validation("/expires_at", "must be in the future"));
         }
         if let Some(env) = &new.environment
             && !runway_core::config::is_slug(env)
         {
-            return Err(ApiError::validation("environment", "environment names use a-z, 0-9 and '-'"));
+            return Err(ApiError::validation("/environment", "environment names use a-z, 0-9 and '-'"));
         }
         let kind = if tenant.is_some() { TokenKind::Tenant } else { TokenKind::Service };
         let minted = mint(kind);

@@ -38,7 +38,8 @@ pub struct Admission {
 
 /// A refusal, with the headers the client needs to back off.
 pub struct Refusal {
-    pub error: ApiError,
+    /// Boxed: a refusal travels through `Result`s on the hot path, which stay small.
+    pub error: Box<ApiError>,
     pub headers: Option<(String, String)>,
 }
 
@@ -92,33 +93,34 @@ impl ApiLimiter {
         let w = window_secs(&plan.limits);
         let mut policy = Vec::new();
         let mut tightest: Option<(&str, u32)> = None;
-        let mut check = |name: &'static str, limiter: &Limiter, key: &str| -> Result<(), Refusal> {
-            policy.push(format!("\"{name}\";q={};w={w}", plan.limits.burst));
-            match limiter.check_key(&key.to_owned()) {
-                Ok(snap) => {
-                    let r = snap.remaining_burst_capacity();
-                    if tightest.is_none_or(|(_, t)| r < t) {
-                        tightest = Some((name, r));
+        let mut check =
+            |name: &'static str, limiter: &Limiter, key: &str| -> Result<(), Refusal> {
+                policy.push(format!("\"{name}\";q={};w={w}", plan.limits.burst));
+                match limiter.check_key(&key.to_owned()) {
+                    Ok(snap) => {
+                        let r = snap.remaining_burst_capacity();
+                        if tightest.is_none_or(|(_, t)| r < t) {
+                            tightest = Some((name, r));
+                        }
+                        Ok(())
                     }
-                    Ok(())
-                }
-                Err(not_until) => {
-                    let wait = not_until.wait_time_from(self.clock.now());
-                    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                    let headers = (policy.join(", "), format!("\"{name}\";r=0;t={secs}"));
-                    Err(Refusal {
-                        error: ApiError::new(
+                    Err(not_until) => {
+                        let wait = not_until.wait_time_from(self.clock.now());
+                        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                        let headers = (policy.join(", "), format!("\"{name}\";r=0;t={secs}"));
+                        Err(Refusal {
+                        error: Box::new(ApiError::new(
                             ErrorCode::RateLimited,
                             format!(
                                 "the {name} rate limit of the `{plan_name}` plan is exhausted; retry after {secs} s"
                             ),
                         )
-                        .with_retry_after(secs),
+                        .with_retry_after(secs)),
                         headers: Some(headers),
                     })
+                    }
                 }
-            }
-        };
+            };
         if let Some(t) = tenant {
             check("tenant", &plan.tenants, t)?;
         }
@@ -141,14 +143,16 @@ impl ApiLimiter {
                     Ok(permit) => Some(permit),
                     Err(_) => {
                         return Err(Refusal {
-                            error: ApiError::new(
-                                ErrorCode::ConcurrencyLimited,
-                                format!(
-                                    "more than {} requests in flight for this tenant",
-                                    plan.limits.max_concurrent_requests
-                                ),
-                            )
-                            .with_retry_after(1),
+                            error: Box::new(
+                                ApiError::new(
+                                    ErrorCode::ConcurrencyLimited,
+                                    format!(
+                                        "more than {} requests in flight for this tenant",
+                                        plan.limits.max_concurrent_requests
+                                    ),
+                                )
+                                .with_retry_after(1),
+                            ),
                             headers,
                         });
                     }

@@ -278,7 +278,7 @@ fn new_key(body: KeyCreate) -> Result<NewKey, ApiError> {
     let expires_at = match body.expires_at {
         None => None,
         Some(s) => {
-            Some(parse_rfc3339(&s).ok_or_else(|| ApiError::validation("expires_at", "must be an RFC 3339 time"))?)
+            Some(parse_rfc3339(&s).ok_or_else(|| ApiError::validation("/expires_at", "must be an RFC 3339 time"))?)
         }
     };
     Ok(NewKey { name: body.name, scopes: body.scopes, expires_at, environment: body.environment })
@@ -335,7 +335,7 @@ async fn create_tenant_key(
 ) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
     let scope = auth.tenant(&id, &tenant).await?;
     if scope.tenant().state == TenantState::Deleted {
-        return Err(ApiError::new(runway_core::ErrorCode::Conflict, "the tenant is deleted"));
+        return Err(ApiError::new(runway_core::ErrorCode::TenantDeleted, "the tenant is deleted"));
     }
     let (key, token) = id.create_key(&auth.audit, creator(&auth), Some(scope.id()), new_key(body)?).await?;
     Ok((StatusCode::CREATED, Json(KeyCreated { key: key.into(), token })))
@@ -386,12 +386,9 @@ pub struct AuditQuery {
 fn time_param(v: Option<String>, field: &str) -> Result<Option<i64>, ApiError> {
     match v {
         None => Ok(None),
-        Some(s) => parse_rfc3339(&s).map(Some).ok_or_else(|| {
-            let mut e =
-                ApiError::new(runway_core::ErrorCode::InvalidQuery, format!("`{field}` must be an RFC 3339 time"));
-            e.field = Some(field.to_owned());
-            e
-        }),
+        Some(s) => parse_rfc3339(&s)
+            .map(Some)
+            .ok_or_else(|| ApiError::query(field, format!("`{field}` must be an RFC 3339 time"))),
     }
 }
 

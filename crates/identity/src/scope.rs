@@ -79,7 +79,7 @@ impl ScopeSet {
                 None => {
                     let known: Vec<_> = Scope::ALL.iter().map(|s| s.as_str()).collect();
                     return Err(ApiError::validation(
-                        format!("{field}[{i}]"),
+                        format!("{field}/{i}"),
                         format!("unknown scope `{n}`; known scopes: {}", known.join(", ")),
                     ));
                 }
@@ -138,7 +138,7 @@ mod tests {
         assert!(!set.contains(Scope::KeysWrite));
         assert_eq!(set.names(), vec!["tenants:read", "audit:read"]);
         let e = ScopeSet::parse_names(&["tenants:read".into(), "root".into()], "scopes").unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("scopes[1]"));
+        assert_eq!(e.field.as_deref(), Some("/scopes/1"));
     }
 
     #[test]

@@ -159,24 +159,24 @@ const MAX_METADATA_BYTES: usize = 16 * 1024;
 
 fn validate_name(name: &str) -> Result<(), ApiError> {
     if name.trim().is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation("name", "must be 1 to 200 characters"));
+        return Err(ApiError::validation("/name", "must be 1 to 200 characters"));
     }
     Ok(())
 }
 
 fn validate_metadata(m: &Value) -> Result<(), ApiError> {
     if !m.is_object() {
-        return Err(ApiError::validation("metadata", "must be a JSON object"));
+        return Err(ApiError::validation("/metadata", "must be a JSON object"));
     }
     if m.to_string().len() > MAX_METADATA_BYTES {
-        return Err(ApiError::validation("metadata", "must be at most 16 KiB"));
+        return Err(ApiError::validation("/metadata", "must be at most 16 KiB"));
     }
     Ok(())
 }
 
 fn validate_region(r: &str) -> Result<(), ApiError> {
     if !is_slug(r) {
-        return Err(ApiError::validation("region", "use a-z, 0-9 and '-' (1 to 63 characters)"));
+        return Err(ApiError::validation("/region", "use a-z, 0-9 and '-' (1 to 63 characters)"));
     }
     Ok(())
 }
@@ -187,13 +187,13 @@ impl Identity {
             return Ok(());
         }
         let known: Vec<_> = self.config.plans.keys().map(String::as_str).collect();
-        Err(ApiError::validation("plan", format!("no plan named `{plan}`; plans: {}", known.join(", "))))
+        Err(ApiError::validation("/plan", format!("no plan named `{plan}`; plans: {}", known.join(", "))))
     }
 
     /// Creates a tenant and opens its audit chain with `tenant.created`.
     pub async fn create_tenant(&self, ctx: &AuditContext, new: NewTenant) -> Result<Tenant, ApiError> {
         if !is_slug(&new.slug) || new.slug.starts_with("tnt_") {
-            return Err(ApiError::validation("slug", "use a-z, 0-9 and '-' (1 to 63 characters)"));
+            return Err(ApiError::validation("/slug", "use a-z, 0-9 and '-' (1 to 63 characters)"));
         }
         validate_name(&new.name)?;
         let plan = new.plan.unwrap_or_else(|| self.config.tenants.default_plan.clone());
@@ -223,9 +223,11 @@ impl Identity {
             .bind(now).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))
         .map_err(runway_store::StoreError::from)?;
         if inserted == 0 {
-            let mut e =
-                ApiError::new(ErrorCode::Conflict, format!("a tenant with slug `{}` already exists", tenant.slug));
-            e.field = Some("slug".into());
+            let mut e = ApiError::new(
+                ErrorCode::SlugTaken,
+                format!("a tenant with slug `{}` exists or existed; slugs are never reused", tenant.slug),
+            );
+            e.field = Some("/slug".into());
             return Err(e);
         }
         let summary = json!({"slug": tenant.slug, "name": tenant.name, "plan": tenant.plan, "region": tenant.region, "metadata": tenant.metadata});
@@ -261,13 +263,13 @@ impl Identity {
             validate_metadata(m)?;
         }
         if patch.state == Some(TenantState::Deleted) {
-            return Err(ApiError::validation("state", "use DELETE to delete a tenant"));
+            return Err(ApiError::validation("/state", "use DELETE to delete a tenant"));
         }
         let mut tx = self.store.write(DbScope::Tenant(id.clone())).await?;
         let before =
             find(&mut tx, &TenantRef::Id(id.clone())).await?.ok_or_else(|| ApiError::not_found("no such tenant"))?;
         if before.state == TenantState::Deleted {
-            return Err(ApiError::new(ErrorCode::Conflict, "the tenant is deleted and cannot change"));
+            return Err(ApiError::new(ErrorCode::TenantDeleted, "the tenant is deleted and cannot change"));
         }
         let mut after = before.clone();
         let mut diff = serde_json::Map::new();

@@ -319,6 +319,9 @@ struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:7400.
     #[arg(long)]
     listen: Option<String>,
+    /// Address of the metrics listener, e.g. 127.0.0.1:7402, or `off`.
+    #[arg(long)]
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -424,8 +427,13 @@ fn overrides(cli: &Cli) -> Overrides {
     if let Some(u) = &cli.database_url {
         o.push(("database.url", toml::Value::String(u.clone())));
     }
-    if let Command::Serve(ServeArgs { listen: Some(l) }) = &cli.command {
-        o.push(("server.listen", toml::Value::String(l.clone())));
+    if let Command::Serve(args) = &cli.command {
+        if let Some(l) = &args.listen {
+            o.push(("server.listen", toml::Value::String(l.clone())));
+        }
+        if let Some(m) = &args.metrics_listen {
+            o.push(("server.metrics_listen", toml::Value::String(m.clone())));
+        }
     }
     o
 }
@@ -478,7 +486,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let base = format!("http://{}", running.addr);
     println!("Runway {} is listening on {base}", env!("CARGO_PKG_VERSION"));
     println!("  API docs    {base}/docs   (OpenAPI: {base}/openapi.json)");
-    println!("  Metrics     {base}/metrics");
+    match running.metrics_addr {
+        Some(m) => println!("  Metrics     http://{m}/metrics"),
+        None => println!("  Metrics     off (server.metrics_listen)"),
+    }
     println!("  Health      {base}/healthz   Readiness: {base}/readyz");
     println!("  Store       {}", running.state.store.describe());
     if let Some(token) = &running.admin_token {
@@ -497,9 +508,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         eprintln!("second signal: exiting now");
         std::process::exit(130);
     });
-    running.wait().await;
+    let drain = running.wait().await;
     runway_server::telemetry::shutdown();
-    Ok(())
+    match drain {
+        runway_server::Drain::Clean => {
+            println!("Stopped: drained (every in-flight request finished; background work stopped).");
+            Ok(())
+        }
+        runway_server::Drain::GraceExpired => {
+            bail!(
+                "stopped after the grace period of {}s with requests still in flight",
+                config.server.shutdown_grace_secs
+            )
+        }
+        runway_server::Drain::Aborted => bail!("the server task failed while stopping"),
+    }
 }
 
 /// Registers for SIGTERM and Ctrl-C at once and returns a future that resolves on either.

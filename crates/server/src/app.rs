@@ -73,7 +73,7 @@ pub fn router(state: AppState) -> Router {
     let spec = serde_json::to_string_pretty(&openapi()).unwrap_or_default();
     Router::new()
         .merge(ops.with_state(state.clone()))
-        .route("/metrics", axum::routing::get(metrics).with_state(state.clone()))
+        .route("/metrics", axum::routing::get(metrics_with_token).with_state(state.clone()))
         .route(
             "/openapi.json",
             axum::routing::get(move || async move { ([(header::CONTENT_TYPE, "application/json")], spec.clone()) }),
@@ -86,6 +86,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(ErrorCode::MethodNotAllowed, "this route does not accept that method")
         })
         .layer(axum::extract::DefaultBodyLimit::max(state.config.server.body_limit_bytes))
+        .layer(middleware::from_fn(crate::hygiene::hygiene))
         .layer(middleware::from_fn(crate::observe::observe))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
             ApiError::internal("handler panicked").into_response()
@@ -120,6 +121,33 @@ async fn readyz(State(state): State<AppState>) -> Response {
             .into_response(),
         Err(e) => ApiError::new(ErrorCode::Unavailable, format!("cannot read migrations: {e}")).into_response(),
     }
+}
+
+/// The metrics listener's router: `/metrics` only, no credential (it listens on loopback unless
+/// the operator chose otherwise).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics).with_state(state))
+        .fallback(|| async { ApiError::not_found("this listener serves /metrics only") })
+}
+
+/// `/metrics` on the API listener: there only with `server.metrics_token`, and only for a request
+/// that presents it; otherwise it does not exist, so tenant and endpoint counts stay private.
+async fn metrics_with_token(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let Some(token) = &state.config.server.metrics_token else {
+        return ApiError::not_found("metrics are served on their own listener (server.metrics_listen)").into_response();
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .unwrap_or("");
+    let ok: bool = subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.expose().as_bytes()).into();
+    if !ok {
+        return ApiError::unauthenticated("`/metrics` here needs `Authorization: Bearer <server.metrics_token>`")
+            .into_response();
+    }
+    metrics(State(state)).await
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -46,10 +46,7 @@ fn request_hash(req: &Request, body: &[u8]) -> String {
 fn validate_key(v: &HeaderValue) -> Result<String, ApiError> {
     let s = v.to_str().unwrap_or("");
     if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
-        let mut e =
-            ApiError::new(ErrorCode::InvalidHeader, "Idempotency-Key must be 1 to 255 visible ASCII characters");
-        e.field = Some("Idempotency-Key".into());
-        return Err(e);
+        return Err(ApiError::header("Idempotency-Key", "Idempotency-Key must be 1 to 255 visible ASCII characters"));
     }
     Ok(s.to_owned())
 }
@@ -59,9 +56,13 @@ pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next
     if req.method() != Method::POST {
         return next.run(req).await;
     }
-    let Some(raw) = req.headers().get(HEADER) else {
+    let mut keys = req.headers().get_all(HEADER).iter();
+    let Some(raw) = keys.next() else {
         return next.run(req).await;
     };
+    if keys.next().is_some() {
+        return ApiError::header("Idempotency-Key", "send one Idempotency-Key header, not several").into_response();
+    }
     match handle(state, raw.clone(), req, next).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -119,7 +120,7 @@ async fn handle(state: AppState, raw: HeaderValue, req: Request, next: Next) -> 
                 "this Idempotency-Key was used with a different request; use a new key",
             ));
         } else {
-            return Ok(replay(rec));
+            return replay(rec);
         }
     }
     tx.commit().await?;
@@ -142,18 +143,23 @@ async fn handle(state: AppState, raw: HeaderValue, req: Request, next: Next) -> 
     Ok(Response::from_parts(parts, Body::from(body)))
 }
 
-fn replay(rec: Record) -> Response {
-    let status = rec.status_code.and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
+fn replay(rec: Record) -> Result<Response, ApiError> {
+    let status =
+        rec.status_code.and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok()).ok_or_else(
+            || StoreError::Corrupt { what: "idempotency status", reason: format!("{:?}", rec.status_code) },
+        )?;
     let mut res = (status, Bytes::from(rec.response_body.unwrap_or_default())).into_response();
-    let headers: Vec<(String, String)> =
-        rec.response_headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
+    let headers: Vec<(String, String)> = match rec.response_headers.as_deref() {
+        Some(h) => runway_store::stored_json("idempotency response headers", h)?,
+        None => Vec::new(),
+    };
     for (k, v) in headers {
         if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
             res.headers_mut().insert(k, v);
         }
     }
     res.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
-    res
+    Ok(res)
 }
 
 async fn store_response(

@@ -3,11 +3,12 @@
 
 mod app;
 pub mod config_load;
+pub mod hygiene;
 mod idempotency;
 mod observe;
 pub mod telemetry;
 
-pub use app::{openapi, router};
+pub use app::{metrics_router, openapi, router};
 
 use runway_core::Clock;
 use runway_core::config::Config;
@@ -35,11 +36,13 @@ pub struct AppState {
 /// A server that is accepting connections.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, unless `server.metrics_listen` is `off`.
+    pub metrics_addr: Option<SocketAddr>,
     /// The admin token minted on this start, if this was the first start.
     pub admin_token: Option<String>,
     pub state: AppState,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Drain>,
 }
 
 impl Running {
@@ -50,15 +53,26 @@ impl Running {
         let _ = self.stop.send(true);
     }
 
-    /// Waits for the drain to finish.
-    pub async fn wait(self) {
-        let _ = self.task.await;
+    /// Waits for the drain to finish and says how it ended.
+    pub async fn wait(self) -> Drain {
+        self.task.await.unwrap_or(Drain::Aborted)
     }
 
-    pub async fn shutdown(self) {
+    pub async fn shutdown(self) -> Drain {
         self.begin_shutdown();
-        self.wait().await;
+        self.wait().await
     }
+}
+
+/// How a shutdown ended, so `runway serve` can say it (and `.ci/run` can check it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// Every in-flight request finished and the background work stopped before the store closed.
+    Clean,
+    /// The grace period ran out with requests still in flight; they were dropped.
+    GraceExpired,
+    /// The server task failed (a panic); nothing is known about in-flight work.
+    Aborted,
 }
 
 /// Sends flag operational events (a release plan rolled back) into the operations tenant's
@@ -136,10 +150,25 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     };
     let app = router(state.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-
     let wait_stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let (metrics_addr, metrics_task) = match config.server.metrics_listen {
+        runway_core::config::MetricsListen::Off => (None, None),
+        runway_core::config::MetricsListen::At(at) => {
+            let l = tokio::net::TcpListener::bind(at).await.map_err(|source| StartError::Bind { addr: at, source })?;
+            let bound = l.local_addr().map_err(|source| StartError::Bind { addr: at, source })?;
+            let app = metrics_router(state.clone());
+            let stop = wait_stop(stop_rx.clone());
+            let task = tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+            (Some(bound), Some(task))
+        }
+    };
+
     let upkeep = tokio::spawn(identity.clone().run_upkeep(wait_stop(stop_rx.clone())));
     let worker =
         config.events.worker_enabled.then(|| tokio::spawn(events.clone().run_worker(wait_stop(stop_rx.clone()))));
@@ -195,6 +224,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             .with_graceful_shutdown(serve_stop);
         let mut server = std::pin::pin!(server.into_future());
         let drain = wait_stop(stop_rx);
+        let mut outcome = Drain::Clean;
         tokio::select! {
             res = &mut server => if let Err(e) = res { tracing::error!(error = %e, "server error") },
             _ = drain => {
@@ -202,11 +232,17 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
                 match tokio::time::timeout(grace, &mut server).await {
                     Ok(Ok(())) => tracing::info!("all requests finished"),
                     Ok(Err(e)) => tracing::error!(error = %e, "server error while draining"),
-                    Err(_) => tracing::warn!("grace period over; dropping requests still in flight"),
+                    Err(_) => {
+                        tracing::warn!("grace period over; dropping requests still in flight");
+                        outcome = Drain::GraceExpired;
+                    }
                 }
             }
         }
         let _ = upkeep.await;
+        if let Some(m) = metrics_task {
+            let _ = m.await;
+        }
         if let Some(w) = worker {
             let _ = w.await;
         }
@@ -218,6 +254,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             let _ = t.await;
         }
         store.close().await;
+        outcome
     });
-    Ok(Running { addr, admin_token, state, stop: stop_tx, task })
+    Ok(Running { addr, metrics_addr, admin_token, state, stop: stop_tx, task })
 }

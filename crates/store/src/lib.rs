@@ -31,6 +31,19 @@ pub enum StoreError {
     Url(String),
     #[error("could not create data folder {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
+    /// A stored value that does not parse: never read as an empty default, always an error.
+    #[error("stored {what} does not parse: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+}
+
+/// Parses JSON text read from the store. Data that does not parse is an error (logged by the
+/// caller's 500), never an empty default: an endpoint whose type filter is unreadable must not
+/// receive every type, and a segment whose constraints are unreadable must not match everyone.
+pub fn stored_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| {
+        tracing::error!(what, error = %e, "stored data does not parse");
+        StoreError::Corrupt { what, reason: e.to_string() }
+    })
 }
 
 impl StoreError {

@@ -341,7 +341,7 @@ impl ServerProcess {
             ),
         )?;
         let mut child = std::process::Command::new(&exe)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .current_dir(dir)
             .env("RUNWAY_CONFIG", dir.join("runway.toml"))
             .env("RUNWAY_DATABASE_URL", url)

@@ -48,7 +48,7 @@ async fn cli_manages_tenants_and_keys(engine: Engine) {
     assert!(ok && out.contains("SLUG") && out.contains("cli-co"), "{out}");
     // Errors are clear and exit non-zero.
     let (ok, _, err) = cli(&db, &["tenant", "create", "--slug", "cli-co", "--name", "Dup"]);
-    assert!(!ok && err.contains("already exists"), "{err}");
+    assert!(!ok && err.contains("exists or existed"), "{err}");
     let (ok, _, err) = cli(&db, &["key", "create", "--name", "x", "--scopes", "bogus"]);
     assert!(!ok && err.contains("unknown scope"), "{err}");
 

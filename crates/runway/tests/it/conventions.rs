@@ -27,11 +27,11 @@ async fn bad_input_gets_problem_json_and_changes_nothing(engine: Engine) {
     raw_post(&s, "/v1/tenants", j, b"{\"slug\": \"x\", ".to_vec()).await.problem(400, "malformed_body");
     raw_post(&s, "/v1/tenants", j, b"".to_vec()).await.problem(400, "malformed_body");
     let unknown = raw_post(&s, "/v1/tenants", j, br#"{"slug":"x","name":"X","colour":"red"}"#.to_vec()).await;
-    assert_eq!(unknown.problem(422, "validation_failed")["field"], "colour");
+    assert_eq!(unknown.problem(422, "validation_failed")["field"], "/colour");
     let wrong_type = raw_post(&s, "/v1/tenants", j, br#"{"slug":"x","name":7}"#.to_vec()).await;
-    assert_eq!(wrong_type.problem(422, "validation_failed")["field"], "name");
+    assert_eq!(wrong_type.problem(422, "validation_failed")["field"], "/name");
     let missing = raw_post(&s, "/v1/tenants", j, br#"{"slug":"x"}"#.to_vec()).await;
-    assert_eq!(missing.problem(422, "validation_failed")["field"], "name");
+    assert_eq!(missing.problem(422, "validation_failed")["field"], "/name");
     raw_post(&s, "/v1/tenants", None, br#"{"slug":"x","name":"X"}"#.to_vec())
         .await
         .problem(415, "unsupported_media_type");
@@ -59,7 +59,7 @@ async fn bad_input_gets_problem_json_and_changes_nothing(engine: Engine) {
     s.delete("/v1/service-keys/tnt_01jd8x3v5k7m9p2q4r6s8t0w1y", ADMIN).await.problem(400, "invalid_id");
     s.get("/v1/nowhere", ADMIN).await.problem(404, "not_found");
     s.call(reqwest::Method::PUT, "/v1/tenants", Some(ADMIN), Some(json!({}))).await.problem(405, "method_not_allowed");
-    assert_eq!(s.get("/v1/tenants?limit=0", ADMIN).await.problem(400, "invalid_query")["field"], "limit");
+    assert_eq!(s.get("/v1/tenants?limit=0", ADMIN).await.problem(400, "invalid_query")["parameter"], "limit");
     s.get("/v1/tenants?limit=101", ADMIN).await.problem(400, "invalid_query");
     s.get("/v1/tenants?limit=ten", ADMIN).await.problem(400, "invalid_query");
     s.get("/v1/tenants?cursor=not-a-cursor", ADMIN).await.problem(400, "invalid_cursor");
@@ -215,9 +215,9 @@ async fn idempotency_replays_refuses_and_scopes_per_credential(engine: Engine) {
 
     // Error responses are stored and replayed too: the outcome of a key never changes.
     let conflict = post_with_key(&s, ADMIN, "dup-slug", body.clone()).await;
-    conflict.problem(409, "conflict");
+    conflict.problem(409, "slug_taken");
     let replay = post_with_key(&s, ADMIN, "dup-slug", body.clone()).await;
-    replay.problem(409, "conflict");
+    replay.problem(409, "slug_taken");
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
 
     // An expired record is forgotten: the key can be used afresh.

@@ -55,9 +55,9 @@ async fn scopes_are_enforced(engine: Engine) {
 
     // Cross-tenant scopes cannot be given to tenant keys at all.
     let r = s.post("/v1/tenants/sc/keys", ADMIN, json!({"name": "x", "scopes": ["tenants:write"]})).await;
-    assert_eq!(r.problem(422, "validation_failed")["field"], "scopes");
+    assert_eq!(r.problem(422, "validation_failed")["field"], "/scopes");
     let r = s.post("/v1/tenants/sc/keys", ADMIN, json!({"name": "x", "scopes": ["tenants:read", "root"]})).await;
-    assert_eq!(r.problem(422, "validation_failed")["field"], "scopes[1]");
+    assert_eq!(r.problem(422, "validation_failed")["field"], "/scopes/1");
 
     // Operator-level routes refuse tenant keys whatever their scopes.
     let (all, _) = s.tenant_key("sc", TENANT_SCOPES).await;
@@ -121,11 +121,11 @@ async fn expired_keys_are_refused(engine: Engine) {
             json!({"name": "p", "scopes": ["tenants:read"], "expires_at": "2020-01-01T00:00:00Z"}),
         )
         .await;
-    assert_eq!(past.problem(422, "validation_failed")["field"], "expires_at");
+    assert_eq!(past.problem(422, "validation_failed")["field"], "/expires_at");
     let bad = s
         .post("/v1/tenants/exp/keys", ADMIN, json!({"name": "p", "scopes": ["tenants:read"], "expires_at": "tomorrow"}))
         .await;
-    assert_eq!(bad.problem(422, "validation_failed")["field"], "expires_at");
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "/expires_at");
 }
 
 async fn revocation_reaches_another_replica(engine: Engine) {

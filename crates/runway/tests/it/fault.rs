@@ -16,7 +16,7 @@ crate::both_engines!(deliveries_survive_two_kill_9s);
 
 fn start(db: &Database) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runway"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-format", "json"])
         .current_dir(&db.dir)
         .env("RUNWAY_DATABASE_URL", &db.app_url)
         .env("RUNWAY_ADMIN_TOKEN", ADMIN)

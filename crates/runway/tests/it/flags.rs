@@ -133,35 +133,35 @@ async fn bad_flag_configuration_is_refused_with_a_pointer(engine: Engine) {
     let cases = [
         (
             json!({"key": "a", "environments": {"production": {"strategies": [rollout(150)]}}}),
-            "environments/production/strategies/0/parameters/rollout",
+            "/environments/production/strategies/0/parameters/rollout",
         ),
-        (json!({"key": "a", "environments": {"nowhere": {}}}), "environments/nowhere"),
+        (json!({"key": "a", "environments": {"nowhere": {}}}), "/environments/nowhere"),
         (
             json!({"key": "a", "environments": {"production": {"strategies": [{"name": "myCustom"}]}}}),
-            "environments/production/strategies/0/name",
+            "/environments/production/strategies/0/name",
         ),
         (
             json!({"key": "a", "environments": {"production": {"strategies": [{"name": "default", "constraints": [{"contextName": "v", "operator": "SEMVER_GT", "value": "one"}]}]}}}),
-            "environments/production/strategies/0/constraints/0/value",
+            "/environments/production/strategies/0/constraints/0/value",
         ),
         (
             json!({"key": "a", "environments": {"production": {"strategies": [{"name": "default", "constraints": [{"contextName": "v", "operator": "LIKE", "values": ["x"]}]}]}}}),
-            "environments/production/strategies/0/constraints/0/operator",
+            "/environments/production/strategies/0/constraints/0/operator",
         ),
         (
             json!({"key": "a", "environments": {"production": {"strategies": [{"name": "default", "segments": [7]}]}}}),
-            "environments/production/strategies/0/segments/0",
+            "/environments/production/strategies/0/segments/0",
         ),
         (
             json!({"key": "a", "environments": {"production": {"variants": [{"name": "x", "weight": 1, "payload": {"type": "json", "value": "{not json"}}]}}}),
-            "environments/production/variants/0/payload",
+            "/environments/production/variants/0/payload",
         ),
         (
             json!({"key": "a", "environments": {"production": {"dependencies": [{"feature": "ghost"}]}}}),
-            "environments/production/dependencies/0/feature",
+            "/environments/production/dependencies/0/feature",
         ),
-        (json!({"key": "import"}), "key"),
-        (json!({"key": "a/b"}), "key"),
+        (json!({"key": "import"}), "/key"),
+        (json!({"key": "a/b"}), "/key"),
     ];
     for (body, field) in cases {
         let r = s.post("/v1/flags", ADMIN, body.clone()).await;
@@ -400,7 +400,7 @@ async fn unleash_documents_import_and_evaluate_as_specified(engine: Engine) {
             json!({"version": 1, "features": [{"name": "x", "enabled": "yes"}]}),
         )
         .await;
-    assert_eq!(bad.problem(422, "validation_failed")["field"], "features/0/enabled");
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "/features/0/enabled");
     s.post("/v1/flags/import?environment=nowhere", ADMIN, json!({"version": 1, "features": []}))
         .await
         .problem(422, "validation_failed");
@@ -675,7 +675,7 @@ async fn usage_is_counted_and_stale_flags_reported(engine: Engine) {
         .collect();
     found.sort();
     assert_eq!(found, [("everyone".into(), "fully_rolled_out".into()), ("forgotten".into(), "never_evaluated".into())]);
-    let metrics = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
+    let metrics = s.metrics_text().await;
     assert!(
         metrics.contains("runway_flag_evaluations_total{environment=\"production\",flag=\"everyone\""),
         "usage is on /metrics"
@@ -814,7 +814,7 @@ async fn inputs_that_would_poison_state_are_refused(engine: Engine) {
     let twice =
         json!({"version": 1, "features": [{"name": "dup", "enabled": true}, {"name": "dup", "enabled": false}]});
     let r = s.post("/v1/flags/import?environment=production", ADMIN, twice).await;
-    assert_eq!(r.problem(422, "validation_failed")["field"], "features/1/name");
+    assert_eq!(r.problem(422, "validation_failed")["field"], "/features/1/name");
 
     s.post("/v1/flags", ADMIN, json!({"key": "f1", "environments": {"production": {"enabled": true}}})).await.ok(201);
     let key = evaluate_key(&s, "production").await;
@@ -864,9 +864,9 @@ async fn inputs_that_would_poison_state_are_refused(engine: Engine) {
     let too_long = s
         .post("/v1/release-plans", ADMIN, json!({"flag": "f1", "environment": "staging", "milestones": [{"rollout": 1, "wait_secs": 10_000_000_000u64}]}))
         .await;
-    assert_eq!(too_long.problem(422, "validation_failed")["field"], "milestones/0/wait_secs");
+    assert_eq!(too_long.problem(422, "validation_failed")["field"], "/milestones/0/wait_secs");
     let heavy = s
         .post("/v1/flags", ADMIN, json!({"key": "heavy", "environments": {"production": {"variants": [{"name": "a", "weight": 4_294_967_295u64}]}}}))
         .await;
-    assert_eq!(heavy.problem(422, "validation_failed")["field"], "environments/production/variants/0/weight");
+    assert_eq!(heavy.problem(422, "validation_failed")["field"], "/environments/production/variants/0/weight");
 }

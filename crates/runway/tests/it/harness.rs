@@ -24,15 +24,18 @@ pub enum Engine {
     Postgres(String),
 }
 
+/// Why every PostgreSQL test is `#[ignore]`d by default: a run without PostgreSQL reports them as
+/// skipped (not as passed), and `.ci/run` runs them with `--run-ignored all`.
+pub const NEEDS_POSTGRES: &str =
+    "needs PostgreSQL: set RUNWAY_TEST_POSTGRES and pass --run-ignored all (bash .ci/run does)";
+
 impl Engine {
-    /// PostgreSQL when `RUNWAY_TEST_POSTGRES` is set (as `.ci/run` does); `None` skips.
-    pub fn postgres() -> Option<Engine> {
+    /// PostgreSQL from `RUNWAY_TEST_POSTGRES` (as `.ci/run` sets it). A PostgreSQL test that runs
+    /// without it fails: it was asked for explicitly, and a silent pass would hide that nothing ran.
+    pub fn postgres() -> Engine {
         match std::env::var("RUNWAY_TEST_POSTGRES") {
-            Ok(url) if !url.is_empty() => Some(Engine::Postgres(url.trim_end_matches('/').to_owned())),
-            _ => {
-                eprintln!("RUNWAY_TEST_POSTGRES is not set: PostgreSQL variant skipped");
-                None
-            }
+            Ok(url) if !url.is_empty() => Engine::Postgres(url.trim_end_matches('/').to_owned()),
+            _ => panic!("RUNWAY_TEST_POSTGRES is not set, so this PostgreSQL test cannot run ({NEEDS_POSTGRES})"),
         }
     }
 
@@ -41,7 +44,8 @@ impl Engine {
     }
 }
 
-/// Runs each listed `async fn name(engine: Engine)` once on SQLite and once on PostgreSQL.
+/// Runs each listed `async fn name(engine: Engine)` once on SQLite and once on PostgreSQL (the
+/// latter ignored unless asked for; see [`NEEDS_POSTGRES`]).
 #[macro_export]
 macro_rules! both_engines {
     ($($name:ident),* $(,)?) => {
@@ -56,10 +60,9 @@ macro_rules! both_engines {
         mod postgres {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs PostgreSQL: set RUNWAY_TEST_POSTGRES and pass --run-ignored all (bash .ci/run does)"]
                 async fn $name() {
-                    if let Some(e) = $crate::harness::Engine::postgres() {
-                        super::$name(e).await
-                    }
+                    super::$name($crate::harness::Engine::postgres()).await
                 }
             )*
         }
@@ -133,6 +136,7 @@ impl Database {
         let mut c = Config::default();
         c.server.listen = "127.0.0.1:0".parse().unwrap();
         c.server.shutdown_grace_secs = 10;
+        c.server.metrics_listen = runway_core::config::MetricsListen::At("127.0.0.1:0".parse().unwrap());
         c.database.url = DatabaseUrl(self.app_url.clone());
         if self.engine.is_postgres() {
             c.database.migration_url = Some(DatabaseUrl(self.owner_url.clone()));
@@ -256,9 +260,15 @@ impl TestServer {
         Resp { status, headers, text, body }
     }
 
+    /// The Prometheus text from the metrics listener.
+    pub async fn metrics_text(&self) -> String {
+        let addr = self.running.as_ref().and_then(|r| r.metrics_addr).expect("the metrics listener is on");
+        self.http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap()
+    }
+
     /// A counter or gauge from `/metrics` without labels; `None` until it is first recorded.
     pub async fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        let text = self.metrics_text().await;
         text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
     }
 

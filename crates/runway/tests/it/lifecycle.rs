@@ -55,7 +55,7 @@ async fn metrics_show_red_and_pool_gauges(engine: Engine) {
     let s = TestServer::start(engine).await;
     s.tenant("m").await;
     s.get("/v1/tenants/m", "nope").await;
-    let text = s.http.get(format!("{}/metrics", s.base)).send().await.unwrap().text().await.unwrap();
+    let text = s.metrics_text().await;
     assert!(
         text.contains(r#"runway_http_requests_total{route="/v1/tenants",method="POST",status_class="2xx"}"#),
         "{text}"
@@ -68,7 +68,7 @@ async fn metrics_show_red_and_pool_gauges(engine: Engine) {
 
 fn spawn_serve(dir: &std::path::Path, extra_env: &[(&str, &str)]) -> (std::process::Child, String, Vec<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_runway"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

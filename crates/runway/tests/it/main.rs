@@ -11,6 +11,19 @@ mod credentials;
 mod events;
 mod fault;
 mod flags;
+mod hostile;
 mod isolation;
 mod lifecycle;
 mod tenants;
+
+/// A green CI must mean the PostgreSQL suite ran: under CI (`CI` set) a missing
+/// `RUNWAY_TEST_POSTGRES` fails the run instead of leaving every PostgreSQL test skipped.
+#[test]
+fn ci_runs_the_postgres_suite() {
+    if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
+        assert!(
+            std::env::var("RUNWAY_TEST_POSTGRES").is_ok_and(|v| !v.is_empty()),
+            "CI is set but RUNWAY_TEST_POSTGRES is not: the PostgreSQL suite would not run"
+        );
+    }
+}

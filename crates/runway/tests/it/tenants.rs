@@ -40,7 +40,7 @@ async fn tenant_lifecycle_by_id_and_slug(engine: Engine) {
     assert_eq!(s.get("/v1/tenants/acme", ADMIN).await.ok(200)["state"], "deleted");
     assert!(s.get("/v1/tenants", ADMIN).await.ok(200)["data"].as_array().unwrap().is_empty());
     assert_eq!(s.get("/v1/tenants?state=deleted", ADMIN).await.ok(200)["data"].as_array().unwrap().len(), 1);
-    s.patch("/v1/tenants/acme", ADMIN, json!({"name": "x"})).await.problem(409, "conflict");
+    s.patch("/v1/tenants/acme", ADMIN, json!({"name": "x"})).await.problem(409, "tenant_deleted");
 
     let audit = s.get("/v1/tenants/acme/audit", ADMIN).await;
     let actions: Vec<_> =
@@ -52,15 +52,15 @@ async fn tenant_validation_and_conflicts(engine: Engine) {
     let s = TestServer::start(engine).await;
     s.tenant("taken").await;
     let dup = s.post("/v1/tenants", ADMIN, json!({"slug": "taken", "name": "Again"})).await;
-    assert_eq!(dup.problem(409, "conflict")["field"], "slug");
+    assert_eq!(dup.problem(409, "slug_taken")["field"], "/slug");
     let plan = s.post("/v1/tenants", ADMIN, json!({"slug": "p", "name": "P", "plan": "gold"})).await;
-    assert_eq!(plan.problem(422, "validation_failed")["field"], "plan");
+    assert_eq!(plan.problem(422, "validation_failed")["field"], "/plan");
     let slug = s.post("/v1/tenants", ADMIN, json!({"slug": "Not Valid", "name": "P"})).await;
-    assert_eq!(slug.problem(422, "validation_failed")["field"], "slug");
+    assert_eq!(slug.problem(422, "validation_failed")["field"], "/slug");
     let meta = s.post("/v1/tenants", ADMIN, json!({"slug": "m", "name": "M", "metadata": [1]})).await;
-    assert_eq!(meta.problem(422, "validation_failed")["field"], "metadata");
+    assert_eq!(meta.problem(422, "validation_failed")["field"], "/metadata");
     let state = s.patch("/v1/tenants/taken", ADMIN, json!({"state": "deleted"})).await;
-    assert_eq!(state.problem(422, "validation_failed")["field"], "state");
+    assert_eq!(state.problem(422, "validation_failed")["field"], "/state");
     // Nothing was created by the refused requests.
     assert_eq!(s.get("/v1/tenants", ADMIN).await.ok(200)["data"].as_array().unwrap().len(), 1);
 }
