@@ -353,9 +353,9 @@ impl Events {
     ) -> Result<(), ApiError> {
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         let ep = find(&mut tx, tenant, id).await?.ok_or_else(|| ApiError::not_found("no such webhook endpoint"))?;
-        on_conn!(&mut tx, c => sqlx::query("DELETE FROM delivery_attempts WHERE endpoint_id = $1").bind(id.as_str()).execute(&mut *c).await.map(|_| ()))
+        on_conn!(&mut tx, c => sqlx::query("DELETE FROM delivery_attempts WHERE endpoint_id = $1 AND tenant_id = $2").bind(id.as_str()).bind(tenant.as_str()).execute(&mut *c).await.map(|_| ()))
             .map_err(StoreError::from)?;
-        on_conn!(&mut tx, c => sqlx::query("DELETE FROM deliveries WHERE endpoint_id = $1").bind(id.as_str()).execute(&mut *c).await.map(|_| ()))
+        on_conn!(&mut tx, c => sqlx::query("DELETE FROM deliveries WHERE endpoint_id = $1 AND tenant_id = $2").bind(id.as_str()).bind(tenant.as_str()).execute(&mut *c).await.map(|_| ()))
             .map_err(StoreError::from)?;
         on_conn!(&mut tx, c => sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2").bind(id.as_str()).bind(tenant.as_str()).execute(&mut *c).await.map(|_| ()))
             .map_err(StoreError::from)?;
@@ -453,6 +453,7 @@ pub struct MessageFilter {
 /// Messages of one endpoint, oldest first.
 pub async fn list_messages(
     tx: &mut Tx,
+    tenant: &TenantId,
     endpoint: &EndpointId,
     f: &MessageFilter,
     cursor: &Cursor,
@@ -460,12 +461,13 @@ pub async fn list_messages(
     let rows: Vec<MessageRow> = on_conn!(tx, c => sqlx::query_as(
         "SELECT d.id, d.event_pos, e.event_id, e.type AS event_type, d.status, d.attempts, d.next_attempt_at, d.last_error, d.replay, d.created_at
          FROM deliveries d JOIN events e ON e.pos = d.event_pos
-         WHERE d.endpoint_id = $1 AND (CAST($2 AS TEXT) IS NULL OR d.status = $2) AND d.id > $3
+         WHERE d.endpoint_id = $1 AND d.tenant_id = $8 AND e.tenant_id = $8
+           AND (CAST($2 AS TEXT) IS NULL OR d.status = $2) AND d.id > $3
            AND (CAST($5 AS TEXT) IS NULL OR e.type = $5) AND (CAST($6 AS BIGINT) IS NULL OR d.created_at >= $6)
            AND (CAST($7 AS BIGINT) IS NULL OR d.created_at < $7)
          ORDER BY d.id LIMIT $4")
         .bind(endpoint.as_str()).bind(&f.status).bind(cursor.after.as_deref().unwrap_or("")).bind(i64::from(cursor.limit) + 1)
-        .bind(&f.event_type).bind(f.from).bind(f.to).fetch_all(&mut *c).await)?;
+        .bind(&f.event_type).bind(f.from).bind(f.to).bind(tenant.as_str()).fetch_all(&mut *c).await)?;
     Ok(Page::from_rows(rows, cursor.limit, |r| r.id.clone()).map(|r| Message {
         next_attempt_at: (r.status == "pending").then(|| rfc3339(r.next_attempt_at)),
         id: r.id,
@@ -506,11 +508,17 @@ struct AttemptRow {
 }
 
 /// Attempts at one endpoint, oldest first.
-pub async fn list_attempts(tx: &mut Tx, endpoint: &EndpointId, cursor: &Cursor) -> Result<Page<Attempt>, StoreError> {
+pub async fn list_attempts(
+    tx: &mut Tx,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+    cursor: &Cursor,
+) -> Result<Page<Attempt>, StoreError> {
     let rows: Vec<AttemptRow> = on_conn!(tx, c => sqlx::query_as(
         "SELECT id, delivery_id, at, status_code, latency_ms, error_kind, response_excerpt FROM delivery_attempts
-         WHERE endpoint_id = $1 AND id > $2 ORDER BY id LIMIT $3")
-        .bind(endpoint.as_str()).bind(cursor.after.as_deref().unwrap_or("")).bind(i64::from(cursor.limit) + 1).fetch_all(&mut *c).await)?;
+         WHERE endpoint_id = $1 AND tenant_id = $4 AND id > $2 ORDER BY id LIMIT $3")
+        .bind(endpoint.as_str()).bind(cursor.after.as_deref().unwrap_or("")).bind(i64::from(cursor.limit) + 1)
+        .bind(tenant.as_str()).fetch_all(&mut *c).await)?;
     Ok(Page::from_rows(rows, cursor.limit, |r| r.id.clone()).map(|r| Attempt {
         id: r.id,
         message_id: r.delivery_id,
@@ -655,14 +663,14 @@ impl Events {
         let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Platform).await?;
         let since: Option<i64> = on_conn!(&mut tx, c => sqlx::query_scalar(
-            "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $1) WHERE id = $2 AND enabled RETURNING failing_since")
-            .bind(now).bind(endpoint).fetch_optional(&mut *c).await)?;
+            "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, $1) WHERE id = $2 AND tenant_id = $3 AND enabled RETURNING failing_since")
+            .bind(now).bind(endpoint).bind(tenant).fetch_optional(&mut *c).await)?;
         let limit = (self.config.disable_after_failing_secs as i64).saturating_mul(1_000_000);
         if since.is_none_or(|s| now - s < limit) {
             return tx.commit().await;
         }
-        on_conn!(&mut tx, c => sqlx::query("UPDATE webhook_endpoints SET enabled = FALSE, updated_at = $1 WHERE id = $2")
-            .bind(now).bind(endpoint).execute(&mut *c).await.map(|_| ()))?;
+        on_conn!(&mut tx, c => sqlx::query("UPDATE webhook_endpoints SET enabled = FALSE, updated_at = $1 WHERE id = $2 AND tenant_id = $3")
+            .bind(now).bind(endpoint).bind(tenant).execute(&mut *c).await.map(|_| ()))?;
         let tenant_id = TenantId::from_trusted(tenant.to_owned());
         let failing_for = (now - since.unwrap_or(now)) / 1_000_000;
         runway_audit::append(

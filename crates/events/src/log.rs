@@ -411,33 +411,24 @@ impl Events {
         Ok(queued)
     }
 
-    /// Deletes events, finished messages and attempts older than each plan's retention.
-    /// Pending messages and the events they carry are kept whatever their age.
-    pub async fn enforce_retention(
-        &self,
-        plans: &std::collections::BTreeMap<String, runway_core::config::PlanLimits>,
-    ) -> Result<u64, StoreError> {
+    /// Deletes events, finished messages and attempts older than each tenant's retention (in
+    /// days, from its plan; the caller reads tenants through identity). Pending messages and the
+    /// events they carry are kept whatever their age.
+    pub async fn enforce_retention(&self, tenants: &[(TenantId, u32)]) -> Result<u64, StoreError> {
         let now = self.clock.now_micros();
         let mut removed = 0;
-        for (name, limits) in plans {
-            let cutoff = now - i64::from(limits.retention_days) * 86_400 * 1_000_000;
-            let mut tx = self.store.write(DbScope::Platform).await?;
-            let tenants = "SELECT id FROM tenants WHERE plan = $2";
+        for (tenant, days) in tenants {
+            let cutoff = now - i64::from(*days) * 86_400 * 1_000_000;
+            let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
             for sql in [
-                format!(
-                    "DELETE FROM delivery_attempts WHERE at < $1 AND tenant_id IN ({tenants})
-                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = delivery_attempts.delivery_id AND d.status = 'pending')"
-                ),
-                format!(
-                    "DELETE FROM deliveries WHERE status <> 'pending' AND created_at < $1 AND tenant_id IN ({tenants})"
-                ),
-                format!(
-                    "DELETE FROM events WHERE received_at < $1 AND tenant_id IN ({tenants})
-                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_pos = events.pos)"
-                ),
+                "DELETE FROM delivery_attempts WHERE at < $1 AND tenant_id = $2
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = delivery_attempts.delivery_id AND d.status = 'pending')",
+                "DELETE FROM deliveries WHERE status <> 'pending' AND created_at < $1 AND tenant_id = $2",
+                "DELETE FROM events WHERE received_at < $1 AND tenant_id = $2
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_pos = events.pos)",
             ] {
-                removed += on_conn!(&mut tx, c => sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                    .bind(cutoff).bind(name).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+                removed += on_conn!(&mut tx, c => sqlx::query(sql)
+                    .bind(cutoff).bind(tenant.as_str()).execute(&mut *c).await.map(|r| r.rows_affected()))?;
             }
             tx.commit().await?;
         }

@@ -475,7 +475,7 @@ async fn list_messages(
         from: query_time(q.from, "from")?,
         to: query_time(q.to, "to")?,
     };
-    Ok(Json(endpoints::list_messages(&mut tx, &ep.id, &f, &cursor).await?))
+    Ok(Json(endpoints::list_messages(&mut tx, scope.id(), &ep.id, &f, &cursor).await?))
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/attempts", tag = "webhooks",
@@ -490,7 +490,7 @@ async fn list_attempts(
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
     let mut tx = s.events.store.read(scope.db()).await?;
-    Ok(Json(endpoints::list_attempts(&mut tx, &ep.id, &cursor).await?))
+    Ok(Json(endpoints::list_attempts(&mut tx, scope.id(), &ep.id, &cursor).await?))
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/messages/{message}/resend", tag = "webhooks",

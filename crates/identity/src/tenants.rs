@@ -182,6 +182,17 @@ fn validate_region(r: &str) -> Result<(), ApiError> {
 }
 
 impl Identity {
+    /// Every tenant that is not deleted, with its plan: what retention and other per-plan
+    /// upkeep in other capabilities need, without reading this crate's tables.
+    pub async fn tenant_plans(&self) -> Result<Vec<(TenantId, String)>, ApiError> {
+        let mut tx = self.store.read(DbScope::Platform).await?;
+        let rows: Vec<(String, String)> = on_conn!(&mut tx, c => sqlx::query_as(
+            "SELECT id, plan FROM tenants WHERE state <> 'deleted' ORDER BY id")
+            .fetch_all(&mut *c).await)
+        .map_err(runway_store::StoreError::from)?;
+        Ok(rows.into_iter().map(|(id, plan)| (TenantId::from_trusted(id), plan)).collect())
+    }
+
     fn check_plan(&self, plan: &str) -> Result<(), ApiError> {
         if self.config.plans.contains_key(plan) {
             return Ok(());

@@ -866,7 +866,7 @@ async fn events_cmd(cli: &Cli, config: Config, cmd: &EventsCmd) -> anyhow::Resul
             Ok(())
         }
         EventsCmd::Purge => {
-            let n = events.enforce_retention(&config.plans).await?;
+            let n = runway_server::enforce_retention(&identity, &events, &config.plans).await?;
             println!("deleted {n} row(s) past retention");
             Ok(())
         }
@@ -949,7 +949,7 @@ async fn webhooks_cmd(cli: &Cli, config: Config, cmd: &WebhooksCmd) -> anyhow::R
             }
             let mut tx = identity.store.read(DbScope::Tenant(t.id.clone())).await?;
             let f = MessageFilter { status: Some("dead".into()), ..Default::default() };
-            let page = endpoints::list_messages(&mut tx, &ep, &f, &Cursor { after: None, limit: 100 }).await?;
+            let page = endpoints::list_messages(&mut tx, &t.id, &ep, &f, &Cursor { after: None, limit: 100 }).await?;
             if cli.json {
                 return print_json(&page.data);
             }

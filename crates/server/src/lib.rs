@@ -101,6 +101,22 @@ async fn ops_tenant(store: &Store, raw: &str) -> Result<runway_core::TenantId, S
     t.map(|t| t.id).ok_or_else(|| format!("no tenant `{raw}`"))
 }
 
+/// Each tenant's retention from its plan (read through identity), applied by events; the
+/// server's upkeep and `runway events purge` both run it.
+pub async fn enforce_retention(
+    identity: &Identity,
+    events: &runway_events::Events,
+    plans: &std::collections::BTreeMap<String, runway_core::config::PlanLimits>,
+) -> Result<u64, runway_core::ApiError> {
+    let tenants: Vec<(runway_core::TenantId, u32)> = identity
+        .tenant_plans()
+        .await?
+        .into_iter()
+        .filter_map(|(id, plan)| plans.get(&plan).map(|p| (id, p.retention_days)))
+        .collect();
+    Ok(events.enforce_retention(&tenants).await?)
+}
+
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -208,7 +224,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
                         if let Err(e) = idempotency::purge_expired(&purge_state).await {
                             tracing::warn!(error = %e, "could not purge expired idempotency records");
                         }
-                        if let Err(e) = purge_state.events.enforce_retention(&purge_state.config.plans).await {
+                        if let Err(e) = enforce_retention(&purge_state.identity, &purge_state.events, &purge_state.config.plans).await {
                             tracing::warn!(error = %e, "could not enforce event retention");
                         }
                     },

@@ -14,6 +14,7 @@ mod flags;
 mod hostile;
 mod isolation;
 mod lifecycle;
+mod schema;
 mod tenants;
 
 /// A green CI must mean the PostgreSQL suite ran: under CI (`CI` set) a missing
