@@ -10,7 +10,7 @@ use runway_core::clock::{parse_rfc3339, rfc3339};
 use runway_core::error::Problem;
 use runway_core::{ApiError, ApiJson, ApiQuery, DeliveryId, EndpointId, ErrorCode, Page, PageQuery};
 use runway_identity::scope::{EventsRead, EventsWrite, WebhooksRead, WebhooksReadSecret, WebhooksWrite};
-use runway_identity::{Authorized, Identity};
+use runway_identity::{Authorized, Identity, Platform, Scoped};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -63,10 +63,9 @@ pub struct EventTypeCreate {
     responses((status = 201, body = EventType), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn create_event_type(
     State(s): St,
-    auth: Authorized<EventsWrite>,
+    auth: Authorized<Platform<EventsWrite>>,
     ApiJson(b): ApiJson<EventTypeCreate>,
 ) -> Result<(StatusCode, Json<EventType>), ApiError> {
-    auth.require_platform()?;
     let schema = (!b.schema.is_null()).then_some(b.schema);
     let t = s
         .events
@@ -179,12 +178,10 @@ fn to_new_events(content_type: &str, body: Value) -> Result<(Vec<NewEvent>, &'st
     responses((status = 202, body = PublishResult), (status = 422, body = Problem)))]
 async fn publish(
     State(s): St,
-    auth: Authorized<EventsWrite>,
-    Path(tenant): Path<String>,
+    Scoped { scope, .. }: Scoped<EventsWrite>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<PublishResult>), ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let (events, prefix) = to_new_events(&ct, body)?;
     let data = s.events.publish(scope.id(), events, if prefix.is_empty() { "" } else { "/" }).await?;
@@ -214,11 +211,9 @@ fn query_time(v: Option<String>, field: &str) -> Result<Option<i64>, ApiError> {
     responses((status = 200, body = Page<Event>)))]
 async fn list_events(
     State(s): St,
-    auth: Authorized<EventsRead>,
-    Path(tenant): Path<String>,
+    Scoped { auth, scope }: Scoped<EventsRead>,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Page<Event>>, ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
     let f = EventFilter { event_type: q.event_type, from: query_time(q.from, "from")?, to: query_time(q.to, "to")? };
     let mut tx = s.events.store.read(scope.db()).await?;
@@ -307,11 +302,9 @@ impl From<Endpoint> for EndpointOut {
     params(("tenant" = String, Path)), responses((status = 201, body = EndpointOut), (status = 422, body = Problem)))]
 async fn create_endpoint(
     State(s): St,
-    auth: Authorized<WebhooksWrite>,
-    Path(tenant): Path<String>,
+    Scoped { auth, scope }: Scoped<WebhooksWrite>,
     ApiJson(b): ApiJson<EndpointCreate>,
 ) -> Result<(StatusCode, Json<EndpointOut>), ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let input = EndpointInput {
         url: Some(b.url),
         description: b.description,
@@ -339,11 +332,9 @@ pub struct ListQuery {
     responses((status = 200, body = Page<EndpointOut>)))]
 async fn list_endpoints(
     State(s): St,
-    auth: Authorized<WebhooksRead>,
-    Path(tenant): Path<String>,
+    Scoped { scope, .. }: Scoped<WebhooksRead>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<EndpointOut>>, ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
     let mut tx = s.events.store.read(scope.db()).await?;
     Ok(Json(endpoints::list(&mut tx, scope.id(), &cursor).await?.map(EndpointOut::from)))
@@ -363,10 +354,9 @@ async fn endpoint_in_scope(
     params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 200, body = EndpointOut), (status = 404, body = Problem)))]
 async fn get_endpoint(
     State(s): St,
-    auth: Authorized<WebhooksRead>,
-    Path((tenant, ep)): Path<(String, String)>,
+    Scoped { scope, .. }: Scoped<WebhooksRead>,
+    Path((_tenant, ep)): Path<(String, String)>,
 ) -> Result<Json<EndpointOut>, ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     Ok(Json(endpoint_in_scope(&s, &scope, &ep).await?.into()))
 }
 
@@ -374,11 +364,10 @@ async fn get_endpoint(
     params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 200, body = EndpointOut), (status = 404, body = Problem)))]
 async fn update_endpoint(
     State(s): St,
-    auth: Authorized<WebhooksWrite>,
-    Path((tenant, ep)): Path<(String, String)>,
+    Scoped { auth, scope }: Scoped<WebhooksWrite>,
+    Path((_tenant, ep)): Path<(String, String)>,
     ApiJson(b): ApiJson<EndpointUpdate>,
 ) -> Result<Json<EndpointOut>, ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let id = EndpointId::parse(&ep)?;
     let input = EndpointInput {
         url: b.url,
@@ -399,10 +388,9 @@ async fn update_endpoint(
     params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
 async fn delete_endpoint(
     State(s): St,
-    auth: Authorized<WebhooksWrite>,
-    Path((tenant, ep)): Path<(String, String)>,
+    Scoped { auth, scope }: Scoped<WebhooksWrite>,
+    Path((_tenant, ep)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let id = EndpointId::parse(&ep)?;
     s.events.delete_endpoint(&auth.audit, scope.id(), &id).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -422,10 +410,9 @@ pub struct EndpointSecret {
     params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 200, body = EndpointSecret), (status = 404, body = Problem)))]
 async fn get_secret(
     State(s): St,
-    auth: Authorized<WebhooksReadSecret>,
-    Path((tenant, ep)): Path<(String, String)>,
+    Scoped { scope, .. }: Scoped<WebhooksReadSecret>,
+    Path((_tenant, ep)): Path<(String, String)>,
 ) -> Result<Json<EndpointSecret>, ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let id = EndpointId::parse(&ep)?;
     let stored = s.events.endpoint_secret(scope.id(), &id).await?;
     let key = crate::signature::SigningKey::parse(&stored).map_err(ApiError::internal)?;
@@ -456,11 +443,10 @@ pub struct MessageQuery {
     params(("tenant" = String, Path), ("endpoint" = String, Path), MessageQuery), responses((status = 200, body = Page<Message>)))]
 async fn list_messages(
     State(s): St,
-    auth: Authorized<WebhooksRead>,
-    Path((tenant, ep)): Path<(String, String)>,
+    Scoped { scope, .. }: Scoped<WebhooksRead>,
+    Path((_tenant, ep)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<MessageQuery>,
 ) -> Result<Json<Page<Message>>, ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
     if let Some(st) = &q.status
         && !matches!(st.as_str(), "pending" | "delivered" | "dead")
@@ -482,11 +468,10 @@ async fn list_messages(
     params(("tenant" = String, Path), ("endpoint" = String, Path), ListQuery), responses((status = 200, body = Page<Attempt>)))]
 async fn list_attempts(
     State(s): St,
-    auth: Authorized<WebhooksRead>,
-    Path((tenant, ep)): Path<(String, String)>,
+    Scoped { scope, .. }: Scoped<WebhooksRead>,
+    Path((_tenant, ep)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Attempt>>, ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
     let mut tx = s.events.store.read(scope.db()).await?;
@@ -498,10 +483,9 @@ async fn list_attempts(
     responses((status = 202), (status = 404, body = Problem)))]
 async fn resend(
     State(s): St,
-    auth: Authorized<WebhooksWrite>,
-    Path((tenant, ep, msg)): Path<(String, String, String)>,
+    Scoped { scope, .. }: Scoped<WebhooksWrite>,
+    Path((_tenant, ep, msg)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
     let msg = DeliveryId::parse(&msg)?;
     s.events.resend(scope.id(), &ep.id, &msg).await?;
@@ -526,11 +510,10 @@ pub struct Queued {
     params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 202, body = Queued), (status = 404, body = Problem)))]
 async fn recover(
     State(s): St,
-    auth: Authorized<WebhooksWrite>,
-    Path((tenant, ep)): Path<(String, String)>,
+    Scoped { scope, .. }: Scoped<WebhooksWrite>,
+    Path((_tenant, ep)): Path<(String, String)>,
     ApiJson(b): ApiJson<RecoverIn>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
     let since = parse_rfc3339(&b.since).ok_or_else(|| ApiError::validation("/since", "must be an RFC 3339 time"))?;
     let queued = s.events.recover(scope.id(), &ep.id, since).await?;
@@ -541,10 +524,9 @@ async fn recover(
     params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 202, body = Queued), (status = 404, body = Problem)))]
 async fn redrive(
     State(s): St,
-    auth: Authorized<WebhooksWrite>,
-    Path((tenant, ep)): Path<(String, String)>,
+    Scoped { scope, .. }: Scoped<WebhooksWrite>,
+    Path((_tenant, ep)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
     let queued = s.events.redrive(scope.id(), &ep.id).await?;
     Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
@@ -561,10 +543,9 @@ pub struct TestSent {
     params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 202, body = TestSent), (status = 404, body = Problem)))]
 async fn send_test(
     State(s): St,
-    auth: Authorized<WebhooksWrite>,
-    Path((tenant, ep)): Path<(String, String)>,
+    Scoped { scope, .. }: Scoped<WebhooksWrite>,
+    Path((_tenant, ep)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<TestSent>), ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
     let id = s.events.send_test(scope.id(), &ep.id).await?;
     Ok((StatusCode::ACCEPTED, Json(TestSent { message_id: id.to_string() })))
@@ -589,11 +570,9 @@ pub struct ReplayIn {
     params(("tenant" = String, Path)), responses((status = 202, body = Queued), (status = 422, body = Problem)))]
 async fn replay(
     State(s): St,
-    auth: Authorized<WebhooksWrite>,
-    Path(tenant): Path<String>,
+    Scoped { scope, .. }: Scoped<WebhooksWrite>,
     ApiJson(b): ApiJson<ReplayIn>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let from = parse_rfc3339(&b.from).ok_or_else(|| ApiError::validation("/from", "must be an RFC 3339 time"))?;
     let to = match b.to {
         Some(t) => parse_rfc3339(&t).ok_or_else(|| ApiError::validation("/to", "must be an RFC 3339 time"))?,
@@ -627,11 +606,10 @@ pub struct Rotated {
     params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 200, body = Rotated), (status = 404, body = Problem)))]
 async fn rotate_secret(
     State(s): St,
-    auth: Authorized<WebhooksWrite>,
-    Path((tenant, ep)): Path<(String, String)>,
+    Scoped { auth, scope }: Scoped<WebhooksWrite>,
+    Path((_tenant, ep)): Path<(String, String)>,
     ApiJson(b): ApiJson<RotateIn>,
 ) -> Result<Json<Rotated>, ApiError> {
-    let scope = auth.tenant(&s.identity, &tenant).await?;
     let id = EndpointId::parse(&ep)?;
     let until = s.events.rotate_secret(&auth.audit, scope.id(), &id, b.secret).await?;
     Ok(Json(Rotated { previous_secret_valid_until: rfc3339(until) }))

@@ -372,6 +372,8 @@ pub async fn authenticate(State(identity): State<Arc<Identity>>, mut req: Reques
         }
     };
     req.extensions_mut().insert(Arc::new(principal));
+    // For extractors that resolve the tenant before the handler (`Scoped`).
+    req.extensions_mut().insert(identity.clone());
     let mut res = next.run(req).await;
     drop(permit);
     add_rate_headers(&mut res, headers);
@@ -410,6 +412,9 @@ impl<P: Permission, S: Send + Sync> FromRequestParts<S> for Authorized<P> {
                 format!("this needs the `{}` scope", P::SCOPE.as_str()),
             ));
         }
+        if P::PLATFORM_ONLY && !principal.is_platform() {
+            return Err(ApiError::new(ErrorCode::MissingScope, "only the operator or a service key can do this"));
+        }
         let header = |name: &str| {
             parts.headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.chars().take(512).collect::<String>())
         };
@@ -421,6 +426,37 @@ impl<P: Permission, S: Send + Sync> FromRequestParts<S> for Authorized<P> {
             user_agent: header("user-agent"),
         };
         Ok(Authorized { principal, audit, _scope: PhantomData })
+    }
+}
+
+/// [`Authorized<P>`] with the path's `{tenant}` resolved to a [`TenantScope`]. As an extractor it
+/// runs before the body is read, so a tenant the caller cannot reach answers 404 whatever the
+/// body holds, exactly as a tenant that does not exist.
+pub struct Scoped<P: Permission> {
+    pub auth: Authorized<P>,
+    pub scope: TenantScope,
+}
+
+impl<P: Permission, S: Send + Sync> FromRequestParts<S> for Scoped<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let auth = Authorized::<P>::from_request_parts(parts, state).await?;
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::InvalidPath, e.body_text()))?;
+        let raw = params
+            .iter()
+            .find(|(name, _)| *name == "tenant")
+            .map(|(_, v)| v.to_owned())
+            .ok_or_else(|| ApiError::internal("a Scoped handler is mounted on a path without {tenant}"))?;
+        let identity = parts
+            .extensions
+            .get::<Arc<Identity>>()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("the identity is not in the request (authenticate did not run)"))?;
+        let scope = auth.tenant(&identity, &raw).await?;
+        Ok(Scoped { auth, scope })
     }
 }
 
@@ -481,14 +517,5 @@ impl<P: Permission> Authorized<P> {
         }
         tracing::Span::current().record("tenant_id", tenant.id.as_str());
         Ok(TenantScope { tenant })
-    }
-
-    /// Refuses tenant keys: for operator-level actions.
-    pub fn require_platform(&self) -> Result<(), ApiError> {
-        if self.principal.is_platform() {
-            Ok(())
-        } else {
-            Err(ApiError::new(ErrorCode::MissingScope, "only the operator or a service key can do this"))
-        }
     }
 }

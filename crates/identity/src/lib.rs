@@ -12,8 +12,8 @@ pub mod scope;
 pub mod tenants;
 pub mod token;
 
-pub use auth::{Authorized, Principal, PrincipalKind, TenantScope, authenticate};
-pub use scope::{Permission, Scope, ScopeSet};
+pub use auth::{Authorized, Principal, PrincipalKind, Scoped, TenantScope, authenticate};
+pub use scope::{Permission, Platform, Scope, ScopeSet};
 
 use runway_core::Clock;
 use runway_core::config::Config;

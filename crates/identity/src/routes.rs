@@ -4,7 +4,7 @@
 use crate::keys::{self, ApiKey, NewKey};
 use crate::scope::{AuditRead, KeysRead, KeysWrite, TenantsRead, TenantsWrite};
 use crate::tenants::{self, NewTenant, Tenant, TenantPatch, TenantState};
-use crate::{Authorized, Identity};
+use crate::{Authorized, Identity, Platform, Scoped};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -123,10 +123,9 @@ fn page(limit: Option<u32>, cursor: Option<String>) -> Result<runway_core::Curso
     responses((status = 201, body = TenantOut), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn create_tenant(
     State(id): St,
-    auth: Authorized<TenantsWrite>,
+    auth: Authorized<Platform<TenantsWrite>>,
     ApiJson(body): ApiJson<TenantCreate>,
 ) -> Result<(StatusCode, Json<TenantOut>), ApiError> {
-    auth.require_platform()?;
     let new =
         NewTenant { slug: body.slug, name: body.name, plan: body.plan, region: body.region, metadata: body.metadata };
     let t = id.create_tenant(&auth.audit, new).await?;
@@ -157,12 +156,8 @@ async fn list_tenants(
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
     params(("tenant" = String, Path, description = "Tenant ID (tnt_…) or slug")),
     responses((status = 200, body = TenantOut), (status = 404, body = Problem)))]
-async fn get_tenant(
-    State(id): St,
-    auth: Authorized<TenantsRead>,
-    Path(tenant): Path<String>,
-) -> Result<Json<TenantOut>, ApiError> {
-    Ok(Json(auth.tenant(&id, &tenant).await?.into_tenant().into()))
+async fn get_tenant(Scoped { scope, .. }: Scoped<TenantsRead>) -> Result<Json<TenantOut>, ApiError> {
+    Ok(Json(scope.into_tenant().into()))
 }
 
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", request_body = TenantUpdate,
@@ -170,12 +165,9 @@ async fn get_tenant(
     responses((status = 200, body = TenantOut), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn update_tenant(
     State(id): St,
-    auth: Authorized<TenantsWrite>,
-    Path(tenant): Path<String>,
+    Scoped { auth, scope }: Scoped<Platform<TenantsWrite>>,
     ApiJson(body): ApiJson<TenantUpdate>,
 ) -> Result<Json<TenantOut>, ApiError> {
-    auth.require_platform()?;
-    let scope = auth.tenant(&id, &tenant).await?;
     let patch = TenantPatch {
         name: body.name,
         plan: body.plan,
@@ -191,11 +183,8 @@ async fn update_tenant(
     responses((status = 200, body = TenantOut), (status = 404, body = Problem)))]
 async fn delete_tenant(
     State(id): St,
-    auth: Authorized<TenantsWrite>,
-    Path(tenant): Path<String>,
+    Scoped { auth, scope }: Scoped<Platform<TenantsWrite>>,
 ) -> Result<Json<TenantOut>, ApiError> {
-    auth.require_platform()?;
-    let scope = auth.tenant(&id, &tenant).await?;
     Ok(Json(id.delete_tenant(&auth.audit, scope.id()).await?.into()))
 }
 
@@ -292,10 +281,9 @@ fn creator<P: crate::Permission>(auth: &Authorized<P>) -> Option<&crate::Princip
     responses((status = 201, body = KeyCreated), (status = 422, body = Problem)))]
 async fn create_service_key(
     State(id): St,
-    auth: Authorized<KeysWrite>,
+    auth: Authorized<Platform<KeysWrite>>,
     ApiJson(body): ApiJson<KeyCreate>,
 ) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
-    auth.require_platform()?;
     let (key, token) = id.create_key(&auth.audit, creator(&auth), None, new_key(body)?).await?;
     Ok((StatusCode::CREATED, Json(KeyCreated { key: key.into(), token })))
 }
@@ -303,10 +291,9 @@ async fn create_service_key(
 #[utoipa::path(get, path = "/v1/service-keys", tag = "keys", params(ListQuery), responses((status = 200, body = Page<KeyOut>)))]
 async fn list_service_keys(
     State(id): St,
-    auth: Authorized<KeysRead>,
+    _auth: Authorized<Platform<KeysRead>>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<KeyOut>>, ApiError> {
-    auth.require_platform()?;
     let cursor = page(q.limit, q.cursor)?;
     let mut tx = id.store.read(DbScope::Platform).await?;
     Ok(Json(keys::list(&mut tx, None, &cursor).await?.map(KeyOut::from)))
@@ -316,10 +303,9 @@ async fn list_service_keys(
     params(("key_id" = String, Path)), responses((status = 200, body = KeyOut), (status = 404, body = Problem)))]
 async fn revoke_service_key(
     State(id): St,
-    auth: Authorized<KeysWrite>,
+    auth: Authorized<Platform<KeysWrite>>,
     Path(key_id): Path<String>,
 ) -> Result<Json<KeyOut>, ApiError> {
-    auth.require_platform()?;
     let key_id = KeyId::parse(&key_id)?;
     Ok(Json(id.revoke_key(&auth.audit, None, &key_id).await?.into()))
 }
@@ -329,11 +315,9 @@ async fn revoke_service_key(
     responses((status = 201, body = KeyCreated), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn create_tenant_key(
     State(id): St,
-    auth: Authorized<KeysWrite>,
-    Path(tenant): Path<String>,
+    Scoped { auth, scope }: Scoped<KeysWrite>,
     ApiJson(body): ApiJson<KeyCreate>,
 ) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
-    let scope = auth.tenant(&id, &tenant).await?;
     if scope.tenant().state == TenantState::Deleted {
         return Err(ApiError::new(runway_core::ErrorCode::TenantDeleted, "the tenant is deleted"));
     }
@@ -345,11 +329,9 @@ async fn create_tenant_key(
     responses((status = 200, body = Page<KeyOut>)))]
 async fn list_tenant_keys(
     State(id): St,
-    auth: Authorized<KeysRead>,
-    Path(tenant): Path<String>,
+    Scoped { scope, .. }: Scoped<KeysRead>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<KeyOut>>, ApiError> {
-    let scope = auth.tenant(&id, &tenant).await?;
     let cursor = page(q.limit, q.cursor)?;
     let mut tx = id.store.read(scope.db()).await?;
     Ok(Json(keys::list(&mut tx, Some(scope.id()), &cursor).await?.map(KeyOut::from)))
@@ -360,10 +342,9 @@ async fn list_tenant_keys(
     responses((status = 200, body = KeyOut), (status = 404, body = Problem)))]
 async fn revoke_tenant_key(
     State(id): St,
-    auth: Authorized<KeysWrite>,
-    Path((tenant, key_id)): Path<(String, String)>,
+    Scoped { auth, scope }: Scoped<KeysWrite>,
+    Path((_tenant, key_id)): Path<(String, String)>,
 ) -> Result<Json<KeyOut>, ApiError> {
-    let scope = auth.tenant(&id, &tenant).await?;
     let key_id = KeyId::parse(&key_id)?;
     Ok(Json(id.revoke_key(&auth.audit, Some(scope.id()), &key_id).await?.into()))
 }
@@ -396,11 +377,9 @@ fn time_param(v: Option<String>, field: &str) -> Result<Option<i64>, ApiError> {
     responses((status = 200, body = Page<AuditEntry>)))]
 async fn list_audit(
     State(id): St,
-    auth: Authorized<AuditRead>,
-    Path(tenant): Path<String>,
+    Scoped { scope, .. }: Scoped<AuditRead>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Page<AuditEntry>>, ApiError> {
-    let scope = auth.tenant(&id, &tenant).await?;
     let cursor = page(q.limit, q.cursor)?;
     let filter = AuditFilter {
         action: q.action,
@@ -417,10 +396,9 @@ async fn list_audit(
     responses((status = 200, body = Page<AuditEntry>), (status = 403, body = Problem)))]
 async fn list_platform_audit(
     State(id): St,
-    auth: Authorized<AuditRead>,
+    _auth: Authorized<Platform<AuditRead>>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Page<AuditEntry>>, ApiError> {
-    auth.require_platform()?;
     let cursor = page(q.limit, q.cursor)?;
     let filter = AuditFilter {
         action: q.action,

@@ -98,6 +98,17 @@ impl FromIterator<Scope> for ScopeSet {
 /// A scope a handler requires, named as a type so the requirement is part of its signature.
 pub trait Permission: Send + Sync + 'static {
     const SCOPE: Scope;
+    /// Whether only the operator and service keys may act (never a tenant key, whatever it holds).
+    const PLATFORM_ONLY: bool = false;
+}
+
+/// `P`, for operator-level work only: `Authorized<Platform<KeysWrite>>` refuses a tenant key
+/// before the handler runs, so a handler that takes it cannot act for a tenant key by mistake.
+pub struct Platform<P>(std::marker::PhantomData<P>);
+
+impl<P: Permission> Permission for Platform<P> {
+    const SCOPE: Scope = P::SCOPE;
+    const PLATFORM_ONLY: bool = true;
 }
 
 macro_rules! permissions {
