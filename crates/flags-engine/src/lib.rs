@@ -4,6 +4,7 @@
 
 pub mod constraint;
 pub mod context;
+pub mod spec;
 pub mod strategy;
 pub mod wire;
 
@@ -35,6 +36,9 @@ struct Feature {
     dependencies: Vec<DependencyDef>,
     /// Whether this feature depends on others; a child of such a parent evaluates to false.
     has_dependencies: bool,
+    /// A strategy cannot be evaluated as written (an unknown operator, a value that does not
+    /// parse, a missing segment): as in Unleash's SDK engine, the flag is off.
+    broken: bool,
     /// The feature name, used as the variant hash group.
     name: String,
 }
@@ -111,7 +115,7 @@ pub enum Reason {
     TargetingMatch,
     /// A variant was picked by weight (hashing on stickiness).
     Split,
-    /// Strategies exist and none matched.
+    /// Strategies exist and none matched (or none can: see [`Engine::compile`]).
     Default,
     /// No flag of that name.
     NotFound,
@@ -143,8 +147,10 @@ pub struct Evaluation {
 }
 
 impl Engine {
-    /// Compiles a client features document. Never fails: unknown strategies and operators, and
-    /// values that do not parse, compile to conditions that never hold.
+    /// Compiles a client features document. Never fails: what cannot be evaluated as written
+    /// compiles to what Unleash's SDK engine makes of it. Custom strategies never match; an
+    /// unknown operator, a number, date or version that does not parse, or a missing segment
+    /// turns the flag off; see [`constraint::check`] for the rest.
     pub fn compile(doc: &ClientFeatures) -> Engine {
         let segments: FxHashMap<i64, Vec<Constraint>> = doc
             .segments
@@ -209,6 +215,7 @@ impl Engine {
     pub fn needs_targeting_key(&self, name: &str) -> bool {
         self.features.get(name).is_some_and(|f| {
             f.enabled
+                && !f.broken
                 && (f.strategies.iter().any(|s| s.needs_identity() || s.variants.needs_identity())
                     || f.variants.needs_identity())
         })
@@ -238,10 +245,12 @@ impl Engine {
 
 impl Feature {
     fn compile(def: &FeatureDef, segments: &FxHashMap<i64, Vec<Constraint>>) -> Feature {
-        let strategies = def.strategies.iter().flatten().map(|s| Strategy::compile(s, &def.name, segments)).collect();
+        let strategies: Vec<Strategy> =
+            def.strategies.iter().flatten().map(|s| Strategy::compile(s, &def.name, segments)).collect();
         let dependencies = def.dependencies.clone().unwrap_or_default();
         Feature {
             enabled: def.enabled,
+            broken: strategies.iter().any(Strategy::is_broken),
             strategies,
             variants: Variants::compile(def.variants.as_deref().unwrap_or_default()),
             has_dependencies: !dependencies.is_empty(),
@@ -253,6 +262,9 @@ impl Feature {
     fn evaluate(&self, ctx: &Context, now: &impl Fn() -> OffsetDateTime) -> Evaluation {
         if !self.enabled {
             return Evaluation { enabled: false, variant: VariantResult::disabled(false), reason: Reason::Disabled };
+        }
+        if self.broken {
+            return Evaluation { enabled: false, variant: VariantResult::disabled(false), reason: Reason::Default };
         }
         let (matched, reason) = if self.strategies.is_empty() {
             (None, Reason::Static)

@@ -109,8 +109,9 @@ enum IpMatch {
 pub struct Strategy {
     kind: Kind,
     constraints: Vec<Constraint>,
-    /// A referenced segment does not exist: the strategy never matches.
-    missing_segment: bool,
+    /// A referenced segment does not exist, or a constraint is unusable as written: as in
+    /// Unleash's SDK engine, the whole flag is off.
+    broken: bool,
     pub(crate) variants: Variants,
     group_id: String,
 }
@@ -166,12 +167,18 @@ impl Strategy {
             }
         }
         constraints.extend(def.constraints.iter().flatten().map(Constraint::compile));
+        let broken = missing_segment || constraints.iter().any(Constraint::breaks_flag);
         let mut variants = Variants::compile(def.variants.as_deref().unwrap_or_default());
         // Strategy variants hash on the strategy's own stickiness, not the first variant's.
         if let Some(stickiness) = def.param("stickiness") {
             variants.stickiness = Stickiness::parse(&stickiness);
         }
-        Strategy { kind, constraints, missing_segment, variants, group_id: group }
+        Strategy { kind, constraints, broken, variants, group_id: group }
+    }
+
+    /// Whether a flag with this strategy is off whatever the context (see `broken`).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// Whether this strategy buckets by user or session (a partial rollout or a user list).
@@ -195,7 +202,7 @@ impl Strategy {
     }
 
     pub fn is_enabled(&self, ctx: &Context, now: &impl Fn() -> OffsetDateTime) -> bool {
-        if self.missing_segment || !self.constraints.iter().all(|c| c.holds(ctx, now)) {
+        if self.broken || !self.constraints.iter().all(|c| c.holds(ctx, now)) {
             return false;
         }
         match &self.kind {
