@@ -71,7 +71,8 @@ impl Variants {
         self.defs.is_empty()
     }
 
-    fn needs_identity(&self) -> bool {
+    /// Whether the pick is random when the context names neither a user nor a session.
+    fn random_without_identity(&self) -> bool {
         self.defs.iter().filter(|v| v.weight > 0).count() > 1 && self.stickiness == Stickiness::Default
     }
 
@@ -209,15 +210,16 @@ impl Engine {
         feature.evaluate(ctx, &now)
     }
 
-    /// Whether the answer for this flag hangs on who is asking: a percentage rollout or a
-    /// weighted split that hashes on the user or session. OFREP reports a missing targeting
-    /// key only for such flags.
+    /// Whether the answer for this flag is picked at random when the context names neither a
+    /// user nor a session: a partial rollout or a weighted split on default stickiness, which
+    /// falls back to random. OFREP reports a missing targeting key only for such flags; elsewhere
+    /// Unleash's answer without one is well defined (a user list, or a rollout by user id, is off).
     pub fn needs_targeting_key(&self, name: &str) -> bool {
         self.features.get(name).is_some_and(|f| {
             f.enabled
                 && !f.broken
-                && (f.strategies.iter().any(|s| s.needs_identity() || s.variants.needs_identity())
-                    || f.variants.needs_identity())
+                && (f.strategies.iter().any(|s| s.random_without_identity() || s.variants.random_without_identity())
+                    || f.variants.random_without_identity())
         })
     }
 
@@ -292,5 +294,32 @@ impl Feature {
         };
         let reason = if picked.is_some_and(|(_, split)| split) { Reason::Split } else { reason };
         Evaluation { enabled: true, variant, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_targeting_key_is_needed_only_where_its_absence_makes_the_answer_random() {
+        let doc: ClientFeatures = serde_json::from_value(json!({"features": [
+            {"name": "users", "enabled": true, "strategies": [{"name": "userWithId", "parameters": {"userIds": "a,b"}}]},
+            {"name": "by-user", "enabled": true, "strategies": [{"name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "userId"}}]},
+            {"name": "gradual", "enabled": true, "strategies": [{"name": "gradualRolloutUserId", "parameters": {"percentage": "50"}}]},
+            {"name": "half", "enabled": true, "strategies": [{"name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "default"}}]},
+            {"name": "all", "enabled": true, "strategies": [{"name": "flexibleRollout", "parameters": {"rollout": "100", "stickiness": "default"}}]},
+            {"name": "split", "enabled": true, "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]},
+            {"name": "split-off", "enabled": false, "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}
+        ]}))
+        .unwrap();
+        let engine = Engine::compile(&doc);
+        let needs: Vec<&str> = engine.names().filter(|n| engine.needs_targeting_key(n)).collect();
+        assert_eq!(needs, ["half", "split"]);
+        // Without a user, Unleash's answer for the others is simply off.
+        let nobody = Context::default();
+        assert!(!engine.is_enabled("users", &nobody) && !engine.is_enabled("by-user", &nobody));
+        assert!(!engine.is_enabled("gradual", &nobody) && engine.is_enabled("all", &nobody));
     }
 }

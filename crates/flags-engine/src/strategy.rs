@@ -181,17 +181,12 @@ impl Strategy {
         self.broken
     }
 
-    /// Whether this strategy buckets by user or session (a partial rollout or a user list).
-    pub(crate) fn needs_identity(&self) -> bool {
+    /// Whether this strategy's answer is picked at random when the context names neither a user
+    /// nor a session: a partial rollout on default stickiness. (A user list, a rollout by user or
+    /// session id, or stickiness on a named field is simply off without one.)
+    pub(crate) fn random_without_identity(&self) -> bool {
         match &self.kind {
-            Kind::UserWithId(_) => true,
-            Kind::GradualUserId { percentage, .. } | Kind::GradualSessionId { percentage, .. } => {
-                (1..100).contains(percentage)
-            }
-            Kind::Flexible { rollout, stickiness, .. } => {
-                (1..100).contains(rollout)
-                    && matches!(stickiness, Stickiness::Default | Stickiness::Field(Field::UserId))
-            }
+            Kind::Flexible { rollout, stickiness: Stickiness::Default, .. } => (1..100).contains(rollout),
             _ => false,
         }
     }
