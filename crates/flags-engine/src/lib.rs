@@ -4,6 +4,7 @@
 
 pub mod constraint;
 pub mod context;
+pub mod spec;
 pub mod strategy;
 pub mod wire;
 
@@ -35,6 +36,9 @@ struct Feature {
     dependencies: Vec<DependencyDef>,
     /// Whether this feature depends on others; a child of such a parent evaluates to false.
     has_dependencies: bool,
+    /// A strategy cannot be evaluated as written (an unknown operator, a value that does not
+    /// parse, a missing segment): as in Unleash's SDK engine, the flag is off.
+    broken: bool,
     /// The feature name, used as the variant hash group.
     name: String,
 }
@@ -67,7 +71,8 @@ impl Variants {
         self.defs.is_empty()
     }
 
-    fn needs_identity(&self) -> bool {
+    /// Whether the pick is random when the context names neither a user nor a session.
+    fn random_without_identity(&self) -> bool {
         self.defs.iter().filter(|v| v.weight > 0).count() > 1 && self.stickiness == Stickiness::Default
     }
 
@@ -111,7 +116,7 @@ pub enum Reason {
     TargetingMatch,
     /// A variant was picked by weight (hashing on stickiness).
     Split,
-    /// Strategies exist and none matched.
+    /// Strategies exist and none matched (or none can: see [`Engine::compile`]).
     Default,
     /// No flag of that name.
     NotFound,
@@ -143,8 +148,10 @@ pub struct Evaluation {
 }
 
 impl Engine {
-    /// Compiles a client features document. Never fails: unknown strategies and operators, and
-    /// values that do not parse, compile to conditions that never hold.
+    /// Compiles a client features document. Never fails: what cannot be evaluated as written
+    /// compiles to what Unleash's SDK engine makes of it. Custom strategies never match; an
+    /// unknown operator, a number, date or version that does not parse, or a missing segment
+    /// turns the flag off; see [`constraint::check`] for the rest.
     pub fn compile(doc: &ClientFeatures) -> Engine {
         let segments: FxHashMap<i64, Vec<Constraint>> = doc
             .segments
@@ -203,14 +210,16 @@ impl Engine {
         feature.evaluate(ctx, &now)
     }
 
-    /// Whether the answer for this flag hangs on who is asking: a percentage rollout or a
-    /// weighted split that hashes on the user or session. OFREP reports a missing targeting
-    /// key only for such flags.
+    /// Whether the answer for this flag is picked at random when the context names neither a
+    /// user nor a session: a partial rollout or a weighted split on default stickiness, which
+    /// falls back to random. OFREP reports a missing targeting key only for such flags; elsewhere
+    /// Unleash's answer without one is well defined (a user list, or a rollout by user id, is off).
     pub fn needs_targeting_key(&self, name: &str) -> bool {
         self.features.get(name).is_some_and(|f| {
             f.enabled
-                && (f.strategies.iter().any(|s| s.needs_identity() || s.variants.needs_identity())
-                    || f.variants.needs_identity())
+                && !f.broken
+                && (f.strategies.iter().any(|s| s.random_without_identity() || s.variants.random_without_identity())
+                    || f.variants.random_without_identity())
         })
     }
 
@@ -238,10 +247,12 @@ impl Engine {
 
 impl Feature {
     fn compile(def: &FeatureDef, segments: &FxHashMap<i64, Vec<Constraint>>) -> Feature {
-        let strategies = def.strategies.iter().flatten().map(|s| Strategy::compile(s, &def.name, segments)).collect();
+        let strategies: Vec<Strategy> =
+            def.strategies.iter().flatten().map(|s| Strategy::compile(s, &def.name, segments)).collect();
         let dependencies = def.dependencies.clone().unwrap_or_default();
         Feature {
             enabled: def.enabled,
+            broken: strategies.iter().any(Strategy::is_broken),
             strategies,
             variants: Variants::compile(def.variants.as_deref().unwrap_or_default()),
             has_dependencies: !dependencies.is_empty(),
@@ -253,6 +264,9 @@ impl Feature {
     fn evaluate(&self, ctx: &Context, now: &impl Fn() -> OffsetDateTime) -> Evaluation {
         if !self.enabled {
             return Evaluation { enabled: false, variant: VariantResult::disabled(false), reason: Reason::Disabled };
+        }
+        if self.broken {
+            return Evaluation { enabled: false, variant: VariantResult::disabled(false), reason: Reason::Default };
         }
         let (matched, reason) = if self.strategies.is_empty() {
             (None, Reason::Static)
@@ -280,5 +294,32 @@ impl Feature {
         };
         let reason = if picked.is_some_and(|(_, split)| split) { Reason::Split } else { reason };
         Evaluation { enabled: true, variant, reason }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_targeting_key_is_needed_only_where_its_absence_makes_the_answer_random() {
+        let doc: ClientFeatures = serde_json::from_value(json!({"features": [
+            {"name": "users", "enabled": true, "strategies": [{"name": "userWithId", "parameters": {"userIds": "a,b"}}]},
+            {"name": "by-user", "enabled": true, "strategies": [{"name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "userId"}}]},
+            {"name": "gradual", "enabled": true, "strategies": [{"name": "gradualRolloutUserId", "parameters": {"percentage": "50"}}]},
+            {"name": "half", "enabled": true, "strategies": [{"name": "flexibleRollout", "parameters": {"rollout": "50", "stickiness": "default"}}]},
+            {"name": "all", "enabled": true, "strategies": [{"name": "flexibleRollout", "parameters": {"rollout": "100", "stickiness": "default"}}]},
+            {"name": "split", "enabled": true, "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]},
+            {"name": "split-off", "enabled": false, "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}
+        ]}))
+        .unwrap();
+        let engine = Engine::compile(&doc);
+        let needs: Vec<&str> = engine.names().filter(|n| engine.needs_targeting_key(n)).collect();
+        assert_eq!(needs, ["half", "split"]);
+        // Without a user, Unleash's answer for the others is simply off.
+        let nobody = Context::default();
+        assert!(!engine.is_enabled("users", &nobody) && !engine.is_enabled("by-user", &nobody));
+        assert!(!engine.is_enabled("gradual", &nobody) && engine.is_enabled("all", &nobody));
     }
 }

@@ -109,8 +109,9 @@ enum IpMatch {
 pub struct Strategy {
     kind: Kind,
     constraints: Vec<Constraint>,
-    /// A referenced segment does not exist: the strategy never matches.
-    missing_segment: bool,
+    /// A referenced segment does not exist, or a constraint is unusable as written: as in
+    /// Unleash's SDK engine, the whole flag is off.
+    broken: bool,
     pub(crate) variants: Variants,
     group_id: String,
 }
@@ -166,25 +167,26 @@ impl Strategy {
             }
         }
         constraints.extend(def.constraints.iter().flatten().map(Constraint::compile));
+        let broken = missing_segment || constraints.iter().any(Constraint::breaks_flag);
         let mut variants = Variants::compile(def.variants.as_deref().unwrap_or_default());
         // Strategy variants hash on the strategy's own stickiness, not the first variant's.
         if let Some(stickiness) = def.param("stickiness") {
             variants.stickiness = Stickiness::parse(&stickiness);
         }
-        Strategy { kind, constraints, missing_segment, variants, group_id: group }
+        Strategy { kind, constraints, broken, variants, group_id: group }
     }
 
-    /// Whether this strategy buckets by user or session (a partial rollout or a user list).
-    pub(crate) fn needs_identity(&self) -> bool {
+    /// Whether a flag with this strategy is off whatever the context (see `broken`).
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Whether this strategy's answer is picked at random when the context names neither a user
+    /// nor a session: a partial rollout on default stickiness. (A user list, a rollout by user or
+    /// session id, or stickiness on a named field is simply off without one.)
+    pub(crate) fn random_without_identity(&self) -> bool {
         match &self.kind {
-            Kind::UserWithId(_) => true,
-            Kind::GradualUserId { percentage, .. } | Kind::GradualSessionId { percentage, .. } => {
-                (1..100).contains(percentage)
-            }
-            Kind::Flexible { rollout, stickiness, .. } => {
-                (1..100).contains(rollout)
-                    && matches!(stickiness, Stickiness::Default | Stickiness::Field(Field::UserId))
-            }
+            Kind::Flexible { rollout, stickiness: Stickiness::Default, .. } => (1..100).contains(rollout),
             _ => false,
         }
     }
@@ -195,7 +197,7 @@ impl Strategy {
     }
 
     pub fn is_enabled(&self, ctx: &Context, now: &impl Fn() -> OffsetDateTime) -> bool {
-        if self.missing_segment || !self.constraints.iter().all(|c| c.holds(ctx, now)) {
+        if self.broken || !self.constraints.iter().all(|c| c.holds(ctx, now)) {
             return false;
         }
         match &self.kind {

@@ -181,35 +181,117 @@ pub enum DeltaEvent {
     SegmentRemoved { event_id: i64, segment_id: i64 },
 }
 
+/// Where each feature and segment of a state came from after [`ClientFeatures::apply_delta_traced`]:
+/// the JSON pointer, in the delta document, of the event item that last set it, or `None` for
+/// what no event touched. Parallel to the state's `features` and `segments`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    pub features: Vec<Option<String>>,
+    pub segments: Vec<Option<String>>,
+}
+
 impl ClientFeatures {
     /// Applies delta events in order: hydration replaces everything, the others upsert or remove.
     pub fn apply_delta(&mut self, events: &[DeltaEvent]) {
-        for event in events {
+        self.apply_delta_traced(events);
+    }
+
+    /// [`apply_delta`](Self::apply_delta), saying which event set each feature and segment.
+    pub fn apply_delta_traced(&mut self, events: &[DeltaEvent]) -> Provenance {
+        let mut from = Provenance {
+            features: vec![None; self.features.len()],
+            segments: vec![None; self.segments.as_ref().map_or(0, Vec::len)],
+        };
+        for (e, event) in events.iter().enumerate() {
             match event {
                 DeltaEvent::Hydration { features, segments, .. } => {
                     self.features = features.clone();
                     self.segments = Some(segments.clone());
+                    from.features = (0..features.len()).map(|i| Some(format!("/events/{e}/features/{i}"))).collect();
+                    from.segments = (0..segments.len()).map(|i| Some(format!("/events/{e}/segments/{i}"))).collect();
                 }
                 DeltaEvent::FeatureUpdated { feature, .. } => {
-                    match self.features.iter_mut().find(|f| f.name == feature.name) {
-                        Some(existing) => *existing = feature.clone(),
-                        None => self.features.push(feature.clone()),
+                    let at = Some(format!("/events/{e}/feature"));
+                    match self.features.iter().position(|f| f.name == feature.name) {
+                        Some(i) => {
+                            self.features[i] = feature.clone();
+                            from.features[i] = at;
+                        }
+                        None => {
+                            self.features.push(feature.clone());
+                            from.features.push(at);
+                        }
                     }
                 }
-                DeltaEvent::FeatureRemoved { feature_name, .. } => self.features.retain(|f| &f.name != feature_name),
+                DeltaEvent::FeatureRemoved { feature_name, .. } => {
+                    while let Some(i) = self.features.iter().position(|f| &f.name == feature_name) {
+                        self.features.remove(i);
+                        from.features.remove(i);
+                    }
+                }
                 DeltaEvent::SegmentUpdated { segment, .. } => {
+                    let at = Some(format!("/events/{e}/segment"));
                     let segments = self.segments.get_or_insert_with(Vec::new);
-                    match segments.iter_mut().find(|s| s.id == segment.id) {
-                        Some(existing) => *existing = segment.clone(),
-                        None => segments.push(segment.clone()),
+                    match segments.iter().position(|s| s.id == segment.id) {
+                        Some(i) => {
+                            segments[i] = segment.clone();
+                            from.segments[i] = at;
+                        }
+                        None => {
+                            segments.push(segment.clone());
+                            from.segments.push(at);
+                        }
                     }
                 }
                 DeltaEvent::SegmentRemoved { segment_id, .. } => {
                     if let Some(segments) = self.segments.as_mut() {
-                        segments.retain(|s| s.id != *segment_id);
+                        while let Some(i) = segments.iter().position(|s| s.id == *segment_id) {
+                            segments.remove(i);
+                            from.segments.remove(i);
+                        }
                     }
                 }
             }
         }
+        from
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_delta_says_which_event_set_what() {
+        let mut state: ClientFeatures = serde_json::from_value(json!({
+            "features": [{"name": "kept"}, {"name": "gone"}, {"name": "changed"}],
+            "segments": [{"id": 1}, {"id": 2}]
+        }))
+        .unwrap();
+        let delta: DeltaDocument = serde_json::from_value(json!({"events": [
+            {"type": "feature-updated", "eventId": 1, "feature": {"name": "changed", "enabled": true}},
+            {"type": "feature-removed", "eventId": 2, "featureName": "gone"},
+            {"type": "feature-updated", "eventId": 3, "feature": {"name": "new"}},
+            {"type": "segment-updated", "eventId": 4, "segment": {"id": 2, "constraints": []}},
+            {"type": "segment-removed", "eventId": 5, "segmentId": 1}
+        ]}))
+        .unwrap();
+        let from = state.apply_delta_traced(&delta.events);
+        let names: Vec<&str> = state.features.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["kept", "changed", "new"]);
+        assert_eq!(from.features, [None, Some("/events/0/feature".into()), Some("/events/2/feature".into())]);
+        assert_eq!(from.segments, [Some("/events/3/segment".to_string())]);
+        assert!(state.features[1].enabled);
+
+        let hydrate: DeltaDocument = serde_json::from_value(json!({"events": [
+            {"type": "hydration", "eventId": 9, "features": [{"name": "a"}, {"name": "b"}], "segments": [{"id": 3}]},
+            {"type": "feature-removed", "eventId": 10, "featureName": "a"}
+        ]}))
+        .unwrap();
+        let from = state.apply_delta_traced(&hydrate.events);
+        assert_eq!(state.features.len(), 1);
+        assert_eq!(from.features, [Some("/events/0/features/1".to_string())]);
+        assert_eq!(from.segments, [Some("/events/0/segments/0".to_string())]);
     }
 }

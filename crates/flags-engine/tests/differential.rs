@@ -1,20 +1,23 @@
 //! Generates random flags and contexts and checks that Runway's engine answers exactly as
 //! `unleash-yggdrasil` (the engine inside Unleash's SDKs) does.
 //!
-//! The generator stays inside configurations both engines accept and evaluate
-//! deterministically: Runway's management API refuses the malformed inputs on which Yggdrasil
-//! turns a whole flag off (unknown operators, unparsable values, rollouts over 100), and random
-//! stickiness cannot be compared run against run.
+//! The generator mixes in what only imports bring (the management API refuses it): unknown
+//! operators, values that do not parse as numbers, dates, versions, regular expressions or
+//! CIDR ranges, custom strategies and references to missing segments, on which Yggdrasil turns
+//! a whole flag off or makes one constraint false. It stays away from what cannot be compared
+//! run against run (random stickiness) and from rollouts over 100, which imports refuse.
 
 use proptest::prelude::*;
-use runway_flags_engine::wire::{ClientFeatures, ConstraintDef, FeatureDef, Payload, StrategyDef, VariantDef};
+use runway_flags_engine::wire::{
+    ClientFeatures, ConstraintDef, FeatureDef, Payload, SegmentDef, StrategyDef, VariantDef,
+};
 use runway_flags_engine::{Context, Engine};
 use serde_json::json;
 use unleash_yggdrasil::{EngineState, UpdateMessage};
 
 const PROPS: &[&str] = &["plan", "country", "version", "tenantId", "clientId"];
 
-fn value_for(op: &str) -> BoxedStrategy<String> {
+fn valid_value_for(op: &str) -> BoxedStrategy<String> {
     match op {
         o if o.starts_with("NUM_") => (0i32..20).prop_map(|n| n.to_string()).boxed(),
         o if o.starts_with("SEMVER_") => {
@@ -34,14 +37,45 @@ fn value_for(op: &str) -> BoxedStrategy<String> {
     }
 }
 
+/// Values an Unleash server can serve that do not parse for the operator.
+fn malformed_value_for(op: &str) -> Vec<&'static str> {
+    match op {
+        o if o.starts_with("NUM_") => vec!["abc", ".5", "1,5", "inf", "12 apples", "1.2.3", "2026-03-01T12:00:00.000Z"],
+        o if o.starts_with("SEMVER_") => vec!["one", "v1.2.3", "1.2", "01.2.3", "1.2.3.4"],
+        o if o.starts_with("DATE_") => {
+            vec![
+                "yesterday",
+                "2026-03-01",
+                "2026-03-01T12:00:00",
+                "2026-03-01T12:00:00.123456Z",
+                "2026-13-01T12:00:00Z",
+                "12",
+                "1.0.0",
+            ]
+        }
+        "IN_CIDR" => vec!["nope", "10.0.0.0/33", "999.1.1.1"],
+        "REGEX" => vec!["((", "[z-a]", "a{2,1}"],
+        _ => vec![],
+    }
+}
+
+fn value_for(op: &str) -> BoxedStrategy<String> {
+    let bad = malformed_value_for(op);
+    if bad.is_empty() {
+        return valid_value_for(op);
+    }
+    prop_oneof![6 => valid_value_for(op), 1 => prop::sample::select(bad).prop_map(String::from)].boxed()
+}
+
 fn constraint() -> impl Strategy<Value = ConstraintDef> {
-    let ops = runway_flags_engine::OPERATORS.to_vec();
+    let mut ops = runway_flags_engine::OPERATORS.to_vec();
+    ops.push("NOT_AN_OPERATOR");
     (prop::sample::select(ops), prop::sample::select(vec!["userId", "plan", "country", "version", "remoteAddress"]))
         .prop_flat_map(|(op, field)| {
             (Just(op), Just(field), prop::collection::vec(value_for(op), 1..3), any::<bool>(), any::<bool>())
         })
         .prop_map(|(op, field, values, inverted, ci)| {
-            let single = matches!(op, o if o.starts_with("NUM_") || o.starts_with("SEMVER_") || o.starts_with("DATE_") || o == "REGEX");
+            let single = matches!(op, o if o.starts_with("NUM_") || o.starts_with("SEMVER_") || o.starts_with("DATE_") || o == "REGEX" || o == "NOT_AN_OPERATOR");
             ConstraintDef {
                 context_name: field.into(),
                 operator: op.into(),
@@ -75,6 +109,7 @@ fn strategy() -> impl Strategy<Value = StrategyDef> {
         "gradualRolloutSessionId",
         "remoteAddress",
         "flexibleRollout",
+        "myCustomStrategy",
     ]);
     (
         kind,
@@ -82,8 +117,9 @@ fn strategy() -> impl Strategy<Value = StrategyDef> {
         prop::sample::select(vec!["default", "userId", "sessionId", "plan"]),
         prop::collection::vec(constraint(), 0..3),
         variants(3),
+        prop_oneof![8 => Just(vec![]), 2 => Just(vec![1i64]), 1 => Just(vec![99i64])],
     )
-        .prop_map(|(kind, pct, stickiness, constraints, variants)| {
+        .prop_map(|(kind, pct, stickiness, constraints, variants, segments)| {
             let params = match kind {
                 "userWithId" => json!({"userIds": "u1, u2,u3"}),
                 "gradualRolloutUserId" | "gradualRolloutSessionId" => {
@@ -98,6 +134,7 @@ fn strategy() -> impl Strategy<Value = StrategyDef> {
                 parameters: serde_json::from_value(params).unwrap(),
                 constraints: Some(constraints),
                 variants: Some(variants),
+                segments: Some(segments),
                 ..Default::default()
             }
         })
@@ -155,13 +192,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
-    fn runway_and_yggdrasil_agree(features in prop::collection::vec(0usize..1, 1..2).prop_flat_map(|_| (feature(0), feature(1), feature(2))), contexts in prop::collection::vec(context(), 1..6)) {
-        let doc = ClientFeatures { version: 2, features: vec![features.0, features.1, features.2], ..Default::default() };
+    fn runway_and_yggdrasil_agree(features in prop::collection::vec(0usize..1, 1..2).prop_flat_map(|_| (feature(0), feature(1), feature(2))), segment in prop::collection::vec(constraint(), 1..3), contexts in prop::collection::vec(context(), 1..6)) {
+        // Segment 1 exists (its constraints may be malformed too); segment 99 does not.
+        let segments = Some(vec![SegmentDef { id: 1, name: Some("s".into()), constraints: segment }]);
+        let doc = ClientFeatures { version: 2, features: vec![features.0, features.1, features.2], segments, ..Default::default() };
         let ours = Engine::compile(&doc);
         let theirs = EngineState::default();
         let text = serde_json::to_string(&doc).unwrap();
-        let warnings = theirs.take_state(UpdateMessage::FullResponse(serde_json::from_str(&text).unwrap()));
-        prop_assert!(warnings.is_none(), "yggdrasil refused the generated state: {warnings:?}");
+        // Yggdrasil warns about the flags it turns off; they must answer the same here.
+        let _warnings = theirs.take_state(UpdateMessage::FullResponse(serde_json::from_str(&text).unwrap()));
         for ctx in &contexts {
             let ygg_ctx: unleash_yggdrasil::Context = serde_json::from_value(serde_json::to_value(ctx).unwrap()).unwrap();
             for name in ["f0", "f1", "f2", "missing"] {

@@ -3,6 +3,7 @@
 //! and release plans with guards. Evaluation itself is `runway-flags-engine`.
 
 pub mod client_api;
+pub mod import;
 pub mod model;
 pub mod ofrep;
 pub mod plans;
@@ -13,7 +14,8 @@ pub mod usage;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
-use model::{EnvConfig, FlagDocument, Known};
+use import::Incoming;
+use model::{EnvConfig, FlagDocument, ImportWarning, Known};
 use runway_audit::{AuditContext, Chain, Change};
 use runway_core::config::FlagsConfig;
 use runway_core::{ApiError, Clock, ErrorCode};
@@ -316,7 +318,7 @@ impl Flags {
             return Err(ApiError::new(ErrorCode::Conflict, format!("a flag `{}` exists already", doc.key)));
         }
         let known = KnownOwned::load(&mut tx, &doc).await?;
-        doc.validate(&known.as_known(false))?;
+        doc.validate_change(None, &known.as_known())?;
         let now = self.clock.now_micros();
         let text = serde_json::to_string(&doc).map_err(|e| ApiError::internal(e.to_string()))?;
         on_conn!(&mut tx, c => sqlx::query("INSERT INTO flags (key, version, document, archived, created_at, updated_at) VALUES ($1, 1, $2, $3, $4, $4)")
@@ -368,7 +370,8 @@ impl Flags {
             return Ok((current, false));
         }
         let known = KnownOwned::load(tx, &doc).await?;
-        doc.validate(&known.as_known(false))?;
+        // What the flag held already (an import may have brought what the API refuses) stays.
+        doc.validate_change(Some(&current.document), &known.as_known())?;
         // Dependencies are one level deep: a parent may not gain dependencies of its own, nor be
         // archived, while live flags depend on it (they would turn off without a word).
         if (doc.has_dependencies() && !current.document.has_dependencies())
@@ -580,14 +583,21 @@ impl Flags {
         constraints: Vec<ConstraintDef>,
     ) -> Result<Segment, ApiError> {
         if name.trim().is_empty() || name.len() > 200 {
-            return Err(ApiError::validation("name", "must be 1 to 200 characters"));
+            return Err(ApiError::validation("/name", "must be 1 to 200 characters"));
         }
+        let mut findings = Vec::new();
         for (i, c) in constraints.iter().enumerate() {
-            model::validate_constraint(c, &format!("constraints/{i}"))?;
+            findings.extend(model::constraint_findings(c, &format!("/constraints/{i}"))?);
         }
         let now = self.clock.now_micros();
         let text = serde_json::to_string(&constraints).map_err(|e| ApiError::internal(e.to_string()))?;
         let mut tx = self.store.write(DbScope::Platform).await?;
+        // Constraints the segment had already (an import may have brought them) stay.
+        let before = match id {
+            Some(id) => list_segments(&mut tx).await?.into_iter().find(|s| s.id == id).map(|s| s.constraints),
+            None => None,
+        };
+        model::refuse_new_constraints(&findings, before.as_deref().unwrap_or_default())?;
         let clash: Option<i64> = on_conn!(&mut tx, c => sqlx::query_scalar("SELECT id FROM flag_segments WHERE name = $1").bind(name).fetch_optional(&mut *c).await)
             .map_err(store_err)?;
         if clash.is_some_and(|other| Some(other) != id) {
@@ -663,51 +673,52 @@ impl Flags {
 
     // ---- import / export ----
 
-    /// Imports an Unleash client features document (or delta document) into one environment:
-    /// segments by id, each feature's configuration as a new version of that flag.
-    pub async fn import(&self, ctx: &AuditContext, env: &str, doc: ClientFeatures) -> Result<ImportReport, ApiError> {
-        if !self.snapshot().environments.iter().any(|e| e == env) {
-            return Err(ApiError::validation("environment", format!("no environment `{env}`")));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for (i, f) in doc.features.iter().enumerate() {
-            model::validate_key(&f.name).map_err(|e| ApiError::validation(format!("features/{i}/name"), e.detail))?;
-            if !seen.insert(f.name.as_str()) {
-                return Err(ApiError::validation(format!("features/{i}/name"), format!("`{}` appears twice", f.name)));
-            }
-        }
-        let mut seen_segments = std::collections::HashSet::new();
-        for (i, s) in doc.segments.iter().flatten().enumerate() {
-            if !seen_segments.insert(s.id) {
-                return Err(ApiError::validation(
-                    format!("segments/{i}/id"),
-                    format!("segment {} appears twice", s.id),
-                ));
-            }
-        }
+    /// Imports an Unleash client features document or delta document into one environment, in
+    /// one transaction: segments by id, each feature's configuration as a new version of that
+    /// flag, and (for a delta) removals. What Unleash serves but does not work as written is kept
+    /// and listed in the report's warnings; anything refused leaves everything as it was.
+    pub async fn import(&self, ctx: &AuditContext, env: &str, incoming: Incoming) -> Result<ImportReport, ApiError> {
         let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Platform).await?;
-        let mut segments = 0;
-        for s in doc.segments.iter().flatten() {
-            for (j, c) in s.constraints.iter().enumerate() {
-                model::validate_constraint(c, &format!("segments/{}/constraints/{j}", s.id))?;
+        let envs = list_environment_names(&mut tx).await?;
+        if !envs.iter().any(|e| e == env) {
+            return Err(ApiError::validation("environment", format!("no environment `{env}`")));
+        }
+        let plan = match &incoming {
+            Incoming::Full(doc) => import::plan_full(doc)?,
+            Incoming::Delta(delta) => import::plan_delta(delta, &stored_state(&mut tx, env).await?)?,
+        };
+        let mut warnings = Vec::new();
+        let mut removed = 0;
+        for name in &plan.removed {
+            let env = env.to_owned();
+            let (_, changed) = self
+                .change_in(&mut tx, ctx, name, "imported", move |d| {
+                    d.environments.remove(&env);
+                    Ok(())
+                })
+                .await?;
+            removed += usize::from(changed);
+        }
+        for s in &plan.segments {
+            for (j, c) in s.item.constraints.iter().enumerate() {
+                let found = model::constraint_findings(c, &format!("{}/constraints/{j}", s.at))?;
+                warnings.extend(found.into_iter().map(|f| f.warning));
             }
-            let text = serde_json::to_string(&s.constraints).map_err(|e| ApiError::internal(e.to_string()))?;
-            let name = s.name.clone().unwrap_or_else(|| format!("segment-{}", s.id));
+            let text = serde_json::to_string(&s.item.constraints).map_err(|e| ApiError::internal(e.to_string()))?;
+            let name = s.item.name.clone().unwrap_or_else(|| format!("segment-{}", s.item.id));
             on_conn!(&mut tx, c => sqlx::query("INSERT INTO flag_segments (id, name, description, constraints, created_at, updated_at) VALUES ($1, $2, '', $3, $4, $4)
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, constraints = excluded.constraints, updated_at = excluded.updated_at")
-                .bind(s.id).bind(&name).bind(&text).bind(now).execute(&mut *c).await.map(|_| ()))
+                .bind(s.item.id).bind(&name).bind(&text).bind(now).execute(&mut *c).await.map(|_| ()))
             .map_err(store_err)?;
-            segments += 1;
         }
-        // Dependencies may point at flags later in the same document, so create every flag first.
-        let mut created = 0;
-        let mut updated = 0;
-        let mut staged: Vec<(FlagDocument, Option<StoredFlag>)> = Vec::new();
-        for f in &doc.features {
-            let existing = find(&mut tx, &f.name, true).await?;
+        // Dependencies may point at flags later in the same document, so stage every flag first.
+        let mut staged: Vec<(FlagDocument, Option<StoredFlag>, &str)> = Vec::new();
+        for f in &plan.features {
+            let feature = &f.item;
+            let existing = find(&mut tx, &feature.name, true).await?;
             let mut document = existing.as_ref().map(|s| s.document.clone()).unwrap_or_else(|| FlagDocument {
-                key: f.name.clone(),
+                key: feature.name.clone(),
                 description: String::new(),
                 kind: Default::default(),
                 tags: vec![],
@@ -715,38 +726,37 @@ impl Flags {
                 archived: false,
                 environments: BTreeMap::new(),
             });
-            if let Some(d) = &f.description {
+            if let Some(d) = &feature.description {
                 document.description = d.clone();
             }
-            let has_variants = f.variants.as_ref().is_some_and(|v| !v.is_empty())
-                || f.strategies.iter().flatten().any(|s| s.variants.as_ref().is_some_and(|v| !v.is_empty()));
+            let has_variants = feature.variants.as_ref().is_some_and(|v| !v.is_empty())
+                || feature.strategies.iter().flatten().any(|s| s.variants.as_ref().is_some_and(|v| !v.is_empty()));
             if has_variants {
                 document.kind = model::FlagKind::Variant;
             }
             document.archived = false;
-            document.environments.insert(env.to_owned(), EnvConfig::from_feature(f));
-            staged.push((document, existing));
+            document.environments.insert(env.to_owned(), EnvConfig::from_feature(feature));
+            staged.push((document, existing, f.at.as_str()));
         }
-        let envs = list_environment_names(&mut tx).await?;
         let seg_ids: Vec<i64> = list_segments(&mut tx).await?.iter().map(|s| s.id).collect();
-        let mut flags_known: BTreeMap<String, bool> = BTreeMap::new();
-        for (d, _) in &staged {
-            flags_known.insert(d.key.clone(), d.has_dependencies());
+        let mut flags_known: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (d, _, _) in &staged {
+            flags_known.insert(d.key.clone(), d.dependent_environments());
         }
-        for (i, (document, existing)) in staged.into_iter().enumerate() {
+        let (mut created, mut updated) = (0, 0);
+        for (document, existing, at) in staged {
             for dep in document.environments.values().flat_map(|c| c.dependencies.iter()) {
                 if !flags_known.contains_key(&dep.feature)
                     && let Some(other) = find(&mut tx, &dep.feature, true).await?
+                    && !other.document.archived
                 {
-                    flags_known.insert(dep.feature.clone(), other.document.has_dependencies());
+                    flags_known.insert(dep.feature.clone(), other.document.dependent_environments());
                 }
             }
-            let known = Known { environments: &envs, segments: &seg_ids, flags: &flags_known, lenient: true };
-            document.validate(&known).map_err(|e| {
-                let field = e.field.clone().unwrap_or_default();
-                let field = field.strip_prefix(&format!("environments/{env}")).unwrap_or(&field).to_owned();
-                ApiError::validation(format!("features/{i}{field}"), e.detail)
-            })?;
+            let known = Known { environments: &envs, segments: &seg_ids, flags: &flags_known };
+            if let Some(cfg) = document.environments.get(env) {
+                warnings.extend(cfg.validate(&document.key, env, at, &known)?.into_iter().map(|f| f.warning));
+            }
             let text = serde_json::to_string(&document).map_err(|e| ApiError::internal(e.to_string()))?;
             match existing {
                 Some(prev) => {
@@ -777,7 +787,14 @@ impl Flags {
         bump(&mut tx, now).await?;
         tx.commit().await?;
         self.reload().await?;
-        Ok(ImportReport { environment: env.to_owned(), created, updated, segments })
+        Ok(ImportReport {
+            environment: env.to_owned(),
+            created,
+            updated,
+            removed,
+            segments: plan.segments.len(),
+            warnings,
+        })
     }
 
     /// The Unleash client features document of one environment, as served to SDKs.
@@ -790,9 +807,17 @@ impl Flags {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportReport {
     pub environment: String,
+    /// Flags created.
     pub created: usize,
+    /// Flags given a new version.
     pub updated: usize,
+    /// Flags whose configuration in the environment a delta removed.
+    pub removed: usize,
+    /// Segments written.
     pub segments: usize,
+    /// Items kept although the management API refuses them (they evaluate as in Unleash's
+    /// SDKs), in document order; empty when there are none.
+    pub warnings: Vec<ImportWarning>,
 }
 
 /// A flag environment.
@@ -842,6 +867,23 @@ async fn find(tx: &mut Tx, key: &str, lock: bool) -> Result<Option<StoredFlag>, 
     .transpose()
 }
 
+/// The stored state of one environment as an Unleash document: live flags configured there,
+/// and every segment (what a delta import applies its events to).
+async fn stored_state(tx: &mut Tx, env: &str) -> Result<ClientFeatures, ApiError> {
+    let features = all_documents(tx)
+        .await?
+        .iter()
+        .filter(|d| !d.archived && d.environments.contains_key(env))
+        .map(|d| d.feature(env))
+        .collect();
+    let segments = list_segments(tx)
+        .await?
+        .into_iter()
+        .map(|g| SegmentDef { id: g.id, name: Some(g.name), constraints: g.constraints })
+        .collect();
+    Ok(ClientFeatures { version: 2, features, segments: Some(segments), query: None, meta: None })
+}
+
 /// Every flag document, archived ones included.
 async fn all_documents(tx: &mut Tx) -> Result<Vec<FlagDocument>, ApiError> {
     let docs: Vec<String> =
@@ -873,7 +915,7 @@ async fn list_segments(tx: &mut Tx) -> Result<Vec<Segment>, ApiError> {
 struct KnownOwned {
     environments: Vec<String>,
     segments: Vec<i64>,
-    flags: BTreeMap<String, bool>,
+    flags: BTreeMap<String, Vec<String>>,
 }
 
 impl KnownOwned {
@@ -885,14 +927,14 @@ impl KnownOwned {
             if let Some(parent) = find(tx, &dep.feature, false).await?
                 && !parent.document.archived
             {
-                flags.insert(dep.feature.clone(), parent.document.has_dependencies());
+                flags.insert(dep.feature.clone(), parent.document.dependent_environments());
             }
         }
         Ok(KnownOwned { environments, segments, flags })
     }
 
-    fn as_known(&self, custom: bool) -> Known<'_> {
-        Known { environments: &self.environments, segments: &self.segments, flags: &self.flags, lenient: custom }
+    fn as_known(&self) -> Known<'_> {
+        Known { environments: &self.environments, segments: &self.segments, flags: &self.flags }
     }
 }
 

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use runway_core::ApiError;
+use runway_flags_engine::STRATEGIES;
+use runway_flags_engine::constraint::{self, IssueKind};
 use runway_flags_engine::wire::{ConstraintDef, DependencyDef, FeatureDef, StrategyDef, VariantDef};
-use runway_flags_engine::{OPERATORS, STRATEGIES};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -60,7 +61,7 @@ pub struct EnvConfig {
 const RESERVED_KEYS: &[&str] = &["import", "export", "evaluate", "guards", "stale", "usage"];
 
 pub fn validate_key(key: &str) -> Result<(), ApiError> {
-    let bad = |why: &str| Err(ApiError::validation("key", why.to_owned()));
+    let bad = |why: &str| Err(ApiError::validation("/key", why.to_owned()));
     if key.trim().is_empty() || key.chars().count() > 200 {
         return bad("must be 1 to 200 characters");
     }
@@ -77,34 +78,137 @@ pub fn validate_key(key: &str) -> Result<(), ApiError> {
 pub struct Known<'a> {
     pub environments: &'a [String],
     pub segments: &'a [i64],
-    /// Other flags and whether each has dependencies of its own.
-    pub flags: &'a BTreeMap<String, bool>,
-    /// Imports accept what Unleash SDKs tolerate: custom strategies and references to missing
-    /// segments, both of which make the strategy evaluate to false.
-    pub lenient: bool,
+    /// Other live flags, each with the environments in which it has dependencies of its own.
+    pub flags: &'a BTreeMap<String, Vec<String>>,
+}
+
+/// Something a document holds that Unleash serves but that does not work as written. Imports
+/// keep it and list it as a warning; the management API refuses it, unless the flag had it
+/// already (so a flag imported with one can still be changed, killed or rolled back).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub warning: ImportWarning,
+    item: Item,
+}
+
+/// What a finding is about, to tell whether a change brings it or the flag had it before.
+#[derive(Debug, Clone, PartialEq)]
+enum Item {
+    Constraint(ConstraintDef),
+    Strategy(String),
+    Segment(i64),
+    Dependency(String),
+}
+
+/// An item an import kept although the management API refuses it, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImportWarning {
+    /// RFC 6901 JSON Pointer into the imported document.
+    #[schema(example = "/features/3/strategies/0/constraints/1/operator")]
+    pub pointer: String,
+    pub code: WarningCode,
+    /// What is wrong and what evaluation does about it (as Unleash's SDKs do).
+    pub reason: String,
+}
+
+/// Kinds of import warnings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WarningCode {
+    /// A constraint operator Runway does not know: the flag is off.
+    UnknownOperator,
+    /// A constraint value that does not parse as the operator needs (a number, date, version,
+    /// regular expression or CIDR range); the reason says what evaluation does.
+    InvalidConstraintValue,
+    /// A custom strategy: it never matches.
+    UnknownStrategy,
+    /// A reference to a segment that does not exist: the flag is off.
+    MissingSegment,
+    /// A dependency on a flag that does not exist: the flag is off.
+    MissingDependency,
+    /// A flag that depends on itself: it is off.
+    DependencyOnItself,
+    /// A dependency on a flag with dependencies of its own (deeper than one level).
+    DependencyTooDeep,
+}
+
+impl Finding {
+    fn new(pointer: String, code: WarningCode, reason: String, item: Item) -> Finding {
+        Finding { warning: ImportWarning { pointer, code, reason }, item }
+    }
+
+    /// Whether `doc` holds the item this finding is about (anywhere in any environment).
+    fn held_by(&self, doc: &FlagDocument) -> bool {
+        let strategies = || doc.environments.values().flat_map(|c| c.strategies.iter());
+        match &self.item {
+            Item::Constraint(c) => strategies().flat_map(|s| s.constraints.iter().flatten()).any(|x| x == c),
+            Item::Strategy(name) => strategies().any(|s| &s.name == name),
+            Item::Segment(id) => strategies().flat_map(|s| s.segments.iter().flatten()).any(|x| x == id),
+            Item::Dependency(parent) => {
+                doc.environments.values().flat_map(|c| c.dependencies.iter()).any(|d| &d.feature == parent)
+            }
+        }
+    }
+
+    /// The management API's answer to it: a 422 naming the pointer.
+    pub fn refusal(&self) -> ApiError {
+        ApiError::validation(self.warning.pointer.clone(), self.warning.reason.clone())
+    }
+}
+
+/// The management API refuses findings a change brings; those the flag had before stay.
+pub fn refuse_new(findings: &[Finding], before: Option<&FlagDocument>) -> Result<(), ApiError> {
+    match findings.iter().find(|f| before.is_none_or(|b| !f.held_by(b))) {
+        Some(f) => Err(f.refusal()),
+        None => Ok(()),
+    }
+}
+
+/// The management API's rule for a segment's constraints: it refuses what does not work as
+/// written, unless the segment had that constraint already.
+pub fn refuse_new_constraints(findings: &[Finding], before: &[ConstraintDef]) -> Result<(), ApiError> {
+    match findings.iter().find(|f| !matches!(&f.item, Item::Constraint(c) if before.contains(c))) {
+        Some(f) => Err(f.refusal()),
+        None => Ok(()),
+    }
+}
+
+/// Escapes one reference token of an RFC 6901 JSON Pointer.
+pub fn escape_pointer(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
 }
 
 impl FlagDocument {
-    pub fn validate(&self, known: &Known<'_>) -> Result<(), ApiError> {
+    /// Refuses what no flag may hold (the first problem, as a 422 naming its JSON pointer) and
+    /// returns what Unleash serves but does not work as written (see [`Finding`]).
+    pub fn validate(&self, known: &Known<'_>) -> Result<Vec<Finding>, ApiError> {
         validate_key(&self.key)?;
-        if self.description.chars().count() > 2000 {
-            return Err(ApiError::validation("description", "must be at most 2000 characters"));
-        }
+        validate_description(&self.description, "/description")?;
         for (i, t) in self.tags.iter().enumerate() {
             if t.trim().is_empty() || t.len() > 100 {
-                return Err(ApiError::validation(format!("tags/{i}"), "tags are 1 to 100 characters"));
+                return Err(ApiError::validation(format!("/tags/{i}"), "tags are 1 to 100 characters"));
             }
         }
+        let mut findings = Vec::new();
         for (env, cfg) in &self.environments {
+            let at = format!("/environments/{}", escape_pointer(env));
             if !known.environments.iter().any(|e| e == env) {
                 return Err(ApiError::validation(
-                    format!("environments/{env}"),
+                    at,
                     format!("no environment `{env}`; create it first (known: {})", known.environments.join(", ")),
                 ));
             }
-            cfg.validate(&self.key, &format!("environments/{env}"), known)?;
+            findings.extend(cfg.validate(&self.key, env, &at, known)?);
         }
-        Ok(())
+        Ok(findings)
+    }
+
+    /// The management API's validation of a new or changed flag: everything [`validate`]
+    /// refuses, and the findings the flag did not have `before`.
+    ///
+    /// [`validate`]: FlagDocument::validate
+    pub fn validate_change(&self, before: Option<&FlagDocument>, known: &Known<'_>) -> Result<(), ApiError> {
+        refuse_new(&self.validate(known)?, before)
     }
 
     /// The Unleash client-API view of this flag in one environment.
@@ -129,6 +233,18 @@ impl FlagDocument {
     pub fn has_dependencies(&self) -> bool {
         self.environments.values().any(|c| !c.dependencies.is_empty())
     }
+
+    /// The environments in which this flag depends on others.
+    pub fn dependent_environments(&self) -> Vec<String> {
+        self.environments.iter().filter(|(_, c)| !c.dependencies.is_empty()).map(|(e, _)| e.clone()).collect()
+    }
+}
+
+pub fn validate_description(description: &str, at: &str) -> Result<(), ApiError> {
+    if description.chars().count() > 2000 {
+        return Err(ApiError::validation(at.to_owned(), "must be at most 2000 characters"));
+    }
+    Ok(())
 }
 
 fn pointer(base: &str, rest: impl std::fmt::Display) -> String {
@@ -165,13 +281,23 @@ impl EnvConfig {
                 }))
     }
 
-    pub fn validate(&self, flag: &str, base: &str, known: &Known<'_>) -> Result<(), ApiError> {
+    /// Validates flag `flag`'s configuration in environment `env`, whose JSON pointer is `base`
+    /// (`/environments/production` in a flag, `/features/3` in an Unleash document, whose
+    /// features name `strategies`, `variants` and `dependencies` the same way).
+    pub fn validate(&self, flag: &str, env: &str, base: &str, known: &Known<'_>) -> Result<Vec<Finding>, ApiError> {
+        let mut findings = Vec::new();
         for (i, s) in self.strategies.iter().enumerate() {
             let at = pointer(base, format_args!("strategies/{i}"));
-            if !STRATEGIES.contains(&s.name.as_str()) && !known.lenient {
-                return Err(ApiError::validation(
+            if !STRATEGIES.contains(&s.name.as_str()) {
+                findings.push(Finding::new(
                     pointer(&at, "name"),
-                    format!("unknown strategy `{}`; known: {}", s.name, STRATEGIES.join(", ")),
+                    WarningCode::UnknownStrategy,
+                    format!(
+                        "unknown strategy `{}` (known: {}); Runway has no custom strategies, so it never matches, as in Unleash's SDKs without it",
+                        s.name,
+                        STRATEGIES.join(", ")
+                    ),
+                    Item::Strategy(s.name.clone()),
                 ));
             }
             for p in ["rollout", "percentage"] {
@@ -194,13 +320,17 @@ impl EnvConfig {
                 ));
             }
             for (j, c) in s.constraints.iter().flatten().enumerate() {
-                validate_constraint(c, &pointer(&at, format_args!("constraints/{j}")))?;
+                findings.extend(constraint_findings(c, &pointer(&at, format_args!("constraints/{j}")))?);
             }
             for (j, id) in s.segments.iter().flatten().enumerate() {
-                if !known.segments.contains(id) && !known.lenient {
-                    return Err(ApiError::validation(
+                if !known.segments.contains(id) {
+                    findings.push(Finding::new(
                         pointer(&at, format_args!("segments/{j}")),
-                        format!("no segment with id {id}"),
+                        WarningCode::MissingSegment,
+                        format!(
+                            "no segment with id {id}; while it is missing the flag is off here, as in Unleash's SDKs"
+                        ),
+                        Item::Segment(*id),
                     ));
                 }
             }
@@ -209,64 +339,61 @@ impl EnvConfig {
         validate_variants(&self.variants, &pointer(base, "variants"))?;
         for (i, d) in self.dependencies.iter().enumerate() {
             let at = pointer(base, format_args!("dependencies/{i}/feature"));
-            if d.feature == flag {
-                return Err(ApiError::validation(at, "a flag cannot depend on itself"));
-            }
-            match known.flags.get(&d.feature) {
-                None => return Err(ApiError::validation(at, format!("no flag `{}`", d.feature))),
-                Some(true) => {
-                    return Err(ApiError::validation(
-                        at,
-                        format!("`{}` has dependencies of its own; dependencies are one level deep", d.feature),
-                    ));
+            let item = Item::Dependency(d.feature.clone());
+            let (code, reason) = if d.feature == flag {
+                (
+                    WarningCode::DependencyOnItself,
+                    "a flag cannot depend on itself; Unleash's SDKs evaluate such a flag as off".to_owned(),
+                )
+            } else {
+                match known.flags.get(&d.feature) {
+                    None => (
+                        WarningCode::MissingDependency,
+                        format!(
+                            "no flag `{}`; while it is missing this flag is off here, as in Unleash's SDKs",
+                            d.feature
+                        ),
+                    ),
+                    Some(envs) if envs.iter().any(|e| e == env) => (
+                        WarningCode::DependencyTooDeep,
+                        format!(
+                            "`{}` has dependencies of its own here; dependencies are one level deep, and Unleash's SDKs evaluate a flag whose parent has them as off",
+                            d.feature
+                        ),
+                    ),
+                    Some(envs) if !envs.is_empty() => (
+                        WarningCode::DependencyTooDeep,
+                        format!(
+                            "`{}` has dependencies of its own (in {}); Runway keeps dependencies one level deep in every environment",
+                            d.feature,
+                            envs.join(", ")
+                        ),
+                    ),
+                    Some(_) => continue,
                 }
-                Some(false) => {}
-            }
+            };
+            findings.push(Finding::new(at, code, reason, item));
         }
-        Ok(())
+        Ok(findings)
     }
 }
 
-pub fn validate_constraint(c: &ConstraintDef, at: &str) -> Result<(), ApiError> {
+/// What does not work as written in one constraint at pointer `at`; a missing context name is
+/// refused outright (Unleash's server requires one).
+pub fn constraint_findings(c: &ConstraintDef, at: &str) -> Result<Vec<Finding>, ApiError> {
     if c.context_name.trim().is_empty() {
         return Err(ApiError::validation(pointer(at, "contextName"), "is required"));
     }
-    if !OPERATORS.contains(&c.operator.as_str()) {
-        return Err(ApiError::validation(
-            pointer(at, "operator"),
-            format!("unknown operator `{}`; known: {}", c.operator, OPERATORS.join(", ")),
-        ));
-    }
-    let single = c.value.clone().or_else(|| c.values.as_ref().and_then(|v| v.first().cloned()));
-    let need = |ok: bool, what: &str| {
-        if ok { Ok(()) } else { Err(ApiError::validation(pointer(at, "value"), what.to_owned())) }
-    };
-    let op = c.operator.as_str();
-    if op.starts_with("NUM_") {
-        need(single.as_deref().is_some_and(|v| v.trim().parse::<f64>().is_ok()), "must be a number")?;
-    } else if op.starts_with("SEMVER_") {
-        need(
-            single.as_deref().is_some_and(|v| semver::Version::parse(v.trim()).is_ok()),
-            "must be a semantic version",
-        )?;
-    } else if op.starts_with("DATE_") {
-        let ok = single.as_deref().is_some_and(|v| {
-            time::OffsetDateTime::parse(v.trim(), &time::format_description::well_known::Rfc3339).is_ok()
-        });
-        need(ok, "must be an RFC 3339 date-time")?;
-    } else if op == "REGEX" {
-        need(single.as_deref().is_some_and(|v| regex::Regex::new(v).is_ok()), "must be a valid regular expression")?;
-    } else if op == "IN_CIDR" {
-        for (i, v) in c.values.iter().flatten().enumerate() {
-            if v.parse::<ipnet::IpNet>().is_err() && v.parse::<std::net::IpAddr>().is_err() {
-                return Err(ApiError::validation(
-                    pointer(at, format_args!("values/{i}")),
-                    "must be an IP or CIDR range",
-                ));
-            }
-        }
-    }
-    Ok(())
+    Ok(constraint::check(c)
+        .into_iter()
+        .map(|issue| {
+            let code = match issue.kind {
+                IssueKind::UnknownOperator => WarningCode::UnknownOperator,
+                IssueKind::InvalidValue => WarningCode::InvalidConstraintValue,
+            };
+            Finding::new(format!("{at}{}", issue.at), code, issue.reason, Item::Constraint(c.clone()))
+        })
+        .collect())
 }
 
 fn validate_variants(variants: &[VariantDef], at: &str) -> Result<(), ApiError> {
@@ -356,46 +483,120 @@ mod tests {
         assert!(diff(&a, &a).is_empty());
     }
 
-    #[test]
-    fn validation_points_at_the_bad_field() {
-        let flags = BTreeMap::from([("parent".to_string(), true)]);
-        let envs = vec!["production".to_string()];
-        let known = Known { environments: &envs, segments: &[1], flags: &flags, lenient: false };
-        let mut doc = FlagDocument {
+    fn doc(envs: &[(&str, EnvConfig)]) -> FlagDocument {
+        FlagDocument {
             key: "checkout".into(),
             description: String::new(),
             kind: FlagKind::Boolean,
             tags: vec![],
             owner: None,
             archived: false,
-            environments: BTreeMap::new(),
-        };
-        let mut cfg = EnvConfig {
-            enabled: true,
-            strategies: vec![strategy("flexibleRollout", &[("rollout", "150")])],
-            ..Default::default()
-        };
-        doc.environments.insert("production".into(), cfg.clone());
-        let e = doc.validate(&known).unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("/environments/production/strategies/0/parameters/rollout"));
-        cfg.strategies = vec![strategy("default", &[])];
-        cfg.strategies[0].constraints = Some(vec![ConstraintDef {
+            environments: envs.iter().map(|(e, c)| (e.to_string(), c.clone())).collect(),
+        }
+    }
+
+    fn constrained(c: ConstraintDef) -> EnvConfig {
+        let mut s = strategy("default", &[]);
+        s.constraints = Some(vec![c]);
+        EnvConfig { enabled: true, strategies: vec![s], ..Default::default() }
+    }
+
+    fn semver_gt(value: &str) -> ConstraintDef {
+        ConstraintDef {
             context_name: "version".into(),
             operator: "SEMVER_GT".into(),
-            value: Some("not-a-version".into()),
+            value: Some(value.into()),
             ..Default::default()
-        }]);
-        doc.environments.insert("production".into(), cfg.clone());
-        let e = doc.validate(&known).unwrap_err();
+        }
+    }
+
+    #[test]
+    fn validation_points_at_the_bad_field() {
+        let flags = BTreeMap::from([("parent".to_string(), vec!["production".to_string()])]);
+        let envs = vec!["production".to_string(), "staging".to_string()];
+        let known = Known { environments: &envs, segments: &[1], flags: &flags };
+        let rollout =
+            EnvConfig { strategies: vec![strategy("flexibleRollout", &[("rollout", "150")])], ..Default::default() };
+        let e = doc(&[("production", rollout)]).validate(&known).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("/environments/production/strategies/0/parameters/rollout"));
+        let e = doc(&[("nowhere/else", EnvConfig::default())]).validate(&known).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("/environments/nowhere~1else"), "pointer tokens are escaped");
+        assert!(e.detail.contains("no environment `nowhere/else`"));
+        let mut tagged = doc(&[]);
+        tagged.tags = vec!["ok".into(), " ".into()];
+        assert_eq!(tagged.validate(&known).unwrap_err().field.as_deref(), Some("/tags/1"));
+        assert_eq!(validate_key("import").unwrap_err().field.as_deref(), Some("/key"));
+        assert!(validate_key("a/b").is_err() && validate_key("Feature.Ä").is_ok());
+    }
+
+    #[test]
+    fn what_unleash_serves_but_does_not_work_is_found_not_refused() {
+        let flags = BTreeMap::from([
+            ("parent".to_string(), vec!["production".to_string()]),
+            ("elsewhere".to_string(), vec!["staging".to_string()]),
+            ("plain".to_string(), vec![]),
+        ]);
+        let envs = vec!["production".to_string(), "staging".to_string()];
+        let known = Known { environments: &envs, segments: &[1], flags: &flags };
+        let mut cfg = constrained(ConstraintDef {
+            context_name: "x".into(),
+            operator: "LIKE".into(),
+            values: Some(vec!["a".into()]),
+            ..Default::default()
+        });
+        cfg.strategies.push(strategy("myCustom", &[]));
+        cfg.strategies.push(StrategyDef { segments: Some(vec![1, 7]), ..strategy("default", &[]) });
+        cfg.dependencies = ["parent", "elsewhere", "plain", "ghost", "checkout"]
+            .iter()
+            .map(|f| DependencyDef { feature: f.to_string(), ..Default::default() })
+            .collect();
+        let found = cfg.validate("checkout", "production", "/features/3", &known).unwrap();
+        let got: Vec<(&str, WarningCode)> =
+            found.iter().map(|f| (f.warning.pointer.as_str(), f.warning.code)).collect();
+        assert_eq!(
+            got,
+            [
+                ("/features/3/strategies/0/constraints/0/operator", WarningCode::UnknownOperator),
+                ("/features/3/strategies/1/name", WarningCode::UnknownStrategy),
+                ("/features/3/strategies/2/segments/1", WarningCode::MissingSegment),
+                ("/features/3/dependencies/0/feature", WarningCode::DependencyTooDeep),
+                ("/features/3/dependencies/1/feature", WarningCode::DependencyTooDeep),
+                ("/features/3/dependencies/3/feature", WarningCode::MissingDependency),
+                ("/features/3/dependencies/4/feature", WarningCode::DependencyOnItself),
+            ]
+        );
+        assert!(found[3].warning.reason.contains("evaluate a flag whose parent has them as off"));
+        assert!(found[4].warning.reason.contains("in staging"));
+        // A missing context name is refused even in an import.
+        let blank = constrained(ConstraintDef { operator: "IN".into(), ..Default::default() });
+        let e = blank.validate("checkout", "production", "/features/0", &known).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("/features/0/strategies/0/constraints/0/contextName"));
+    }
+
+    #[test]
+    fn the_management_api_refuses_only_what_a_change_brings() {
+        let flags = BTreeMap::new();
+        let envs = vec!["production".to_string(), "staging".to_string()];
+        let known = Known { environments: &envs, segments: &[], flags: &flags };
+        let imported = doc(&[("production", constrained(semver_gt("one")))]);
+        let e = imported.validate_change(None, &known).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("/environments/production/strategies/0/constraints/0/value"));
-        cfg.strategies[0].constraints = None;
-        cfg.dependencies = vec![DependencyDef { feature: "parent".into(), ..Default::default() }];
-        doc.environments.insert("production".into(), cfg);
-        let e = doc.validate(&known).unwrap_err();
-        assert!(e.detail.contains("one level"), "{}", e.detail);
-        doc.environments.insert("staging".into(), EnvConfig::default());
-        doc.environments.remove("production");
-        assert!(doc.validate(&known).unwrap_err().detail.contains("no environment `staging`"));
-        assert!(validate_key("import").is_err() && validate_key("a/b").is_err() && validate_key("Feature.Ä").is_ok());
+        // Killing it, or copying its configuration, keeps what it had: allowed.
+        let mut killed = imported.clone();
+        killed.environments.values_mut().for_each(|c| c.enabled = false);
+        killed.validate_change(Some(&imported), &known).unwrap();
+        let mut copied = imported.clone();
+        copied.environments.insert("staging".into(), constrained(semver_gt("one")));
+        copied.validate_change(Some(&imported), &known).unwrap();
+        // A new unusable constraint is refused, naming it.
+        let mut worse = imported.clone();
+        worse.environments.insert("staging".into(), constrained(semver_gt("two")));
+        let e = worse.validate_change(Some(&imported), &known).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("/environments/staging/strategies/0/constraints/0/value"));
+        assert!(e.detail.contains("`two` is not a semantic version"), "{}", e.detail);
+        // Segments: the same rule against the segment's constraints.
+        let findings = constraint_findings(&semver_gt("one"), "/constraints/0").unwrap();
+        assert!(refuse_new_constraints(&findings, &[semver_gt("one")]).is_ok());
+        assert_eq!(refuse_new_constraints(&findings, &[]).unwrap_err().field.as_deref(), Some("/constraints/0/value"));
     }
 }

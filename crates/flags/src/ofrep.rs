@@ -162,7 +162,10 @@ fn reason(r: Reason) -> &'static str {
 /// variant's payload in its type (absent when there is no variant, so the client uses its
 /// default).
 pub fn success_body(key: &str, kind: FlagKind, eval: &Evaluation, env: &str) -> Value {
-    let mut body = json!({"key": key, "reason": reason(eval.reason), "metadata": {"environment": env}});
+    // `enabled` is Unleash's answer (`isEnabled`), whatever the flag's kind: a variant flag's
+    // value is its variant's payload, which does not say whether the flag itself was on.
+    let mut body =
+        json!({"key": key, "reason": reason(eval.reason), "metadata": {"environment": env, "enabled": eval.enabled}});
     match kind {
         FlagKind::Boolean => {
             body["value"] = json!(eval.enabled);

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::import::Incoming;
 use crate::model::{EnvConfig, FlagDocument, FlagKind};
 use crate::plans::{GuardSignal, GuardTarget, PlanCreate, ReleasePlan};
 use crate::schedule::{Schedule, ScheduledChange};
@@ -385,8 +386,11 @@ pub struct EnvQuery {
 }
 
 #[utoipa::path(post, path = "/v1/flags/import", tag = "flags", params(EnvQuery),
-    request_body(content = Object, description = "Unleash client features document `{version, features, segments}` or delta document `{events}`"),
-    responses((status = 200, body = ImportReport), (status = 422, body = Problem)))]
+    request_body(content = Object, description = "Unleash client features document `{version, features, segments}` or delta document `{events}`. \
+        Everything Unleash serves is accepted; what does not work as written (unknown operators, values that do not parse, custom strategies, \
+        missing segments or parents, dependencies deeper than one level) is kept, evaluated as Unleash's SDKs do, and listed in `warnings`. \
+        An import is one transaction: refused, it changes nothing."),
+    responses((status = 200, body = ImportReport), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn import_flags(
     State(f): St,
     auth: Authorized<FlagsWrite>,
@@ -395,53 +399,14 @@ async fn import_flags(
 ) -> Result<Json<ImportReport>, ApiError> {
     let env = f.environment_for(None, q.environment.as_deref())?;
     let parse_err = |e: serde_path_to_error::Error<serde_json::Error>| {
-        let path = e.path().to_string().replace(['.', '['], "/").replace(']', "");
-        ApiError::validation(path.trim_start_matches('/').to_owned(), e.inner().to_string())
+        ApiError::validation(crate::import::pointer_of(e.path()), e.inner().to_string())
     };
-    let doc: ClientFeatures = if body.get("events").is_some() {
-        let delta: DeltaDocument = serde_path_to_error::deserialize(body).map_err(parse_err)?;
-        // The base is the stored state (not this replica's snapshot, which may lag), holding only
-        // flags configured in this environment, so untouched flags get no new version.
-        let stored = f.list(None, false).await?;
-        let current = ClientFeatures {
-            version: 2,
-            features: stored
-                .iter()
-                .filter(|x| x.document.environments.contains_key(&env))
-                .map(|x| x.document.feature(&env))
-                .collect(),
-            segments: Some(
-                f.segments()
-                    .await?
-                    .into_iter()
-                    .map(|g| runway_flags_engine::wire::SegmentDef {
-                        id: g.id,
-                        name: Some(g.name),
-                        constraints: g.constraints,
-                    })
-                    .collect(),
-            ),
-            query: None,
-            meta: None,
-        };
-        let mut next = current.clone();
-        next.apply_delta(&delta.events);
-        // Features a delta removed leave this environment.
-        for gone in current.features.iter().filter(|c| !next.features.iter().any(|x| x.name == c.name)) {
-            let env = env.clone();
-            f.change(&auth.audit, &gone.name, "imported", move |d| {
-                d.environments.remove(&env);
-                Ok(())
-            })
-            .await?;
-        }
-        // Only what the delta changed is imported.
-        next.features.retain(|x| !current.features.contains(x));
-        next
+    let incoming = if body.get("events").is_some() {
+        Incoming::Delta(serde_path_to_error::deserialize::<_, DeltaDocument>(body).map_err(parse_err)?)
     } else {
-        serde_path_to_error::deserialize(body).map_err(parse_err)?
+        Incoming::Full(serde_path_to_error::deserialize::<_, ClientFeatures>(body).map_err(parse_err)?)
     };
-    Ok(Json(f.import(&auth.audit, &env, doc).await?))
+    Ok(Json(f.import(&auth.audit, &env, incoming).await?))
 }
 
 #[utoipa::path(get, path = "/v1/flags/export", tag = "flags", params(EnvQuery),

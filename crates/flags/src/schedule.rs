@@ -99,7 +99,7 @@ impl Flags {
         }
         let mut tx = self.store.write(DbScope::Platform).await?;
         let known = crate::KnownOwned::load(&mut tx, &preview).await?;
-        preview.validate(&known.as_known(false))?;
+        preview.validate_change(Some(&current.document), &known.as_known())?;
         let id = ScheduleId::generate();
         let now = self.clock.now_micros();
         let text = serde_json::to_string(&change).map_err(ApiError::internal)?;

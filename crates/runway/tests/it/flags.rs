@@ -8,13 +8,17 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use runway_flags_engine::spec;
+
 use crate::harness::{ADMIN, Engine, TestServer, eventually, eventually_within};
 
 crate::both_engines!(
     flag_changes_are_versioned_audited_and_reversible,
     bad_flag_configuration_is_refused_with_a_pointer,
     ofrep_evaluates_single_and_bulk,
-    unleash_documents_import_and_evaluate_as_specified,
+    every_client_specification_case_passes_over_http,
+    imports_keep_what_unleash_serves_and_warn,
+    a_failed_import_changes_nothing,
     unleash_client_api_serves_sdks,
     kill_switch_reaches_another_replica,
     scheduled_changes_apply_on_time,
@@ -346,53 +350,258 @@ fn spec_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/unleash-client-spec")
 }
 
-async fn unleash_documents_import_and_evaluate_as_specified(engine: Engine) {
-    let s = TestServer::start(engine).await;
-    let mut checked = 0;
-    for (i, file) in [
-        "09-strategy-constraints.json",
-        "15-global-constraints.json",
-        "16-strategy-variants.json",
-        "20-delta-api-events.json",
-    ]
-    .iter()
-    .enumerate()
-    {
-        let spec: Value = serde_json::from_str(&std::fs::read_to_string(spec_dir().join(file)).unwrap()).unwrap();
-        let env = format!("spec-{i}");
-        s.post("/v1/environments", ADMIN, json!({"name": env})).await.ok(201);
-        let r = s.post(&format!("/v1/flags/import?environment={env}"), ADMIN, spec["state"].clone()).await;
-        assert!(r.ok(200)["created"].as_u64().unwrap() + r.body["updated"].as_u64().unwrap() > 0, "{file}: {}", r.text);
-        for case in spec["tests"].as_array().into_iter().flatten() {
-            let e = s
+/// An Unleash context (`userId`, …, `properties`) as an OFREP one: flat, the user as `targetingKey`.
+fn ofrep_context(unleash: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for (k, v) in unleash.as_object().into_iter().flatten() {
+        match (k.as_str(), v) {
+            (_, Value::Null) => {}
+            ("properties", Value::Object(props)) => {
+                out.extend(props.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())))
+            }
+            ("userId", v) => {
+                out.insert("targetingKey".into(), v.clone());
+            }
+            (k, v) => {
+                out.insert(k.to_owned(), v.clone());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+/// A variant payload as OFREP answers it (README): `json` parsed, `number` a number, else text.
+fn ofrep_value(payload: &Value) -> Value {
+    let text = payload["value"].as_str().unwrap_or_default();
+    match payload["type"].as_str() {
+        Some("json") => serde_json::from_str(text).unwrap_or(json!(text)),
+        Some("number") => match text.trim().parse::<i64>() {
+            Ok(i) => json!(i),
+            Err(_) => text.trim().parse::<f64>().map(|f| json!(f)).unwrap_or(json!(text)),
+        },
+        _ => json!(text),
+    }
+}
+
+/// Checks an OFREP answer against a specification case, through the mapping the README gives:
+/// `metadata.enabled` is Unleash's is-enabled; a boolean flag's value is that too and its variant
+/// `on`/`off` when no variant was picked; a variant flag's value is the picked variant's payload
+/// (its name without one), absent when none was picked.
+fn check_ofrep(case: &spec::Case, kind: &str, r: &crate::harness::Resp) -> Result<(), String> {
+    if r.status != 200 {
+        return Err(format!("OFREP answered {}: {}", r.status, r.text));
+    }
+    let enabled = r.body["metadata"]["enabled"].as_bool().ok_or_else(|| format!("no metadata.enabled: {}", r.text))?;
+    let variant = r.body["variant"].as_str().unwrap_or_default();
+    let value = r.body.get("value");
+    if kind == "boolean" && value != Some(&json!(enabled)) {
+        return Err(format!("a boolean flag's value is its enabled state: {}", r.text));
+    }
+    let picked = match kind {
+        "boolean" => !(variant == "on" || variant == "off"),
+        _ => value.is_some(),
+    };
+    let mut got =
+        json!({"name": if picked { variant } else { "disabled" }, "enabled": picked, "feature_enabled": enabled});
+    if let spec::Expected::Variant(want) = &case.expected {
+        match want.get("payload").filter(|p| !p.is_null()) {
+            // The value stands for the payload: compare it in OFREP's terms, the rest as usual.
+            Some(p) if kind == "variant" => {
+                if value != Some(&ofrep_value(p)) {
+                    return Err(format!("expected value {} for payload {p}, got {}", ofrep_value(p), r.text));
+                }
+                got["payload"] = p.clone();
+            }
+            _ if kind == "variant" && picked && value != Some(&json!(variant)) => {
+                return Err(format!("a variant without payload answers its name: {}", r.text));
+            }
+            _ => {}
+        }
+    }
+    case.check(enabled, &got)
+}
+
+async fn every_client_specification_case_passes_over_http(engine: Engine) {
+    let index: Vec<String> =
+        serde_json::from_str(&std::fs::read_to_string(spec_dir().join("index.json")).unwrap()).unwrap();
+    let (mut cases, mut by_engine, mut by_evaluate, mut by_ofrep) = (0, 0, 0, 0);
+    let mut failures = Vec::new();
+    for file in &index {
+        let spec = spec::SpecFile::parse(&std::fs::read_to_string(spec_dir().join(file)).unwrap()).unwrap();
+        let engine_outcome = spec::run_engine(&spec).unwrap();
+        by_engine += engine_outcome.passed;
+        // Each file in a server of its own: files reuse flag names and segment ids.
+        let s = TestServer::start(engine.clone()).await;
+        let r = s.post("/v1/flags/import?environment=production", ADMIN, spec.state.clone()).await;
+        let report = r.ok(200);
+        for w in report["warnings"].as_array().unwrap() {
+            let pointer = w["pointer"].as_str().unwrap();
+            assert!(spec.state.pointer(pointer).is_some(), "{file}: warning points into the document: {w}");
+            assert!(w["code"].is_string() && w["reason"].is_string(), "{file}: {w}");
+        }
+        let key = evaluate_key(&s, "production").await;
+        let mut kinds = std::collections::HashMap::new();
+        let (mut evaluate, mut ofrep) = (spec::Outcome::default(), spec::Outcome::default());
+        for case in spec.cases().unwrap() {
+            let e =
+                s.post("/v1/flags/evaluate", &key, json!({"context": case.context, "flags": [case.toggle_name]})).await;
+            let got = &e.ok(200)["data"][0];
+            evaluate.record(&case, case.check(got["enabled"] == true, &got["variant"]));
+            let name = &case.toggle_name;
+            if !kinds.contains_key(name) {
+                let flag = s.get(&format!("/v1/flags/{name}"), ADMIN).await;
+                let kind = if flag.status == 404 {
+                    "boolean".to_owned()
+                } else {
+                    flag.body["kind"].as_str().unwrap().to_owned()
+                };
+                kinds.insert(name.clone(), kind);
+            }
+            let o = s
                 .post(
-                    "/v1/flags/evaluate",
-                    ADMIN,
-                    json!({"environment": env, "context": case["context"], "flags": [case["toggleName"]]}),
+                    &format!("/ofrep/v1/evaluate/flags/{name}"),
+                    &key,
+                    json!({"context": ofrep_context(&case.context)}),
                 )
                 .await;
-            assert_eq!(e.ok(200)["data"][0]["enabled"], case["expectedResult"], "{file}: {}", case["description"]);
-            checked += 1;
+            let result = if o.status == 404 && o.body["errorCode"] == "FLAG_NOT_FOUND" {
+                // No such flag: OpenFeature answers the caller's default; Unleash's SDKs answer off.
+                case.check(false, &json!({"name": "disabled", "enabled": false, "feature_enabled": false}))
+            } else {
+                check_ofrep(&case, &kinds[name], &o)
+            };
+            ofrep.record(&case, result);
         }
-        for case in spec["variantTests"].as_array().into_iter().flatten() {
-            let e = s
-                .post(
-                    "/v1/flags/evaluate",
-                    ADMIN,
-                    json!({"environment": env, "context": case["context"], "flags": [case["toggleName"]]}),
-                )
-                .await;
-            let got = &e.ok(200)["data"][0]["variant"];
-            assert_eq!(got["name"], case["expectedResult"]["name"], "{file}: {}", case["description"]);
-            assert_eq!(got["payload"], case["expectedResult"]["payload"].clone(), "{file}: {}", case["description"]);
-            checked += 1;
-        }
-        // Export gives back an Unleash document that evaluates the same way.
-        let exported = s.get(&format!("/v1/flags/export?environment={env}"), ADMIN).await;
+        println!(
+            "{:<45} engine {:>3}/{:<3} evaluate {:>3} OFREP {:>3}",
+            spec.name, engine_outcome.passed, engine_outcome.cases, evaluate.passed, ofrep.passed
+        );
+        cases += engine_outcome.cases;
+        by_evaluate += evaluate.passed;
+        by_ofrep += ofrep.passed;
+        failures.extend(evaluate.failures.iter().map(|f| format!("{file} (evaluate): {f}")));
+        failures.extend(ofrep.failures.iter().map(|f| format!("{file} (OFREP): {f}")));
+        // Export gives back an Unleash document.
+        let exported = s.get("/v1/flags/export?environment=production", ADMIN).await;
         assert_eq!(exported.ok(200)["version"], 2);
         assert!(exported.body["features"].as_array().unwrap().iter().all(|f| f["strategies"].is_array()));
     }
-    assert!(checked > 30, "ran {checked} specification cases through import and the HTTP API");
+    println!("{cases} cases: engine {by_engine}, /v1/flags/evaluate {by_evaluate}, OFREP {by_ofrep}");
+    assert!(failures.is_empty(), "{} cases fail over HTTP:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(by_evaluate, by_engine, "as many cases pass through /v1/flags/evaluate as on the engine");
+    assert_eq!(by_ofrep, by_engine, "as many cases pass through OFREP as on the engine");
+    assert!(cases > 150, "{cases} cases");
+}
+
+async fn imports_keep_what_unleash_serves_and_warn(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    let doc = json!({"version": 2, "features": [
+        {"name": "ok", "enabled": true, "strategies": [{"name": "default"}]},
+        {"name": "odd-op", "enabled": true, "strategies": [
+            {"name": "default", "constraints": [{"contextName": "plan", "operator": "IN", "values": ["gold"]},
+                                                {"contextName": "plan", "operator": "LIKE", "values": ["gold"]}]},
+            {"name": "default"}]},
+        {"name": "odd-version", "enabled": true, "strategies": [
+            {"name": "default", "constraints": [{"contextName": "appVersion", "operator": "SEMVER_GT", "value": "one"}]}]},
+        {"name": "odd-regex", "enabled": true, "strategies": [
+            {"name": "default", "constraints": [{"contextName": "email", "operator": "REGEX", "value": "((", "inverted": true}]}]},
+        {"name": "grandchild", "enabled": true, "dependencies": [{"feature": "child"}]},
+        {"name": "child", "enabled": true, "dependencies": [{"feature": "ok"}]},
+        {"name": "custom", "enabled": true, "strategies": [{"name": "myStrategy"}, {"name": "default", "segments": [9]}]}
+    ], "segments": [{"id": 1, "name": "s1", "constraints": [{"contextName": "n", "operator": "NUM_GT", "value": "1,5"}]}]});
+    let r = s.post("/v1/flags/import?environment=production", ADMIN, doc.clone()).await;
+    let report = r.ok(200);
+    assert_eq!(report["created"], 7, "{}", r.text);
+    let warnings: Vec<(&str, &str)> = report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["pointer"].as_str().unwrap(), w["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            ("/segments/0/constraints/0/value", "invalid_constraint_value"),
+            ("/features/1/strategies/0/constraints/1/operator", "unknown_operator"),
+            ("/features/2/strategies/0/constraints/0/value", "invalid_constraint_value"),
+            ("/features/3/strategies/0/constraints/0/value", "invalid_constraint_value"),
+            ("/features/4/dependencies/0/feature", "dependency_too_deep"),
+            ("/features/6/strategies/0/name", "unknown_strategy"),
+            ("/features/6/strategies/1/segments/0", "missing_segment"),
+        ],
+        "{}",
+        r.text
+    );
+    for w in report["warnings"].as_array().unwrap() {
+        assert!(doc.pointer(w["pointer"].as_str().unwrap()).is_some(), "{w}");
+        assert!(!w["reason"].as_str().unwrap().is_empty());
+    }
+    // Kept as they were, and evaluated as Unleash's SDKs do.
+    let stored = s.get("/v1/flags/odd-op", ADMIN).await;
+    assert_eq!(stored.ok(200)["environments"]["production"]["strategies"][0]["constraints"][1]["operator"], "LIKE");
+    let eval = s
+        .post("/v1/flags/evaluate", ADMIN, json!({"environment": "production", "context": {"userId": "u", "properties": {"plan": "gold", "email": "a@b"}}}))
+        .await;
+    let on: std::collections::BTreeMap<String, bool> = eval.ok(200)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["flag"].as_str().unwrap().to_owned(), e["enabled"].as_bool().unwrap()))
+        .collect();
+    let want = [
+        ("ok", true, "no warnings"),
+        ("odd-op", false, "an unknown operator turns the flag off, its other strategy too"),
+        ("odd-version", false, "a version that does not parse turns the flag off"),
+        ("odd-regex", true, "an invalid regex matches nothing; inverted, everything"),
+        ("child", true, "one level of dependencies"),
+        ("grandchild", false, "a parent with dependencies of its own counts as unmet"),
+        ("custom", false, "custom strategies never match, and a missing segment turns the flag off"),
+    ];
+    for (flag, expected, why) in want {
+        assert_eq!(on[flag], expected, "{flag}: {why}");
+    }
+    // A flag imported with such items can still be changed, killed and copied; the management
+    // API refuses only what a change brings.
+    s.post("/v1/flags/odd-op/environments/production/disable", ADMIN, json!({})).await.ok(200);
+    s.post("/v1/flags/odd-op/kill", ADMIN, json!({})).await.ok(200);
+    s.post("/v1/flags/odd-op/copy", ADMIN, json!({"from": "production", "to": "staging"})).await.ok(200);
+    s.patch("/v1/flags/grandchild", ADMIN, json!({"description": "kept"})).await.ok(200);
+    let bad = s
+        .call(
+            Method::PUT,
+            "/v1/flags/odd-op/environments/staging",
+            Some(ADMIN),
+            Some(json!({"enabled": true, "strategies": [{"name": "default", "constraints": [{"contextName": "plan", "operator": "ILIKE", "values": ["x"]}]}]})),
+        )
+        .await;
+    assert_eq!(
+        bad.problem(422, "validation_failed")["field"],
+        "/environments/staging/strategies/0/constraints/0/operator"
+    );
+    let seg = s
+        .call(
+            Method::PUT,
+            "/v1/segments/1",
+            Some(ADMIN),
+            Some(json!({"name": "s1", "constraints": [{"contextName": "n", "operator": "NUM_GT", "value": "1,5"}, {"contextName": "n", "operator": "NUM_LT", "value": "x"}]})),
+        )
+        .await;
+    assert_eq!(seg.problem(422, "validation_failed")["field"], "/constraints/1/value");
+    s.call(
+        Method::PUT,
+        "/v1/segments/1",
+        Some(ADMIN),
+        Some(json!({"name": "renamed", "constraints": [{"contextName": "n", "operator": "NUM_GT", "value": "1,5"}]})),
+    )
+    .await
+    .ok(200);
+    // Importing the same document again changes nothing and warns the same.
+    let again = s.post("/v1/flags/import?environment=production", ADMIN, doc).await;
+    assert_eq!(
+        (again.ok(200)["created"].as_u64(), again.body["warnings"].as_array().map(Vec::len)),
+        (Some(0), Some(7))
+    );
+
     let bad = s
         .post(
             "/v1/flags/import?environment=production",
@@ -404,6 +613,73 @@ async fn unleash_documents_import_and_evaluate_as_specified(engine: Engine) {
     s.post("/v1/flags/import?environment=nowhere", ADMIN, json!({"version": 1, "features": []}))
         .await
         .problem(422, "validation_failed");
+}
+
+/// Everything a flag's state and history show, to compare before and after.
+async fn flag_state(s: &TestServer) -> Value {
+    let mut out = serde_json::Map::new();
+    for archived in [false, true] {
+        let list = s.get(&format!("/v1/flags?archived={archived}"), ADMIN).await;
+        for f in list.ok(200)["data"].as_array().unwrap() {
+            let key = f["key"].as_str().unwrap();
+            let versions = s.get(&format!("/v1/flags/{key}/versions"), ADMIN).await;
+            out.insert(key.to_owned(), json!({"flag": f, "versions": versions.ok(200)["data"]}));
+        }
+    }
+    out.insert("segments".into(), s.get("/v1/segments", ADMIN).await.ok(200)["data"].clone());
+    out.insert("audit".into(), s.get("/v1/audit?limit=100", ADMIN).await.ok(200)["data"].clone());
+    Value::Object(out)
+}
+
+async fn a_failed_import_changes_nothing(engine: Engine) {
+    let s = TestServer::start(engine).await;
+    s.post(
+        "/v1/segments",
+        ADMIN,
+        json!({"name": "beta", "constraints": [{"contextName": "beta", "operator": "IN", "values": ["yes"]}]}),
+    )
+    .await
+    .ok(201);
+    for key in ["leaving", "staying"] {
+        s.post("/v1/flags", ADMIN, json!({"key": key, "environments": {"production": {"enabled": true}}}))
+            .await
+            .ok(201);
+    }
+    let before = flag_state(&s).await;
+    let export_before = s.get("/v1/flags/export?environment=production", ADMIN).await.ok(200).clone();
+    // The removal comes first and the refusal last: all of it, or nothing.
+    let refused_late = json!({"events": [
+        {"type": "feature-removed", "eventId": 1, "featureName": "leaving", "project": "default"},
+        {"type": "segment-updated", "eventId": 2, "segment": {"id": 5, "name": "fresh", "constraints": []}},
+        {"type": "feature-updated", "eventId": 3, "feature": {"name": "staying", "enabled": false}},
+        {"type": "feature-updated", "eventId": 4, "feature": {"name": "new", "enabled": true, "strategies": [
+            {"name": "flexibleRollout", "parameters": {"rollout": "150"}}]}}]});
+    let r = s.post("/v1/flags/import?environment=production", ADMIN, refused_late).await;
+    assert_eq!(r.problem(422, "validation_failed")["field"], "/events/3/feature/strategies/0/parameters/rollout");
+    // A store failure part-way (a segment name that another segment has) undoes the removal too.
+    let conflict = json!({"events": [
+        {"type": "feature-removed", "eventId": 1, "featureName": "leaving", "project": "default"},
+        {"type": "segment-updated", "eventId": 2, "segment": {"id": 2, "name": "beta", "constraints": []}}]});
+    s.post("/v1/flags/import?environment=production", ADMIN, conflict).await.problem(409, "conflict");
+    let full = json!({"version": 2, "features": [{"name": "staying", "enabled": false}, {"name": "bad", "enabled": true,
+        "variants": [{"name": "a", "weight": 0}]}], "segments": [{"id": 7, "name": "x", "constraints": []}]});
+    let r = s.post("/v1/flags/import?environment=production", ADMIN, full).await;
+    assert_eq!(r.problem(422, "validation_failed")["field"], "/features/1/variants");
+    assert_eq!(flag_state(&s).await, before, "flags, versions, segments and audit are as they were");
+    assert_eq!(
+        s.get("/v1/flags/export?environment=production", ADMIN).await.ok(200)["features"],
+        export_before["features"]
+    );
+    s.get("/v1/flags/new", ADMIN).await.problem(404, "not_found");
+
+    // The same delta without the refused flag applies whole.
+    let fine = json!({"events": [
+        {"type": "feature-removed", "eventId": 1, "featureName": "leaving", "project": "default"},
+        {"type": "feature-updated", "eventId": 3, "feature": {"name": "staying", "enabled": false}}]});
+    let r = s.post("/v1/flags/import?environment=production", ADMIN, fine).await;
+    assert_eq!((r.ok(200)["removed"].as_u64(), r.body["updated"].as_u64()), (Some(1), Some(1)), "{}", r.text);
+    assert!(s.get("/v1/flags/leaving", ADMIN).await.body["environments"].get("production").is_none());
+    assert_eq!(s.get("/v1/flags/staying", ADMIN).await.body["environments"]["production"]["enabled"], false);
 }
 
 async fn unleash_client_api_serves_sdks(engine: Engine) {
