@@ -9,6 +9,7 @@ mod dispatch;
 pub mod endpoints;
 pub mod log;
 mod publisher;
+mod reads;
 pub mod relay;
 pub mod routes;
 pub mod schedule;

@@ -2,7 +2,7 @@
 
 use crate::Events;
 use crate::endpoints::{self, Attempt, Endpoint, EndpointInput, Message};
-use crate::log::{self, Event, EventFilter, EventType, NewEvent, NewEventType, Published};
+use crate::log::{Event, EventFilter, EventType, NewEvent, NewEventType, Published};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -81,8 +81,7 @@ pub struct EventTypeList {
 
 #[utoipa::path(get, path = "/v1/event-types", tag = "events", responses((status = 200, body = EventTypeList)))]
 async fn list_event_types(State(s): St, _auth: Authorized<EventsRead>) -> Result<Json<EventTypeList>, ApiError> {
-    let mut tx = s.events.store.read(runway_store::DbScope::Platform).await?;
-    Ok(Json(EventTypeList { data: log::list_types(&mut tx).await? }))
+    Ok(Json(EventTypeList { data: s.events.event_types().await? }))
 }
 
 /// One event to publish.
@@ -216,12 +215,8 @@ async fn list_events(
 ) -> Result<Json<Page<Event>>, ApiError> {
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
     let f = EventFilter { event_type: q.event_type, from: query_time(q.from, "from")?, to: query_time(q.to, "to")? };
-    let mut tx = s.events.store.read(scope.db()).await?;
-    let mut page = log::list_events(&mut tx, scope.id(), &f, &cursor).await?;
-    if !auth.principal.scopes.contains(runway_identity::Scope::EventsReadPii) {
-        log::redact_page(&mut tx, &mut page).await?;
-    }
-    Ok(Json(page))
+    let show_pii = auth.principal.scopes.contains(runway_identity::Scope::EventsReadPii);
+    Ok(Json(s.events.events_page(&scope, &f, &cursor, show_pii).await?))
 }
 
 /// A new webhook endpoint.
@@ -336,8 +331,7 @@ async fn list_endpoints(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<EndpointOut>>, ApiError> {
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
-    let mut tx = s.events.store.read(scope.db()).await?;
-    Ok(Json(endpoints::list(&mut tx, scope.id(), &cursor).await?.map(EndpointOut::from)))
+    Ok(Json(s.events.endpoints_page(&scope, &cursor).await?.map(EndpointOut::from)))
 }
 
 async fn endpoint_in_scope(
@@ -345,9 +339,7 @@ async fn endpoint_in_scope(
     scope: &runway_identity::TenantScope,
     raw: &str,
 ) -> Result<Endpoint, ApiError> {
-    let id = EndpointId::parse(raw)?;
-    let mut tx = s.events.store.read(scope.db()).await?;
-    endpoints::find(&mut tx, scope.id(), &id).await?.ok_or_else(endpoints::endpoint_not_found)
+    s.events.endpoint(scope, &EndpointId::parse(raw)?).await
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/webhooks/{endpoint}", tag = "webhooks",
@@ -447,21 +439,20 @@ async fn list_messages(
     Path((_tenant, ep)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<MessageQuery>,
 ) -> Result<Json<Page<Message>>, ApiError> {
-    let ep = endpoint_in_scope(&s, &scope, &ep).await?;
+    let ep = EndpointId::parse(&ep)?;
     if let Some(st) = &q.status
         && !matches!(st.as_str(), "pending" | "delivered" | "dead")
     {
         return Err(ApiError::query("status", "status is pending, delivered or dead"));
     }
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
-    let mut tx = s.events.store.read(scope.db()).await?;
     let f = endpoints::MessageFilter {
         status: q.status,
         event_type: q.event_type,
         from: query_time(q.from, "from")?,
         to: query_time(q.to, "to")?,
     };
-    Ok(Json(endpoints::list_messages(&mut tx, scope.id(), &ep.id, &f, &cursor).await?))
+    Ok(Json(s.events.messages_page(&scope, &ep, &f, &cursor).await?))
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/attempts", tag = "webhooks",
@@ -472,10 +463,9 @@ async fn list_attempts(
     Path((_tenant, ep)): Path<(String, String)>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<Attempt>>, ApiError> {
-    let ep = endpoint_in_scope(&s, &scope, &ep).await?;
+    let ep = EndpointId::parse(&ep)?;
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
-    let mut tx = s.events.store.read(scope.db()).await?;
-    Ok(Json(endpoints::list_attempts(&mut tx, scope.id(), &ep.id, &cursor).await?))
+    Ok(Json(s.events.attempts_page(&scope, &ep, &cursor).await?))
 }
 
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/messages/{message}/resend", tag = "webhooks",

@@ -9,32 +9,24 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use runway_core::{ApiError, ApiJson, ErrorCode};
+use runway_core::{ApiError, ApiJson};
 use runway_identity::scope::FlagsEvaluate;
-use runway_identity::{Authorized, Principal};
-use runway_store::{DbScope, on_conn};
+use runway_identity::{Authorized, Platform};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::{Flags, store_err};
+use crate::Flags;
 
 pub fn router() -> OpenApiRouter<Arc<Flags>> {
     OpenApiRouter::new().routes(routes!(features)).routes(routes!(register)).routes(routes!(client_metrics))
 }
 
 /// Local evaluation hands the SDK every flag's rules, and the tenant fields of a tenant key
-/// could not be enforced there: tenant keys evaluate through OFREP instead.
-fn refuse_tenant_keys(p: &Principal) -> Result<(), ApiError> {
-    if p.tenant().is_some() {
-        return Err(ApiError::new(
-            ErrorCode::MissingScope,
-            "tenant keys evaluate through OFREP; the Unleash client API hands out every flag's rules",
-        ));
-    }
-    Ok(())
-}
+/// could not be enforced there: the Unleash client API takes `Platform<FlagsEvaluate>`, so tenant
+/// keys are refused before a handler runs and evaluate through OFREP instead.
+type ClientKey = Authorized<Platform<FlagsEvaluate>>;
 
 /// Query of the features document.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -50,11 +42,10 @@ pub struct FeaturesQuery {
     responses((status = 200, description = "Unleash client features document, with ETag"), (status = 304, description = "unchanged")))]
 async fn features(
     State(flags): State<Arc<Flags>>,
-    auth: Authorized<FlagsEvaluate>,
+    auth: ClientKey,
     Query(q): Query<FeaturesQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    refuse_tenant_keys(&auth.principal)?;
     let _ = q.project;
     let env = flags.environment_for(auth.principal.environment.as_deref(), q.environment.as_deref())?;
     let state = flags.env_state(&env)?;
@@ -91,27 +82,25 @@ pub struct Registration {
     responses((status = 202, description = "recorded")))]
 async fn register(
     State(flags): State<Arc<Flags>>,
-    auth: Authorized<FlagsEvaluate>,
+    auth: ClientKey,
     ApiJson(r): ApiJson<Registration>,
 ) -> Result<StatusCode, ApiError> {
-    refuse_tenant_keys(&auth.principal)?;
     if r.app_name.trim().is_empty() || r.app_name.len() > 200 {
         return Err(ApiError::validation("appName", "must be 1 to 200 characters"));
     }
     let env = flags.environment_for(auth.principal.environment.as_deref(), None)?;
-    let now = flags.clock.now_micros();
     let strategies = serde_json::to_string(&r.strategies).unwrap_or_else(|_| "[]".into());
-    let mut tx = flags.store.write(DbScope::Platform).await?;
-    on_conn!(&mut tx, c => sqlx::query(
-        "INSERT INTO flag_clients (app_name, instance_id, environment, sdk_version, strategies, started_at, interval_ms, last_seen)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-         ON CONFLICT (app_name, instance_id, environment) DO UPDATE SET sdk_version = excluded.sdk_version,
-           strategies = excluded.strategies, started_at = excluded.started_at, interval_ms = excluded.interval_ms, last_seen = excluded.last_seen")
-        .bind(&r.app_name).bind(r.instance_id.as_deref().unwrap_or("default")).bind(&env)
-        .bind(r.sdk_version.as_deref().unwrap_or("unknown")).bind(&strategies).bind(&r.started).bind(r.interval).bind(now)
-        .execute(&mut *c).await.map(|_| ()))
-    .map_err(store_err)?;
-    tx.commit().await?;
+    flags
+        .register_client(
+            &r.app_name,
+            r.instance_id.as_deref().unwrap_or("default"),
+            &env,
+            r.sdk_version.as_deref().unwrap_or("unknown"),
+            &strategies,
+            &r.started,
+            r.interval,
+        )
+        .await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -154,10 +143,9 @@ pub struct ToggleCount {
     responses((status = 202, description = "counted")))]
 async fn client_metrics(
     State(flags): State<Arc<Flags>>,
-    auth: Authorized<FlagsEvaluate>,
+    auth: ClientKey,
     ApiJson(m): ApiJson<ClientMetrics>,
 ) -> Result<StatusCode, ApiError> {
-    refuse_tenant_keys(&auth.principal)?;
     let env = flags.environment_for(auth.principal.environment.as_deref(), None)?;
     let state = flags.env_state(&env)?;
     let now = flags.clock.now_micros();

@@ -95,8 +95,9 @@ pub trait GuardSink: Send + Sync {
 }
 
 impl GuardSink for Flags {
+    /// An automatic signal (an SLO's burn-rate alert): the audit actor is the system.
     async fn signal(&self, signal: GuardSignal) -> Result<Vec<ReleasePlanId>, ApiError> {
-        self.guard_signal(signal).await
+        self.guard_signal(&AuditContext::system("release-guard"), signal).await
     }
 }
 
@@ -471,7 +472,9 @@ impl Flags {
 
     /// Applies a guard signal: firing trips matching guards and rolls their plans back; a
     /// resolved signal clears the guard (the plan stays where the rollback left it).
-    pub async fn guard_signal(&self, signal: GuardSignal) -> Result<Vec<ReleasePlanId>, ApiError> {
+    /// `ctx` is whoever sent the signal (the credential of an API call, or the system for an
+    /// automatic one); the audit entries it writes name that actor.
+    pub async fn guard_signal(&self, ctx: &AuditContext, signal: GuardSignal) -> Result<Vec<ReleasePlanId>, ApiError> {
         let candidates: Vec<(String, String)> = {
             let mut tx = self.store.read(DbScope::Platform).await?;
             match &signal.target {
@@ -498,7 +501,7 @@ impl Flags {
         let mut rolled_back = Vec::new();
         let named = matches!(signal.target, GuardTarget::Named { .. });
         for (plan_id, guard) in candidates {
-            match self.apply_guard(&plan_id, &guard, &signal).await {
+            match self.apply_guard(ctx, &plan_id, &guard, &signal).await {
                 Ok(true) => rolled_back.push(ReleasePlanId::from_trusted(plan_id)),
                 Ok(false) => {}
                 // A guard set by name reports its own failure; an alert fans out, so one plan
@@ -515,9 +518,14 @@ impl Flags {
         Ok(rolled_back)
     }
 
-    async fn apply_guard(&self, plan_id: &str, guard: &str, signal: &GuardSignal) -> Result<bool, ApiError> {
+    async fn apply_guard(
+        &self,
+        ctx: &AuditContext,
+        plan_id: &str,
+        guard: &str,
+        signal: &GuardSignal,
+    ) -> Result<bool, ApiError> {
         let now = self.clock.now_micros();
-        let ctx = AuditContext::system("release-guard");
         let mut tx = self.store.write(DbScope::Platform).await?;
         let Some(plan) = load_plan(&mut tx, plan_id, true).await? else { return Ok(false) };
         let state = if signal.firing { "tripped" } else { "ok" };
@@ -528,7 +536,7 @@ impl Flags {
         if roll_back {
             let rollout = safe_rollout(&plan.milestones, plan.last_safe);
             let (env, strategy) = (plan.environment.clone(), plan.strategy);
-            self.change_in(&mut tx, &ctx, &plan.flag, "release_plan_rolled_back", |doc| {
+            self.change_in(&mut tx, ctx, &plan.flag, "release_plan_rolled_back", |doc| {
                 set_rollout(doc, &env, strategy, rollout, false)
             })
             .await?;
@@ -540,7 +548,7 @@ impl Flags {
             runway_audit::append(
                 &mut tx,
                 &*self.clock,
-                &ctx,
+                ctx,
                 &Chain::Platform,
                 Change {
                     action: "release_plan.rolled_back",
@@ -556,7 +564,7 @@ impl Flags {
             runway_audit::append(
                 &mut tx,
                 &*self.clock,
-                &ctx,
+                ctx,
                 &Chain::Platform,
                 Change {
                     action: if signal.firing { "release_guard.tripped" } else { "release_guard.cleared" },

@@ -714,7 +714,7 @@ pub struct GuardState {
     request_body = GuardState, responses((status = 200, body = ReleasePlan), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn set_guard(
     State(f): St,
-    _auth: Authorized<FlagsWrite>,
+    auth: Authorized<FlagsWrite>,
     Path((id, name)): Path<(String, String)>,
     ApiJson(b): ApiJson<GuardState>,
 ) -> Result<Json<ReleasePlan>, ApiError> {
@@ -725,8 +725,11 @@ async fn set_guard(
         _ => return Err(ApiError::validation("state", "is `tripped` or `ok`")),
     };
     let reason = if b.reason.is_empty() { "set through the API".to_owned() } else { b.reason };
-    f.guard_signal(GuardSignal { target: GuardTarget::Named { plan: plan.clone(), guard: name }, firing, reason })
-        .await?;
+    f.guard_signal(
+        &auth.audit,
+        GuardSignal { target: GuardTarget::Named { plan: plan.clone(), guard: name }, firing, reason },
+    )
+    .await?;
     Ok(Json(f.plan(&plan).await?))
 }
 
@@ -758,7 +761,7 @@ pub struct AlertResult {
     responses((status = 200, body = AlertResult)))]
 async fn alertmanager(
     State(f): St,
-    _auth: Authorized<FlagsWrite>,
+    auth: Authorized<FlagsWrite>,
     ApiJson(b): ApiJson<AlertmanagerPayload>,
 ) -> Result<Json<AlertResult>, ApiError> {
     let mut rolled_back = Vec::new();
@@ -776,7 +779,7 @@ async fn alertmanager(
             firing: a.status == "firing",
             reason,
         };
-        rolled_back.extend(f.guard_signal(signal).await?);
+        rolled_back.extend(f.guard_signal(&auth.audit, signal).await?);
     }
     let _ = json!(null);
     Ok(Json(AlertResult { rolled_back }))

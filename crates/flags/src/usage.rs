@@ -256,3 +256,31 @@ impl Flags {
         Ok(since)
     }
 }
+
+impl Flags {
+    /// Records an SDK instance that registered through the Unleash client API (last one wins).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn register_client(
+        &self,
+        app_name: &str,
+        instance_id: &str,
+        environment: &str,
+        sdk_version: &str,
+        strategies: &str,
+        started: &Option<String>,
+        interval_ms: Option<i64>,
+    ) -> Result<(), ApiError> {
+        let now = self.clock.now_micros();
+        let mut tx = self.store.write(DbScope::Platform).await?;
+        on_conn!(&mut tx, c => sqlx::query(
+            "INSERT INTO flag_clients (app_name, instance_id, environment, sdk_version, strategies, started_at, interval_ms, last_seen)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (app_name, instance_id, environment) DO UPDATE SET sdk_version = excluded.sdk_version,
+               strategies = excluded.strategies, started_at = excluded.started_at, interval_ms = excluded.interval_ms, last_seen = excluded.last_seen")
+            .bind(app_name).bind(instance_id).bind(environment).bind(sdk_version).bind(strategies).bind(started)
+            .bind(interval_ms).bind(now).execute(&mut *c).await.map(|_| ()))
+        .map_err(crate::store_err)?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

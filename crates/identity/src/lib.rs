@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod keys;
 pub mod ratelimit;
+mod reads;
 pub mod routes;
 pub mod scope;
 pub mod tenants;

@@ -1,19 +1,18 @@
 //! HTTP routes for tenants, plans, keys and the tenant audit log. Handlers parse, authorize,
 //! call the capability and map the result; wire types live here, apart from the domain types.
 
-use crate::keys::{self, ApiKey, NewKey};
+use crate::keys::{ApiKey, NewKey};
 use crate::scope::{AuditRead, KeysRead, KeysWrite, TenantsRead, TenantsWrite};
-use crate::tenants::{self, NewTenant, Tenant, TenantPatch, TenantState};
+use crate::tenants::{NewTenant, Tenant, TenantPatch, TenantState};
 use crate::{Authorized, Identity, Platform, Scoped};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use runway_audit::{AuditEntry, AuditFilter, Chain};
+use runway_audit::{AuditEntry, AuditFilter};
 use runway_core::clock::{parse_rfc3339, rfc3339};
 use runway_core::config::PlanLimits;
 use runway_core::error::Problem;
 use runway_core::{ApiError, ApiJson, ApiQuery, KeyId, Page, PageQuery, TenantId};
-use runway_store::DbScope;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
@@ -140,17 +139,7 @@ async fn list_tenants(
     ApiQuery(q): ApiQuery<TenantListQuery>,
 ) -> Result<Json<Page<TenantOut>>, ApiError> {
     let cursor = page(q.limit, q.cursor)?;
-    let scope = match auth.principal.tenant() {
-        Some(t) => DbScope::Tenant(t.clone()),
-        None => DbScope::Platform,
-    };
-    let mut tx = id.store.read(scope).await?;
-    let mut p = tenants::list(&mut tx, q.state, &cursor).await?;
-    // SQLite has no row-level security: filter a tenant key's view here too.
-    if let Some(own) = auth.principal.tenant() {
-        p.data.retain(|t| &t.id == own);
-    }
-    Ok(Json(p.map(TenantOut::from)))
+    Ok(Json(id.tenants_page(&auth.principal, q.state, &cursor).await?.map(TenantOut::from)))
 }
 
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
@@ -295,8 +284,7 @@ async fn list_service_keys(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<KeyOut>>, ApiError> {
     let cursor = page(q.limit, q.cursor)?;
-    let mut tx = id.store.read(DbScope::Platform).await?;
-    Ok(Json(keys::list(&mut tx, None, &cursor).await?.map(KeyOut::from)))
+    Ok(Json(id.service_keys_page(&cursor).await?.map(KeyOut::from)))
 }
 
 #[utoipa::path(delete, path = "/v1/service-keys/{key_id}", tag = "keys",
@@ -333,8 +321,7 @@ async fn list_tenant_keys(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<KeyOut>>, ApiError> {
     let cursor = page(q.limit, q.cursor)?;
-    let mut tx = id.store.read(scope.db()).await?;
-    Ok(Json(keys::list(&mut tx, Some(scope.id()), &cursor).await?.map(KeyOut::from)))
+    Ok(Json(id.tenant_keys_page(&scope, &cursor).await?.map(KeyOut::from)))
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/keys/{key_id}", tag = "keys",
@@ -387,8 +374,7 @@ async fn list_audit(
         from: time_param(q.from, "from")?,
         to: time_param(q.to, "to")?,
     };
-    let mut tx = id.store.read(scope.db()).await?;
-    Ok(Json(runway_audit::list(&mut tx, &Chain::Tenant(scope.id().clone()), &filter, &cursor).await?))
+    Ok(Json(id.audit_page(&scope, &filter, &cursor).await?))
 }
 
 /// The platform chain: operator-level changes (service keys, event types, flags, release plans).
@@ -406,6 +392,5 @@ async fn list_platform_audit(
         from: time_param(q.from, "from")?,
         to: time_param(q.to, "to")?,
     };
-    let mut tx = id.store.read(runway_store::DbScope::Platform).await?;
-    Ok(Json(runway_audit::list(&mut tx, &Chain::Platform, &filter, &cursor).await?))
+    Ok(Json(id.platform_audit_page(&filter, &cursor).await?))
 }

@@ -865,7 +865,9 @@ async fn release_plan_advances_and_a_guard_rolls_it_back(engine: Engine) {
 
     let alert = json!({"version": "4", "status": "firing", "alerts": [
         {"status": "firing", "labels": {"alertname": "SearchErrorRate", "flag": "search-v2"}, "annotations": {"summary": "5xx above 2 %"}}]});
-    let r = ops.post("/v1/flags/guards/alertmanager", ADMIN, alert).await;
+    // Sent with a service key: the audit entries name that key, not the system.
+    let (alerter, alerter_id) = ops.service_key(&["flags:write"]).await;
+    let r = ops.post("/v1/flags/guards/alertmanager", &alerter, alert).await;
     assert_eq!(r.ok(200)["rolled_back"][0], id.as_str());
     assert_eq!(rollout_now().await, "5", "back to the last milestone that passed its watch");
     let p = ops.get(&format!("/v1/release-plans/{id}"), ADMIN).await;
@@ -874,6 +876,9 @@ async fn release_plan_advances_and_a_guard_rolls_it_back(engine: Engine) {
     ops.post(&format!("/v1/release-plans/{id}/advance"), ADMIN, json!({})).await.problem(409, "conflict");
     let audit = ops.get("/v1/audit?action=release_plan.rolled_back", ADMIN).await;
     assert_eq!(audit.ok(200)["data"][0]["summary"]["guard"], "errors");
+    assert_eq!(audit.body["data"][0]["actor"], json!({"kind": "service_key", "id": alerter_id}), "{}", audit.text);
+    let flag_change = ops.get("/v1/flags/search-v2/versions", ADMIN).await;
+    assert!(flag_change.text.contains(&alerter_id), "the flag version names the key too: {}", flag_change.text);
     eventually("the operational event lands in the operations tenant's log", || async {
         let events = ops.get("/v1/tenants/ops/events", ADMIN).await;
         events.body["data"]
