@@ -6,6 +6,7 @@ use runway_audit::{AuditContext, Chain, Change};
 use runway_core::clock::rfc3339;
 use runway_core::page::Cursor;
 use runway_core::{ApiError, DeliveryId, EndpointId, ErrorCode, Page, TenantId};
+use runway_identity::TenantScope;
 use runway_store::{DbScope, StoreError, Tx, on_conn};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -231,9 +232,10 @@ impl Events {
     pub async fn create_endpoint(
         &self,
         ctx: &AuditContext,
-        tenant: &TenantId,
+        scope: &TenantScope,
         input: EndpointInput,
     ) -> Result<Endpoint, ApiError> {
+        let tenant = scope.id();
         if input.url.is_none() {
             return Err(ApiError::validation("/url", "is required"));
         }
@@ -283,10 +285,11 @@ impl Events {
     pub async fn update_endpoint(
         &self,
         ctx: &AuditContext,
-        tenant: &TenantId,
+        scope: &TenantScope,
         id: &EndpointId,
         input: EndpointInput,
     ) -> Result<Endpoint, ApiError> {
+        let tenant = scope.id();
         validate(&input)?;
         if input.secret.is_some() {
             return Err(ApiError::validation("/secret", "secrets are not changed by PATCH"));
@@ -348,9 +351,10 @@ impl Events {
     pub async fn delete_endpoint(
         &self,
         ctx: &AuditContext,
-        tenant: &TenantId,
+        scope: &TenantScope,
         id: &EndpointId,
     ) -> Result<(), ApiError> {
+        let tenant = scope.id();
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         let ep = find(&mut tx, tenant, id).await?.ok_or_else(|| ApiError::not_found("no such webhook endpoint"))?;
         on_conn!(&mut tx, c => sqlx::query("DELETE FROM delivery_attempts WHERE endpoint_id = $1 AND tenant_id = $2").bind(id.as_str()).bind(tenant.as_str()).execute(&mut *c).await.map(|_| ()))
@@ -377,7 +381,8 @@ impl Events {
     }
 
     /// The endpoint's signing secret, for receivers to verify with.
-    pub async fn endpoint_secret(&self, tenant: &TenantId, id: &EndpointId) -> Result<String, ApiError> {
+    pub async fn endpoint_secret(&self, scope: &TenantScope, id: &EndpointId) -> Result<String, ApiError> {
+        let tenant = scope.id();
         let mut tx = self.store.read(DbScope::Tenant(tenant.clone())).await?;
         let s: Option<String> = on_conn!(&mut tx, c => sqlx::query_scalar("SELECT secret FROM webhook_endpoints WHERE id = $1 AND tenant_id = $2")
             .bind(id.as_str()).bind(tenant.as_str()).fetch_optional(&mut *c).await)
@@ -388,7 +393,8 @@ impl Events {
 
     /// Queues a message again, due now, whatever its state. A message a worker is sending right
     /// now keeps its lease: that attempt is the resend, and no second copy goes out beside it.
-    pub async fn resend(&self, tenant: &TenantId, endpoint: &EndpointId, msg: &DeliveryId) -> Result<(), ApiError> {
+    pub async fn resend(&self, scope: &TenantScope, endpoint: &EndpointId, msg: &DeliveryId) -> Result<(), ApiError> {
+        let tenant = scope.id();
         let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         let n = on_conn!(&mut tx, c => sqlx::query(
@@ -533,22 +539,23 @@ pub async fn list_attempts(
 impl Events {
     /// Queues again every failed message of an endpoint created since `since` (dead ones, and
     /// pending ones that have failed at least once). Returns how many.
-    pub async fn recover(&self, tenant: &TenantId, endpoint: &EndpointId, since: i64) -> Result<u64, ApiError> {
-        self.requeue(tenant, endpoint, Requeue::Failed { since }, i64::MAX).await
+    pub async fn recover(&self, scope: &TenantScope, endpoint: &EndpointId, since: i64) -> Result<u64, ApiError> {
+        self.requeue(scope, endpoint, Requeue::Failed { since }, i64::MAX).await
     }
 
     /// Queues again every dead-lettered message of an endpoint. Returns how many.
-    pub async fn redrive(&self, tenant: &TenantId, endpoint: &EndpointId) -> Result<u64, ApiError> {
-        self.requeue(tenant, endpoint, Requeue::Dead, i64::MAX).await
+    pub async fn redrive(&self, scope: &TenantScope, endpoint: &EndpointId) -> Result<u64, ApiError> {
+        self.requeue(scope, endpoint, Requeue::Dead, i64::MAX).await
     }
 
     /// How many messages `requeue` with `which` would move.
     pub async fn count_requeueable(
         &self,
-        tenant: &TenantId,
+        scope: &TenantScope,
         endpoint: &EndpointId,
         which: Requeue,
     ) -> Result<u64, ApiError> {
+        let tenant = scope.id();
         let (failing, since) = which.args();
         let mut tx = self.store.read(DbScope::Tenant(tenant.clone())).await?;
         let n: i64 = on_conn!(&mut tx, c => sqlx::query_scalar(
@@ -563,11 +570,12 @@ impl Events {
     /// right now keeps its lease, as in `resend`.
     pub async fn requeue(
         &self,
-        tenant: &TenantId,
+        scope: &TenantScope,
         endpoint: &EndpointId,
         which: Requeue,
         limit: i64,
     ) -> Result<u64, ApiError> {
+        let tenant = scope.id();
         let (failing, since) = which.args();
         let now = self.clock.now_micros();
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
@@ -589,7 +597,8 @@ impl Events {
 
     /// Sends a `runway.test` event to one endpoint only; it is not added to the tenant's
     /// event log listing of published events' types, but it is stored like any event.
-    pub async fn send_test(&self, tenant: &TenantId, endpoint: &EndpointId) -> Result<DeliveryId, ApiError> {
+    pub async fn send_test(&self, scope: &TenantScope, endpoint: &EndpointId) -> Result<DeliveryId, ApiError> {
+        let tenant = scope.id();
         let now = self.clock.now_micros();
         let pos = runway_core::EventPos::generate();
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
@@ -620,10 +629,11 @@ impl Events {
     pub async fn rotate_secret(
         &self,
         ctx: &AuditContext,
-        tenant: &TenantId,
+        scope: &TenantScope,
         id: &EndpointId,
         new: Option<String>,
     ) -> Result<i64, ApiError> {
+        let tenant = scope.id();
         let now = self.clock.now_micros();
         let until = now + (self.config.secret_rotation_overlap_secs as i64) * 1_000_000;
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;

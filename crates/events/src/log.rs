@@ -7,6 +7,7 @@ use runway_audit::{AuditContext, Chain, Change};
 use runway_core::clock::rfc3339;
 use runway_core::page::Cursor;
 use runway_core::{ApiError, ErrorCode, EventPos, Page, TenantId};
+use runway_identity::TenantScope;
 use runway_store::{DbScope, StoreError, Tx, on_conn};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -259,10 +260,11 @@ impl Events {
     /// was seen before are reported as duplicates and deliver nothing again.
     pub async fn publish(
         &self,
-        tenant: &TenantId,
+        scope: &TenantScope,
         events: Vec<NewEvent>,
         field_prefix: &str,
     ) -> Result<Vec<Published>, ApiError> {
+        let tenant = scope.id();
         if events.is_empty() || events.len() > MAX_BATCH {
             return Err(ApiError::validation(
                 field_prefix.trim_end_matches('/'),
@@ -362,12 +364,13 @@ impl Events {
     /// deliveries marked as replays, to one endpoint or to every endpoint subscribed to them.
     pub async fn replay(
         &self,
-        tenant: &TenantId,
+        scope: &TenantScope,
         from: i64,
         to: i64,
         event_type: Option<&str>,
         endpoint: Option<&runway_core::EndpointId>,
     ) -> Result<u64, ApiError> {
+        let tenant = scope.id();
         if to <= from {
             return Err(ApiError::validation("/to", "must be after from"));
         }

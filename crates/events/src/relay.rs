@@ -10,7 +10,8 @@
 
 use crate::Events;
 use crate::log::NewEvent;
-use runway_core::{ApiError, TenantId};
+use runway_core::ApiError;
+use runway_identity::TenantScope;
 use runway_identity::tenants::{self, TenantRef};
 use runway_store::DbScope;
 use runway_store::sqlx::{self, PgPool};
@@ -103,7 +104,7 @@ impl Relay {
         } else {
             metrics::gauge!("runway_relay_lag_seconds", "table" => self.table.clone()).set(0.0);
         }
-        let mut tenants: HashMap<String, Option<TenantId>> = HashMap::new();
+        let mut tenants: HashMap<String, Option<TenantScope>> = HashMap::new();
         let mut published_ids = Vec::new();
         for row in rows {
             let tenant = match tenants.get(&row.tenant) {
@@ -197,10 +198,11 @@ async fn mark(tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, table: &str, 
     Ok(())
 }
 
-async fn resolve_tenant(events: &Events, raw: &str) -> Result<Option<TenantId>, ApiError> {
+/// The relay publishes as the operator (the outbox row names its tenant): a system scope.
+async fn resolve_tenant(events: &Events, raw: &str) -> Result<Option<TenantScope>, ApiError> {
     let Ok(r) = TenantRef::parse(raw) else { return Ok(None) };
     let mut tx = events.store.read(DbScope::Platform).await?;
-    Ok(tenants::find(&mut tx, &r).await?.filter(|t| t.state == tenants::TenantState::Active).map(|t| t.id))
+    Ok(tenants::find(&mut tx, &r).await?.filter(|t| t.state == tenants::TenantState::Active).map(TenantScope::system))
 }
 
 #[cfg(test)]

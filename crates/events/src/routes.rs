@@ -183,7 +183,7 @@ async fn publish(
 ) -> Result<(StatusCode, Json<PublishResult>), ApiError> {
     let ct = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let (events, prefix) = to_new_events(&ct, body)?;
-    let data = s.events.publish(scope.id(), events, if prefix.is_empty() { "" } else { "/" }).await?;
+    let data = s.events.publish(&scope, events, if prefix.is_empty() { "" } else { "/" }).await?;
     Ok((StatusCode::ACCEPTED, Json(PublishResult { data })))
 }
 
@@ -312,7 +312,7 @@ async fn create_endpoint(
         signature_scheme: b.signature_scheme,
         ordered: b.ordered,
     };
-    let ep = s.events.create_endpoint(&auth.audit, scope.id(), input).await?;
+    let ep = s.events.create_endpoint(&auth.audit, &scope, input).await?;
     Ok((StatusCode::CREATED, Json(ep.into())))
 }
 
@@ -373,7 +373,7 @@ async fn update_endpoint(
         signature_scheme: None,
         ordered: b.ordered,
     };
-    Ok(Json(s.events.update_endpoint(&auth.audit, scope.id(), &id, input).await?.into()))
+    Ok(Json(s.events.update_endpoint(&auth.audit, &scope, &id, input).await?.into()))
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/webhooks/{endpoint}", tag = "webhooks",
@@ -384,7 +384,7 @@ async fn delete_endpoint(
     Path((_tenant, ep)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let id = EndpointId::parse(&ep)?;
-    s.events.delete_endpoint(&auth.audit, scope.id(), &id).await?;
+    s.events.delete_endpoint(&auth.audit, &scope, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -406,7 +406,7 @@ async fn get_secret(
     Path((_tenant, ep)): Path<(String, String)>,
 ) -> Result<Json<EndpointSecret>, ApiError> {
     let id = EndpointId::parse(&ep)?;
-    let stored = s.events.endpoint_secret(scope.id(), &id).await?;
+    let stored = s.events.endpoint_secret(&scope, &id).await?;
     let key = crate::signature::SigningKey::parse(&stored).map_err(ApiError::internal)?;
     Ok(Json(match key.public_key() {
         Some(pk) => EndpointSecret { secret: None, public_key: Some(pk) },
@@ -478,7 +478,7 @@ async fn resend(
 ) -> Result<StatusCode, ApiError> {
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
     let msg = DeliveryId::parse(&msg)?;
-    s.events.resend(scope.id(), &ep.id, &msg).await?;
+    s.events.resend(&scope, &ep.id, &msg).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
@@ -506,7 +506,7 @@ async fn recover(
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
     let since = parse_rfc3339(&b.since).ok_or_else(|| ApiError::validation("/since", "must be an RFC 3339 time"))?;
-    let queued = s.events.recover(scope.id(), &ep.id, since).await?;
+    let queued = s.events.recover(&scope, &ep.id, since).await?;
     Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
 }
 
@@ -518,7 +518,7 @@ async fn redrive(
     Path((_tenant, ep)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Queued>), ApiError> {
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
-    let queued = s.events.redrive(scope.id(), &ep.id).await?;
+    let queued = s.events.redrive(&scope, &ep.id).await?;
     Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
 }
 
@@ -537,7 +537,7 @@ async fn send_test(
     Path((_tenant, ep)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<TestSent>), ApiError> {
     let ep = endpoint_in_scope(&s, &scope, &ep).await?;
-    let id = s.events.send_test(scope.id(), &ep.id).await?;
+    let id = s.events.send_test(&scope, &ep.id).await?;
     Ok((StatusCode::ACCEPTED, Json(TestSent { message_id: id.to_string() })))
 }
 
@@ -574,7 +574,7 @@ async fn replay(
         .map(EndpointId::parse)
         .transpose()
         .map_err(|e| ApiError::validation("/endpoint_id", e.to_string()))?;
-    let queued = s.events.replay(scope.id(), from, to, b.event_type.as_deref(), endpoint.as_ref()).await?;
+    let queued = s.events.replay(&scope, from, to, b.event_type.as_deref(), endpoint.as_ref()).await?;
     Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
 }
 
@@ -601,6 +601,6 @@ async fn rotate_secret(
     ApiJson(b): ApiJson<RotateIn>,
 ) -> Result<Json<Rotated>, ApiError> {
     let id = EndpointId::parse(&ep)?;
-    let until = s.events.rotate_secret(&auth.audit, scope.id(), &id, b.secret).await?;
+    let until = s.events.rotate_secret(&auth.audit, &scope, &id, b.secret).await?;
     Ok(Json(Rotated { previous_secret_valid_until: rfc3339(until) }))
 }

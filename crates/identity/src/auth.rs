@@ -468,6 +468,13 @@ pub struct TenantScope {
 }
 
 impl TenantScope {
+    /// The operator's own scope over one tenant, for work no request asked for: the outbox
+    /// relay, operational events, the local CLI. Requests get theirs from [`Scoped`], which
+    /// checks the caller; this is the one other way to make a scope, and it is named so.
+    pub fn system(tenant: Tenant) -> TenantScope {
+        TenantScope { tenant }
+    }
+
     pub fn id(&self) -> &TenantId {
         &self.tenant.id
     }

@@ -2,7 +2,7 @@
 
 use crate::scope::ScopeSet;
 use crate::token::{TokenKind, mint};
-use crate::{Identity, Principal};
+use crate::{Identity, Principal, TenantScope};
 use runway_audit::{AuditContext, Chain, Change};
 use runway_core::page::Cursor;
 use runway_core::{ApiError, ErrorCode, KeyId, Page, TenantId};
@@ -93,9 +93,10 @@ impl Identity {
         &self,
         ctx: &AuditContext,
         creator: Option<&Principal>,
-        tenant: Option<&TenantId>,
+        scope: Option<&TenantScope>,
         new: NewKey,
     ) -> Result<(ApiKey, String), ApiError> {
+        let tenant = scope.map(TenantScope::id);
         if new.name.trim().is_empty() || new.name.chars().count() > 200 {
             return Err(ApiError::validation("/name", "must be 1 to 200 characters"));
         }
@@ -170,9 +171,10 @@ impl Identity {
     pub async fn revoke_key(
         &self,
         ctx: &AuditContext,
-        tenant: Option<&TenantId>,
+        scope: Option<&TenantScope>,
         id: &KeyId,
     ) -> Result<ApiKey, ApiError> {
+        let tenant = scope.map(TenantScope::id);
         let (scope, chain) = match tenant {
             Some(t) => (DbScope::Tenant(t.clone()), Chain::Tenant(t.clone())),
             None => (DbScope::Platform, Chain::Platform),

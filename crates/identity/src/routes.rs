@@ -164,7 +164,7 @@ async fn update_tenant(
         metadata: body.metadata,
         state: body.state,
     };
-    Ok(Json(id.update_tenant(&auth.audit, scope.id(), patch).await?.into()))
+    Ok(Json(id.update_tenant(&auth.audit, &scope, patch).await?.into()))
 }
 
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
@@ -174,7 +174,7 @@ async fn delete_tenant(
     State(id): St,
     Scoped { auth, scope }: Scoped<Platform<TenantsWrite>>,
 ) -> Result<Json<TenantOut>, ApiError> {
-    Ok(Json(id.delete_tenant(&auth.audit, scope.id()).await?.into()))
+    Ok(Json(id.delete_tenant(&auth.audit, &scope).await?.into()))
 }
 
 /// A plan and its limits.
@@ -309,7 +309,7 @@ async fn create_tenant_key(
     if scope.tenant().state == TenantState::Deleted {
         return Err(ApiError::new(runway_core::ErrorCode::TenantDeleted, "the tenant is deleted"));
     }
-    let (key, token) = id.create_key(&auth.audit, creator(&auth), Some(scope.id()), new_key(body)?).await?;
+    let (key, token) = id.create_key(&auth.audit, creator(&auth), Some(&scope), new_key(body)?).await?;
     Ok((StatusCode::CREATED, Json(KeyCreated { key: key.into(), token })))
 }
 
@@ -333,7 +333,7 @@ async fn revoke_tenant_key(
     Path((_tenant, key_id)): Path<(String, String)>,
 ) -> Result<Json<KeyOut>, ApiError> {
     let key_id = KeyId::parse(&key_id)?;
-    Ok(Json(id.revoke_key(&auth.audit, Some(scope.id()), &key_id).await?.into()))
+    Ok(Json(id.revoke_key(&auth.audit, Some(&scope), &key_id).await?.into()))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

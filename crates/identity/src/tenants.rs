@@ -1,6 +1,6 @@
 //! Tenants: model, validation and storage.
 
-use crate::Identity;
+use crate::{Identity, TenantScope};
 use runway_audit::{AuditContext, Chain, Change};
 use runway_core::config::is_slug;
 use runway_core::page::Cursor;
@@ -258,9 +258,10 @@ impl Identity {
     pub async fn update_tenant(
         &self,
         ctx: &AuditContext,
-        id: &TenantId,
+        scope: &TenantScope,
         patch: TenantPatch,
     ) -> Result<Tenant, ApiError> {
+        let id = scope.id();
         if let Some(n) = &patch.name {
             validate_name(n)?;
         }
@@ -328,7 +329,8 @@ impl Identity {
     }
 
     /// Marks a tenant deleted and revokes all its keys, in one transaction with its audit entry.
-    pub async fn delete_tenant(&self, ctx: &AuditContext, id: &TenantId) -> Result<Tenant, ApiError> {
+    pub async fn delete_tenant(&self, ctx: &AuditContext, scope: &TenantScope) -> Result<Tenant, ApiError> {
+        let id = scope.id();
         let mut tx = self.store.write(DbScope::Tenant(id.clone())).await?;
         let mut tenant =
             find(&mut tx, &TenantRef::Id(id.clone())).await?.ok_or_else(|| ApiError::not_found("no such tenant"))?;

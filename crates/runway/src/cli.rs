@@ -8,10 +8,10 @@ use runway_core::clock::parse_rfc3339;
 use runway_core::config::Config;
 use runway_core::page::Cursor;
 use runway_core::{KeyId, SystemClock};
-use runway_identity::Identity;
 use runway_identity::keys::{self, NewKey};
 use runway_identity::routes::{KeyCreated, KeyOut, TenantOut};
 use runway_identity::tenants::{self, NewTenant, TenantPatch, TenantRef, TenantState};
+use runway_identity::{Identity, TenantScope};
 use runway_server::config_load::{self, Overrides};
 use runway_store::{DbScope, Store};
 use std::path::PathBuf;
@@ -647,18 +647,18 @@ async fn tenant(cli: &Cli, id: Arc<Identity>, cmd: &TenantCmd) -> anyhow::Result
                 metadata: metadata(m)?,
                 state: None,
             };
-            print_one(cli, &TenantOut::from(id.update_tenant(&ctx, &t.id, patch).await?))
+            print_one(cli, &TenantOut::from(id.update_tenant(&ctx, &TenantScope::system(t), patch).await?))
         }
         TenantCmd::Suspend { tenant } | TenantCmd::Resume { tenant } => {
             let state =
                 if matches!(cmd, TenantCmd::Suspend { .. }) { TenantState::Suspended } else { TenantState::Active };
             let t = resolve(&id, tenant).await?;
             let patch = TenantPatch { state: Some(state), ..Default::default() };
-            print_one(cli, &TenantOut::from(id.update_tenant(&ctx, &t.id, patch).await?))
+            print_one(cli, &TenantOut::from(id.update_tenant(&ctx, &TenantScope::system(t), patch).await?))
         }
         TenantCmd::Delete { tenant } => {
             let t = resolve(&id, tenant).await?;
-            print_one(cli, &TenantOut::from(id.delete_tenant(&ctx, &t.id).await?))
+            print_one(cli, &TenantOut::from(id.delete_tenant(&ctx, &TenantScope::system(t)).await?))
         }
     }
 }
@@ -668,7 +668,7 @@ async fn key(cli: &Cli, id: Arc<Identity>, cmd: &KeyCmd) -> anyhow::Result<()> {
     match cmd {
         KeyCmd::Create { name, scopes, tenant, expires_at, environment } => {
             let t = match tenant {
-                Some(raw) => Some(resolve(&id, raw).await?.id),
+                Some(raw) => Some(TenantScope::system(resolve(&id, raw).await?)),
                 None => None,
             };
             let expires_at = expires_at
@@ -689,11 +689,16 @@ async fn key(cli: &Cli, id: Arc<Identity>, cmd: &KeyCmd) -> anyhow::Result<()> {
         }
         KeyCmd::List { tenant, limit } => {
             let t = match tenant {
-                Some(raw) => Some(resolve(&id, raw).await?.id),
+                Some(raw) => Some(TenantScope::system(resolve(&id, raw).await?)),
                 None => None,
             };
             let mut tx = id.store.read(DbScope::Platform).await?;
-            let page = keys::list(&mut tx, t.as_ref(), &Cursor { after: None, limit: (*limit).clamp(1, 100) }).await?;
+            let page = keys::list(
+                &mut tx,
+                t.as_ref().map(TenantScope::id),
+                &Cursor { after: None, limit: (*limit).clamp(1, 100) },
+            )
+            .await?;
             let list: Vec<KeyOut> = page.data.into_iter().map(KeyOut::from).collect();
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -717,7 +722,7 @@ async fn key(cli: &Cli, id: Arc<Identity>, cmd: &KeyCmd) -> anyhow::Result<()> {
         }
         KeyCmd::Revoke { key_id, tenant } => {
             let t = match tenant {
-                Some(raw) => Some(resolve(&id, raw).await?.id),
+                Some(raw) => Some(TenantScope::system(resolve(&id, raw).await?)),
                 None => None,
             };
             let k = id.revoke_key(&ctx, t.as_ref(), &KeyId::parse(key_id)?).await?;
@@ -854,7 +859,8 @@ async fn events_cmd(cli: &Cli, config: Config, cmd: &EventsCmd) -> anyhow::Resul
                     vec![NewEvent { event_type: ty, id: id.clone(), payload, occurred_at: None, key: key.clone() }]
                 }
             };
-            let published = events.publish(&t.id, batch, if file.is_some() { "/" } else { "" }).await?;
+            let published =
+                events.publish(&TenantScope::system(t), batch, if file.is_some() { "/" } else { "" }).await?;
             if cli.json {
                 return print_json(&published);
             }
@@ -922,20 +928,26 @@ async fn webhooks_cmd(cli: &Cli, config: Config, cmd: &WebhooksCmd) -> anyhow::R
         }
         WebhooksCmd::Test { tenant, endpoint: ep } => {
             let t = resolve(&identity, tenant).await?;
-            let id = events.send_test(&t.id, &endpoint(ep)?).await?;
+            let id = events.send_test(&TenantScope::system(t), &endpoint(ep)?).await?;
             println!("queued test message {id}");
             Ok(())
         }
         WebhooksCmd::Resend { tenant, endpoint: ep, message } => {
             let t = resolve(&identity, tenant).await?;
-            events.resend(&t.id, &endpoint(ep)?, &DeliveryId::parse(message)?).await?;
+            events.resend(&TenantScope::system(t), &endpoint(ep)?, &DeliveryId::parse(message)?).await?;
             println!("queued {message} again");
             Ok(())
         }
         WebhooksCmd::Recover { tenant, endpoint: ep, since } => {
             let t = resolve(&identity, tenant).await?;
             let since = parse_rfc3339(since).context("--since must be an RFC 3339 time")?;
-            let n = requeue_with_progress(&events, &t.id, &endpoint(ep)?, Requeue::Failed { since }).await?;
+            let n = requeue_with_progress(
+                &events,
+                &TenantScope::system(t.clone()),
+                &endpoint(ep)?,
+                Requeue::Failed { since },
+            )
+            .await?;
             println!("queued {n} failed message(s) again");
             Ok(())
         }
@@ -943,7 +955,7 @@ async fn webhooks_cmd(cli: &Cli, config: Config, cmd: &WebhooksCmd) -> anyhow::R
             let t = resolve(&identity, tenant).await?;
             let ep = endpoint(ep)?;
             if *redrive {
-                let n = requeue_with_progress(&events, &t.id, &ep, Requeue::Dead).await?;
+                let n = requeue_with_progress(&events, &TenantScope::system(t.clone()), &ep, Requeue::Dead).await?;
                 println!("queued {n} dead-lettered message(s) again");
                 return Ok(());
             }
@@ -972,7 +984,7 @@ async fn webhooks_cmd(cli: &Cli, config: Config, cmd: &WebhooksCmd) -> anyhow::R
 /// Requeues in batches of 500, showing progress on a terminal.
 async fn requeue_with_progress(
     events: &runway_events::Events,
-    tenant: &runway_core::TenantId,
+    tenant: &TenantScope,
     endpoint: &runway_core::EndpointId,
     which: runway_events::endpoints::Requeue,
 ) -> anyhow::Result<u64> {
