@@ -203,6 +203,9 @@ pub struct EventQuery {
     pub to: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
+    /// `true` masks x-pii fields even for a credential holding `events:read_pii` (as
+    /// `runway events list` does unless given `--show-pii`); without that scope they are always masked.
+    pub mask_pii: Option<bool>,
 }
 
 fn query_time(v: Option<String>, field: &str) -> Result<Option<i64>, ApiError> {
@@ -223,7 +226,7 @@ async fn list_events(
     let f = EventFilter { event_type: q.event_type, from: query_time(q.from, "from")?, to: query_time(q.to, "to")? };
     let mut tx = s.events.store.read(scope.db()).await?;
     let mut page = log::list_events(&mut tx, scope.id(), &f, &cursor).await?;
-    if !auth.principal.scopes.contains(runway_identity::Scope::EventsReadPii) {
+    if q.mask_pii == Some(true) || !auth.principal.scopes.contains(runway_identity::Scope::EventsReadPii) {
         log::redact_page(&mut tx, &mut page).await?;
     }
     Ok(Json(page))

@@ -12,7 +12,7 @@ pub mod scope;
 pub mod tenants;
 pub mod token;
 
-pub use auth::{Authorized, Principal, PrincipalKind, TenantScope, authenticate};
+pub use auth::{Authorized, InProcess, Principal, PrincipalKind, TenantScope, authenticate};
 pub use scope::{Permission, Scope, ScopeSet};
 
 use runway_core::Clock;

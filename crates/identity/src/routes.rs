@@ -8,7 +8,7 @@ use crate::{Authorized, Identity};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use runway_audit::{AuditEntry, AuditFilter, Chain};
+use runway_audit::{AuditEntry, AuditFilter, Chain, VerifyReport};
 use runway_core::clock::{parse_rfc3339, rfc3339};
 use runway_core::config::PlanLimits;
 use runway_core::error::Problem;
@@ -34,6 +34,7 @@ pub fn router() -> OpenApiRouter<Arc<Identity>> {
         .routes(routes!(revoke_tenant_key))
         .routes(routes!(list_audit))
         .routes(routes!(list_platform_audit))
+        .routes(routes!(verify_audit))
 }
 
 /// A new tenant.
@@ -430,4 +431,16 @@ async fn list_platform_audit(
     };
     let mut tx = id.store.read(runway_store::DbScope::Platform).await?;
     Ok(Json(runway_audit::list(&mut tx, &Chain::Platform, &filter, &cursor).await?))
+}
+
+/// Verifies every audit chain.
+///
+/// Walks every chain (the platform's and each tenant's) from its first entry, recomputing each
+/// hash and link, and names the first broken entry of each. Operator-only; a broken chain is
+/// reported with `ok: false`, not as an error.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = VerifyReport), (status = 403, body = Problem)))]
+async fn verify_audit(State(id): St, auth: Authorized<AuditRead>) -> Result<Json<VerifyReport>, ApiError> {
+    auth.require_platform()?;
+    Ok(Json(runway_audit::verify(&id.store).await?))
 }
