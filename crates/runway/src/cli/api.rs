@@ -34,7 +34,7 @@ pub struct Api {
     transport: Transport,
 }
 
-/// An error answer: the problem's detail and, when it names one, the field or parameter.
+/// An error answer as the CLI reports it (`error: <detail> (field `/name`)`), exit code 1.
 #[derive(Debug)]
 pub struct Problem {
     pub detail: String,
@@ -220,20 +220,16 @@ impl Api {
     }
 }
 
-/// Reads an error answer: problem+json as Runway sends it, or whatever a proxy in between said.
+/// Reads an error answer: problem+json as Runway sends it (the wire type of the one error
+/// table), or whatever a proxy in between said.
 fn problem(status: StatusCode, content_type: Option<&str>, bytes: &[u8]) -> Problem {
     let parsed = content_type
         .is_some_and(|ct| ct.contains("json"))
-        .then(|| serde_json::from_slice::<serde_json::Value>(bytes).ok())
+        .then(|| serde_json::from_slice::<runway_core::error::Problem>(bytes).ok())
         .flatten();
-    let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
     match parsed {
-        Some(p) if p.get("detail").is_some() => Problem {
-            detail: text(&p, "detail").unwrap_or_default(),
-            field: text(&p, "field"),
-            parameter: text(&p, "parameter"),
-        },
-        _ => {
+        Some(p) => Problem { detail: p.detail, field: p.field, parameter: p.parameter },
+        None => {
             let body = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).trim().to_owned();
             let detail =
                 if body.is_empty() { format!("the server answered {status}") } else { format!("{status}: {body}") };
