@@ -3,8 +3,8 @@
 //! Every capability appends through [`append`] inside the transaction that makes its change, so a
 //! change without its entry cannot commit. Each entry carries the hash of the one before it; the
 //! chain head records the last sequence number and hash, so editing, deleting, reordering or
-//! truncating entries is caught by [`verify`]. This crate has no HTTP routes: the tenant-facing
-//! listing lives with the authentication extractor in `runway-identity`.
+//! truncating entries is caught by [`verify`]. This crate has no HTTP routes: the listings and
+//! the verify route live with the authentication extractor in `runway-identity`.
 
 mod chain;
 mod store;
@@ -25,7 +25,7 @@ pub enum ActorKind {
     ServiceKey,
     /// A key scoped to one tenant.
     TenantKey,
-    /// The `runway` CLI working on the store directly.
+    /// The `runway` CLI working on the local store (its in-process requests).
     Cli,
     /// Runway itself (schedules, automatic actions).
     System,

@@ -196,8 +196,9 @@ async fn fetch_batch(store: &Store, chain: &str, after_seq: i64) -> Result<Vec<E
 }
 
 /// The outcome of walking one chain.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ChainReport {
+    /// `platform` or the tenant's ID.
     pub chain: String,
     pub entries: u64,
     pub ok: bool,
@@ -207,8 +208,9 @@ pub struct ChainReport {
 }
 
 /// The outcome of walking every chain.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VerifyReport {
+    /// True when every chain checks out.
     pub ok: bool,
     pub chains: Vec<ChainReport>,
 }

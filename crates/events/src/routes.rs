@@ -199,6 +199,9 @@ pub struct EventQuery {
     pub to: Option<String>,
     pub limit: Option<u32>,
     pub cursor: Option<String>,
+    /// `true` masks x-pii fields even for a credential holding `events:read_pii` (as
+    /// `runway events list` does unless given `--show-pii`); without that scope they are always masked.
+    pub mask_pii: Option<bool>,
 }
 
 fn query_time(v: Option<String>, field: &str) -> Result<Option<i64>, ApiError> {
@@ -215,7 +218,7 @@ async fn list_events(
 ) -> Result<Json<Page<Event>>, ApiError> {
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
     let f = EventFilter { event_type: q.event_type, from: query_time(q.from, "from")?, to: query_time(q.to, "to")? };
-    let show_pii = auth.principal.scopes.contains(runway_identity::Scope::EventsReadPii);
+    let show_pii = q.mask_pii != Some(true) && auth.principal.scopes.contains(runway_identity::Scope::EventsReadPii);
     Ok(Json(s.events.events_page(&scope, &f, &cursor, show_pii).await?))
 }
 

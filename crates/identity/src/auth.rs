@@ -29,6 +29,10 @@ pub enum PrincipalKind {
     Service { key_id: KeyId },
     /// A tenant key: its scopes, its tenant only.
     Tenant { key_id: KeyId, tenant_id: TenantId },
+    /// The operator at this machine, through the `runway` CLI working on the local store: every
+    /// scope, every tenant, audited as actor kind `cli` with the OS user. Only a request made in
+    /// this process can act as it (see [`InProcess`]); no credential maps to it.
+    Cli { user: String },
 }
 
 /// An authenticated caller.
@@ -55,13 +59,17 @@ impl Principal {
     pub fn key_id(&self) -> Option<&KeyId> {
         match &self.kind {
             PrincipalKind::Service { key_id } | PrincipalKind::Tenant { key_id, .. } => Some(key_id),
-            PrincipalKind::Admin => None,
+            PrincipalKind::Admin | PrincipalKind::Cli { .. } => None,
         }
     }
 
-    /// Identifies the credential, for idempotency records and audit.
+    /// Identifies the credential, for idempotency records and audit (the OS user for the CLI).
     pub fn credential_id(&self) -> &str {
-        self.key_id().map(KeyId::as_str).unwrap_or("admin")
+        match &self.kind {
+            PrincipalKind::Service { key_id } | PrincipalKind::Tenant { key_id, .. } => key_id.as_str(),
+            PrincipalKind::Admin => "admin",
+            PrincipalKind::Cli { user } => user,
+        }
     }
 
     pub fn actor_kind(&self) -> ActorKind {
@@ -69,12 +77,43 @@ impl Principal {
             PrincipalKind::Admin => ActorKind::Admin,
             PrincipalKind::Service { .. } => ActorKind::ServiceKey,
             PrincipalKind::Tenant { .. } => ActorKind::TenantKey,
+            PrincipalKind::Cli { .. } => ActorKind::Cli,
         }
     }
 
     /// Operator-level principals act across tenants.
     pub fn is_platform(&self) -> bool {
         self.tenant().is_none()
+    }
+}
+
+/// Marks a request made inside this process, not received from the network, and carries the
+/// principal it acts as: the `runway` CLI sends its commands through the router in-process
+/// (`tower::ServiceExt::oneshot`, no listener) with this extension set, so they pass the same
+/// handlers, rules and problem answers as a remote client's, as the local operator.
+///
+/// Safe because request extensions are typed values that only code in this process can insert:
+/// the HTTP server builds a request from the wire with no extensions of this type, so no
+/// header, body or credential a network client sends can produce one. [`authenticate`] trusts
+/// a principal only from this marker; any other `Principal` already in a request is ignored.
+#[derive(Debug, Clone)]
+pub struct InProcess(Arc<Principal>);
+
+impl InProcess {
+    /// The local operator running the CLI (actor kind `cli`, the OS user as actor id).
+    pub fn cli() -> Self {
+        let user = AuditContext::cli().actor_id;
+        InProcess(Arc::new(Principal {
+            kind: PrincipalKind::Cli { user },
+            scopes: ScopeSet::all(),
+            plan: None,
+            environment: None,
+            region: None,
+        }))
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.0
     }
 }
 
@@ -349,9 +388,14 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
 /// Middleware for `/v1`: authenticates, applies rate limits, and leaves the principal in the
 /// request for [`Authorized`]. Rate-limit headers go on every response it lets through.
 pub async fn authenticate(State(identity): State<Arc<Identity>>, mut req: Request, next: Next) -> Response {
-    let principal = match bearer(req.headers()) {
-        Ok(t) => identity.auth.authenticate(t).await,
-        Err(e) => Err(e),
+    // Whatever principal a request may already hold is replaced below; only the in-process
+    // marker, which the network cannot produce, stands in for a credential.
+    let principal = match req.extensions_mut().remove::<InProcess>() {
+        Some(InProcess(local)) => Ok(Arc::unwrap_or_clone(local)),
+        None => match bearer(req.headers()) {
+            Ok(t) => identity.auth.authenticate(t).await,
+            Err(e) => Err(e),
+        },
     };
     let principal = match principal {
         Ok(p) => p,

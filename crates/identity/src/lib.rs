@@ -13,7 +13,7 @@ pub mod scope;
 pub mod tenants;
 pub mod token;
 
-pub use auth::{Authorized, Principal, PrincipalKind, Scoped, TenantScope, authenticate};
+pub use auth::{Authorized, InProcess, Principal, PrincipalKind, Scoped, TenantScope, authenticate};
 pub use scope::{Permission, Platform, Scope, ScopeSet};
 
 use runway_core::Clock;

@@ -8,7 +8,7 @@ use crate::{Authorized, Identity, Platform, Scoped};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use runway_audit::{AuditEntry, AuditFilter};
+use runway_audit::{AuditEntry, AuditFilter, VerifyReport};
 use runway_core::clock::{parse_rfc3339, rfc3339};
 use runway_core::config::PlanLimits;
 use runway_core::error::Problem;
@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<Arc<Identity>> {
         .routes(routes!(revoke_tenant_key))
         .routes(routes!(list_audit))
         .routes(routes!(list_platform_audit))
+        .routes(routes!(verify_audit))
 }
 
 /// A new tenant.
@@ -393,4 +394,15 @@ async fn list_platform_audit(
         to: time_param(q.to, "to")?,
     };
     Ok(Json(id.platform_audit_page(&filter, &cursor).await?))
+}
+
+/// Verifies every audit chain.
+///
+/// Walks every chain (the platform's and each tenant's) from its first entry, recomputing each
+/// hash and link, and names the first broken entry of each. Operator-only; a broken chain is
+/// reported with `ok: false`, not as an error.
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = VerifyReport), (status = 403, body = Problem)))]
+async fn verify_audit(State(id): St, _auth: Authorized<Platform<AuditRead>>) -> Result<Json<VerifyReport>, ApiError> {
+    Ok(Json(runway_audit::verify(&id.store).await?))
 }

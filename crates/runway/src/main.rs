@@ -1,5 +1,6 @@
-//! `runway`: the one binary. `serve` runs the server; the other commands work on the store
-//! directly (same config), recording their changes in the audit log as the CLI user.
+//! `runway`: the one binary. `serve` runs the server; the commands that manage data go through
+//! the HTTP API, of a remote server (`--url`) or of the router in this process on the local store
+//! (same config), where their changes are audited as the CLI user.
 
 /// jemalloc instead of the system allocator: the request path allocates small, short-lived
 /// buffers, where glibc malloc showed up as a quarter of the CPU in profiles (BENCHMARKS.md).

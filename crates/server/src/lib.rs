@@ -128,6 +128,29 @@ pub enum StartError {
     Api(#[from] runway_core::ApiError),
     #[error("{0}")]
     Config(#[from] runway_core::config::ConfigError),
+    #[error("the database has {0} pending migration(s); run `runway migrate` first")]
+    PendingMigrations(usize),
+}
+
+/// The state every route needs, on the configured store, for requests made inside this process
+/// (the CLI without `--url` sends its commands through [`router`] with
+/// [`runway_identity::InProcess`]): no listener, no background work, no admin token minted, and
+/// the store's migrations must be current.
+pub async fn open_local(config: Config, clock: Arc<dyn Clock>) -> Result<AppState, StartError> {
+    let config = Arc::new(config);
+    let store = Store::connect(&config.database).await?;
+    let pending = store.pending_migrations().await?;
+    if pending > 0 {
+        store.close().await;
+        return Err(StartError::PendingMigrations(pending));
+    }
+    let identity = Identity::new(store.clone(), clock.clone(), config.clone());
+    // Sealing needs the key only for commands that touch endpoint secrets; they say so then.
+    let master_key = runway_events::seal::master_key(&config, false)?;
+    let events = runway_events::Events::new(store.clone(), clock.clone(), &config, master_key)?;
+    let flags = runway_flags::Flags::new(store.clone(), clock.clone(), config.flags.clone());
+    flags.init().await?;
+    Ok(AppState { config, store, clock, identity, events, flags, draining: Arc::new(AtomicBool::new(false)) })
 }
 
 /// Connects the store, migrates when configured, makes sure an admin token exists, binds and

@@ -319,7 +319,31 @@ pub fn cli(db: &Database, args: &[&str]) -> (bool, String, String) {
         .env("RUNWAY_DATABASE_URL", &db.app_url)
         .env("RUNWAY_CRYPTO_MASTER_KEY", MASTER_KEY)
         .env_remove("RUNWAY_ADMIN_TOKEN")
+        .env_remove("RUNWAY_URL")
+        .env_remove("RUNWAY_TOKEN")
         .current_dir(&db.dir)
+        .output()
+        .expect("runway binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the `runway` binary against the server's HTTP API (`--url`, `--token`), with no way to
+/// reach the store: its database URL names a file that cannot exist. Returns (exit ok, stdout,
+/// stderr).
+pub fn cli_remote(s: &TestServer, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runway"))
+        .args(["--url", &s.base, "--token", token])
+        .args(args)
+        .env("RUNWAY_DATABASE_URL", "sqlite:///nonexistent-runway-dir/runway.db")
+        .env_remove("RUNWAY_CRYPTO_MASTER_KEY")
+        .env_remove("RUNWAY_ADMIN_TOKEN")
+        .env_remove("RUNWAY_URL")
+        .env_remove("RUNWAY_TOKEN")
+        .current_dir(&s.db.dir)
         .output()
         .expect("runway binary runs");
     (
