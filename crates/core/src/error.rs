@@ -28,6 +28,11 @@ macro_rules! error_codes {
             pub fn title(self) -> &'static str {
                 match self { $(ErrorCode::$variant => $title,)* }
             }
+
+            /// Every code answered with `status`, in table order (for the API contract).
+            pub fn with_status(status: u16) -> impl Iterator<Item = ErrorCode> {
+                Self::ALL.iter().copied().filter(move |c| c.status().as_u16() == status)
+            }
         }
     };
 }
@@ -104,19 +109,29 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// The RFC 9457 body, as documented in the OpenAPI contract.
+/// An error, as RFC 9457 problem details (`application/problem+json`).
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Problem {
-    /// Stable URI naming the kind of problem.
+    /// Stable URI naming the kind of problem; match on it or on `code`.
     #[serde(rename = "type")]
+    #[schema(example = "https://runway.dev/problems/validation_failed")]
     pub type_uri: String,
+    /// Short human-readable summary of the kind of problem; the same for every occurrence.
+    #[schema(example = "The request is invalid")]
     pub title: String,
+    /// The HTTP status code of the response, repeated for convenience.
+    #[schema(example = 422)]
     pub status: u16,
+    /// What went wrong in this request, for a person to read.
+    #[schema(example = "must be 1 to 100 characters")]
     pub detail: String,
     /// Stable snake_case name of the problem (the last segment of `type`).
+    #[schema(example = "validation_failed")]
     pub code: String,
-    /// The failing field, for validation errors.
+    /// For validation errors: the field that failed, as a path into the request body (a JSON
+    /// pointer such as `/headers` for size limits) or the name of the query parameter.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "/name")]
     pub field: Option<String>,
 }
 

@@ -38,6 +38,7 @@ fn refuse_tenant_keys(p: &Principal) -> Result<(), ApiError> {
 
 /// Query of the features document.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FeaturesQuery {
     /// For keys not bound to an environment; a bound key may only name its own.
     pub environment: Option<String>,

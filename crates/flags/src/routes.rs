@@ -121,6 +121,7 @@ pub struct FlagUpdate {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FlagListQuery {
     pub tag: Option<String>,
@@ -320,13 +321,20 @@ async fn copy_flag(
     Ok(Json(f.copy(&auth.audit, &key, &b.from, &b.to).await?.into()))
 }
 
+/// A change to one environment of a flag, made at a given time.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleCreate {
-    /// RFC 3339; a time in the past applies at the next scheduler tick.
+    /// When to make the change (RFC 3339); a time in the past applies at the next scheduler tick.
+    #[schema(example = "2026-12-01T09:00:00Z")]
     pub apply_at: String,
-    #[serde(flatten)]
-    pub change: ScheduledChange,
+    /// The environment the change applies to.
+    #[schema(example = "production")]
+    pub environment: String,
+    /// Turn the flag on (`true`) or off (`false`) there. Give this, `config`, or both.
+    pub enabled: Option<bool>,
+    /// Replace the environment's whole configuration (applied before `enabled`).
+    pub config: Option<EnvConfig>,
 }
 
 #[utoipa::path(post, path = "/v1/flags/{key}/schedules", tag = "flags", params(("key" = String, Path)), request_body = ScheduleCreate,
@@ -335,18 +343,11 @@ async fn create_schedule(
     State(f): St,
     auth: Authorized<FlagsWrite>,
     Path(key): Path<String>,
-    ApiJson(b): ApiJson<Value>,
+    ApiJson(b): ApiJson<ScheduleCreate>,
 ) -> Result<(StatusCode, Json<Schedule>), ApiError> {
-    // `flatten` and `deny_unknown_fields` do not mix in serde, so the two halves are read apart.
-    let mut obj = b.as_object().cloned().ok_or_else(|| ApiError::validation("", "must be an object"))?;
-    let apply_at = obj
-        .remove("apply_at")
-        .and_then(|v| v.as_str().and_then(parse_rfc3339))
-        .ok_or_else(|| ApiError::validation("apply_at", "is required, as an RFC 3339 time"))?;
-    let change: ScheduledChange = serde_path_to_error::deserialize(Value::Object(obj)).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::validation(if path == "." { String::new() } else { path }, e.inner().to_string())
-    })?;
+    let apply_at =
+        parse_rfc3339(&b.apply_at).ok_or_else(|| ApiError::validation("apply_at", "must be an RFC 3339 time"))?;
+    let change = ScheduledChange { environment: b.environment, enabled: b.enabled, config: b.config };
     Ok((StatusCode::CREATED, Json(f.schedule(&auth.audit, &key, change, apply_at).await?)))
 }
 
@@ -378,6 +379,7 @@ async fn cancel_schedule(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EnvQuery {
     /// The environment; defaults to `flags.default_environment`.
@@ -530,6 +532,7 @@ impl Flags {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UsageQuery {
     pub flag: Option<String>,
@@ -553,6 +556,7 @@ async fn usage(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StaleQuery {
     /// Defaults to `flags.stale_after_days`.
@@ -657,6 +661,7 @@ async fn delete_segment(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PlanQuery {
     pub flag: Option<String>,

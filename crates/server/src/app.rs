@@ -47,6 +47,8 @@ pub fn openapi() -> OpenApi {
     doc.merge(runway_flags::routes::router().split_for_parts().1);
     doc.merge(runway_flags::ofrep::router().split_for_parts().1);
     doc.merge(runway_flags::client_api::router().split_for_parts().1);
+    // After the merge, so every capability's operations get the common error responses.
+    crate::contract::CommonResponses.modify(&mut doc);
     doc
 }
 

@@ -3,6 +3,7 @@
 
 mod app;
 pub mod config_load;
+pub mod contract;
 mod idempotency;
 mod observe;
 pub mod telemetry;

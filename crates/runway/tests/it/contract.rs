@@ -1,4 +1,5 @@
 use crate::harness::{Engine, TestServer};
+use serde_json::{Value, json};
 
 /// The committed `openapi.json` is exactly what the code generates. Regenerate with
 /// `UPDATE_OPENAPI=1 cargo nextest run -p runway openapi`.
@@ -38,4 +39,105 @@ async fn served_openapi_and_docs_work_offline() {
     assert!(docs.contains("/openapi.json"));
     assert!(!docs.contains("<script src"), "no external scripts: the page works offline");
     assert!(!docs.contains("https://"), "no CDN references");
+}
+
+/// Every operation of the generated document, with its path and method.
+fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
+    let mut out = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            if ["get", "put", "post", "delete", "patch", "head", "options", "trace"].contains(&method.as_str()) {
+                out.push((path.clone(), method.clone(), op));
+            }
+        }
+    }
+    out
+}
+
+/// Follows a local `$ref` (`#/components/…`) to what it names.
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => doc.pointer(r.trim_start_matches('#')).unwrap_or_else(|| panic!("dangling $ref {r}")),
+        None => v,
+    }
+}
+
+fn openapi_value() -> Value {
+    serde_json::to_value(runway_server::openapi()).unwrap()
+}
+
+/// Parameters are where the path says: every `{name}` in a path is a path parameter, and no
+/// path parameter is missing from its path (query parameters once were declared as path ones).
+#[test]
+fn parameters_are_where_the_path_says() {
+    let doc = openapi_value();
+    for (path, method, op) in operations(&doc) {
+        let params: Vec<&Value> = op["parameters"].as_array().into_iter().flatten().map(|p| resolve(&doc, p)).collect();
+        for p in &params {
+            let name = p["name"].as_str().unwrap();
+            if p["in"] == "path" {
+                assert!(
+                    path.contains(&format!("{{{name}}}")),
+                    "{method} {path}: path parameter `{name}` is not in the path"
+                );
+            }
+        }
+        for seg in path.split('/').filter(|s| s.starts_with('{')) {
+            let name = seg.trim_matches(['{', '}']);
+            assert!(
+                params.iter().any(|p| p["in"] == "path" && p["name"] == name),
+                "{method} {path}: `{name}` is not declared as a path parameter"
+            );
+        }
+    }
+}
+
+/// Every operation documents the errors its shape can produce, each as problem+json; new routes
+/// are covered without editing this test.
+#[test]
+fn every_operation_documents_its_errors() {
+    let doc = openapi_value();
+    let problem = json!({"$ref": "#/components/schemas/Problem"});
+    let mut failures = Vec::new();
+    for (path, method, op) in operations(&doc) {
+        let public = op["security"].as_array().is_some_and(|s| s.iter().any(|r| r == &json!({})));
+        let params: Vec<&Value> = op["parameters"].as_array().into_iter().flatten().map(|p| resolve(&doc, p)).collect();
+        let mut want = vec!["414", "431"];
+        if !public {
+            want.extend(["401", "403", "429", "503"]);
+        }
+        if path.contains('{') {
+            want.extend(["400", "404"]);
+        }
+        if params.iter().any(|p| p["in"] == "query") {
+            want.push("400");
+        }
+        if op.get("requestBody").is_some() {
+            want.extend(["400", "413", "415", "422"]);
+        }
+        if method == "post" && !public {
+            want.extend(["400", "409", "422"]);
+            if !params.iter().any(|p| p["in"] == "header" && p["name"] == "Idempotency-Key") {
+                failures.push(format!("{method} {path}: no Idempotency-Key header parameter"));
+            }
+        }
+        let responses = op["responses"].as_object().expect("responses");
+        for status in want {
+            if !responses.contains_key(status) {
+                failures.push(format!("{method} {path}: {status} is not documented"));
+            }
+        }
+        for (status, resp) in responses {
+            if status.as_str() >= "400" {
+                let resp = resolve(&doc, resp);
+                if resp["content"]["application/problem+json"]["schema"] != problem {
+                    failures.push(format!("{method} {path}: {status} is not application/problem+json"));
+                }
+                if resp["description"].as_str().is_none_or(str::is_empty) {
+                    failures.push(format!("{method} {path}: {status} has no description"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "the contract is missing error responses:\n{}", failures.join("\n"));
 }
