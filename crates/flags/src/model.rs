@@ -42,18 +42,123 @@ pub struct FlagDocument {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvConfig {
+    /// Whether the flag is on in this environment (then its strategies decide for whom).
     #[serde(default)]
     pub enabled: bool,
     /// Evaluated in order; the first that matches turns the flag on (and picks its variants).
+    /// None means on for everyone.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<StrategySchema>, max_items = 100)]
     pub strategies: Vec<StrategyDef>,
+    /// The flag's variants, picked by weight when no matching strategy has its own.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<VariantSchema>, max_items = 100)]
     pub variants: Vec<VariantDef>,
+    /// Parent flags that must be on (or on a given variant) for this one to be on.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<DependencySchema>, max_items = 20)]
     pub dependencies: Vec<DependencyDef>,
+}
+
+/// Tags one flag may carry.
+pub const MAX_TAGS: usize = 100;
+/// Environments one request may configure a flag in.
+pub const MAX_ENVIRONMENTS: usize = 100;
+/// Strategies, and variants, in one environment or strategy.
+pub const MAX_STRATEGIES: usize = 100;
+/// Variants of a flag, or of a strategy.
+pub const MAX_VARIANTS: usize = 100;
+/// Parent flags one flag may depend on.
+pub const MAX_DEPENDENCIES: usize = 20;
+/// Constraints in one strategy or segment, segments one strategy references, and parameters
+/// of one strategy.
+pub const MAX_CONSTRAINTS: usize = 100;
+/// Values one constraint or override lists.
+pub const MAX_VALUES: usize = 1000;
+
+/// A strategy (Unleash's wire format): who gets the flag when it is on.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct StrategySchema {
+    /// `default`, `userWithId`, `gradualRolloutUserId`, `gradualRolloutSessionId`,
+    /// `gradualRolloutRandom`, `remoteAddress`, `applicationHostname` or `flexibleRollout`.
+    #[schema(example = "flexibleRollout")]
+    name: String,
+    /// The strategy's settings, such as `rollout` (0 to 100), `stickiness` and `groupId`.
+    #[schema(value_type = Option<Object>, example = json!({"rollout": "10", "stickiness": "default", "groupId": "new-checkout"}))]
+    parameters: Option<Value>,
+    /// Conditions on the context; all must hold.
+    #[schema(max_items = 100)]
+    constraints: Option<Vec<ConstraintSchema>>,
+    /// Segments (by id) whose constraints must all hold too.
+    #[schema(max_items = 100)]
+    segments: Option<Vec<i64>>,
+    /// Variants this strategy picks from when it matches, before the flag's own.
+    #[schema(max_items = 100)]
+    variants: Option<Vec<VariantSchema>>,
+}
+
+/// A condition on one context field (Unleash's wire format).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct ConstraintSchema {
+    /// The context field: `userId`, `sessionId`, `remoteAddress`, `environment`, `appName`,
+    /// `currentTime`, or a property such as `country` or `tenantId`.
+    #[schema(example = "country")]
+    context_name: String,
+    /// `IN`, `NOT_IN`, `STR_CONTAINS`, `STR_STARTS_WITH`, `STR_ENDS_WITH`, `NUM_EQ`, `NUM_GT`,
+    /// `NUM_GTE`, `NUM_LT`, `NUM_LTE`, `DATE_AFTER`, `DATE_BEFORE`, `SEMVER_EQ`, `SEMVER_GT`,
+    /// `SEMVER_LT`, `REGEX` or `IN_CIDR`.
+    #[schema(example = "IN")]
+    operator: String,
+    /// The values list operators compare with.
+    #[schema(max_items = 1000, example = json!(["DE", "FR"]))]
+    values: Option<Vec<String>>,
+    /// The one value single-value operators (numbers, dates, versions, regex) compare with.
+    value: Option<String>,
+    /// Negate the result.
+    inverted: Option<bool>,
+    /// Compare strings without regard to case.
+    case_insensitive: Option<bool>,
+}
+
+/// A weighted variant (Unleash's wire format).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct VariantSchema {
+    /// The variant's name, unique among its siblings.
+    #[schema(example = "blue")]
+    name: String,
+    /// Share of the split, relative to the other variants' weights (Unleash uses 0 to 1000).
+    #[schema(example = 500)]
+    weight: u32,
+    /// `variable` or `fix`.
+    weight_type: Option<String>,
+    /// The context field that keeps a user on one variant (`default`: userId, then sessionId).
+    stickiness: Option<String>,
+    /// What the variant carries: `{"type": "string"|"json"|"number"|"csv", "value": "…"}`.
+    #[schema(value_type = Option<Object>, example = json!({"type": "json", "value": "{\"color\": \"blue\"}"}))]
+    payload: Option<Value>,
+    /// Context values pinned to this variant: `[{"contextName": "userId", "values": ["42"]}]`.
+    #[schema(value_type = Option<Vec<Object>>, max_items = 100)]
+    overrides: Option<Vec<Value>>,
+}
+
+/// A dependency on a parent flag (Unleash's wire format).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct DependencySchema {
+    /// The parent flag's key.
+    #[schema(example = "new-checkout")]
+    feature: String,
+    /// Whether the parent must be on (default) or off.
+    enabled: Option<bool>,
+    /// The parent must be on one of these variants.
+    #[schema(max_items = 100)]
+    variants: Option<Vec<String>>,
 }
 
 /// Path words under `/v1/flags/` that cannot be flag keys.
@@ -90,6 +195,8 @@ impl FlagDocument {
         if self.description.chars().count() > 2000 {
             return Err(ApiError::validation("description", "must be at most 2000 characters"));
         }
+        runway_core::bounds::items("/tags", self.tags.len(), MAX_TAGS)?;
+        runway_core::bounds::properties("/environments", self.environments.len(), MAX_ENVIRONMENTS)?;
         for (i, t) in self.tags.iter().enumerate() {
             if t.trim().is_empty() || t.len() > 100 {
                 return Err(ApiError::validation(format!("tags/{i}"), "tags are 1 to 100 characters"));
@@ -166,8 +273,18 @@ impl EnvConfig {
     }
 
     pub fn validate(&self, flag: &str, base: &str, known: &Known<'_>) -> Result<(), ApiError> {
+        use runway_core::bounds::{items, properties};
+        let root = format!("/{base}");
+        items(&pointer(&root, "strategies"), self.strategies.len(), MAX_STRATEGIES)?;
+        items(&pointer(&root, "variants"), self.variants.len(), MAX_VARIANTS)?;
+        items(&pointer(&root, "dependencies"), self.dependencies.len(), MAX_DEPENDENCIES)?;
         for (i, s) in self.strategies.iter().enumerate() {
             let at = pointer(base, format_args!("strategies/{i}"));
+            let here = format!("/{at}");
+            items(&pointer(&here, "constraints"), s.constraints.as_ref().map_or(0, Vec::len), MAX_CONSTRAINTS)?;
+            items(&pointer(&here, "segments"), s.segments.as_ref().map_or(0, Vec::len), MAX_CONSTRAINTS)?;
+            items(&pointer(&here, "variants"), s.variants.as_ref().map_or(0, Vec::len), MAX_VARIANTS)?;
+            properties(&pointer(&here, "parameters"), s.parameters.as_ref().map_or(0, |p| p.len()), MAX_CONSTRAINTS)?;
             if !STRATEGIES.contains(&s.name.as_str()) && !known.lenient {
                 return Err(ApiError::validation(
                     pointer(&at, "name"),
@@ -208,6 +325,8 @@ impl EnvConfig {
         }
         validate_variants(&self.variants, &pointer(base, "variants"))?;
         for (i, d) in self.dependencies.iter().enumerate() {
+            let variants = d.variants.as_ref().map_or(0, Vec::len);
+            items(&format!("{root}/dependencies/{i}/variants"), variants, MAX_VARIANTS)?;
             let at = pointer(base, format_args!("dependencies/{i}/feature"));
             if d.feature == flag {
                 return Err(ApiError::validation(at, "a flag cannot depend on itself"));
@@ -228,6 +347,7 @@ impl EnvConfig {
 }
 
 pub fn validate_constraint(c: &ConstraintDef, at: &str) -> Result<(), ApiError> {
+    runway_core::bounds::items(&format!("/{at}/values"), c.values.as_ref().map_or(0, Vec::len), MAX_VALUES)?;
     if c.context_name.trim().is_empty() {
         return Err(ApiError::validation(pointer(at, "contextName"), "is required"));
     }
@@ -273,6 +393,11 @@ fn validate_variants(variants: &[VariantDef], at: &str) -> Result<(), ApiError> 
     let mut names = std::collections::HashSet::new();
     for (i, v) in variants.iter().enumerate() {
         let here = pointer(at, i);
+        let overrides = v.overrides.as_deref().unwrap_or_default();
+        runway_core::bounds::items(&format!("/{here}/overrides"), overrides.len(), MAX_VARIANTS)?;
+        for (j, o) in overrides.iter().enumerate() {
+            runway_core::bounds::items(&format!("/{here}/overrides/{j}/values"), o.values.len(), MAX_VALUES)?;
+        }
         if v.name.trim().is_empty() || !names.insert(v.name.as_str()) {
             return Err(ApiError::validation(pointer(&here, "name"), "variant names are required and unique"));
         }

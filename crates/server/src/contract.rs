@@ -19,7 +19,7 @@ use runway_core::ErrorCode;
 use utoipa::Modify;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ArrayItems, ObjectBuilder, Schema, Type};
 use utoipa::openapi::{Content, OpenApi, Ref, RefOr, Required, Response, ResponseBuilder};
 
 /// Name of the problem schema in `components.schemas`.
@@ -68,6 +68,11 @@ impl Modify for CommonResponses {
             }
         }
         let components = doc.components.get_or_insert_with(Default::default);
+        for schema in components.schemas.values_mut() {
+            if let RefOr::T(schema) = schema {
+                hoist_descriptions(schema);
+            }
+        }
         for status in used {
             components.responses.insert(component_name(status), RefOr::T(common_response(status)));
         }
@@ -126,6 +131,37 @@ impl Shape {
             s.extend([400, 409, 422]);
         }
         s
+    }
+}
+
+/// An optional reference is `oneOf: [{$ref, description}, {type: null}]`; the description is
+/// moved to the property itself, where readers (and Swagger UI) look for it.
+fn hoist_descriptions(schema: &mut Schema) {
+    match schema {
+        Schema::Object(obj) => {
+            for prop in obj.properties.values_mut() {
+                if let RefOr::T(prop) = prop {
+                    hoist_descriptions(prop);
+                }
+            }
+        }
+        Schema::Array(arr) => {
+            if let ArrayItems::RefOrSchema(item) = &mut arr.items
+                && let RefOr::T(item) = item.as_mut()
+            {
+                hoist_descriptions(item);
+            }
+        }
+        Schema::OneOf(one) if one.description.is_none() => {
+            for item in one.items.iter_mut() {
+                if let RefOr::Ref(r) = item
+                    && !r.description.is_empty()
+                {
+                    one.description = Some(std::mem::take(&mut r.description));
+                }
+            }
+        }
+        _ => {}
     }
 }
 
