@@ -86,7 +86,7 @@ pub struct StrategySchema {
     #[schema(example = "flexibleRollout")]
     name: String,
     /// The strategy's settings, such as `rollout` (0 to 100), `stickiness` and `groupId`.
-    #[schema(value_type = Option<Object>, example = json!({"rollout": "10", "stickiness": "default", "groupId": "new-checkout"}))]
+    #[schema(value_type = Option<StrategyParameters>, example = json!({"rollout": "10", "stickiness": "default", "groupId": "new-checkout"}))]
     parameters: Option<Value>,
     /// Conditions on the context; all must hold.
     #[schema(max_items = 100)]
@@ -98,6 +98,21 @@ pub struct StrategySchema {
     #[schema(max_items = 100)]
     variants: Option<Vec<VariantSchema>>,
 }
+
+/// A strategy's settings: at most `MAX_CONSTRAINTS` keys.
+pub struct StrategyParameters;
+
+impl utoipa::PartialSchema for StrategyParameters {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        runway_core::bounds::object_schema(
+            "Strategy settings by name, such as `rollout`, `stickiness` and `groupId` (at most 100).",
+            MAX_CONSTRAINTS,
+            None,
+        )
+    }
+}
+
+impl utoipa::ToSchema for StrategyParameters {}
 
 /// A condition on one context field (Unleash's wire format).
 #[derive(utoipa::ToSchema)]

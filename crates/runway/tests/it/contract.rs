@@ -260,3 +260,55 @@ fn every_operation_and_field_is_described() {
     }
     assert!(missing.is_empty(), "{} things lack a description:\n{}", missing.len(), missing.join("\n"));
 }
+
+/// Reports every array without `maxItems` and every map (an object with `additionalProperties`)
+/// without `maxProperties` reachable from a schema.
+fn unbounded(
+    doc: &Value,
+    at: &str,
+    schema: &Value,
+    seen: &mut std::collections::HashSet<String>,
+    out: &mut Vec<String>,
+) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        if seen.insert(r.to_owned()) {
+            unbounded(doc, r, resolve(doc, schema), seen, out);
+        }
+        return;
+    }
+    let is = |t: &str| schema["type"] == t || schema["type"].as_array().is_some_and(|ts| ts.iter().any(|x| x == t));
+    if is("array") && schema.get("maxItems").is_none() {
+        out.push(format!("{at}: array without maxItems"));
+    }
+    if schema.get("additionalProperties").is_some_and(|a| a != &json!(false)) && schema.get("maxProperties").is_none() {
+        out.push(format!("{at}: map without maxProperties"));
+    }
+    for (name, p) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
+        unbounded(doc, &format!("{at}/properties/{name}"), p, seen, out);
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(sub) = schema.get(key).filter(|v| v.is_object()) {
+            unbounded(doc, &format!("{at}/{key}"), sub, seen, out);
+        }
+    }
+    for key in ["allOf", "oneOf", "anyOf"] {
+        for (i, sub) in schema.get(key).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            unbounded(doc, &format!("{at}/{key}/{i}"), sub, seen, out);
+        }
+    }
+}
+
+/// Every array and map a request can carry has an upper bound in the contract (`maxItems`,
+/// `maxProperties`); `bounds.rs` checks the server enforces each.
+#[test]
+fn request_collections_are_bounded() {
+    let doc = openapi_value();
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (path, method, op) in operations(&doc) {
+        for media in op["requestBody"]["content"].as_object().into_iter().flatten().map(|(_, m)| m) {
+            unbounded(&doc, &format!("{method} {path} body"), &media["schema"], &mut seen, &mut out);
+        }
+    }
+    assert!(out.is_empty(), "unbounded request collections:\n{}", out.join("\n"));
+}
