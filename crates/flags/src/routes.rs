@@ -856,7 +856,8 @@ async fn list_segments(State(f): St, _auth: Authorized<FlagsRead>) -> Result<Jso
 ///
 /// Replaces the segment; every flag that references it evaluates with the new constraints.
 #[utoipa::path(put, path = "/v1/segments/{id}", tag = "flags", params(("id" = i64, Path, description = SEGMENT, example = 1)), request_body = SegmentInput,
-    responses((status = 200, body = Segment, description = "The segment as replaced.")))]
+    responses((status = 200, body = Segment, description = "The segment as replaced."),
+        (status = 409, body = Problem, description = "`conflict`: another segment has this name.")))]
 async fn update_segment(
     State(f): St,
     auth: Authorized<FlagsWrite>,
