@@ -626,7 +626,8 @@ pub struct EvaluationOut {
     /// The variant picked: `{name, enabled, payload?}`.
     #[schema(value_type = Object)]
     pub variant: Value,
-    /// Why: `disabled`, `static`, `targeting_match`, `split`, `default` or `not_found`.
+    /// Why: `DISABLED`, `STATIC`, `TARGETING_MATCH`, `SPLIT`, `DEFAULT` (on, no strategy matched)
+    /// or `NOT_FOUND`.
     pub reason: String,
 }
 
