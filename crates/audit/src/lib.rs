@@ -110,31 +110,55 @@ pub struct Change<'a> {
 /// One audit entry as the API and exports show it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
+    /// The entry's ID.
+    #[schema(example = "aud_01jd8x3v5k7m9p2q4r6s8t0w1y")]
     pub id: String,
+    /// The chain the entry belongs to: a tenant ID, or `platform`.
+    #[schema(example = "tnt_01jd8x3v5k7m9p2q4r6s8t0w1y")]
     pub chain: String,
+    /// The entry's place in its chain, counting from 1 without gaps.
     pub seq: i64,
-    /// RFC 3339.
+    /// When the change was made (RFC 3339).
     pub at: String,
+    /// Who made the change.
     pub actor: AuditActor,
+    /// What was done, such as `tenant.created` or `key.revoked`.
+    #[schema(example = "key.revoked")]
     pub action: String,
+    /// What it was done to.
     pub target: AuditTarget,
+    /// The `X-Request-Id` of the request that made the change.
     pub request_id: Option<String>,
+    /// The client's IP address.
     pub client_ip: Option<String>,
+    /// The client's `User-Agent`.
     pub user_agent: Option<String>,
+    /// What changed (old and new values); never a secret.
     #[schema(value_type = Object)]
     pub summary: serde_json::Value,
+    /// The previous entry's `hash` (64 zeros for the first).
     pub prev_hash: String,
+    /// SHA-256 over this entry and `prev_hash`; `runway audit verify` recomputes it.
     pub hash: String,
 }
 
+/// Who made a change.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditActor {
+    /// `admin`, `service_key`, `tenant_key`, `cli` or `system`.
+    #[schema(example = "tenant_key")]
     pub kind: String,
+    /// The key ID, `admin`, the OS user of the CLI, or the job's name.
+    #[schema(example = "key_01jd8x3v5k7m9p2q4r6s8t0w1y")]
     pub id: String,
 }
 
+/// What a change was made to.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditTarget {
+    /// The kind of thing: `tenant`, `key`, `endpoint`, `flag`, …
+    #[schema(example = "key")]
     pub kind: String,
+    /// Its ID (or key, for flags).
     pub id: String,
 }

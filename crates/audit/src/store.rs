@@ -200,10 +200,13 @@ async fn fetch_batch(store: &Store, chain: &str, after_seq: i64) -> Result<Vec<E
 pub struct ChainReport {
     /// `platform` or the tenant's ID.
     pub chain: String,
+    /// How many entries the chain holds.
     pub entries: u64,
+    /// True when every entry's hash and link check out and the end matches the chain head.
     pub ok: bool,
     /// Sequence number of the first entry that does not check out.
     pub first_broken_seq: Option<i64>,
+    /// What is wrong at that entry (edited, reordered, missing, or a head that does not match).
     pub reason: Option<String>,
 }
 
@@ -212,6 +215,7 @@ pub struct ChainReport {
 pub struct VerifyReport {
     /// True when every chain checks out.
     pub ok: bool,
+    /// One report per chain: the platform chain and each tenant's.
     pub chains: Vec<ChainReport>,
 }
 

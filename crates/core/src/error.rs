@@ -28,6 +28,11 @@ macro_rules! error_codes {
             pub fn title(self) -> &'static str {
                 match self { $(ErrorCode::$variant => $title,)* }
             }
+
+            /// Every code answered with `status`, in table order (for the API contract).
+            pub fn with_status(status: u16) -> impl Iterator<Item = ErrorCode> {
+                Self::ALL.iter().copied().filter(move |c| c.status().as_u16() == status)
+            }
         }
     };
 }
@@ -84,14 +89,15 @@ impl ApiError {
         Self { code, detail: detail.into(), field: None, parameter: None, retry_after: None }
     }
 
-    /// A 422 naming the field that failed, as a JSON Pointer into the request body. A name given
-    /// without the leading slash is taken as a pointer from the body's root.
+    /// A 422 naming the field that failed, as a JSON Pointer into the request body (`""` is the
+    /// whole body). A name given without the leading slash is taken as a pointer from the root.
     pub fn validation(field: impl Into<String>, detail: impl Into<String>) -> Self {
         let mut field = field.into();
         if !field.is_empty() && !field.starts_with('/') {
             field.insert(0, '/');
         }
-        Self { field: (!field.is_empty()).then_some(field), ..Self::new(ErrorCode::ValidationFailed, detail) }
+        // `""` is the pointer to the whole body (RFC 6901), e.g. a batch that is too long.
+        Self { field: Some(field), ..Self::new(ErrorCode::ValidationFailed, detail) }
     }
 
     /// A 400 naming the query parameter that is wrong.
@@ -132,20 +138,29 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// The RFC 9457 body, as documented in the OpenAPI contract.
+/// An error, as RFC 9457 problem details (`application/problem+json`).
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Problem {
-    /// Stable URI naming the kind of problem.
+    /// Stable URI naming the kind of problem; match on it or on `code`.
     #[serde(rename = "type")]
+    #[schema(example = "https://runway.dev/problems/validation_failed")]
     pub type_uri: String,
+    /// Short human-readable summary of the kind of problem; the same for every occurrence.
+    #[schema(example = "The request is invalid")]
     pub title: String,
+    /// The HTTP status code of the response, repeated for convenience.
+    #[schema(example = 422)]
     pub status: u16,
+    /// What went wrong in this request, for a person to read.
+    #[schema(example = "must be 1 to 100 characters")]
     pub detail: String,
     /// Stable snake_case name of the problem (the last segment of `type`).
+    #[schema(example = "validation_failed")]
     pub code: String,
     /// The failing field of the request body, as an RFC 6901 JSON Pointer with its leading slash
     /// (`/headers/X-Trace`, `/1/payload/n`), for validation errors.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "/name")]
     pub field: Option<String>,
     /// The query parameter or header that is wrong, by name (`limit`, `Idempotency-Key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

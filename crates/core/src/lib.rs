@@ -2,6 +2,7 @@
 //! extractor, cursor pagination and the typed configuration. Every capability crate builds on
 //! these so that an ID, an error or a page looks the same on every route.
 
+pub mod bounds;
 pub mod clock;
 pub mod config;
 pub mod error;

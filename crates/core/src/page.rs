@@ -61,6 +61,7 @@ pub fn encode_cursor(after: &str) -> String {
 /// One page of results.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
+    /// The items on this page, at most `limit`.
     pub data: Vec<T>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     pub next_cursor: Option<String>,

@@ -186,6 +186,11 @@ fn key_for(scheme: &str, supplied: Option<&str>) -> Result<SigningKey, ApiError>
 const RESERVED_HEADERS: &[&str] =
     &["webhook-id", "webhook-timestamp", "webhook-signature", "content-type", "content-length", "host", "user-agent"];
 
+/// Event types one endpoint may subscribe to by name.
+pub const MAX_EVENT_TYPES: usize = 100;
+/// Extra headers one endpoint may send with each delivery.
+pub const MAX_HEADERS: usize = 100;
+
 fn validate(input: &EndpointInput) -> Result<(), ApiError> {
     if let Some(url) = &input.url {
         let parsed = reqwest::Url::parse(url).map_err(|e| ApiError::validation("/url", format!("not a URL: {e}")))?;
@@ -204,7 +209,11 @@ fn validate(input: &EndpointInput) -> Result<(), ApiError> {
     {
         return Err(ApiError::validation("/rate_limit", "must be at least 1 per second"));
     }
+    if let Some(t) = &input.event_types {
+        runway_core::bounds::items("/event_types", t.len(), MAX_EVENT_TYPES)?;
+    }
     if let Some(h) = &input.headers {
+        runway_core::bounds::properties("/headers", h.len(), MAX_HEADERS)?;
         for (k, v) in h {
             if RESERVED_HEADERS.contains(&k.to_ascii_lowercase().as_str()) {
                 return Err(ApiError::validation(
@@ -222,8 +231,12 @@ fn validate(input: &EndpointInput) -> Result<(), ApiError> {
             }
         }
     }
-    if input.metadata.as_ref().is_some_and(|m| !m.is_object()) {
-        return Err(ApiError::validation("/metadata", "must be a JSON object"));
+    match &input.metadata {
+        Some(m) if !m.is_object() => return Err(ApiError::validation("/metadata", "must be a JSON object")),
+        Some(Value::Object(m)) => {
+            runway_core::bounds::properties("/metadata", m.len(), runway_core::bounds::MAX_METADATA_KEYS)?
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -416,18 +429,29 @@ impl Events {
 /// One event on its way to one endpoint.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Message {
-    /// The `webhook-id` the receiver sees.
+    /// The `webhook-id` the receiver sees, the same on every retry: deduplicate by it.
+    #[schema(example = "msg_01jd8x3v5k7m9p2q4r6s8t0w1y")]
     pub id: String,
+    /// The event's place in the tenant's event log (`evt_…`).
+    #[schema(example = "evt_01jd8x3v5k7m9p2q4r6s8t0w1y")]
     pub event_pos: String,
+    /// The event's own id, as published.
+    #[schema(example = "inv_123")]
     pub event_id: String,
+    /// The event's type.
+    #[schema(example = "invoice.paid")]
     pub event_type: String,
     /// `pending`, `delivered` or `dead` (dead-lettered after the last retry).
     pub status: String,
+    /// How many attempts were made so far.
     pub attempts: i64,
+    /// When the next attempt is due (RFC 3339), while pending.
     pub next_attempt_at: Option<String>,
+    /// What went wrong on the last failed attempt.
     pub last_error: Option<String>,
     /// Made by a replay of the event log.
     pub replay: bool,
+    /// When the message was queued (RFC 3339).
     pub created_at: String,
 }
 
@@ -491,10 +515,15 @@ pub async fn list_messages(
 /// One HTTP attempt.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Attempt {
+    /// The attempt's ID.
     pub id: String,
+    /// The message this attempt tried to deliver (its `webhook-id`).
     pub message_id: String,
+    /// When the attempt started (RFC 3339).
     pub at: String,
+    /// The receiver's HTTP status; absent when no answer came (timeout, DNS, connect, TLS, blocked).
     pub status_code: Option<i64>,
+    /// How long the attempt took, in milliseconds.
     pub latency_ms: i64,
     /// `timeout`, `dns`, `connect`, `tls`, `status` or `blocked_destination`; absent on success.
     pub error_kind: Option<String>,

@@ -15,13 +15,18 @@ use std::sync::Arc;
 /// One version of an event type.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct EventType {
+    /// The type's name, as events carry it in `type`.
+    #[schema(example = "invoice.paid")]
     pub name: String,
     /// `MAJOR.MINOR`.
+    #[schema(example = "1.0")]
     pub version: String,
+    /// What the event means.
     pub description: String,
     /// JSON Schema (2020-12) the payload must match; `null` accepts any payload.
     #[schema(value_type = Option<Object>)]
     pub schema: Option<Value>,
+    /// When this version was defined (RFC 3339).
     pub created_at: String,
 }
 
@@ -188,15 +193,27 @@ pub struct Published {
 /// One event of the log.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Event {
+    /// The event's id: the publisher's, or one Runway made.
+    #[schema(example = "inv_123")]
     pub id: String,
+    /// Its position in the tenant's event log (`evt_…`); the log is in this order.
+    #[schema(example = "evt_01jd8x3v5k7m9p2q4r6s8t0w1y")]
     pub pos: String,
+    /// The event's type.
     #[serde(rename = "type")]
+    #[schema(example = "invoice.paid")]
     pub event_type: String,
+    /// The type version whose schema the payload was validated against.
+    #[schema(example = "1.0")]
     pub type_version: String,
+    /// The event's data; `x-pii` fields read `"[redacted]"` without `events:read_pii`.
     #[schema(value_type = Object)]
     pub payload: Value,
+    /// The ordering key, if one was given.
     pub key: Option<String>,
+    /// When it happened, as the publisher said (RFC 3339).
     pub occurred_at: String,
+    /// When Runway stored it (RFC 3339).
     pub received_at: String,
 }
 

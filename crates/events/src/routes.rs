@@ -48,19 +48,31 @@ pub fn router() -> OpenApiRouter<EventsState> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventTypeCreate {
-    /// e.g. `invoice.paid`.
+    /// The type's name, as events carry it in `type`.
+    #[schema(example = "invoice.paid")]
     pub name: String,
+    /// What the event means, for the people who subscribe to it.
     #[serde(default)]
+    #[schema(example = "An invoice was paid in full.")]
     pub description: String,
-    /// JSON Schema 2020-12 for the payload, or `null` to accept any payload. Required.
-    #[schema(value_type = Option<Object>)]
+    /// JSON Schema 2020-12 every payload must match, or `null` to accept any payload. Required.
+    /// Properties marked `"x-pii": true` are masked in listings for keys without `events:read_pii`.
+    #[schema(value_type = Option<Object>, example = json!({"type": "object", "required": ["invoice_id"], "properties": {"invoice_id": {"type": "string"}, "amount": {"type": "integer"}}}))]
     pub schema: Value,
     /// `MAJOR.MINOR`; a new minor must be backward compatible with the previous version.
+    #[schema(example = "1.0")]
     pub version: String,
 }
 
+/// Define an event type version
+///
+/// Adds a version of an event type with its payload contract. A new minor version must be
+/// backward compatible with the latest of its major; a refusal lists every break with its
+/// JSON pointer. Operator or service key with `events:write`.
 #[utoipa::path(post, path = "/v1/event-types", tag = "events", request_body = EventTypeCreate,
-    responses((status = 201, body = EventType), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = EventType, description = "The new version."),
+        (status = 409, body = Problem, description = "`conflict`: this version exists already, or is not above the latest."),
+        (status = 422, body = Problem, description = "`validation_failed`: an invalid schema or version, or a minor version that breaks compatibility.")))]
 async fn create_event_type(
     State(s): St,
     auth: Authorized<Platform<EventsWrite>>,
@@ -74,12 +86,17 @@ async fn create_event_type(
     Ok((StatusCode::CREATED, Json(t)))
 }
 
+/// Every version of every event type.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventTypeList {
+    /// Event type versions, by name and version.
     pub data: Vec<EventType>,
 }
 
-#[utoipa::path(get, path = "/v1/event-types", tag = "events", responses((status = 200, body = EventTypeList)))]
+/// List event types
+///
+/// Every version of every event type, with its schema.
+#[utoipa::path(get, path = "/v1/event-types", tag = "events", responses((status = 200, body = EventTypeList, description = "Every event type version.")))]
 async fn list_event_types(State(s): St, _auth: Authorized<EventsRead>) -> Result<Json<EventTypeList>, ApiError> {
     Ok(Json(EventTypeList { data: s.events.event_types().await? }))
 }
@@ -88,16 +105,43 @@ async fn list_event_types(State(s): St, _auth: Authorized<EventsRead>) -> Result
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
+    /// The event type; its latest version's schema validates `payload`.
     #[serde(rename = "type")]
+    #[schema(example = "invoice.paid")]
     pub event_type: String,
     /// Your id for the event; a second event with the same id is a duplicate. Made up when absent.
+    #[schema(example = "inv_123")]
     pub id: Option<String>,
-    #[schema(value_type = Object)]
+    /// The event's data, delivered to webhooks as `data`.
+    #[schema(value_type = Object, example = json!({"invoice_id": "inv_123", "amount": 4200}))]
     pub payload: Value,
-    /// RFC 3339; the time of receipt when absent.
+    /// When it happened (RFC 3339); the time of receipt when absent.
     pub occurred_at: Option<String>,
     /// Ordering key (events with one key are delivered in order to endpoints that ask for it).
+    #[schema(example = "customer-42")]
     pub key: Option<String>,
+}
+
+/// What `POST …/events` takes: one event, or an array of up to 1,000 stored all or nothing.
+pub struct PublishBody;
+
+impl utoipa::PartialSchema for PublishBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder, Ref};
+        let one = Ref::from_schema_name("EventIn");
+        OneOfBuilder::new()
+            .description(Some("One event, or an array of 1 to 1,000 events stored all or nothing."))
+            .item(one.clone())
+            .item(ArrayBuilder::new().items(one).min_items(Some(1)).max_items(Some(crate::log::MAX_BATCH)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PublishBody {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        use utoipa::PartialSchema;
+        schemas.push(("EventIn".into(), EventIn::schema()));
+    }
 }
 
 /// A CloudEvents 1.0 event in structured mode.
@@ -115,8 +159,10 @@ struct CloudEvent {
     partitionkey: Option<String>,
 }
 
+/// What became of each published event, in the order sent.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PublishResult {
+    /// One entry per event sent.
     pub data: Vec<Published>,
 }
 
@@ -171,10 +217,16 @@ fn to_new_events(content_type: &str, body: Value) -> Result<(Vec<NewEvent>, &'st
     Ok((out, prefix))
 }
 
+/// Publish events
+///
+/// Validates each event against its type's latest schema and commits it, with one queued
+/// delivery per subscribed endpoint, before answering. Also accepts CloudEvents 1.0 in
+/// structured mode (`application/cloudevents+json`, `application/cloudevents-batch+json`).
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events", tag = "events",
-    params(("tenant" = String, Path, description = "Tenant ID (tnt_…) or slug")),
-    request_body(content = EventIn, description = "One event, or an array of up to 1,000; also `application/cloudevents+json` and `application/cloudevents-batch+json`"),
-    responses((status = 202, body = PublishResult), (status = 422, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme")),
+    request_body(content = PublishBody, description = "One event, or an array of up to 1,000."),
+    responses((status = 202, body = PublishResult, description = "Stored durably; deliveries are queued."),
+        (status = 422, body = Problem, description = "`validation_failed`: an event is invalid; `field` is its JSON pointer (`/1/payload/amount`).")))]
 async fn publish(
     State(s): St,
     Scoped { scope, .. }: Scoped<EventsWrite>,
@@ -187,17 +239,22 @@ async fn publish(
     Ok((StatusCode::ACCEPTED, Json(PublishResult { data })))
 }
 
+/// Which events to list, and which page.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventQuery {
+    /// Only events of this type.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", example = "invoice.paid")]
     pub event_type: Option<String>,
-    /// RFC 3339, inclusive (time of receipt).
+    /// Events received at or after this time (RFC 3339).
     pub from: Option<String>,
-    /// RFC 3339, exclusive.
+    /// Events received before this time (RFC 3339).
     pub to: Option<String>,
+    /// Items per page, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// `true` masks x-pii fields even for a credential holding `events:read_pii` (as
     /// `runway events list` does unless given `--show-pii`); without that scope they are always masked.
@@ -209,8 +266,13 @@ fn query_time(v: Option<String>, field: &str) -> Result<Option<i64>, ApiError> {
         .transpose()
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events", params(("tenant" = String, Path), EventQuery),
-    responses((status = 200, body = Page<Event>)))]
+/// List events
+///
+/// The tenant's event log, oldest first. Payload fields marked `x-pii` read `"[redacted]"`
+/// unless the key holds `events:read_pii`.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/events", tag = "events",
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), EventQuery),
+    responses((status = 200, body = Page<Event>, description = "One page of events, oldest first.")))]
 async fn list_events(
     State(s): St,
     Scoped { auth, scope }: Scoped<EventsRead>,
@@ -222,20 +284,46 @@ async fn list_events(
     Ok(Json(s.events.events_page(&scope, &f, &cursor, show_pii).await?))
 }
 
+/// Extra headers an endpoint sends with every delivery: at most 100.
+pub struct DeliveryHeaders;
+
+impl utoipa::PartialSchema for DeliveryHeaders {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let text = utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String);
+        runway_core::bounds::object_schema(
+            "Header name to value, sent with every delivery (at most 100; Runway's own `webhook-*` and `content-type` cannot be set).",
+            endpoints::MAX_HEADERS,
+            Some(text.into()),
+        )
+    }
+}
+
+impl utoipa::ToSchema for DeliveryHeaders {}
+
 /// A new webhook endpoint.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointCreate {
+    /// Where deliveries are POSTed (http or https). Internal addresses are refused at delivery
+    /// unless allowed in `events.allow_destinations`.
+    #[schema(example = "https://example.com/webhooks/runway")]
     pub url: String,
+    /// What the endpoint is for (at most 500 characters).
+    #[schema(example = "Billing service")]
     pub description: Option<String>,
     /// Event types to deliver; empty or absent means all.
+    #[schema(max_items = 100, example = json!(["invoice.paid"]))]
     pub event_types: Option<Vec<String>>,
+    /// Whether deliveries are sent (default true); a disabled endpoint gets nothing.
     pub enabled: Option<bool>,
-    /// Most deliveries per second.
+    /// Most deliveries per second; more are deferred, never dropped.
+    #[schema(minimum = 1, example = 50)]
     pub rate_limit: Option<i64>,
-    /// Extra headers sent with every delivery.
+    /// Extra headers sent with every delivery, such as a receiver's own token.
+    #[schema(value_type = Option<DeliveryHeaders>, example = json!({"x-receiver-token": "s3cr3t"}))]
     pub headers: Option<BTreeMap<String, String>>,
-    #[schema(value_type = Option<Object>)]
+    /// Your own data about the endpoint.
+    #[schema(value_type = Option<runway_core::bounds::Metadata>)]
     pub metadata: Option<Value>,
     /// `whsec_<base64>` (24–64 bytes) for v1, `whsk_<base64>` for v1a; generated when absent.
     pub secret: Option<String>,
@@ -249,31 +337,58 @@ pub struct EndpointCreate {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointUpdate {
+    /// A new destination URL.
     pub url: Option<String>,
+    /// A new description.
     pub description: Option<String>,
+    /// Replaces the subscribed event types; empty means all.
+    #[schema(max_items = 100)]
     pub event_types: Option<Vec<String>>,
+    /// Turn deliveries on or off.
     pub enabled: Option<bool>,
+    /// A new limit on deliveries per second.
+    #[schema(minimum = 1)]
     pub rate_limit: Option<i64>,
+    /// Replaces the extra headers.
+    #[schema(value_type = Option<DeliveryHeaders>)]
     pub headers: Option<BTreeMap<String, String>>,
-    #[schema(value_type = Option<Object>)]
+    /// Replaces the metadata object.
+    #[schema(value_type = Option<runway_core::bounds::Metadata>)]
     pub metadata: Option<Value>,
+    /// Deliver events with the same `key` strictly in order.
     pub ordered: Option<bool>,
 }
 
+/// A webhook endpoint as the API shows it (never its secret).
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EndpointOut {
+    /// The endpoint's ID.
     pub id: EndpointId,
+    /// Where deliveries are POSTed.
+    #[schema(example = "https://example.com/webhooks/runway")]
     pub url: String,
+    /// What the endpoint is for.
     pub description: String,
+    /// Event types delivered; empty means all.
     pub event_types: Vec<String>,
+    /// Whether deliveries are sent; Runway turns it off after days of failures.
     pub enabled: bool,
+    /// Most deliveries per second, if limited.
     pub rate_limit: Option<i64>,
+    /// Extra headers sent with every delivery.
+    #[schema(value_type = DeliveryHeaders)]
     pub headers: BTreeMap<String, String>,
-    #[schema(value_type = Object)]
+    /// Your own data about the endpoint.
+    #[schema(value_type = runway_core::bounds::Metadata)]
     pub metadata: Value,
+    /// `v1` (HMAC-SHA256) or `v1a` (Ed25519).
+    #[schema(example = "v1")]
     pub signature_scheme: String,
+    /// Whether events with the same `key` are delivered strictly in order.
     pub ordered: bool,
+    /// When the endpoint was created (RFC 3339).
     pub created_at: String,
+    /// When the endpoint last changed (RFC 3339).
     pub updated_at: String,
 }
 
@@ -296,8 +411,13 @@ impl From<Endpoint> for EndpointOut {
     }
 }
 
+/// Create a webhook endpoint
+///
+/// Subscribes a URL to the tenant's events. Deliveries are signed per Standard Webhooks with
+/// the endpoint's secret (read it with `GET …/secret`).
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks", tag = "webhooks", request_body = EndpointCreate,
-    params(("tenant" = String, Path)), responses((status = 201, body = EndpointOut), (status = 422, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme")),
+    responses((status = 201, body = EndpointOut, description = "The new endpoint.")))]
 async fn create_endpoint(
     State(s): St,
     Scoped { auth, scope }: Scoped<WebhooksWrite>,
@@ -319,15 +439,28 @@ async fn create_endpoint(
     Ok((StatusCode::CREATED, Json(ep.into())))
 }
 
+/// Which page of a list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Items per page, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/webhooks", tag = "webhooks", params(("tenant" = String, Path), ListQuery),
-    responses((status = 200, body = Page<EndpointOut>)))]
+/// The `{tenant}` path parameter.
+const TENANT: &str = "Tenant ID (`tnt_…`) or slug.";
+/// The `{endpoint}` path parameter.
+const ENDPOINT: &str = "The webhook endpoint's ID (`ep_…`).";
+
+/// List webhook endpoints
+///
+/// The tenant's endpoints in creation order.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/webhooks", tag = "webhooks",
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ListQuery),
+    responses((status = 200, body = Page<EndpointOut>, description = "One page of endpoints.")))]
 async fn list_endpoints(
     State(s): St,
     Scoped { scope, .. }: Scoped<WebhooksRead>,
@@ -345,8 +478,10 @@ async fn endpoint_in_scope(
     s.events.endpoint(scope, &EndpointId::parse(raw)?).await
 }
 
+/// Get a webhook endpoint
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/webhooks/{endpoint}", tag = "webhooks",
-    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 200, body = EndpointOut), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ("endpoint" = String, Path, description = ENDPOINT, example = "ep_01jd8x3v5k7m9p2q4r6s8t0w1y")),
+    responses((status = 200, body = EndpointOut, description = "The endpoint.")))]
 async fn get_endpoint(
     State(s): St,
     Scoped { scope, .. }: Scoped<WebhooksRead>,
@@ -355,8 +490,12 @@ async fn get_endpoint(
     Ok(Json(endpoint_in_scope(&s, &scope, &ep).await?.into()))
 }
 
+/// Change a webhook endpoint
+///
+/// Changes URL, subscriptions, limits, headers, metadata, or turns deliveries on or off.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}/webhooks/{endpoint}", tag = "webhooks", request_body = EndpointUpdate,
-    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 200, body = EndpointOut), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ("endpoint" = String, Path, description = ENDPOINT, example = "ep_01jd8x3v5k7m9p2q4r6s8t0w1y")),
+    responses((status = 200, body = EndpointOut, description = "The endpoint as changed.")))]
 async fn update_endpoint(
     State(s): St,
     Scoped { auth, scope }: Scoped<WebhooksWrite>,
@@ -379,8 +518,12 @@ async fn update_endpoint(
     Ok(Json(s.events.update_endpoint(&auth.audit, &scope, &id, input).await?.into()))
 }
 
+/// Delete a webhook endpoint
+///
+/// Stops its deliveries and removes it; what was delivered stays in the audit log.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/webhooks/{endpoint}", tag = "webhooks",
-    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 204), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ("endpoint" = String, Path, description = ENDPOINT, example = "ep_01jd8x3v5k7m9p2q4r6s8t0w1y")),
+    responses((status = 204, description = "Deleted.")))]
 async fn delete_endpoint(
     State(s): St,
     Scoped { auth, scope }: Scoped<WebhooksWrite>,
@@ -391,6 +534,7 @@ async fn delete_endpoint(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// What a receiver verifies an endpoint's deliveries with.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EndpointSecret {
     /// v1 endpoints: `whsec_<base64>`; give it to a Standard Webhooks library to verify deliveries.
@@ -401,8 +545,13 @@ pub struct EndpointSecret {
     pub public_key: Option<String>,
 }
 
+/// Read an endpoint's verification secret
+///
+/// What a receiver verifies deliveries with: the `whsec_` secret for v1 endpoints, the `whpk_`
+/// public key for v1a. Needs `webhooks:read_secret`.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/secret", tag = "webhooks",
-    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 200, body = EndpointSecret), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ("endpoint" = String, Path, description = ENDPOINT, example = "ep_01jd8x3v5k7m9p2q4r6s8t0w1y")),
+    responses((status = 200, body = EndpointSecret, description = "The secret or public key.")))]
 async fn get_secret(
     State(s): St,
     Scoped { scope, .. }: Scoped<WebhooksReadSecret>,
@@ -417,6 +566,7 @@ async fn get_secret(
     }))
 }
 
+/// Which messages to list, and which page.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct MessageQuery {
@@ -426,16 +576,23 @@ pub struct MessageQuery {
     #[serde(rename = "type")]
     #[param(rename = "type")]
     pub event_type: Option<String>,
-    /// RFC 3339, inclusive (message creation).
+    /// Messages queued at or after this time (RFC 3339).
     pub from: Option<String>,
-    /// RFC 3339, exclusive.
+    /// Messages queued before this time (RFC 3339).
     pub to: Option<String>,
+    /// Items per page, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
+/// List an endpoint's messages
+///
+/// Each event on its way to this endpoint, with its status, attempts and next attempt, oldest first.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/messages", tag = "webhooks",
-    params(("tenant" = String, Path), ("endpoint" = String, Path), MessageQuery), responses((status = 200, body = Page<Message>)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ("endpoint" = String, Path, description = ENDPOINT, example = "ep_01jd8x3v5k7m9p2q4r6s8t0w1y"), MessageQuery),
+    responses((status = 200, body = Page<Message>, description = "One page of messages.")))]
 async fn list_messages(
     State(s): St,
     Scoped { scope, .. }: Scoped<WebhooksRead>,
@@ -458,8 +615,12 @@ async fn list_messages(
     Ok(Json(s.events.messages_page(&scope, &ep, &f, &cursor).await?))
 }
 
+/// List an endpoint's delivery attempts
+///
+/// Every HTTP attempt to this endpoint with status, latency, error kind and the start of the response.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/attempts", tag = "webhooks",
-    params(("tenant" = String, Path), ("endpoint" = String, Path), ListQuery), responses((status = 200, body = Page<Attempt>)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ("endpoint" = String, Path, description = ENDPOINT, example = "ep_01jd8x3v5k7m9p2q4r6s8t0w1y"), ListQuery),
+    responses((status = 200, body = Page<Attempt>, description = "One page of attempts.")))]
 async fn list_attempts(
     State(s): St,
     Scoped { scope, .. }: Scoped<WebhooksRead>,
@@ -471,9 +632,14 @@ async fn list_attempts(
     Ok(Json(s.events.attempts_page(&scope, &ep, &cursor).await?))
 }
 
+/// Resend a message
+///
+/// Queues the message for another attempt now. One that is being sent at this moment keeps its
+/// lease: that attempt is the resend, never a second copy beside it.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/messages/{message}/resend", tag = "webhooks",
-    params(("tenant" = String, Path), ("endpoint" = String, Path), ("message" = String, Path)),
-    responses((status = 202), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ("endpoint" = String, Path, description = ENDPOINT, example = "ep_01jd8x3v5k7m9p2q4r6s8t0w1y"),
+        ("message" = String, Path, description = "The message's ID (`msg_…`, its `webhook-id`).", example = "msg_01jd8x3v5k7m9p2q4r6s8t0w1y")),
+    responses((status = 202, description = "Queued for another attempt.")))]
 async fn resend(
     State(s): St,
     Scoped { scope, .. }: Scoped<WebhooksWrite>,
@@ -489,18 +655,25 @@ async fn resend(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecoverIn {
-    /// RFC 3339.
+    /// Failed messages queued at or after this time (RFC 3339) are sent again.
+    #[schema(example = "2026-11-28T00:00:00Z")]
     pub since: String,
 }
 
 /// How many messages were queued.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Queued {
+    /// The number of messages queued for delivery.
     pub queued: u64,
 }
 
+/// Recover failed messages
+///
+/// Queues every failed (dead or failing) message of this endpoint since a time again, for
+/// example after the receiver was down.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/recover", tag = "webhooks", request_body = RecoverIn,
-    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 202, body = Queued), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ("endpoint" = String, Path, description = ENDPOINT, example = "ep_01jd8x3v5k7m9p2q4r6s8t0w1y")),
+    responses((status = 202, body = Queued, description = "How many messages were queued.")))]
 async fn recover(
     State(s): St,
     Scoped { scope, .. }: Scoped<WebhooksWrite>,
@@ -513,8 +686,12 @@ async fn recover(
     Ok((StatusCode::ACCEPTED, Json(Queued { queued })))
 }
 
+/// Redrive the dead-letter queue
+///
+/// Queues every dead-lettered message of this endpoint for delivery again.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/dlq/redrive", tag = "webhooks",
-    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 202, body = Queued), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ("endpoint" = String, Path, description = ENDPOINT, example = "ep_01jd8x3v5k7m9p2q4r6s8t0w1y")),
+    responses((status = 202, body = Queued, description = "How many messages were queued.")))]
 async fn redrive(
     State(s): St,
     Scoped { scope, .. }: Scoped<WebhooksWrite>,
@@ -532,8 +709,12 @@ pub struct TestSent {
     pub message_id: String,
 }
 
+/// Send a test event
+///
+/// Sends a `runway.test` event to this endpoint only, to check the receiver and its signature check.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/test", tag = "webhooks",
-    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 202, body = TestSent), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ("endpoint" = String, Path, description = ENDPOINT, example = "ep_01jd8x3v5k7m9p2q4r6s8t0w1y")),
+    responses((status = 202, body = TestSent, description = "Queued; the message ID is the `webhook-id` the receiver will see.")))]
 async fn send_test(
     State(s): St,
     Scoped { scope, .. }: Scoped<WebhooksWrite>,
@@ -548,9 +729,10 @@ async fn send_test(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayIn {
-    /// RFC 3339, inclusive (time of receipt).
+    /// Events received at or after this time (RFC 3339).
+    #[schema(example = "2026-11-28T00:00:00Z")]
     pub from: String,
-    /// RFC 3339, exclusive; now when absent.
+    /// Events received before this time (RFC 3339); now when absent.
     pub to: Option<String>,
     /// Only events of this type.
     #[serde(rename = "type")]
@@ -559,8 +741,13 @@ pub struct ReplayIn {
     pub endpoint_id: Option<String>,
 }
 
+/// Replay the event log
+///
+/// Queues the events received in a time range again, as new messages marked `replay`, to one
+/// endpoint or every subscribed one. Needs `webhooks:write`.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/events/replay", tag = "events", request_body = ReplayIn,
-    params(("tenant" = String, Path)), responses((status = 202, body = Queued), (status = 422, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme")),
+    responses((status = 202, body = Queued, description = "How many messages were queued.")))]
 async fn replay(
     State(s): St,
     Scoped { scope, .. }: Scoped<WebhooksWrite>,
@@ -589,14 +776,20 @@ pub struct RotateIn {
     pub secret: Option<String>,
 }
 
+/// The outcome of a secret rotation.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rotated {
     /// Until then deliveries carry signatures by both the old and the new secret.
     pub previous_secret_valid_until: String,
 }
 
+/// Rotate an endpoint's secret
+///
+/// Replaces the signing secret. For `events.secret_rotation_overlap_secs` (24 h) deliveries
+/// carry signatures by both the old and the new secret, so receivers can switch without a gap.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/webhooks/{endpoint}/secret/rotate", tag = "webhooks", request_body = RotateIn,
-    params(("tenant" = String, Path), ("endpoint" = String, Path)), responses((status = 200, body = Rotated), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ("endpoint" = String, Path, description = ENDPOINT, example = "ep_01jd8x3v5k7m9p2q4r6s8t0w1y")),
+    responses((status = 200, body = Rotated, description = "Rotated; until when the old secret still signs.")))]
 async fn rotate_secret(
     State(s): St,
     Scoped { auth, scope }: Scoped<WebhooksWrite>,

@@ -76,12 +76,20 @@ pub struct StoredFlag {
 /// One entry of a flag's history.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FlagVersion {
+    /// The version number, counting from 1.
     pub version: i64,
+    /// What made the version: `created`, `updated`, `killed`, `rolled_back`, `imported`, …
+    #[schema(example = "updated")]
     pub action: String,
+    /// Who made it: `<kind>:<id>` of the credential, or `system:<job>`.
+    #[schema(example = "admin:admin")]
     pub actor: String,
+    /// When it was made (RFC 3339).
     pub created_at: String,
-    #[schema(value_type = Vec<Object>)]
+    /// What changed from the previous version: `{path, from, to}` entries with JSON pointers.
+    #[schema(value_type = Vec<Object>, example = json!([{"path": "/environments/production/enabled", "from": false, "to": true}]))]
     pub diff: Value,
+    /// The whole flag as of this version.
     #[schema(value_type = Object)]
     pub document: Value,
 }
@@ -89,10 +97,15 @@ pub struct FlagVersion {
 /// A reusable, named set of constraints.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Segment {
+    /// The segment's number; strategies reference it in `segments`.
     pub id: i64,
+    /// The segment's name.
+    #[schema(example = "beta-testers")]
     pub name: String,
+    /// Who the segment is.
     pub description: String,
-    #[schema(value_type = Vec<Object>)]
+    /// Every constraint must hold for a context to be in the segment.
+    #[schema(value_type = Vec<crate::model::ConstraintSchema>)]
     pub constraints: Vec<ConstraintDef>,
 }
 
@@ -585,6 +598,7 @@ impl Flags {
         if name.trim().is_empty() || name.len() > 200 {
             return Err(ApiError::validation("/name", "must be 1 to 200 characters"));
         }
+        runway_core::bounds::items("/constraints", constraints.len(), model::MAX_CONSTRAINTS)?;
         let mut findings = Vec::new();
         for (i, c) in constraints.iter().enumerate() {
             findings.extend(model::constraint_findings(c, &format!("/constraints/{i}"))?);
@@ -806,6 +820,7 @@ impl Flags {
 /// What an import did.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportReport {
+    /// The environment the features were imported into.
     pub environment: String,
     /// Flags created.
     pub created: usize,
@@ -823,8 +838,12 @@ pub struct ImportReport {
 /// A flag environment.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Environment {
+    /// The environment's name, as flags and keys name it.
+    #[schema(example = "production")]
     pub name: String,
+    /// What the environment is for.
     pub description: String,
+    /// When it was created (RFC 3339).
     pub created_at: String,
 }
 

@@ -43,18 +43,138 @@ pub struct FlagDocument {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvConfig {
+    /// Whether the flag is on in this environment (then its strategies decide for whom).
     #[serde(default)]
     pub enabled: bool,
     /// Evaluated in order; the first that matches turns the flag on (and picks its variants).
+    /// None means on for everyone.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<StrategySchema>, max_items = 100)]
     pub strategies: Vec<StrategyDef>,
+    /// The flag's variants, picked by weight when no matching strategy has its own.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<VariantSchema>, max_items = 100)]
     pub variants: Vec<VariantDef>,
+    /// Parent flags that must be on (or on a given variant) for this one to be on.
     #[serde(default)]
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<DependencySchema>, max_items = 20)]
     pub dependencies: Vec<DependencyDef>,
+}
+
+/// Tags one flag may carry.
+pub const MAX_TAGS: usize = 100;
+/// Environments one request may configure a flag in.
+pub const MAX_ENVIRONMENTS: usize = 100;
+/// Strategies, and variants, in one environment or strategy.
+pub const MAX_STRATEGIES: usize = 100;
+/// Variants of a flag, or of a strategy.
+pub const MAX_VARIANTS: usize = 100;
+/// Parent flags one flag may depend on.
+pub const MAX_DEPENDENCIES: usize = 20;
+/// Constraints in one strategy or segment, segments one strategy references, and parameters
+/// of one strategy.
+pub const MAX_CONSTRAINTS: usize = 100;
+/// Values one constraint or override lists.
+pub const MAX_VALUES: usize = 1000;
+
+/// A strategy (Unleash's wire format): who gets the flag when it is on.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct StrategySchema {
+    /// `default`, `userWithId`, `gradualRolloutUserId`, `gradualRolloutSessionId`,
+    /// `gradualRolloutRandom`, `remoteAddress`, `applicationHostname` or `flexibleRollout`.
+    #[schema(example = "flexibleRollout")]
+    name: String,
+    /// The strategy's settings, such as `rollout` (0 to 100), `stickiness` and `groupId`.
+    #[schema(value_type = Option<StrategyParameters>, example = json!({"rollout": "10", "stickiness": "default", "groupId": "new-checkout"}))]
+    parameters: Option<Value>,
+    /// Conditions on the context; all must hold.
+    #[schema(max_items = 100)]
+    constraints: Option<Vec<ConstraintSchema>>,
+    /// Segments (by id) whose constraints must all hold too.
+    #[schema(max_items = 100)]
+    segments: Option<Vec<i64>>,
+    /// Variants this strategy picks from when it matches, before the flag's own.
+    #[schema(max_items = 100)]
+    variants: Option<Vec<VariantSchema>>,
+}
+
+/// A strategy's settings: at most `MAX_CONSTRAINTS` keys.
+pub struct StrategyParameters;
+
+impl utoipa::PartialSchema for StrategyParameters {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        runway_core::bounds::object_schema(
+            "Strategy settings by name, such as `rollout`, `stickiness` and `groupId` (at most 100).",
+            MAX_CONSTRAINTS,
+            None,
+        )
+    }
+}
+
+impl utoipa::ToSchema for StrategyParameters {}
+
+/// A condition on one context field (Unleash's wire format).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct ConstraintSchema {
+    /// The context field: `userId`, `sessionId`, `remoteAddress`, `environment`, `appName`,
+    /// `currentTime`, or a property such as `country` or `tenantId`.
+    #[schema(example = "country")]
+    context_name: String,
+    /// `IN`, `NOT_IN`, `STR_CONTAINS`, `STR_STARTS_WITH`, `STR_ENDS_WITH`, `NUM_EQ`, `NUM_GT`,
+    /// `NUM_GTE`, `NUM_LT`, `NUM_LTE`, `DATE_AFTER`, `DATE_BEFORE`, `SEMVER_EQ`, `SEMVER_GT`,
+    /// `SEMVER_LT`, `REGEX` or `IN_CIDR`.
+    #[schema(example = "IN")]
+    operator: String,
+    /// The values list operators compare with.
+    #[schema(max_items = 1000, example = json!(["DE", "FR"]))]
+    values: Option<Vec<String>>,
+    /// The one value single-value operators (numbers, dates, versions, regex) compare with.
+    value: Option<String>,
+    /// Negate the result.
+    inverted: Option<bool>,
+    /// Compare strings without regard to case.
+    case_insensitive: Option<bool>,
+}
+
+/// A weighted variant (Unleash's wire format).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct VariantSchema {
+    /// The variant's name, unique among its siblings.
+    #[schema(example = "blue")]
+    name: String,
+    /// Share of the split, relative to the other variants' weights (Unleash uses 0 to 1000).
+    #[schema(example = 500)]
+    weight: u32,
+    /// `variable` or `fix`.
+    weight_type: Option<String>,
+    /// The context field that keeps a user on one variant (`default`: userId, then sessionId).
+    stickiness: Option<String>,
+    /// What the variant carries: `{"type": "string"|"json"|"number"|"csv", "value": "…"}`.
+    #[schema(value_type = Option<Object>, example = json!({"type": "json", "value": "{\"color\": \"blue\"}"}))]
+    payload: Option<Value>,
+    /// Context values pinned to this variant: `[{"contextName": "userId", "values": ["42"]}]`.
+    #[schema(value_type = Option<Vec<Object>>, max_items = 100)]
+    overrides: Option<Vec<Value>>,
+}
+
+/// A dependency on a parent flag (Unleash's wire format).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct DependencySchema {
+    /// The parent flag's key.
+    #[schema(example = "new-checkout")]
+    feature: String,
+    /// Whether the parent must be on (default) or off.
+    enabled: Option<bool>,
+    /// The parent must be on one of these variants.
+    #[schema(max_items = 100)]
+    variants: Option<Vec<String>>,
 }
 
 /// Path words under `/v1/flags/` that cannot be flag keys.
@@ -106,6 +226,7 @@ pub struct ImportWarning {
     /// RFC 6901 JSON Pointer into the imported document.
     #[schema(example = "/features/3/strategies/0/constraints/1/operator")]
     pub pointer: String,
+    /// What kind of problem it is, stable for clients to branch on (`unknown_operator`, …).
     pub code: WarningCode,
     /// What is wrong and what evaluation does about it (as Unleash's SDKs do).
     pub reason: String,
@@ -184,6 +305,8 @@ impl FlagDocument {
     pub fn validate(&self, known: &Known<'_>) -> Result<Vec<Finding>, ApiError> {
         validate_key(&self.key)?;
         validate_description(&self.description, "/description")?;
+        runway_core::bounds::items("/tags", self.tags.len(), MAX_TAGS)?;
+        runway_core::bounds::properties("/environments", self.environments.len(), MAX_ENVIRONMENTS)?;
         for (i, t) in self.tags.iter().enumerate() {
             if t.trim().is_empty() || t.len() > 100 {
                 return Err(ApiError::validation(format!("/tags/{i}"), "tags are 1 to 100 characters"));
@@ -285,9 +408,17 @@ impl EnvConfig {
     /// (`/environments/production` in a flag, `/features/3` in an Unleash document, whose
     /// features name `strategies`, `variants` and `dependencies` the same way).
     pub fn validate(&self, flag: &str, env: &str, base: &str, known: &Known<'_>) -> Result<Vec<Finding>, ApiError> {
+        use runway_core::bounds::{items, properties};
+        items(&pointer(base, "strategies"), self.strategies.len(), MAX_STRATEGIES)?;
+        items(&pointer(base, "variants"), self.variants.len(), MAX_VARIANTS)?;
+        items(&pointer(base, "dependencies"), self.dependencies.len(), MAX_DEPENDENCIES)?;
         let mut findings = Vec::new();
         for (i, s) in self.strategies.iter().enumerate() {
             let at = pointer(base, format_args!("strategies/{i}"));
+            items(&pointer(&at, "constraints"), s.constraints.as_ref().map_or(0, Vec::len), MAX_CONSTRAINTS)?;
+            items(&pointer(&at, "segments"), s.segments.as_ref().map_or(0, Vec::len), MAX_CONSTRAINTS)?;
+            items(&pointer(&at, "variants"), s.variants.as_ref().map_or(0, Vec::len), MAX_VARIANTS)?;
+            properties(&pointer(&at, "parameters"), s.parameters.as_ref().map_or(0, |p| p.len()), MAX_CONSTRAINTS)?;
             if !STRATEGIES.contains(&s.name.as_str()) {
                 findings.push(Finding::new(
                     pointer(&at, "name"),
@@ -338,6 +469,8 @@ impl EnvConfig {
         }
         validate_variants(&self.variants, &pointer(base, "variants"))?;
         for (i, d) in self.dependencies.iter().enumerate() {
+            let variants = d.variants.as_ref().map_or(0, Vec::len);
+            items(&format!("{base}/dependencies/{i}/variants"), variants, MAX_VARIANTS)?;
             let at = pointer(base, format_args!("dependencies/{i}/feature"));
             let item = Item::Dependency(d.feature.clone());
             let (code, reason) = if d.feature == flag {
@@ -381,6 +514,7 @@ impl EnvConfig {
 /// What does not work as written in one constraint at pointer `at`; a missing context name is
 /// refused outright (Unleash's server requires one).
 pub fn constraint_findings(c: &ConstraintDef, at: &str) -> Result<Vec<Finding>, ApiError> {
+    runway_core::bounds::items(&format!("{at}/values"), c.values.as_ref().map_or(0, Vec::len), MAX_VALUES)?;
     if c.context_name.trim().is_empty() {
         return Err(ApiError::validation(pointer(at, "contextName"), "is required"));
     }
@@ -400,6 +534,11 @@ fn validate_variants(variants: &[VariantDef], at: &str) -> Result<(), ApiError> 
     let mut names = std::collections::HashSet::new();
     for (i, v) in variants.iter().enumerate() {
         let here = pointer(at, i);
+        let overrides = v.overrides.as_deref().unwrap_or_default();
+        runway_core::bounds::items(&format!("{here}/overrides"), overrides.len(), MAX_VARIANTS)?;
+        for (j, o) in overrides.iter().enumerate() {
+            runway_core::bounds::items(&format!("{here}/overrides/{j}/values"), o.values.len(), MAX_VALUES)?;
+        }
         if v.name.trim().is_empty() || !names.insert(v.name.as_str()) {
             return Err(ApiError::validation(pointer(&here, "name"), "variant names are required and unique"));
         }

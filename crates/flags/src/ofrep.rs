@@ -79,10 +79,90 @@ impl IntoResponse for Failure {
     }
 }
 
-#[derive(Deserialize)]
-struct Request {
+/// What an OFREP evaluation request carries.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct Request {
+    /// The evaluation context: `targetingKey` (the user), the standard fields `userId`,
+    /// `sessionId`, `remoteAddress`, `environment`, `appName`, `currentTime`, and any other key
+    /// as a property that constraints can compare. A tenant key's own `tenantId`, `plan` and
+    /// `region` replace whatever is sent for them.
+    #[schema(value_type = Option<OfrepContext>, example = json!({"targetingKey": "user-42", "country": "DE"}))]
     #[serde(default)]
     context: Option<Value>,
+}
+
+/// Keys an evaluation context may carry.
+pub const MAX_CONTEXT_KEYS: usize = 100;
+
+/// The schema of an evaluation context: an object of at most `MAX_CONTEXT_KEYS` keys.
+pub struct OfrepContext;
+
+impl utoipa::PartialSchema for OfrepContext {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        runway_core::bounds::object_schema(
+            "An evaluation context: `targetingKey` and any attributes, at most 100 keys.",
+            MAX_CONTEXT_KEYS,
+            None,
+        )
+    }
+}
+
+impl utoipa::ToSchema for OfrepContext {}
+
+/// One flag's value for a context (the wire shape this module writes with `json!`).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct OfrepEvaluation {
+    /// The flag's key.
+    #[schema(example = "new-checkout")]
+    key: String,
+    /// Why the value is what it is: `STATIC` (on for everyone), `TARGETING_MATCH` (targeting
+    /// rules decided), `SPLIT` (a weighted variant), `DISABLED`, or `UNKNOWN`.
+    #[schema(example = "TARGETING_MATCH")]
+    reason: String,
+    /// The variant picked: `on`/`off` for boolean flags without variants, else the variant's name.
+    #[schema(example = "on")]
+    variant: Option<String>,
+    /// The value: a boolean for boolean flags; for variant flags the variant's payload in its
+    /// type (or its name), absent when no variant applies so the client keeps its default.
+    #[schema(value_type = Option<serde_json::Value>, example = true)]
+    value: Option<Value>,
+    /// `environment`: the flag environment the evaluation ran in.
+    #[schema(value_type = Object, example = json!({"environment": "production"}))]
+    metadata: Value,
+}
+
+/// An OFREP failure (a JSON body with an OpenFeature error code, not problem+json).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct OfrepErrorBody {
+    /// The flag the failure is about, when there is one.
+    #[schema(example = "new-checkout")]
+    key: Option<String>,
+    /// `PARSE_ERROR`, `INVALID_CONTEXT`, `TARGETING_KEY_MISSING` or `FLAG_NOT_FOUND`.
+    #[schema(example = "FLAG_NOT_FOUND")]
+    error_code: String,
+    /// What went wrong, for a person to read.
+    #[schema(example = "no flag `new-checkout` in environment `production`")]
+    error_details: String,
+}
+
+/// Every flag of the credential's environment, evaluated for one context.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct OfrepBulk {
+    /// One entry per flag: an evaluation, or a failure with its `key` and `errorCode`
+    /// (`TARGETING_KEY_MISSING` for flags that roll out by user when no targeting key was sent).
+    #[schema(value_type = Vec<Object>)]
+    flags: Vec<Value>,
+    /// `environment`: the flag environment the evaluations ran in.
+    #[schema(value_type = Object, example = json!({"environment": "production"}))]
+    metadata: Value,
+    /// Where to listen for changes: the SSE stream at `/ofrep/v1/events`.
+    #[schema(value_type = Vec<Object>)]
+    event_streams: Vec<Value>,
 }
 
 /// A parsed OFREP context: the engine context and whether a targeting key was given.
@@ -99,7 +179,10 @@ pub fn map_context(raw: Option<&Value>, principal: &Principal) -> Result<Mapped,
     let empty = Map::new();
     let obj = match raw {
         None | Some(Value::Null) => &empty,
-        Some(Value::Object(o)) => o,
+        Some(Value::Object(o)) if o.len() <= MAX_CONTEXT_KEYS => o,
+        Some(Value::Object(o)) => {
+            return Err(invalid(format!("/context: at most {MAX_CONTEXT_KEYS} keys are allowed; got {}", o.len())));
+        }
         Some(_) => return Err(invalid("`context` must be an object".into())),
     };
     let mut ctx = Context::default();
@@ -215,12 +298,16 @@ fn env_of(flags: &Flags, p: &Principal) -> Result<(String, Arc<EnvState>), ApiEr
     Ok((env, state))
 }
 
-/// Evaluates one flag for a context.
+/// Evaluate one flag (OFREP)
+///
+/// Evaluates one flag for a context in the credential's environment (a key bound to an
+/// environment evaluates there; others in `flags.default_environment`).
 #[utoipa::path(post, path = "/ofrep/v1/evaluate/flags/{key}", tag = "flags",
-    params(("key" = String, Path, description = "Flag key")),
-    request_body(content = Object, description = "`{\"context\": {\"targetingKey\": …, …}}`"),
-    responses((status = 200, description = "evaluation"), (status = 400, description = "PARSE_ERROR, TARGETING_KEY_MISSING, INVALID_CONTEXT"),
-        (status = 404, description = "FLAG_NOT_FOUND"), (status = 401), (status = 403), (status = 429)))]
+    params(("key" = String, Path, description = "The flag's key.", example = "new-checkout")),
+    request_body(content = Request, description = "The evaluation context; an empty body is an empty context."),
+    responses((status = 200, body = OfrepEvaluation, description = "The flag's value for this context."),
+        (status = 400, body = OfrepErrorBody, description = "`PARSE_ERROR` (the body is not an OFREP request), `INVALID_CONTEXT`, or `TARGETING_KEY_MISSING` (the flag rolls out by user and no `targetingKey` was sent)."),
+        (status = 404, body = OfrepErrorBody, description = "`FLAG_NOT_FOUND`: no flag with this key in the environment.")))]
 async fn evaluate_one(
     State(flags): State<Arc<Flags>>,
     auth: Authorized<FlagsEvaluate>,
@@ -253,11 +340,17 @@ async fn evaluate_one(
     Ok(axum::Json(success_body(&key, kind, &eval, &env)).into_response())
 }
 
-/// Evaluates every flag of the credential's environment for a context.
+/// Evaluate every flag (OFREP bulk)
+///
+/// Evaluates every flag of the credential's environment for a context. The answer carries an
+/// `ETag`; send it back as `If-None-Match` to get `304` while nothing changed.
 #[utoipa::path(post, path = "/ofrep/v1/evaluate/flags", tag = "flags",
-    request_body(content = Object, description = "`{\"context\": {…}}`"),
-    responses((status = 200, description = "all flags, with ETag"), (status = 304, description = "unchanged since If-None-Match"),
-        (status = 400, description = "PARSE_ERROR, INVALID_CONTEXT"), (status = 401), (status = 403), (status = 429)))]
+    params(("If-None-Match" = Option<String>, Header, description = "The `ETag` of a previous answer; unchanged flags answer 304.")),
+    request_body(content = Request, description = "The evaluation context; an empty body is an empty context."),
+    responses((status = 200, body = OfrepBulk, description = "Every flag's value for this context, with an `ETag`."),
+        (status = 304, description = "Nothing changed since the `ETag` in `If-None-Match`."),
+        (status = 400, body = OfrepErrorBody, description = "`PARSE_ERROR` (the body is not an OFREP request) or `INVALID_CONTEXT`."),
+        (status = 404, description = "The credential's environment does not exist.")))]
 async fn evaluate_all(
     State(flags): State<Arc<Flags>>,
     auth: Authorized<FlagsEvaluate>,
@@ -306,9 +399,12 @@ pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
         .any(|t| t == etag || t == "*")
 }
 
-/// Server-sent events: a `refetchEvaluation` message whenever flag configuration changes.
+/// Stream flag changes (OFREP, server-sent events)
+///
+/// A `text/event-stream` that sends a `refetchEvaluation` message whenever flag configuration
+/// changes, so clients fetch again instead of polling; a comment every 15 s keeps it open.
 #[utoipa::path(get, path = "/ofrep/v1/events", tag = "flags",
-    responses((status = 200, description = "text/event-stream of refetchEvaluation messages")))]
+    responses((status = 200, content_type = "text/event-stream", description = "`refetchEvaluation` messages, one per change.")))]
 async fn events(State(flags): State<Arc<Flags>>, _auth: Authorized<FlagsEvaluate>) -> impl IntoResponse {
     let rx = flags.watch();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {

@@ -17,7 +17,9 @@ use crate::{Flags, store_err};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Milestone {
+    /// A name for the step, shown in the plan and its audit entries.
     #[serde(default)]
+    #[schema(example = "canary")]
     pub name: String,
     /// Percentage of users on, 0 to 100.
     pub rollout: u32,
@@ -30,6 +32,8 @@ pub struct Milestone {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuardSpec {
+    /// The guard's name, unique in the plan; `PUT …/guards/{name}` sets its state.
+    #[schema(example = "checkout-errors")]
     pub name: String,
     /// Alertmanager `alertname` that trips this guard when it fires.
     #[serde(default)]
@@ -39,23 +43,32 @@ pub struct GuardSpec {
 /// A guard and its state.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Guard {
+    /// The guard's ID.
     pub id: GuardId,
+    /// The guard's name in its plan.
     pub name: String,
+    /// The Alertmanager `alertname` that trips it, if any.
     pub alertname: Option<String>,
     /// `ok` or `tripped`.
     pub state: String,
+    /// Why it was last set.
     pub reason: Option<String>,
+    /// When its state last changed (RFC 3339).
     pub updated_at: String,
 }
 
 /// A release plan.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReleasePlan {
+    /// The plan's ID.
     pub id: ReleasePlanId,
+    /// The flag it rolls out.
     pub flag: String,
+    /// The environment it rolls out in.
     pub environment: String,
     /// Index of the flexibleRollout strategy the plan drives.
     pub strategy: usize,
+    /// The steps, in order.
     pub milestones: Vec<Milestone>,
     /// Index of the milestone in effect.
     pub current: i64,
@@ -63,11 +76,17 @@ pub struct ReleasePlan {
     pub last_safe: i64,
     /// `active`, `paused`, `completed`, `rolled_back` or `cancelled`.
     pub status: String,
+    /// When the plan moves on by itself next (RFC 3339), while active and waiting.
     pub next_at: Option<String>,
+    /// Why the plan last stopped or rolled back.
     pub reason: Option<String>,
+    /// What watches the rollout.
     pub guards: Vec<Guard>,
+    /// Who started the plan (`<kind>:<id>`).
     pub created_by: String,
+    /// When it started (RFC 3339).
     pub created_at: String,
+    /// When it last changed (RFC 3339).
     pub updated_at: String,
 }
 
@@ -228,14 +247,27 @@ async fn load_plan(tx: &mut Tx, id: &str, for_update: bool) -> Result<Option<Rel
     }))
 }
 
+/// Milestones one plan may have.
+pub const MAX_MILESTONES: usize = 20;
+/// Guards one plan may have.
+pub const MAX_GUARDS: usize = 20;
+
 /// A new plan.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanCreate {
+    /// The flag to roll out.
+    #[schema(example = "new-checkout")]
     pub flag: String,
+    /// The environment to roll it out in.
+    #[schema(example = "production")]
     pub environment: String,
+    /// The steps, in order; the flag goes to the first one at once.
+    #[schema(min_items = 1, max_items = 20)]
     pub milestones: Vec<Milestone>,
+    /// What stops and rolls back the plan.
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub guards: Vec<GuardSpec>,
     /// Index of the flexibleRollout strategy to drive; absent = the first one, added if none.
     #[serde(default)]
@@ -262,6 +294,8 @@ impl Flags {
 
     /// Starts a plan: the flag goes to the first milestone now.
     pub async fn create_plan(&self, ctx: &AuditContext, p: PlanCreate) -> Result<ReleasePlan, ApiError> {
+        runway_core::bounds::items("/milestones", p.milestones.len(), MAX_MILESTONES)?;
+        runway_core::bounds::items("/guards", p.guards.len(), MAX_GUARDS)?;
         validate_milestones(&p.milestones)?;
         let mut names = std::collections::HashSet::new();
         for (i, g) in p.guards.iter().enumerate() {

@@ -14,6 +14,7 @@ use crate::{Flags, store_err};
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduledChange {
+    /// The environment the change applies to.
     pub environment: String,
     /// Turn the flag on or off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -38,14 +39,21 @@ impl ScheduledChange {
 /// A scheduled change as stored.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Schedule {
+    /// The schedule's ID.
     pub id: ScheduleId,
+    /// The flag it changes.
     pub flag: String,
+    /// What it does.
     pub change: ScheduledChange,
+    /// When it applies (RFC 3339).
     pub apply_at: String,
     /// `pending`, `applied`, `failed` or `cancelled`.
     pub status: String,
+    /// Why it failed, when it did.
     pub error: Option<String>,
+    /// Who scheduled it (`<kind>:<id>`).
     pub created_by: String,
+    /// When it was applied (RFC 3339).
     pub applied_at: Option<String>,
 }
 

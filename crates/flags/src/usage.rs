@@ -77,18 +77,26 @@ impl Usage {
 /// Stored counts for one flag, environment and variant.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct UsageRow {
+    /// The flag's key.
     pub flag: String,
+    /// The environment it was evaluated in.
     pub environment: String,
+    /// The variant answered (`disabled` when off, or on without variants).
     pub variant: String,
+    /// Evaluations that answered on.
     pub yes: i64,
+    /// Evaluations that answered off.
     pub no: i64,
+    /// The last evaluation counted (RFC 3339).
     pub last_evaluated_at: String,
 }
 
 /// A flag that is probably safe to remove from code.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct StaleFlag {
+    /// The flag's key.
     pub flag: String,
+    /// The environment where it looks stale.
     pub environment: String,
     /// `never_evaluated`, `not_evaluated` or `fully_rolled_out`.
     pub reason: String,

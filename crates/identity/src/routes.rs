@@ -36,46 +36,75 @@ pub fn router() -> OpenApiRouter<Arc<Identity>> {
         .routes(routes!(verify_audit))
 }
 
-/// A new tenant.
+/// A new tenant: one customer of your product.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantCreate {
-    /// URL-safe handle, unique forever: a-z, 0-9, '-'.
+    /// URL-safe handle you can use instead of the ID in paths: a-z, 0-9 and '-'. Unique
+    /// forever: a deleted tenant's slug is never given out again.
+    #[schema(example = "acme")]
     pub slug: String,
+    /// The customer's display name.
+    #[schema(example = "Acme Inc")]
     pub name: String,
-    /// Plan name; the configured default when absent.
+    /// The plan whose limits apply (see `GET /v1/plans`); `tenants.default_plan` when absent.
+    #[schema(example = "pro")]
     pub plan: Option<String>,
-    /// Home region; the configured default when absent.
+    /// Where the tenant's data should live; `tenants.default_region` when absent.
+    #[schema(example = "eu-west")]
     pub region: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    /// Your own data about the tenant, such as its id in your CRM.
+    #[schema(value_type = Option<runway_core::bounds::Metadata>, example = json!({"crm_id": "42"}))]
     pub metadata: Option<Value>,
 }
 
-/// Fields to change; absent fields stay as they are.
+/// Changes to a tenant; absent fields stay as they are.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantUpdate {
+    /// A new display name.
+    #[schema(example = "Acme Corporation")]
     pub name: Option<String>,
+    /// Move the tenant to another plan; its rate limits change within a second.
+    #[schema(example = "enterprise")]
     pub plan: Option<String>,
+    /// A new home region.
     pub region: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    /// Replaces the whole metadata object.
+    #[schema(value_type = Option<runway_core::bounds::Metadata>)]
     pub metadata: Option<Value>,
-    /// `active` or `suspended`; a suspended tenant's keys are refused.
+    /// `active` or `suspended`; a suspended tenant's keys are refused with 403 until it is active
+    /// again. Delete a tenant with `DELETE`, not here.
     pub state: Option<TenantState>,
 }
 
 /// A tenant as the API shows it.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TenantOut {
+    /// The tenant's ID; paths accept it or the slug.
     pub id: TenantId,
+    /// The tenant's URL-safe handle.
+    #[schema(example = "acme")]
     pub slug: String,
+    /// The customer's display name.
+    #[schema(example = "Acme Inc")]
     pub name: String,
+    /// The plan whose limits apply.
+    #[schema(example = "pro")]
     pub plan: String,
+    /// Where the tenant's data should live.
+    #[schema(example = "eu-west")]
     pub region: String,
-    #[schema(value_type = Object)]
+    /// Your own data about the tenant.
+    #[schema(value_type = runway_core::bounds::Metadata)]
     pub metadata: Value,
+    /// `active`, `suspended` (its keys are refused) or `deleted` (keys revoked, audit kept).
     pub state: TenantState,
+    /// When the tenant was created (RFC 3339).
+    #[schema(example = "2026-11-29T10:15:00Z")]
     pub created_at: String,
+    /// When the tenant last changed (RFC 3339).
+    #[schema(example = "2026-11-29T10:15:00Z")]
     pub updated_at: String,
 }
 
@@ -95,32 +124,45 @@ impl From<Tenant> for TenantOut {
     }
 }
 
+/// Which tenants to list, and which page.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TenantListQuery {
     /// Only tenants in this state; deleted tenants are listed only when asked for.
     pub state: Option<TenantState>,
-    /// Items per page, 1 to 100.
+    /// Items per page, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
+/// Which page of a list.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// Items per page, 1 to 100.
+    /// Items per page, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
+
+/// The `{tenant}` path parameter: a tenant ID or slug.
+const TENANT: &str = "Tenant ID (`tnt_…`) or slug.";
 
 fn page(limit: Option<u32>, cursor: Option<String>) -> Result<runway_core::Cursor, ApiError> {
     PageQuery { limit, cursor }.cursor()
 }
 
+/// Create a tenant
+///
+/// Creates a tenant on its plan, with an audit entry `tenant.created` in its own new chain.
+/// Operator or service key with `tenants:write`.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = TenantCreate,
-    responses((status = 201, body = TenantOut), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = TenantOut, description = "The new tenant."),
+        (status = 409, body = Problem, description = "`conflict`: the slug is taken (now or ever before)."),
+        (status = 422, body = Problem, description = "`validation_failed`: a field is invalid; `field` names it.")))]
 async fn create_tenant(
     State(id): St,
     auth: Authorized<Platform<TenantsWrite>>,
@@ -132,8 +174,11 @@ async fn create_tenant(
     Ok((StatusCode::CREATED, Json(t.into())))
 }
 
+/// List tenants
+///
+/// Tenants in creation order, a page at a time; a tenant key sees only its own tenant.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", params(TenantListQuery),
-    responses((status = 200, body = Page<TenantOut>)))]
+    responses((status = 200, body = Page<TenantOut>, description = "One page of tenants.")))]
 async fn list_tenants(
     State(id): St,
     auth: Authorized<TenantsRead>,
@@ -143,16 +188,25 @@ async fn list_tenants(
     Ok(Json(id.tenants_page(&auth.principal, q.state, &cursor).await?.map(TenantOut::from)))
 }
 
+/// Get a tenant
+///
+/// A tenant by ID or slug. A tenant key naming another tenant gets 404, as for one that does
+/// not exist.
 #[utoipa::path(get, path = "/v1/tenants/{tenant}", tag = "tenants",
-    params(("tenant" = String, Path, description = "Tenant ID (tnt_…) or slug")),
-    responses((status = 200, body = TenantOut), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme")),
+    responses((status = 200, body = TenantOut, description = "The tenant.")))]
 async fn get_tenant(Scoped { scope, .. }: Scoped<TenantsRead>) -> Result<Json<TenantOut>, ApiError> {
     Ok(Json(scope.into_tenant().into()))
 }
 
+/// Change a tenant
+///
+/// Changes name, plan, region, metadata or state (suspend and resume), audited as
+/// `tenant.updated`, `tenant.suspended` or `tenant.resumed`.
 #[utoipa::path(patch, path = "/v1/tenants/{tenant}", tag = "tenants", request_body = TenantUpdate,
-    params(("tenant" = String, Path, description = "Tenant ID (tnt_…) or slug")),
-    responses((status = 200, body = TenantOut), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme")),
+    responses((status = 200, body = TenantOut, description = "The tenant as changed."),
+        (status = 409, body = Problem, description = "`conflict`: the tenant is deleted.")))]
 async fn update_tenant(
     State(id): St,
     Scoped { auth, scope }: Scoped<Platform<TenantsWrite>>,
@@ -168,9 +222,13 @@ async fn update_tenant(
     Ok(Json(id.update_tenant(&auth.audit, &scope, patch).await?.into()))
 }
 
+/// Delete a tenant
+///
+/// Marks the tenant `deleted` and revokes all its keys; its audit chain is kept and its slug is
+/// never reused.
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}", tag = "tenants",
-    params(("tenant" = String, Path, description = "Tenant ID (tnt_…) or slug")),
-    responses((status = 200, body = TenantOut), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme")),
+    responses((status = 200, body = TenantOut, description = "The tenant, now `deleted`.")))]
 async fn delete_tenant(
     State(id): St,
     Scoped { auth, scope }: Scoped<Platform<TenantsWrite>>,
@@ -181,46 +239,71 @@ async fn delete_tenant(
 /// A plan and its limits.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PlanOut {
+    /// The plan's name, as tenants name it in `plan`.
+    #[schema(example = "pro")]
     pub name: String,
+    /// Rate limits and quotas of tenants on this plan.
     pub limits: PlanLimits,
 }
 
+/// The configured plans.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PlanList {
+    /// Every plan, by name.
     pub data: Vec<PlanOut>,
 }
 
-#[utoipa::path(get, path = "/v1/plans", tag = "tenants", responses((status = 200, body = PlanList)))]
+/// List plans
+///
+/// The plans tenants can be on and their limits, as configured (`[plans.<name>]`).
+#[utoipa::path(get, path = "/v1/plans", tag = "tenants", responses((status = 200, body = PlanList, description = "Every configured plan.")))]
 async fn list_plans(State(id): St, _auth: Authorized<TenantsRead>) -> Json<PlanList> {
     let data = id.config.plans.iter().map(|(n, l)| PlanOut { name: n.clone(), limits: l.clone() }).collect();
     Json(PlanList { data })
 }
 
-/// A new key.
+/// A new API key.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyCreate {
+    /// What the key is for, so you recognise it in lists and the audit log.
+    #[schema(example = "billing service")]
     pub name: String,
-    /// Scopes such as `tenants:read`; a key cannot grant scopes its creator lacks.
+    /// What the key may do. A key can only grant scopes its creator holds; tenant keys cannot
+    /// hold `tenants:write`, `flags:read` or `flags:write`. A scope listed twice counts once.
+    #[schema(value_type = Vec<crate::Scope>, min_items = 1, max_items = 14, example = json!(["tenants:read", "audit:read"]))]
     pub scopes: Vec<String>,
-    /// RFC 3339; the key is refused from then on.
+    /// When the key stops working (RFC 3339); never when absent.
+    #[schema(example = "2027-01-01T00:00:00Z")]
     pub expires_at: Option<String>,
     /// Binds the key to a flag environment: it evaluates flags there and nowhere else.
+    #[schema(example = "production")]
     pub environment: Option<String>,
 }
 
 /// A key as the API shows it; the secret is never shown again.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyOut {
+    /// The key's ID; part of its token, safe to log.
     pub id: KeyId,
-    /// `service` or `tenant`.
+    /// `service` (acts for any tenant) or `tenant` (acts for its own).
+    #[schema(example = "tenant")]
     pub kind: String,
+    /// The tenant a tenant key belongs to; absent for service keys.
     pub tenant_id: Option<TenantId>,
+    /// What the key is for.
+    #[schema(example = "billing service")]
     pub name: String,
+    /// What the key may do.
+    #[schema(value_type = Vec<crate::Scope>)]
     pub scopes: Vec<String>,
+    /// When the key was created (RFC 3339).
     pub created_at: String,
+    /// When the key stops working (RFC 3339), if it expires.
     pub expires_at: Option<String>,
+    /// When the key was revoked (RFC 3339); revoked keys are refused.
     pub revoked_at: Option<String>,
+    /// When the key last authenticated a request (RFC 3339, written behind, a few seconds late).
     pub last_used_at: Option<String>,
     /// The flag environment the key is bound to.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -249,7 +332,8 @@ impl From<ApiKey> for KeyOut {
 pub struct KeyCreated {
     #[serde(flatten)]
     pub key: KeyOut,
-    /// `rw_<kind>_<id>_<secret>`; send as `Authorization: Bearer <token>`.
+    /// `rw_<kind>_<id>_<secret>`; send as `Authorization: Bearer <token>`. Shown only now.
+    #[schema(example = "rw_tnt_key_01jd8x3v5k7m9p2q4r6s8t0w1y_4f7q2m9x8c3v5b6n1k0j7h2g4d5s8a3p6l9o2i1u7y4t3r5e6w8q")]
     pub token: String,
 }
 
@@ -260,6 +344,7 @@ fn new_key(body: KeyCreate) -> Result<NewKey, ApiError> {
             Some(parse_rfc3339(&s).ok_or_else(|| ApiError::validation("/expires_at", "must be an RFC 3339 time"))?)
         }
     };
+    runway_core::bounds::items("/scopes", body.scopes.len(), crate::Scope::ALL.len())?;
     Ok(NewKey { name: body.name, scopes: body.scopes, expires_at, environment: body.environment })
 }
 
@@ -267,8 +352,12 @@ fn creator<P: crate::Permission>(auth: &Authorized<P>) -> Option<&crate::Princip
     Some(&*auth.principal).filter(|p| !matches!(p.kind, crate::PrincipalKind::Admin))
 }
 
+/// Create a service key
+///
+/// A key for one of your own services, acting for any tenant within its scopes. The token is
+/// in this response only.
 #[utoipa::path(post, path = "/v1/service-keys", tag = "keys", request_body = KeyCreate,
-    responses((status = 201, body = KeyCreated), (status = 422, body = Problem)))]
+    responses((status = 201, body = KeyCreated, description = "The key and its token (shown once).")))]
 async fn create_service_key(
     State(id): St,
     auth: Authorized<Platform<KeysWrite>>,
@@ -278,7 +367,11 @@ async fn create_service_key(
     Ok((StatusCode::CREATED, Json(KeyCreated { key: key.into(), token })))
 }
 
-#[utoipa::path(get, path = "/v1/service-keys", tag = "keys", params(ListQuery), responses((status = 200, body = Page<KeyOut>)))]
+/// List service keys
+///
+/// Service keys in creation order, revoked ones included; never their secrets.
+#[utoipa::path(get, path = "/v1/service-keys", tag = "keys", params(ListQuery),
+    responses((status = 200, body = Page<KeyOut>, description = "One page of service keys.")))]
 async fn list_service_keys(
     State(id): St,
     _auth: Authorized<Platform<KeysRead>>,
@@ -288,8 +381,12 @@ async fn list_service_keys(
     Ok(Json(id.service_keys_page(&cursor).await?.map(KeyOut::from)))
 }
 
+/// Revoke a service key
+///
+/// The key is refused on every replica within a second (`auth.credential_cache_ms`).
 #[utoipa::path(delete, path = "/v1/service-keys/{key_id}", tag = "keys",
-    params(("key_id" = String, Path)), responses((status = 200, body = KeyOut), (status = 404, body = Problem)))]
+    params(("key_id" = String, Path, description = "The key's ID (`key_…`).", example = "key_01jd8x3v5k7m9p2q4r6s8t0w1y")),
+    responses((status = 200, body = KeyOut, description = "The key, now revoked.")))]
 async fn revoke_service_key(
     State(id): St,
     auth: Authorized<Platform<KeysWrite>>,
@@ -299,9 +396,14 @@ async fn revoke_service_key(
     Ok(Json(id.revoke_key(&auth.audit, None, &key_id).await?.into()))
 }
 
+/// Create a tenant key
+///
+/// A key that acts only for this tenant (for the tenant's own admins or integrations). The
+/// token is in this response only.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/keys", tag = "keys", request_body = KeyCreate,
-    params(("tenant" = String, Path, description = "Tenant ID (tnt_…) or slug")),
-    responses((status = 201, body = KeyCreated), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme")),
+    responses((status = 201, body = KeyCreated, description = "The key and its token (shown once)."),
+        (status = 409, body = Problem, description = "`conflict`: the tenant is deleted.")))]
 async fn create_tenant_key(
     State(id): St,
     Scoped { auth, scope }: Scoped<KeysWrite>,
@@ -314,8 +416,12 @@ async fn create_tenant_key(
     Ok((StatusCode::CREATED, Json(KeyCreated { key: key.into(), token })))
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/keys", tag = "keys", params(("tenant" = String, Path), ListQuery),
-    responses((status = 200, body = Page<KeyOut>)))]
+/// List a tenant's keys
+///
+/// The tenant's keys in creation order, revoked ones included; never their secrets.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/keys", tag = "keys",
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), ListQuery),
+    responses((status = 200, body = Page<KeyOut>, description = "One page of keys.")))]
 async fn list_tenant_keys(
     State(id): St,
     Scoped { scope, .. }: Scoped<KeysRead>,
@@ -325,9 +431,13 @@ async fn list_tenant_keys(
     Ok(Json(id.tenant_keys_page(&scope, &cursor).await?.map(KeyOut::from)))
 }
 
+/// Revoke a tenant key
+///
+/// The key is refused on every replica within a second (`auth.credential_cache_ms`).
 #[utoipa::path(delete, path = "/v1/tenants/{tenant}/keys/{key_id}", tag = "keys",
-    params(("tenant" = String, Path), ("key_id" = String, Path)),
-    responses((status = 200, body = KeyOut), (status = 404, body = Problem)))]
+    params(("tenant" = String, Path, description = TENANT, example = "acme"),
+        ("key_id" = String, Path, description = "The key's ID (`key_…`).", example = "key_01jd8x3v5k7m9p2q4r6s8t0w1y")),
+    responses((status = 200, body = KeyOut, description = "The key, now revoked.")))]
 async fn revoke_tenant_key(
     State(id): St,
     Scoped { auth, scope }: Scoped<KeysWrite>,
@@ -337,18 +447,23 @@ async fn revoke_tenant_key(
     Ok(Json(id.revoke_key(&auth.audit, Some(&scope), &key_id).await?.into()))
 }
 
+/// Which audit entries to list, and which page.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only this action, e.g. `key.revoked`.
+    #[param(example = "key.revoked")]
     pub action: Option<String>,
     /// Only this actor (key ID, `admin`, or a CLI user).
     pub actor: Option<String>,
-    /// RFC 3339, inclusive.
+    /// Entries at or after this time (RFC 3339).
     pub from: Option<String>,
-    /// RFC 3339, exclusive.
+    /// Entries before this time (RFC 3339).
     pub to: Option<String>,
+    /// Items per page, 1 to 100 (default 50).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -361,8 +476,13 @@ fn time_param(v: Option<String>, field: &str) -> Result<Option<i64>, ApiError> {
     }
 }
 
-#[utoipa::path(get, path = "/v1/tenants/{tenant}/audit", tag = "audit", params(("tenant" = String, Path), AuditQuery),
-    responses((status = 200, body = Page<AuditEntry>)))]
+/// Read a tenant's audit log
+///
+/// The tenant's hash-chained audit entries, newest first: every change to it, its keys,
+/// webhooks and event handling, with actor, request id and the change itself.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/audit", tag = "audit",
+    params(("tenant" = String, Path, description = TENANT, example = "acme"), AuditQuery),
+    responses((status = 200, body = Page<AuditEntry>, description = "One page of entries, newest first.")))]
 async fn list_audit(
     State(id): St,
     Scoped { scope, .. }: Scoped<AuditRead>,
@@ -378,9 +498,12 @@ async fn list_audit(
     Ok(Json(id.audit_page(&scope, &filter, &cursor).await?))
 }
 
-/// The platform chain: operator-level changes (service keys, event types, flags, release plans).
+/// Read the platform audit log
+///
+/// The platform chain, newest first: operator-level changes (service keys, event types, flags,
+/// release plans). Not for tenant keys.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = Page<AuditEntry>), (status = 403, body = Problem)))]
+    responses((status = 200, body = Page<AuditEntry>, description = "One page of entries, newest first.")))]
 async fn list_platform_audit(
     State(id): St,
     _auth: Authorized<Platform<AuditRead>>,
@@ -402,7 +525,8 @@ async fn list_platform_audit(
 /// hash and link, and names the first broken entry of each. Operator-only; a broken chain is
 /// reported with `ok: false`, not as an error.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
-    responses((status = 200, body = VerifyReport), (status = 403, body = Problem)))]
+    responses((status = 200, body = VerifyReport, description = "Every chain walked; `ok` is false when any entry does not check out."),
+        (status = 403, body = Problem)))]
 async fn verify_audit(State(id): St, _auth: Authorized<Platform<AuditRead>>) -> Result<Json<VerifyReport>, ApiError> {
     Ok(Json(runway_audit::verify(&id.store).await?))
 }

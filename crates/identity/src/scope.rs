@@ -6,8 +6,22 @@ use serde::{Deserialize, Serialize};
 macro_rules! scopes {
     ($($variant:ident => ($name:literal, $tenant_ok:expr, $doc:literal),)*) => {
         /// A permission a credential can hold.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum Scope { $(#[doc = $doc] #[serde(rename = $name)] $variant,)* }
+
+        /// The contract names scopes as they travel (`tenants:read`), with what each allows.
+        impl utoipa::PartialSchema for Scope {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                let meanings = [$(format!("`{}`: {}", $name, $doc)),*].join(" ");
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($name),*]))
+                    .description(Some(format!("A permission a credential can hold. {meanings}")))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for Scope {}
 
         impl Scope {
             pub const ALL: &'static [Scope] = &[$(Scope::$variant,)*];

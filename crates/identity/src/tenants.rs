@@ -165,9 +165,10 @@ fn validate_name(name: &str) -> Result<(), ApiError> {
 }
 
 fn validate_metadata(m: &Value) -> Result<(), ApiError> {
-    if !m.is_object() {
+    let Some(keys) = m.as_object() else {
         return Err(ApiError::validation("/metadata", "must be a JSON object"));
-    }
+    };
+    runway_core::bounds::properties("/metadata", keys.len(), runway_core::bounds::MAX_METADATA_KEYS)?;
     if m.to_string().len() > MAX_METADATA_BYTES {
         return Err(ApiError::validation("/metadata", "must be at most 16 KiB"));
     }

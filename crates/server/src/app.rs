@@ -2,12 +2,13 @@
 //! middleware around them, and the generated OpenAPI document.
 
 use crate::AppState;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Json, Router, middleware};
 use runway_core::{ApiError, ErrorCode};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, LazyLock};
 use utoipa::openapi::OpenApi;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi as _};
@@ -47,6 +48,8 @@ pub fn openapi() -> OpenApi {
     doc.merge(runway_flags::routes::router().split_for_parts().1);
     doc.merge(runway_flags::ofrep::router().split_for_parts().1);
     doc.merge(runway_flags::client_api::router().split_for_parts().1);
+    // After the merge, so every capability's operations get the common error responses.
+    crate::contract::CommonResponses.modify(&mut doc);
     doc
 }
 
@@ -79,6 +82,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::get(move || async move { ([(header::CONTENT_TYPE, "application/json")], spec.clone()) }),
         )
         .route("/docs", axum::routing::get(|| async { Html(include_str!("docs.html")) }))
+        .route("/docs/{*file}", axum::routing::get(docs_asset))
         .route("/", axum::routing::get(|| async { axum::response::Redirect::temporary("/docs") }))
         .merge(v1)
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -148,6 +152,35 @@ async fn metrics_with_token(State(state): State<AppState>, headers: axum::http::
             .into_response();
     }
     metrics(State(state)).await
+}
+
+/// The Swagger UI configuration behind `/docs`: the served contract, "try it out" on, and no
+/// call to the public validator (the page loads nothing from outside the server).
+static DOCS_CONFIG: LazyLock<Arc<utoipa_swagger_ui::Config<'static>>> = LazyLock::new(|| {
+    Arc::new(
+        utoipa_swagger_ui::Config::from("/openapi.json")
+            .try_it_out_enabled(true)
+            .display_request_duration(true)
+            .filter(true)
+            .deep_linking(true)
+            .validator_url("none"),
+    )
+});
+
+/// A file of the interactive reference (Swagger UI), built into the binary.
+async fn docs_asset(Path(file): Path<String>) -> Response {
+    match utoipa_swagger_ui::serve(&file, DOCS_CONFIG.clone()) {
+        Ok(Some(f)) if file != "index.html" => {
+            let mut res = ([(header::CONTENT_TYPE, f.content_type)], f.bytes.into_owned()).into_response();
+            res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+            if f.gzpipped {
+                res.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            res
+        }
+        Ok(_) => ApiError::not_found("no such file in the API reference").into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

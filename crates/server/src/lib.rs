@@ -3,6 +3,7 @@
 
 mod app;
 pub mod config_load;
+pub mod contract;
 pub mod hygiene;
 mod idempotency;
 mod observe;

@@ -4,6 +4,7 @@
 mod harness;
 
 mod audit;
+mod bounds;
 mod cli;
 mod contract;
 mod conventions;
