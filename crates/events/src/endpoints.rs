@@ -577,24 +577,6 @@ impl Events {
         self.requeue(scope, endpoint, Requeue::Dead, i64::MAX).await
     }
 
-    /// How many messages `requeue` with `which` would move.
-    pub async fn count_requeueable(
-        &self,
-        scope: &TenantScope,
-        endpoint: &EndpointId,
-        which: Requeue,
-    ) -> Result<u64, ApiError> {
-        let tenant = scope.id();
-        let (failing, since) = which.args();
-        let mut tx = self.store.read(DbScope::Tenant(tenant.clone())).await?;
-        let n: i64 = on_conn!(&mut tx, c => sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = $1 AND tenant_id = $2 AND created_at >= $4
-               AND (status = 'dead' OR ($3 AND status = 'pending' AND attempts > 0))")
-            .bind(endpoint.as_str()).bind(tenant.as_str()).bind(failing).bind(since).fetch_one(&mut *c).await)
-        .map_err(StoreError::from)?;
-        Ok(n as u64)
-    }
-
     /// Moves up to `limit` messages selected by `which` back to pending, due now; one being sent
     /// right now keeps its lease, as in `resend`.
     pub async fn requeue(

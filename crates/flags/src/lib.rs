@@ -328,7 +328,7 @@ impl Flags {
     pub async fn create(&self, ctx: &AuditContext, doc: FlagDocument) -> Result<StoredFlag, ApiError> {
         let mut tx = self.store.write(DbScope::Platform).await?;
         if find(&mut tx, &doc.key, true).await?.is_some() {
-            return Err(ApiError::new(ErrorCode::Conflict, format!("a flag `{}` exists already", doc.key)));
+            return Err(ApiError::new(ErrorCode::AlreadyExists, format!("a flag `{}` exists already", doc.key)));
         }
         let known = KnownOwned::load(&mut tx, &doc).await?;
         doc.validate_change(None, &known.as_known())?;
@@ -399,7 +399,7 @@ impl Flags {
                 .collect();
             if !children.is_empty() {
                 return Err(ApiError::new(
-                    ErrorCode::Conflict,
+                    ErrorCode::FlagHasDependents,
                     format!("{} depend on `{}`; dependencies are one level deep", children.join(", "), doc.key),
                 ));
             }
@@ -559,7 +559,7 @@ impl Flags {
             .bind(name).bind(description).bind(now).execute(&mut *c).await.map(|r| r.rows_affected()))
         .map_err(store_err)?;
         if done == 0 {
-            return Err(ApiError::new(ErrorCode::Conflict, format!("environment `{name}` exists already")));
+            return Err(ApiError::new(ErrorCode::AlreadyExists, format!("environment `{name}` exists already")));
         }
         self.finish(
             tx,
@@ -615,7 +615,7 @@ impl Flags {
         let clash: Option<i64> = on_conn!(&mut tx, c => sqlx::query_scalar("SELECT id FROM flag_segments WHERE name = $1").bind(name).fetch_optional(&mut *c).await)
             .map_err(store_err)?;
         if clash.is_some_and(|other| Some(other) != id) {
-            return Err(ApiError::new(ErrorCode::Conflict, format!("a segment named `{name}` exists already")));
+            return Err(ApiError::new(ErrorCode::AlreadyExists, format!("a segment named `{name}` exists already")));
         }
         let (id, action) = match id {
             Some(id) => {
@@ -665,7 +665,10 @@ impl Flags {
             .map(|d| d.key)
             .collect();
         if !users.is_empty() {
-            return Err(ApiError::new(ErrorCode::Conflict, format!("segment {id} is used by: {}", users.join(", "))));
+            return Err(ApiError::new(
+                ErrorCode::SegmentInUse,
+                format!("segment {id} is used by: {}", users.join(", ")),
+            ));
         }
         let n = on_conn!(&mut tx, c => sqlx::query("DELETE FROM flag_segments WHERE id = $1").bind(id).execute(&mut *c).await.map(|r| r.rows_affected()))
             .map_err(store_err)?;
@@ -725,6 +728,20 @@ impl Flags {
                  ON CONFLICT (id) DO UPDATE SET name = excluded.name, constraints = excluded.constraints, updated_at = excluded.updated_at")
                 .bind(s.item.id).bind(&name).bind(&text).bind(now).execute(&mut *c).await.map(|_| ()))
             .map_err(store_err)?;
+            // A segment changes what every flag using it evaluates to: audited like `put_segment`.
+            runway_audit::append(
+                &mut tx,
+                &*self.clock,
+                ctx,
+                &Chain::Platform,
+                Change {
+                    action: "flag_segment.imported",
+                    target_kind: "flag_segment",
+                    target_id: &s.item.id.to_string(),
+                    summary: json!({"name": name, "constraints": s.item.constraints}),
+                },
+            )
+            .await?;
         }
         // Dependencies may point at flags later in the same document, so stage every flag first.
         let mut staged: Vec<(FlagDocument, Option<StoredFlag>, &str)> = Vec::new();

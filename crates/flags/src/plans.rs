@@ -411,7 +411,7 @@ impl Flags {
             return Ok(plan);
         }
         if plan.status != "active" && plan.status != "paused" {
-            return Err(ApiError::new(ErrorCode::Conflict, format!("the plan is {}", plan.status)));
+            return Err(ApiError::new(ErrorCode::InvalidTransition, format!("the plan is {}", plan.status)));
         }
         if plan.guards.iter().any(|g| g.state == "tripped") {
             return Err(ApiError::new(ErrorCode::Conflict, "a guard is tripped; clear it before advancing"));
@@ -471,7 +471,10 @@ impl Flags {
             _ => false,
         };
         if !allowed {
-            return Err(ApiError::new(ErrorCode::Conflict, format!("a {} plan cannot become {to}", plan.status)));
+            return Err(ApiError::new(
+                ErrorCode::InvalidTransition,
+                format!("a {} plan cannot become {to}", plan.status),
+            ));
         }
         let now = self.clock.now_micros();
         let next_at = if to == "active" {

@@ -53,7 +53,7 @@ async fn flag_changes_are_versioned_audited_and_reversible(engine: Engine) {
         envs.ok(200)["data"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["development", "staging", "production"], "configured environments exist from the start");
     s.post("/v1/environments", ADMIN, json!({"name": "canary"})).await.ok(201);
-    s.post("/v1/environments", ADMIN, json!({"name": "canary"})).await.problem(409, "conflict");
+    s.post("/v1/environments", ADMIN, json!({"name": "canary"})).await.problem(409, "already_exists");
 
     let created = s
         .post(
@@ -65,7 +65,7 @@ async fn flag_changes_are_versioned_audited_and_reversible(engine: Engine) {
         .await;
     assert_eq!(created.ok(201)["version"], 1);
     assert_eq!(created.body["environments"]["staging"]["strategies"][0]["parameters"]["rollout"], "50");
-    s.post("/v1/flags", ADMIN, json!({"key": "new-checkout"})).await.problem(409, "conflict");
+    s.post("/v1/flags", ADMIN, json!({"key": "new-checkout"})).await.problem(409, "already_exists");
 
     let on = s.post("/v1/flags/new-checkout/environments/production/enable", ADMIN, json!({})).await;
     assert_eq!(on.ok(200)["version"], 2);
@@ -199,8 +199,12 @@ async fn bad_flag_configuration_is_refused_with_a_pointer(engine: Engine) {
             Some(json!({"dependencies": [{"feature": "other"}]})),
         )
         .await;
-    assert!(gains.problem(409, "conflict")["detail"].as_str().unwrap().contains("child depend"), "{}", gains.text);
-    s.delete("/v1/flags/parent", ADMIN).await.problem(409, "conflict");
+    assert!(
+        gains.problem(409, "flag_has_dependents")["detail"].as_str().unwrap().contains("child depend"),
+        "{}",
+        gains.text
+    );
+    s.delete("/v1/flags/parent", ADMIN).await.problem(409, "flag_has_dependents");
 }
 
 async fn ofrep_evaluates_single_and_bulk(engine: Engine) {
@@ -536,6 +540,9 @@ async fn imports_keep_what_unleash_serves_and_warn(engine: Engine) {
         assert!(doc.pointer(w["pointer"].as_str().unwrap()).is_some(), "{w}");
         assert!(!w["reason"].as_str().unwrap().is_empty());
     }
+    // The imported segment is audited like any segment change.
+    let audit = s.get("/v1/audit?action=flag_segment.imported", ADMIN).await;
+    assert_eq!(audit.ok(200)["data"][0]["target"]["id"], "1", "{}", audit.text);
     // Kept as they were, and evaluated as Unleash's SDKs do.
     let stored = s.get("/v1/flags/odd-op", ADMIN).await;
     assert_eq!(stored.ok(200)["environments"]["production"]["strategies"][0]["constraints"][1]["operator"], "LIKE");
@@ -873,7 +880,7 @@ async fn release_plan_advances_and_a_guard_rolls_it_back(engine: Engine) {
     let p = ops.get(&format!("/v1/release-plans/{id}"), ADMIN).await;
     assert_eq!(p.ok(200)["status"], "rolled_back");
     assert_eq!(p.body["guards"][0]["state"], "tripped");
-    ops.post(&format!("/v1/release-plans/{id}/advance"), ADMIN, json!({})).await.problem(409, "conflict");
+    ops.post(&format!("/v1/release-plans/{id}/advance"), ADMIN, json!({})).await.problem(409, "invalid_transition");
     let audit = ops.get("/v1/audit?action=release_plan.rolled_back", ADMIN).await;
     assert_eq!(audit.ok(200)["data"][0]["summary"]["guard"], "errors");
     assert_eq!(audit.body["data"][0]["actor"], json!({"kind": "service_key", "id": alerter_id}), "{}", audit.text);
@@ -989,6 +996,9 @@ async fn real_sdks_agree_with_the_engine(engine: Engine) {
     for f in &flags {
         s.post("/v1/flags", ADMIN, f.clone()).await.ok(201);
     }
+    // A segment a flag uses cannot be deleted; the code says why, for clients to branch on.
+    let used = s.delete("/v1/segments/1", ADMIN).await;
+    assert!(used.problem(409, "segment_in_use")["detail"].as_str().unwrap().contains("beta-search"), "{}", used.text);
     let key = evaluate_key(&s, "production").await;
     let mut contexts = vec![json!({"userId": "vip-1", "properties": {}})];
     for i in 0..12 {
