@@ -34,10 +34,13 @@ fi
 # Nothing of this shell's Runway settings may leak into a first run.
 while read -r var; do unset "$var"; done < <(env | awk -F= '/^RUNWAY_/ {print $1}')
 
-if curl -fsS -o /dev/null "http://127.0.0.1:7400/healthz" 2>/dev/null; then
-  echo "first-run: something already listens on 127.0.0.1:7400; stop it first" >&2
-  exit 1
-fi
+# The first command binds the API (7400) and metrics (7402) listeners on their defaults.
+for port in 7400 7402; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "first-run: something already listens on 127.0.0.1:$port; stop it first" >&2
+    exit 1
+  fi
+done
 
 (cd "$work/runway" && exec bash -c "exec $cmd") >"$log" 2>&1 &
 pid=$!

@@ -52,6 +52,7 @@ run_engine() {
   BASE="http://127.0.0.1:$port"
   local env=(
     RUNWAY_SERVER_LISTEN="127.0.0.1:$port"
+    RUNWAY_SERVER_METRICS_LISTEN=off
     RUNWAY_ADMIN_TOKEN="$ADMIN"
     RUNWAY_CRYPTO_MASTER_KEY="$MASTER_KEY"
     RUNWAY_LOG_LEVEL=warn

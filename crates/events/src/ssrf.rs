@@ -60,6 +60,12 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     }
     let seg = v6.segments();
     let o = v6.octets();
+    // IPv4-translated `::ffff:0:a.b.c.d` (RFC 2765), and NAT64's well-known prefix
+    // `64:ff9b::/96`, whose translator reaches exactly the IPv4 address it carries.
+    let well_known_nat64 = seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6].iter().all(|&x| x == 0);
+    if (seg[..4].iter().all(|&x| x == 0) && seg[4] == 0xffff && seg[5] == 0) || well_known_nat64 {
+        return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+    }
     // IPv4-compatible `::a.b.c.d`; `::` and `::1` are IPv6's own unspecified and loopback.
     if seg[..6].iter().all(|&s| s == 0) && u128::from(v6) > 1 {
         return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
@@ -100,6 +106,10 @@ fn v4_reason(ip: Ipv4Addr) -> Option<&'static str> {
         Some("reserved")
     } else if ip.is_documentation() || (o[0] == 198 && (o[1] & 0xfe) == 18) {
         Some("documentation or benchmarking")
+    } else if o[0] == 192 && o[1] == 0 && o[2] == 0 {
+        Some("IETF protocol assignments")
+    } else if o[0] == 192 && o[1] == 88 && o[2] == 99 {
+        Some("6to4 relay anycast")
     } else {
         None
     }
@@ -121,9 +131,16 @@ fn v6_reason(ip: Ipv6Addr) -> Option<&'static str> {
     } else if seg[0] == 0x2001 && seg[1] == 0x0db8 {
         Some("documentation")
     } else if seg[0] == 0x0064 && seg[1] == 0xff9b {
-        // NAT64, the well-known 64:ff9b::/96 and the local-use 64:ff9b:1::/48: a translator can
-        // reach any IPv4 address, private ones included, and which one it serves is not ours to know.
+        // NAT64 outside the well-known /96 (judged by its IPv4 above), such as the local-use
+        // 64:ff9b:1::/48: which IPv4 address a local translator maps it to is not ours to know.
         Some("NAT64")
+    } else if (seg[0] & 0xffc0) == 0xfec0 {
+        Some("site-local")
+    } else if seg[0] == 0x0100 && seg[1..4].iter().all(|&x| x == 0) {
+        Some("discard-only")
+    } else if seg[0] == 0 {
+        // The rest of ::/8 is reserved; nothing public lives there.
+        Some("reserved")
     } else if seg[0] == 0x2001 && seg[1] == 0 {
         // Teredo (2001::/32) tunnels to a host behind a NAT whose address is obfuscated in the
         // last 32 bits; the packet's real destination cannot be judged from here.
@@ -189,6 +206,14 @@ mod tests {
             // Teredo, whatever it embeds.
             "2001:0:4136:e378:8000:63bf:3fff:fdd2",
             "2001::1",
+            // IPv4-translated and well-known NAT64 forms are judged by the IPv4 they carry.
+            "::ffff:0:a9fe:a9fe",
+            "64:ff9b::a9fe:a9fe",
+            "fec0::1",
+            "100::1",
+            "::1:2:3:4",
+            "192.0.0.8",
+            "192.88.99.1",
         ] {
             assert!(blocked_reason(ip(a)).is_some(), "{a} should be blocked");
         }
@@ -231,5 +256,8 @@ mod tests {
         assert_eq!(blocked_reason(ip("2002:a9fe:a9fe::1")), Some("link-local or cloud metadata"));
         assert_eq!(blocked_reason(ip("2001:0:4136:e378::1")), Some("Teredo tunnel"));
         assert_eq!(blocked_reason(ip("64:ff9b:1::a00:1")), Some("NAT64"));
+        assert_eq!(blocked_reason(ip("64:ff9b::a9fe:a9fe")), Some("link-local or cloud metadata"));
+        assert_eq!(blocked_reason(ip("64:ff9b::808:808")), None, "well-known NAT64 to a public address");
+        assert_eq!(blocked_reason(ip("::ffff:0:a00:1")), Some("private"));
     }
 }

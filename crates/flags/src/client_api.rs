@@ -195,7 +195,7 @@ async fn client_metrics(
         let too_many = |n: u64| n > MAX_BUCKET_COUNT;
         if too_many(t.yes) || too_many(t.no) || t.variants.values().any(|n| too_many(*n)) {
             return Err(ApiError::validation(
-                format!("bucket/toggles/{name}"),
+                runway_core::json::pointer(["bucket", "toggles", name.as_str()]),
                 format!("counts above {MAX_BUCKET_COUNT} in one bucket are not believable"),
             ));
         }

@@ -37,6 +37,9 @@ pub struct Flags {
     pub usage: usage::Usage,
     /// Told when a release plan rolls back, for operational events beyond the audit log.
     ops: RwLock<Option<Arc<dyn OperationalEvents>>>,
+    /// Set when the server drains, so long-lived responses (the OFREP event stream) end and
+    /// a graceful shutdown does not wait out its grace period for them.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// Where operational events (a release plan rolled back) go besides the audit log and logs.
@@ -145,7 +148,21 @@ impl Flags {
             revision_tx,
             usage: usage::Usage::default(),
             ops: RwLock::new(None),
+            stopping: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Ends long-lived responses (event streams); called when the server starts draining.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves once the server is draining.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stopping.subscribe();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
     }
 
     pub fn set_operational_events(&self, sink: Arc<dyn OperationalEvents>) {
@@ -309,17 +326,19 @@ impl Flags {
         if rows.is_empty() {
             return Err(ApiError::not_found(format!("no flag `{key}`")));
         }
-        Ok(rows
-            .into_iter()
-            .map(|r| FlagVersion {
-                version: r.version,
-                action: r.action,
-                actor: r.actor,
-                created_at: runway_core::clock::rfc3339(r.created_at),
-                diff: serde_json::from_str(&r.diff).unwrap_or(Value::Null),
-                document: serde_json::from_str(&r.document).unwrap_or(Value::Null),
+        rows.into_iter()
+            .map(|r| {
+                Ok(FlagVersion {
+                    version: r.version,
+                    action: r.action,
+                    actor: r.actor,
+                    created_at: runway_core::clock::rfc3339(r.created_at),
+                    diff: runway_store::stored_json("flag version diff", &r.diff)?,
+                    document: runway_store::stored_json("flag version document", &r.document)?,
+                })
             })
-            .collect())
+            .collect::<Result<_, runway_store::StoreError>>()
+            .map_err(ApiError::from)
     }
 
     // ---- changing ----
@@ -936,15 +955,17 @@ async fn list_environment_names(tx: &mut Tx) -> Result<Vec<String>, ApiError> {
 async fn list_segments(tx: &mut Tx) -> Result<Vec<Segment>, ApiError> {
     let rows: Vec<(i64, String, String, String)> = on_conn!(tx, c => sqlx::query_as("SELECT id, name, description, constraints FROM flag_segments ORDER BY id").fetch_all(&mut *c).await)
         .map_err(store_err)?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, name, description, constraints)| Segment {
-            id,
-            name,
-            description,
-            constraints: serde_json::from_str(&constraints).unwrap_or_default(),
+    // Constraints that do not parse are an error: read as none, the segment would match everyone.
+    rows.into_iter()
+        .map(|(id, name, description, constraints)| {
+            Ok(Segment {
+                id,
+                name,
+                description,
+                constraints: runway_store::stored_json("segment constraints", &constraints).map_err(ApiError::from)?,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// What validation needs from the store, loaded for one document.

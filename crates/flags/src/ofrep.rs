@@ -414,6 +414,8 @@ async fn events(State(flags): State<Arc<Flags>>, _auth: Authorized<FlagsEvaluate
         let event = Event::default().event("message").id(rev.to_string()).data(data.to_string());
         Some((Ok::<_, Infallible>(event), rx))
     });
+    // The stream ends when the server drains, so a connected client never holds up a shutdown.
+    let stream = futures_util::StreamExt::take_until(stream, flags.stopped());
     let mut res =
         Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))).into_response();
     res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -12,8 +12,8 @@ use runway_core::id::{ReleasePlanId, ScheduleId};
 use runway_core::{ApiError, ApiJson, ApiQuery, ErrorCode, Page, PageQuery};
 use runway_flags_engine::Context;
 use runway_flags_engine::wire::{ClientFeatures, ConstraintDef, DeltaDocument};
-use runway_identity::Authorized;
 use runway_identity::scope::{FlagsEvaluate, FlagsRead, FlagsWrite};
+use runway_identity::{Authorized, Platform};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
@@ -203,7 +203,7 @@ const ENV: &str = "The environment's name.";
         (status = 422, body = Problem, description = "`validation_failed`: `field` is the JSON pointer of what is wrong (an unknown operator, a rollout above 100, …).")))]
 async fn create_flag(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     ApiJson(b): ApiJson<FlagCreate>,
 ) -> Result<(StatusCode, Json<FlagOut>), ApiError> {
     let doc = FlagDocument {
@@ -224,7 +224,7 @@ async fn create_flag(
 #[utoipa::path(get, path = "/v1/flags", tag = "flags", params(FlagListQuery), responses((status = 200, body = Page<FlagOut>, description = "One page of flags.")))]
 async fn list_flags(
     State(f): St,
-    _auth: Authorized<FlagsRead>,
+    _auth: Authorized<Platform<FlagsRead>>,
     ApiQuery(q): ApiQuery<FlagListQuery>,
 ) -> Result<Json<Page<FlagOut>>, ApiError> {
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
@@ -243,7 +243,7 @@ async fn list_flags(
     responses((status = 200, body = FlagOut, description = "The flag.")))]
 async fn get_flag(
     State(f): St,
-    _auth: Authorized<FlagsRead>,
+    _auth: Authorized<Platform<FlagsRead>>,
     Path(key): Path<String>,
 ) -> Result<Json<FlagOut>, ApiError> {
     Ok(Json(f.get(&key).await?.into()))
@@ -257,7 +257,7 @@ async fn get_flag(
         (status = 409, body = Problem, description = "`conflict`: other flags depend on this one, so it cannot be archived.")))]
 async fn update_flag(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(key): Path<String>,
     ApiJson(b): ApiJson<FlagUpdate>,
 ) -> Result<Json<FlagOut>, ApiError> {
@@ -292,7 +292,7 @@ async fn update_flag(
         (status = 409, body = Problem, description = "`conflict`: other flags depend on this one.")))]
 async fn archive_flag(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(key): Path<String>,
 ) -> Result<Json<FlagOut>, ApiError> {
     Ok(Json(
@@ -315,7 +315,7 @@ async fn archive_flag(
         (status = 409, body = Problem, description = "`conflict`: a flag others depend on cannot gain dependencies.")))]
 async fn put_env_config(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path((key, env)): Path<(String, String)>,
     ApiJson(cfg): ApiJson<EnvConfig>,
 ) -> Result<Json<FlagOut>, ApiError> {
@@ -328,7 +328,7 @@ async fn put_env_config(
     responses((status = 200, body = FlagOut, description = "The flag, on there (its strategies decide for whom).")))]
 async fn enable_flag(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path((key, env)): Path<(String, String)>,
 ) -> Result<Json<FlagOut>, ApiError> {
     Ok(Json(f.set_enabled(&auth.audit, &key, &env, true).await?.into()))
@@ -340,7 +340,7 @@ async fn enable_flag(
     responses((status = 200, body = FlagOut, description = "The flag, off there.")))]
 async fn disable_flag(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path((key, env)): Path<(String, String)>,
 ) -> Result<Json<FlagOut>, ApiError> {
     Ok(Json(f.set_enabled(&auth.audit, &key, &env, false).await?.into()))
@@ -354,7 +354,7 @@ async fn disable_flag(
     responses((status = 200, body = FlagOut, description = "The flag, off (in `environment`, or everywhere).")))]
 async fn kill_flag(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(key): Path<String>,
     ApiQuery(q): ApiQuery<KillQuery>,
 ) -> Result<Json<FlagOut>, ApiError> {
@@ -385,7 +385,7 @@ pub struct VersionList {
     responses((status = 200, body = VersionList, description = "The flag's history.")))]
 async fn flag_versions(
     State(f): St,
-    _auth: Authorized<FlagsRead>,
+    _auth: Authorized<Platform<FlagsRead>>,
     Path(key): Path<String>,
 ) -> Result<Json<VersionList>, ApiError> {
     Ok(Json(VersionList { data: f.history(&key).await? }))
@@ -406,7 +406,7 @@ pub struct RollbackRequest {
     responses((status = 200, body = FlagOut, description = "The flag as restored.")))]
 async fn rollback_flag(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(key): Path<String>,
     ApiJson(b): ApiJson<RollbackRequest>,
 ) -> Result<Json<FlagOut>, ApiError> {
@@ -430,7 +430,7 @@ pub struct CopyRequest {
     responses((status = 200, body = FlagOut, description = "The flag as changed.")))]
 async fn copy_flag(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(key): Path<String>,
     ApiJson(b): ApiJson<CopyRequest>,
 ) -> Result<Json<FlagOut>, ApiError> {
@@ -461,7 +461,7 @@ pub struct ScheduleCreate {
     responses((status = 201, body = Schedule, description = "The scheduled change.")))]
 async fn create_schedule(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(key): Path<String>,
     ApiJson(b): ApiJson<ScheduleCreate>,
 ) -> Result<(StatusCode, Json<Schedule>), ApiError> {
@@ -483,7 +483,7 @@ pub struct ScheduleList {
     responses((status = 200, body = ScheduleList, description = "The flag's scheduled changes.")))]
 async fn list_schedules(
     State(f): St,
-    _auth: Authorized<FlagsRead>,
+    _auth: Authorized<Platform<FlagsRead>>,
     Path(key): Path<String>,
 ) -> Result<Json<ScheduleList>, ApiError> {
     Ok(Json(ScheduleList { data: f.schedules(&key).await? }))
@@ -495,7 +495,7 @@ async fn list_schedules(
     responses((status = 204, description = "Cancelled."), (status = 409, body = Problem, description = "`conflict`: it was applied or cancelled already.")))]
 async fn cancel_schedule(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path((key, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let id = ScheduleId::parse(&id)?;
@@ -526,7 +526,7 @@ pub struct EnvQuery {
         (status = 404, body = Problem, description = "`not_found`: no such environment.")))]
 async fn import_flags(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     ApiQuery(q): ApiQuery<EnvQuery>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<ImportReport>, ApiError> {
@@ -550,7 +550,7 @@ async fn import_flags(
         (status = 404, body = Problem, description = "`not_found`: no such environment.")))]
 async fn export_flags(
     State(f): St,
-    _auth: Authorized<FlagsRead>,
+    _auth: Authorized<Platform<FlagsRead>>,
     ApiQuery(q): ApiQuery<EnvQuery>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
@@ -683,7 +683,7 @@ pub struct UsageList {
 #[utoipa::path(get, path = "/v1/flags/usage", tag = "flags", params(UsageQuery), responses((status = 200, body = UsageList, description = "The counts.")))]
 async fn usage(
     State(f): St,
-    _auth: Authorized<FlagsRead>,
+    _auth: Authorized<Platform<FlagsRead>>,
     ApiQuery(q): ApiQuery<UsageQuery>,
 ) -> Result<Json<UsageList>, ApiError> {
     // Counts still in memory are written first, so the report includes this replica's latest.
@@ -721,7 +721,7 @@ pub struct StaleList {
 #[utoipa::path(get, path = "/v1/flags/stale", tag = "flags", params(StaleQuery), responses((status = 200, body = StaleList, description = "The stale flags.")))]
 async fn stale(
     State(f): St,
-    _auth: Authorized<FlagsRead>,
+    _auth: Authorized<Platform<FlagsRead>>,
     ApiQuery(q): ApiQuery<StaleQuery>,
 ) -> Result<Json<StaleList>, ApiError> {
     f.flush_usage().await?;
@@ -761,7 +761,7 @@ pub struct EnvironmentList {
         (status = 409, body = Problem, description = "`conflict`: it exists already.")))]
 async fn create_environment(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     ApiJson(b): ApiJson<EnvironmentCreate>,
 ) -> Result<(StatusCode, Json<Environment>), ApiError> {
     Ok((StatusCode::CREATED, Json(f.create_environment(&auth.audit, &b.name, &b.description).await?)))
@@ -769,7 +769,10 @@ async fn create_environment(
 
 /// List environments
 #[utoipa::path(get, path = "/v1/environments", tag = "flags", responses((status = 200, body = EnvironmentList, description = "Every flag environment.")))]
-async fn list_environments(State(f): St, _auth: Authorized<FlagsRead>) -> Result<Json<EnvironmentList>, ApiError> {
+async fn list_environments(
+    State(f): St,
+    _auth: Authorized<Platform<FlagsRead>>,
+) -> Result<Json<EnvironmentList>, ApiError> {
     Ok(Json(EnvironmentList { data: f.environments().await? }))
 }
 
@@ -806,7 +809,7 @@ const SEGMENT: &str = "The segment's number.";
         (status = 409, body = Problem, description = "`conflict`: a segment with this name exists.")))]
 async fn create_segment(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     ApiJson(b): ApiJson<SegmentInput>,
 ) -> Result<(StatusCode, Json<Segment>), ApiError> {
     Ok((StatusCode::CREATED, Json(f.put_segment(&auth.audit, None, &b.name, &b.description, b.constraints).await?)))
@@ -814,7 +817,7 @@ async fn create_segment(
 
 /// List segments
 #[utoipa::path(get, path = "/v1/segments", tag = "flags", responses((status = 200, body = SegmentList, description = "Every segment.")))]
-async fn list_segments(State(f): St, _auth: Authorized<FlagsRead>) -> Result<Json<SegmentList>, ApiError> {
+async fn list_segments(State(f): St, _auth: Authorized<Platform<FlagsRead>>) -> Result<Json<SegmentList>, ApiError> {
     Ok(Json(SegmentList { data: f.segments().await? }))
 }
 
@@ -826,7 +829,7 @@ async fn list_segments(State(f): St, _auth: Authorized<FlagsRead>) -> Result<Jso
         (status = 409, body = Problem, description = "`conflict`: another segment has this name.")))]
 async fn update_segment(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(id): Path<i64>,
     ApiJson(b): ApiJson<SegmentInput>,
 ) -> Result<Json<Segment>, ApiError> {
@@ -838,7 +841,7 @@ async fn update_segment(
     responses((status = 204, description = "Deleted."), (status = 409, body = Problem, description = "`conflict`: flags still reference it.")))]
 async fn delete_segment(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     f.delete_segment(&auth.audit, id).await?;
@@ -857,7 +860,7 @@ pub struct PlanQuery {
 
 /// Release plans.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct PlanList {
+pub struct ReleasePlanList {
     /// The plans, oldest first.
     pub data: Vec<ReleasePlan>,
 }
@@ -875,20 +878,20 @@ const PLAN: &str = "The release plan's ID.";
         (status = 409, body = Problem, description = "`conflict`: a plan is already running for this flag and environment.")))]
 async fn create_plan(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     ApiJson(b): ApiJson<PlanCreate>,
 ) -> Result<(StatusCode, Json<ReleasePlan>), ApiError> {
     Ok((StatusCode::CREATED, Json(f.create_plan(&auth.audit, b).await?)))
 }
 
 /// List release plans
-#[utoipa::path(get, path = "/v1/release-plans", tag = "flags", params(PlanQuery), responses((status = 200, body = PlanList, description = "The plans.")))]
+#[utoipa::path(get, path = "/v1/release-plans", tag = "flags", params(PlanQuery), responses((status = 200, body = ReleasePlanList, description = "The plans.")))]
 async fn list_plans(
     State(f): St,
-    _auth: Authorized<FlagsRead>,
+    _auth: Authorized<Platform<FlagsRead>>,
     ApiQuery(q): ApiQuery<PlanQuery>,
-) -> Result<Json<PlanList>, ApiError> {
-    Ok(Json(PlanList { data: f.plans(q.flag.as_deref()).await? }))
+) -> Result<Json<ReleasePlanList>, ApiError> {
+    Ok(Json(ReleasePlanList { data: f.plans(q.flag.as_deref()).await? }))
 }
 
 /// Get a release plan
@@ -896,7 +899,7 @@ async fn list_plans(
     responses((status = 200, body = ReleasePlan, description = "The plan.")))]
 async fn get_plan(
     State(f): St,
-    _auth: Authorized<FlagsRead>,
+    _auth: Authorized<Platform<FlagsRead>>,
     Path(id): Path<String>,
 ) -> Result<Json<ReleasePlan>, ApiError> {
     Ok(Json(f.plan(&ReleasePlanId::parse(&id)?).await?))
@@ -909,7 +912,7 @@ async fn get_plan(
     responses((status = 200, body = ReleasePlan, description = "The plan, at its next milestone."), (status = 409, body = Problem, description = "`conflict`: the plan is not active or has no next milestone.")))]
 async fn advance_plan(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(id): Path<String>,
 ) -> Result<Json<ReleasePlan>, ApiError> {
     Ok(Json(f.advance_plan(&auth.audit, &ReleasePlanId::parse(&id)?).await?))
@@ -922,7 +925,7 @@ async fn advance_plan(
     responses((status = 200, body = ReleasePlan, description = "The plan, paused."), (status = 409, body = Problem, description = "`conflict`: the plan is not active.")))]
 async fn pause_plan(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(id): Path<String>,
 ) -> Result<Json<ReleasePlan>, ApiError> {
     Ok(Json(f.set_plan_status(&auth.audit, &ReleasePlanId::parse(&id)?, "paused").await?))
@@ -933,7 +936,7 @@ async fn pause_plan(
     responses((status = 200, body = ReleasePlan, description = "The plan, active again."), (status = 409, body = Problem, description = "`conflict`: the plan is not paused.")))]
 async fn resume_plan(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(id): Path<String>,
 ) -> Result<Json<ReleasePlan>, ApiError> {
     Ok(Json(f.set_plan_status(&auth.audit, &ReleasePlanId::parse(&id)?, "active").await?))
@@ -946,7 +949,7 @@ async fn resume_plan(
     responses((status = 200, body = ReleasePlan, description = "The plan, cancelled."), (status = 409, body = Problem, description = "`conflict`: the plan has ended already.")))]
 async fn cancel_plan(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path(id): Path<String>,
 ) -> Result<Json<ReleasePlan>, ApiError> {
     Ok(Json(f.set_plan_status(&auth.audit, &ReleasePlanId::parse(&id)?, "cancelled").await?))
@@ -973,7 +976,7 @@ pub struct GuardState {
     request_body = GuardState, responses((status = 200, body = ReleasePlan, description = "The plan after the signal.")))]
 async fn set_guard(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     Path((id, name)): Path<(String, String)>,
     ApiJson(b): ApiJson<GuardState>,
 ) -> Result<Json<ReleasePlan>, ApiError> {
@@ -1031,7 +1034,7 @@ pub struct AlertResult {
     responses((status = 200, body = AlertResult, description = "Which plans were rolled back.")))]
 async fn alertmanager(
     State(f): St,
-    auth: Authorized<FlagsWrite>,
+    auth: Authorized<Platform<FlagsWrite>>,
     ApiJson(b): ApiJson<AlertmanagerPayload>,
 ) -> Result<Json<AlertResult>, ApiError> {
     runway_core::bounds::items("/alerts", b.alerts.len(), MAX_ALERTS)?;

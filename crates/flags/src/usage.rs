@@ -104,6 +104,13 @@ pub struct StaleFlag {
     pub since: String,
 }
 
+/// How many distinct variant names get their own `runway_flag_evaluations_total` series per
+/// process; later ones are counted as `variant="other"`.
+const MAX_VARIANT_LABELS: usize = 1_000;
+
+static VARIANT_LABELS: std::sync::LazyLock<runway_core::labels::BoundedLabels> =
+    std::sync::LazyLock::new(|| runway_core::labels::BoundedLabels::new(MAX_VARIANT_LABELS));
+
 impl Flags {
     /// Writes the counts gathered since the last flush; on failure they are kept for the next.
     pub async fn flush_usage(&self) -> Result<usize, ApiError> {
@@ -117,8 +124,9 @@ impl Flags {
                 for (env, flags) in &counts {
                     for (flag, variants) in flags {
                         for (variant, c) in variants {
-                            let labels =
-                                [("environment", env.clone()), ("flag", flag.clone()), ("variant", variant.clone())];
+                            // Variant names come from SDKs: bounded, so they cannot grow the series.
+                            let variant = VARIANT_LABELS.label(variant);
+                            let labels = [("environment", env.clone()), ("flag", flag.clone()), ("variant", variant)];
                             metrics::counter!("runway_flag_evaluations_total", &labels).increment(c.yes + c.no);
                             metrics::gauge!("runway_flag_last_evaluated_timestamp_seconds", &labels[..2])
                                 .set(c.last as f64 / 1e6);

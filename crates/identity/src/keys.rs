@@ -191,8 +191,9 @@ impl Identity {
             return Ok(key);
         }
         let now = self.clock.now_micros();
-        on_conn!(&mut tx, c => sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2")
-            .bind(now).bind(id.as_str()).execute(&mut *c).await.map(|_| ()))
+        on_conn!(&mut tx, c => sqlx::query(
+            "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND ((CAST($3 AS TEXT) IS NULL AND kind = 'service') OR tenant_id = $3)")
+            .bind(now).bind(id.as_str()).bind(tenant.map(TenantId::as_str)).execute(&mut *c).await.map(|_| ()))
         .map_err(runway_store::StoreError::from)?;
         runway_audit::append(
             &mut tx,

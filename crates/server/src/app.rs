@@ -42,15 +42,26 @@ fn ops_routes() -> OpenApiRouter<AppState> {
 pub fn openapi() -> OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
-    doc.merge(ops_routes().split_for_parts().1);
-    doc.merge(runway_identity::routes::router().split_for_parts().1);
-    doc.merge(runway_events::routes::router().split_for_parts().1);
-    doc.merge(runway_flags::routes::router().split_for_parts().1);
-    doc.merge(runway_flags::ofrep::router().split_for_parts().1);
-    doc.merge(runway_flags::client_api::router().split_for_parts().1);
+    for (_, part) in capability_docs() {
+        doc.merge(part);
+    }
     // After the merge, so every capability's operations get the common error responses.
     crate::contract::CommonResponses.modify(&mut doc);
     doc
+}
+
+/// Each router's own document, in merge order. Merging keeps the first schema of a name, so two
+/// capabilities naming different types alike would silently document one with the other's
+/// shape; `component_names_do_not_collide` below refuses that.
+fn capability_docs() -> Vec<(&'static str, OpenApi)> {
+    vec![
+        ("operations", ops_routes().split_for_parts().1),
+        ("identity", runway_identity::routes::router().split_for_parts().1),
+        ("events", runway_events::routes::router().split_for_parts().1),
+        ("flags", runway_flags::routes::router().split_for_parts().1),
+        ("ofrep", runway_flags::ofrep::router().split_for_parts().1),
+        ("unleash client API", runway_flags::client_api::router().split_for_parts().1),
+    ]
 }
 
 /// Builds the whole router around `state`.
@@ -146,7 +157,13 @@ async fn metrics_with_token(State(state): State<AppState>, headers: axum::http::
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .unwrap_or("");
-    let ok: bool = subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), token.expose().as_bytes()).into();
+    // Digests of equal length, so the comparison says nothing about the token's length either.
+    let digest = |b: &[u8]| <sha2::Sha256 as sha2::Digest>::digest(b);
+    let ok: bool = subtle::ConstantTimeEq::ct_eq(
+        digest(presented.as_bytes()).as_slice(),
+        digest(token.expose().as_bytes()).as_slice(),
+    )
+    .into();
     if !ok {
         return ApiError::unauthenticated("`/metrics` here needs `Authorization: Bearer <server.metrics_token>`")
             .into_response();
@@ -189,4 +206,29 @@ async fn metrics(State(state): State<AppState>) -> Response {
         tracing::warn!(error = %e, "could not read webhook queue gauges");
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::observe::prometheus().render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_names_do_not_collide() {
+        let mut seen: std::collections::BTreeMap<String, (&str, serde_json::Value)> = Default::default();
+        let mut clashes = Vec::new();
+        for (owner, doc) in capability_docs() {
+            for (name, schema) in doc.components.map(|c| c.schemas).unwrap_or_default() {
+                let schema = serde_json::to_value(&schema).unwrap_or_default();
+                match seen.get(&name) {
+                    Some((first, earlier)) if *earlier != schema => {
+                        clashes.push(format!("`{name}` means one thing in {first} and another in {owner}"))
+                    }
+                    _ => {
+                        seen.insert(name, (owner, schema));
+                    }
+                }
+            }
+        }
+        assert!(clashes.is_empty(), "schema names clash across capabilities:\n{}", clashes.join("\n"));
+    }
 }

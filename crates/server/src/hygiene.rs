@@ -128,13 +128,17 @@ async fn as_problem(res: Response) -> Response {
             mime == "application/json" || mime.ends_with("+json")
         })
         .unwrap_or(false);
-    let Some(code) = code_for(res.status()) else { return res };
+    let Some(mut code) = code_for(res.status()) else { return res };
     if is_json {
         return res;
     }
     let (parts, body) = res.into_parts();
     let text = axum::body::to_bytes(body, MAX_DETAIL_BYTES).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text).trim().to_owned();
+    // A 400 of the framework's own: a path segment (`Invalid URL`), a query string, or a body.
+    if code == ErrorCode::InvalidPath && !text.starts_with("Invalid URL") {
+        code = if text.contains("query string") { ErrorCode::InvalidQuery } else { ErrorCode::MalformedBody };
+    }
     let detail = if text.is_empty() { code.title().to_owned() } else { text };
     let mut out = ApiError::new(code, detail).into_response();
     // Keep what the framework said beyond the body (`Allow` on a 405, `Retry-After`).

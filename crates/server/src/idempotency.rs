@@ -74,7 +74,12 @@ async fn handle(state: AppState, raw: HeaderValue, req: Request, next: Next) -> 
     let credential = req
         .extensions()
         .get::<Arc<Principal>>()
-        .map(|p| p.credential_id().to_owned())
+        .map(|p| match &p.kind {
+            // A local operator is named by the OS user, which could be `admin`: keep their
+            // records apart from the admin token's.
+            runway_identity::PrincipalKind::Cli { .. } => format!("cli:{}", p.credential_id()),
+            _ => p.credential_id().to_owned(),
+        })
         .ok_or_else(|| ApiError::unauthenticated("authentication is required"))?;
     let (parts, body) = req.into_parts();
     let limit = state.config.server.body_limit_bytes;

@@ -51,6 +51,7 @@ impl Running {
     /// flush write-behind state, close the store.
     pub fn begin_shutdown(&self) {
         self.state.draining.store(true, Ordering::SeqCst);
+        self.state.flags.begin_shutdown();
         let _ = self.stop.send(true);
     }
 

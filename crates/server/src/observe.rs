@@ -86,7 +86,12 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         400..=499 => "4xx",
         _ => "5xx",
     };
-    let labels = [("route", route), ("method", method.to_string())];
+    // Bounded: a client may send any method name, and each would be a new series.
+    let method = match method.as_str() {
+        m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_owned(),
+        _ => "other".to_owned(),
+    };
+    let labels = [("route", route), ("method", method)];
     metrics::counter!("runway_http_requests_total", &[&labels[..], &[("status_class", class.to_owned())]].concat())
         .increment(1);
     metrics::histogram!("runway_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());

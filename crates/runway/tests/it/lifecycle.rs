@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 crate::both_engines!(
     graceful_shutdown_finishes_a_request_in_flight,
     readiness_follows_store_and_migrations,
-    metrics_show_red_and_pool_gauges
+    metrics_show_red_and_pool_gauges,
+    an_open_event_stream_does_not_hold_up_shutdown,
 );
 
 async fn graceful_shutdown_finishes_a_request_in_flight(engine: Engine) {
@@ -33,8 +34,29 @@ async fn graceful_shutdown_finishes_a_request_in_flight(engine: Engine) {
     let mut response = String::new();
     conn.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 201"), "the in-flight request completed: {response}");
-    tokio::time::timeout(Duration::from_secs(20), running.wait()).await.expect("server stopped after draining");
+    let drain =
+        tokio::time::timeout(Duration::from_secs(20), running.wait()).await.expect("server stopped after draining");
+    assert_eq!(drain, runway_server::Drain::Clean);
     assert_eq!(s.db.scalar("SELECT COUNT(*) FROM tenants WHERE slug = 'inflight'").await, 1);
+}
+
+/// An OpenFeature client holding the OFREP event stream open does not hold up a shutdown: the
+/// stream ends when the drain begins, so the drain is clean rather than cut off at the grace.
+async fn an_open_event_stream_does_not_hold_up_shutdown(engine: Engine) {
+    let mut s = TestServer::start(engine).await;
+    let key =
+        s.post("/v1/service-keys", ADMIN, json!({"name": "sse", "scopes": ["flags:evaluate"]})).await.ok(201)["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let stream = s.http.get(format!("{}/ofrep/v1/events", s.base)).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let running = s.running.take().unwrap();
+    let drain = tokio::time::timeout(Duration::from_secs(30), running.shutdown()).await.expect("the server stopped");
+    assert_eq!(drain, runway_server::Drain::Clean, "the open stream ended with the drain");
+    // The client sees its stream end (no more events), not a connection left hanging.
+    let rest = tokio::time::timeout(Duration::from_secs(5), stream.bytes()).await.expect("the stream ended");
+    assert!(rest.is_ok(), "{rest:?}");
 }
 
 async fn readiness_follows_store_and_migrations(engine: Engine) {
