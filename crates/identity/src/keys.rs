@@ -118,6 +118,15 @@ impl Identity {
         {
             return Err(ApiError::new(ErrorCode::MissingScope, "a key cannot grant scopes it does not hold itself"));
         }
+        // Nor more reach than it has: a key bound to a flag environment mints keys bound to it.
+        if let Some(bound) = creator.and_then(|p| p.environment.as_deref())
+            && new.environment.as_deref() != Some(bound)
+        {
+            return Err(ApiError::new(
+                ErrorCode::MissingScope,
+                format!("a key bound to environment `{bound}` can only create keys bound to `{bound}`"),
+            ));
+        }
         let now = self.clock.now_micros();
         if let Some(exp) = new.expires_at
             && exp <= now

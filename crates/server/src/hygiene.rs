@@ -119,15 +119,7 @@ fn code_for(status: StatusCode) -> Option<ErrorCode> {
 /// Error responses that already have a JSON shape (problem+json, or the JSON errors OFREP and the
 /// Unleash client API define) pass unchanged; plain-text or empty ones become problem+json.
 async fn as_problem(res: Response) -> Response {
-    let is_json = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|ct| {
-            let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            mime == "application/json" || mime.ends_with("+json")
-        })
-        .unwrap_or(false);
+    let is_json = runway_core::json::is_json_media_type(res.headers().get(header::CONTENT_TYPE));
     let Some(mut code) = code_for(res.status()) else { return res };
     if is_json {
         return res;

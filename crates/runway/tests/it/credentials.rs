@@ -53,6 +53,26 @@ async fn scopes_are_enforced(engine: Engine) {
         .await
         .problem(403, "missing_scope");
 
+    // A key bound to a flag environment only mints keys bound to the same one.
+    let bound = s
+        .post(
+            "/v1/tenants/sc/keys",
+            ADMIN,
+            json!({"name": "b", "scopes": ["keys:write", "keys:read"], "environment": "staging"}),
+        )
+        .await;
+    let bound = bound.ok(201)["token"].as_str().unwrap().to_owned();
+    for env in [json!(null), json!("production")] {
+        let r = s
+            .post("/v1/tenants/sc/keys", &bound, json!({"name": "x", "scopes": ["keys:read"], "environment": env}))
+            .await;
+        assert!(r.problem(403, "missing_scope")["detail"].as_str().unwrap().contains("staging"), "{}", r.text);
+    }
+    let same = s
+        .post("/v1/tenants/sc/keys", &bound, json!({"name": "x", "scopes": ["keys:read"], "environment": "staging"}))
+        .await;
+    assert_eq!(same.ok(201)["environment"], "staging");
+
     // Cross-tenant scopes cannot be given to tenant keys at all.
     let r = s.post("/v1/tenants/sc/keys", ADMIN, json!({"name": "x", "scopes": ["tenants:write"]})).await;
     assert_eq!(r.problem(422, "validation_failed")["field"], "/scopes");

@@ -950,10 +950,13 @@ async fn asymmetric_endpoints_sign_with_ed25519(engine: Engine) {
 async fn a_delivery_that_waited_for_a_slot_renews_its_lease_and_arrives_once(engine: Engine) {
     // One sending slot, a 4 s lease (2 s timeout + 2 s margin), and a receiver that takes 1.5 s:
     // the second event waits for the slot long enough that its send could outlast the lease.
+    // An idle worker polls every second, not every 50 ms: a claim holds the free room while it
+    // runs, and a publish inside one would queue instead of going direct (see the signed test).
     let s = setup_delivery_with(engine, vec![0, 1, 1], |e| {
         e.worker_concurrency = 1;
         e.delivery_timeout_secs = 2;
         e.lease_margin_secs = 2;
+        e.poll_interval_ms = 1_000;
     })
     .await;
     let slow = Receiver::start(Behaviour::Slow(1500)).await;

@@ -359,6 +359,17 @@ fn differences(pg: &Schema, lite: &Schema) -> BTreeSet<String> {
 
 crate::both_engines!(every_tenant_table_is_under_row_level_security);
 
+/// Migrates a database (SQLite here; PostgreSQL ones are migrated by `Database::create`).
+async fn migrate(url: &str) {
+    let cfg = runway_core::config::DatabaseConfig {
+        url: runway_core::config::DatabaseUrl(url.to_owned()),
+        ..Default::default()
+    };
+    let store = runway_store::Store::connect(&cfg).await.unwrap();
+    store.migrate(&cfg).await.unwrap();
+    store.close().await;
+}
+
 /// Both engines, migrated from scratch, have the same tables, columns, keys, indexes and foreign
 /// keys, but for the reviewed differences above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,13 +377,7 @@ crate::both_engines!(every_tenant_table_is_under_row_level_security);
 async fn postgres_and_sqlite_schemas_do_not_drift() {
     let pg = Database::create(&Engine::postgres()).await;
     let lite = Database::create(&Engine::Sqlite).await;
-    let cfg = runway_core::config::DatabaseConfig {
-        url: runway_core::config::DatabaseUrl(lite.owner_url.clone()),
-        ..Default::default()
-    };
-    let store = runway_store::Store::connect(&cfg).await.unwrap();
-    store.migrate(&cfg).await.unwrap();
-    store.close().await;
+    migrate(&lite.owner_url).await;
     let (p, l) = (postgres_schema(&pg.owner_url).await, sqlite_schema(&lite.owner_url).await);
     assert!(p.columns.len() >= TABLE_OWNERS.len(), "the catalog was read: {:?}", p.columns.keys());
     let found = differences(&p, &l);
@@ -396,13 +401,7 @@ async fn postgres_and_sqlite_schemas_do_not_drift() {
 async fn every_tenant_table_is_under_row_level_security(engine: Engine) {
     let db = Database::create(&engine).await;
     if !engine.is_postgres() {
-        let cfg = runway_core::config::DatabaseConfig {
-            url: runway_core::config::DatabaseUrl(db.owner_url.clone()),
-            ..Default::default()
-        };
-        let store = runway_store::Store::connect(&cfg).await.unwrap();
-        store.migrate(&cfg).await.unwrap();
-        store.close().await;
+        migrate(&db.owner_url).await;
         let s = sqlite_schema(&db.owner_url).await;
         let tenant_tables: Vec<_> =
             s.columns.iter().filter(|(_, c)| c.contains_key("tenant_id")).map(|(t, _)| t).collect();
