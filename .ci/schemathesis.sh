@@ -45,6 +45,22 @@ api() { # method path token [json body] → prints the body; fails unless 2xx
   fi
 }
 
+# Real sub-resources, so operations on `{endpoint}`, `{message}`, `{key_id}` and flag `{key}` reach
+# their handlers' bodies rather than only their 404s. Made again before each run: the one before
+# may have deleted them.
+fixtures() {
+  api POST /v1/event-types "$ADMIN" '{"name":"st.checked","schema":null,"version":"1.0"}' >/dev/null 2>&1 || true
+  export RUNWAY_ST_ENDPOINT RUNWAY_ST_MESSAGE RUNWAY_ST_KEY
+  RUNWAY_ST_ENDPOINT=$(api POST /v1/tenants/schemathesis/webhooks "$ADMIN" '{"url":"https://hooks.example.com/st"}' \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+  api POST /v1/tenants/schemathesis/events "$ADMIN" '{"type":"st.checked","payload":{"n":1}}' >/dev/null
+  RUNWAY_ST_MESSAGE=$(api GET "/v1/tenants/schemathesis/webhooks/$RUNWAY_ST_ENDPOINT/messages" "$ADMIN" \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["data"][0]["id"])')
+  RUNWAY_ST_KEY=$(api POST /v1/tenants/schemathesis/keys "$ADMIN" '{"name":"victim","scopes":["tenants:read"]}' \
+    | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
+  api POST /v1/flags "$ADMIN" '{"key":"st-flag","environments":{"production":{"enabled":true}}}' >/dev/null 2>&1 || true
+}
+
 run_engine() {
   local engine=$1 dir="$WORK/$1" port
   mkdir -p "$dir"
@@ -99,6 +115,7 @@ run_engine() {
     token=$tenant_key
     [ "$who" = admin ] && token=$ADMIN
     echo "== schemathesis: $engine, $who"
+    fixtures
     "$SCHEMATHESIS" --config-file .ci/schemathesis.toml run "$BASE/openapi.json" \
       --header "Authorization: Bearer $token" \
       --max-examples "$EXAMPLES" --seed "$SEED" --workers 2 --request-timeout 10 \
