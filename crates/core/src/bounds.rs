@@ -56,21 +56,35 @@ pub fn object_schema(description: &str, max: usize, values: Option<RefOr<Schema>
         .into()
 }
 
-/// Free-form key-value data kept with a resource, for the caller's own use; at most
-/// `MAX_METADATA_KEYS` keys. Used as `#[schema(value_type = Metadata)]`.
-pub struct Metadata;
+/// Declares a schema-only type for a JSON object of at most `max` keys (any JSON values, or
+/// `values = <schema>`): the bound shows in the contract as `maxProperties`, and `{max}` in the
+/// description is the same constant, so the two cannot disagree.
+#[macro_export]
+macro_rules! bounded_object_schema {
+    ($(#[$meta:meta])* $vis:vis $name:ident, $max:expr, $desc:literal $(, values = $values:expr)?) => {
+        $(#[$meta])*
+        $vis struct $name;
 
-impl utoipa::PartialSchema for Metadata {
-    fn schema() -> RefOr<Schema> {
-        object_schema(
-            "Free-form data for your own use (a CRM id, a team name, …); a JSON object of at most 50 keys.",
-            MAX_METADATA_KEYS,
-            None,
-        )
-    }
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                #[allow(unused_mut)]
+                let mut values: Option<utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>> = None;
+                $(values = Some($values);)?
+                $crate::bounds::object_schema(&format!($desc, max = $max), $max, values)
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
+    };
 }
 
-impl utoipa::ToSchema for Metadata {}
+bounded_object_schema!(
+    /// Free-form key-value data kept with a resource, for the caller's own use; at most
+    /// `MAX_METADATA_KEYS` keys. Used as `#[schema(value_type = Metadata)]`.
+    pub Metadata,
+    MAX_METADATA_KEYS,
+    "Free-form data for your own use (a CRM id, a team name, …); a JSON object of at most {max} keys."
+);
 
 #[cfg(test)]
 mod tests {

@@ -284,21 +284,13 @@ async fn list_events(
     Ok(Json(s.events.events_page(&scope, &f, &cursor, show_pii).await?))
 }
 
-/// Extra headers an endpoint sends with every delivery: at most 100.
-pub struct DeliveryHeaders;
-
-impl utoipa::PartialSchema for DeliveryHeaders {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        let text = utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String);
-        runway_core::bounds::object_schema(
-            "Header name to value, sent with every delivery (at most 100; Runway's own `webhook-*` and `content-type` cannot be set).",
-            endpoints::MAX_HEADERS,
-            Some(text.into()),
-        )
-    }
-}
-
-impl utoipa::ToSchema for DeliveryHeaders {}
+runway_core::bounded_object_schema!(
+    /// Extra headers an endpoint sends with every delivery: at most `MAX_HEADERS`.
+    pub DeliveryHeaders,
+    endpoints::MAX_HEADERS,
+    "Header name to value, sent with every delivery (at most {max}; Runway's own `webhook-*` and `content-type` cannot be set).",
+    values = utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String).into()
+);
 
 /// A new webhook endpoint.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -100,20 +100,12 @@ pub struct StrategySchema {
     variants: Option<Vec<VariantSchema>>,
 }
 
-/// A strategy's settings: at most `MAX_CONSTRAINTS` keys.
-pub struct StrategyParameters;
-
-impl utoipa::PartialSchema for StrategyParameters {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        runway_core::bounds::object_schema(
-            "Strategy settings by name, such as `rollout`, `stickiness` and `groupId` (at most 100).",
-            MAX_CONSTRAINTS,
-            None,
-        )
-    }
-}
-
-impl utoipa::ToSchema for StrategyParameters {}
+runway_core::bounded_object_schema!(
+    /// A strategy's settings: at most `MAX_CONSTRAINTS` keys.
+    pub StrategyParameters,
+    MAX_CONSTRAINTS,
+    "Strategy settings by name, such as `rollout`, `stickiness` and `groupId` (at most {max})."
+);
 
 /// A condition on one context field (Unleash's wire format).
 #[derive(utoipa::ToSchema)]

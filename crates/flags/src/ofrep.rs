@@ -94,20 +94,12 @@ pub struct Request {
 /// Keys an evaluation context may carry.
 pub const MAX_CONTEXT_KEYS: usize = 100;
 
-/// The schema of an evaluation context: an object of at most `MAX_CONTEXT_KEYS` keys.
-pub struct OfrepContext;
-
-impl utoipa::PartialSchema for OfrepContext {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        runway_core::bounds::object_schema(
-            "An evaluation context: `targetingKey` and any attributes, at most 100 keys.",
-            MAX_CONTEXT_KEYS,
-            None,
-        )
-    }
-}
-
-impl utoipa::ToSchema for OfrepContext {}
+runway_core::bounded_object_schema!(
+    /// The schema of an evaluation context: an object of at most `MAX_CONTEXT_KEYS` keys.
+    pub OfrepContext,
+    MAX_CONTEXT_KEYS,
+    "An evaluation context: `targetingKey` and any attributes, at most {max} keys."
+);
 
 /// One flag's value for a context (the wire shape this module writes with `json!`).
 #[derive(utoipa::ToSchema)]

@@ -92,6 +92,9 @@ async fn framework_errors_are_problem_json(engine: Engine) {
         req = req.header(format!("x-pad-{i}"), "1");
     }
     TestServer::read(req.send().await.unwrap()).await.problem(431, "headers_too_large");
+    // A query string the framework itself refuses keeps its kind: invalid_query, not a path error.
+    let (sdk, _) = s.service_key(&["flags:evaluate"]).await;
+    s.get("/api/client/features?environment=a&environment=b", &sdk).await.problem(400, "invalid_query");
     // One oversized header value.
     let r = s.http.get(format!("{}/v1/tenants", s.base)).bearer_auth(ADMIN).header("x-pad", "p".repeat(40 * 1024));
     TestServer::read(r.send().await.unwrap()).await.problem(431, "headers_too_large");
@@ -120,7 +123,12 @@ async fn metrics_are_not_public(engine: Engine) {
     s.tenant("m").await;
     // The API listener has no /metrics without a token configured; the metrics listener has it.
     s.get("/metrics", ADMIN).await.problem(404, "not_found");
-    assert!(s.metrics_text().await.contains("runway_http_requests_total"));
+    // Any method name a client invents is counted as `other`, not as a series of its own.
+    let odd = reqwest::Method::from_bytes(b"BREW").unwrap();
+    s.call(odd, "/v1/tenants", Some(ADMIN), None).await.problem(405, "method_not_allowed");
+    let text = s.metrics_text().await;
+    assert!(text.contains("runway_http_requests_total"));
+    assert!(!text.contains("BREW") && text.contains(r#"method="other""#), "{text}");
 
     let token = "metrics-token-0123456789";
     let t = TestServer::start_with(engine, |c| {
