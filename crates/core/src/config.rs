@@ -79,8 +79,16 @@ pub struct EventsConfig {
     /// Address blocks webhooks may reach even though they are internal (CIDR), e.g. for a
     /// receiver on the same host in development.
     pub allow_destinations: Vec<String>,
-    /// Deliveries sent at once by one replica; its worker holds up to twice as many leased.
+    /// Deliveries sent at once by one replica (its sending slots), shared fairly between
+    /// tenants; its worker holds up to four times as many leased.
     pub worker_concurrency: u32,
+    /// Sending slots only a tenant with nothing in flight may take, so a tenant that starts
+    /// sending never waits for another tenant's slow sends (default: an eighth of
+    /// `worker_concurrency`).
+    pub reserved_slots: Option<u32>,
+    /// Sends in flight at once to one endpoint, unless its plan (`webhook_max_in_flight`) says
+    /// otherwise; an endpoint's own `max_in_flight` can only lower it.
+    pub endpoint_max_in_flight: u32,
     /// How often the worker looks for due deliveries when nothing woke it, in milliseconds.
     pub poll_interval_ms: u64,
     /// Run the delivery worker in this process.
@@ -121,6 +129,8 @@ impl Default for EventsConfig {
             retry_schedule_secs: vec![0, 5, 300, 1800, 7200, 18000, 36000, 36000],
             allow_destinations: Vec::new(),
             worker_concurrency: 32,
+            reserved_slots: None,
+            endpoint_max_in_flight: 16,
             poll_interval_ms: 500,
             worker_enabled: true,
             relays: Vec::new(),
@@ -298,6 +308,21 @@ pub struct PlanLimits {
     /// event id holds for 24 h).
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// The tenant's share of sending slots against other tenants with deliveries waiting
+    /// (a weight-2 tenant gets two slots for each one a weight-1 tenant gets).
+    #[serde(default = "default_delivery_weight")]
+    pub delivery_weight: u32,
+    /// Webhook deliveries sent per second for the tenant, per replica; more wait their turn
+    /// (never dropped). Unset: no limit.
+    #[serde(default)]
+    pub deliveries_per_second: Option<u32>,
+    /// Sends in flight at once to one of the tenant's endpoints; unset: `events.endpoint_max_in_flight`.
+    #[serde(default)]
+    pub webhook_max_in_flight: Option<u32>,
+}
+
+fn default_delivery_weight() -> u32 {
+    1
 }
 
 fn default_retention_days() -> u32 {
@@ -360,15 +385,26 @@ fn plan(rps: u32, burst: u32, conc: u32, events: u64, requests: u64, retention_d
         max_concurrent_requests: conc,
         monthly_quotas: BTreeMap::from([("events".into(), events), ("api_requests".into(), requests)]),
         retention_days,
+        delivery_weight: 1,
+        deliveries_per_second: None,
+        webhook_max_in_flight: None,
     }
+}
+
+/// Webhook delivery limits of a built-in plan.
+fn deliveries(mut p: PlanLimits, weight: u32, per_second: u32, in_flight: u32) -> PlanLimits {
+    p.delivery_weight = weight;
+    p.deliveries_per_second = Some(per_second);
+    p.webhook_max_in_flight = Some(in_flight);
+    p
 }
 
 /// The built-in plans; a config file may change them or add more.
 pub fn default_plans() -> BTreeMap<String, PlanLimits> {
     BTreeMap::from([
-        ("free".into(), plan(10, 20, 10, 100_000, 1_000_000, 7)),
-        ("pro".into(), plan(100, 200, 50, 10_000_000, 100_000_000, 30)),
-        ("enterprise".into(), plan(1_000, 2_000, 200, 1_000_000_000, 10_000_000_000, 90)),
+        ("free".into(), deliveries(plan(10, 20, 10, 100_000, 1_000_000, 7), 1, 100, 4)),
+        ("pro".into(), deliveries(plan(100, 200, 50, 10_000_000, 100_000_000, 30), 2, 1_000, 16)),
+        ("enterprise".into(), deliveries(plan(1_000, 2_000, 200, 1_000_000_000, 10_000_000_000, 90), 4, 10_000, 32)),
     ])
 }
 
@@ -464,6 +500,18 @@ impl Config {
             if p.retention_days == 0 {
                 return Err(bad(format!("plans.{name}.retention_days"), "must be at least 1"));
             }
+            if !(1..=1000).contains(&p.delivery_weight) {
+                return Err(bad(format!("plans.{name}.delivery_weight"), "must be between 1 and 1000"));
+            }
+            if p.deliveries_per_second == Some(0) {
+                return Err(bad(
+                    format!("plans.{name}.deliveries_per_second"),
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+            if p.webhook_max_in_flight == Some(0) {
+                return Err(bad(format!("plans.{name}.webhook_max_in_flight"), "must be at least 1"));
+            }
             if p.max_concurrent_requests == 0 {
                 return Err(bad(format!("plans.{name}.max_concurrent_requests"), "must be at least 1"));
             }
@@ -502,6 +550,12 @@ impl Config {
         if self.events.worker_concurrency == 0 {
             return Err(bad("events.worker_concurrency", "must be at least 1"));
         }
+        if self.events.reserved_slots.is_some_and(|r| r >= self.events.worker_concurrency) {
+            return Err(bad("events.reserved_slots", "must be less than events.worker_concurrency"));
+        }
+        if self.events.endpoint_max_in_flight == 0 {
+            return Err(bad("events.endpoint_max_in_flight", "must be at least 1"));
+        }
         if self.auth.idempotency_ttl_secs < 3600 {
             return Err(bad("auth.idempotency_ttl_secs", "must be at least 3600"));
         }
@@ -539,6 +593,21 @@ mod tests {
         let mut c = Config::default();
         c.plans.get_mut("pro").unwrap().burst = 0;
         assert_eq!(c.validate().unwrap_err().key, "plans.pro.burst");
+        let mut c = Config::default();
+        c.plans.get_mut("pro").unwrap().delivery_weight = 0;
+        assert_eq!(c.validate().unwrap_err().key, "plans.pro.delivery_weight");
+        let mut c = Config::default();
+        c.plans.get_mut("free").unwrap().deliveries_per_second = Some(0);
+        assert_eq!(c.validate().unwrap_err().key, "plans.free.deliveries_per_second");
+        let mut c = Config::default();
+        c.plans.get_mut("free").unwrap().webhook_max_in_flight = Some(0);
+        assert_eq!(c.validate().unwrap_err().key, "plans.free.webhook_max_in_flight");
+        let mut c = Config::default();
+        c.events.reserved_slots = Some(c.events.worker_concurrency);
+        assert_eq!(c.validate().unwrap_err().key, "events.reserved_slots");
+        let mut c = Config::default();
+        c.events.endpoint_max_in_flight = 0;
+        assert_eq!(c.validate().unwrap_err().key, "events.endpoint_max_in_flight");
     }
 
     #[test]

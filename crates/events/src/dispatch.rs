@@ -1,114 +1,255 @@
-//! Direct dispatch: the worker holds a bounded set of leased deliveries in memory, a few more
-//! than it has sending slots, so a slot never waits for a claim round trip. The publish committer
-//! puts new deliveries straight into that set when it has room, writing them already leased to
-//! this worker; the worker's claims fill the rest from the queue. The row in the store stays the
-//! record: if the replica dies before the attempt is recorded, the lease runs out and any worker
-//! claims the delivery again, exactly as for one it had claimed itself.
+//! Direct dispatch and fair sending: the worker holds a bounded set of leased deliveries in
+//! memory, in a [`Scheduler`] that shares the sending slots fairly between tenants and their
+//! endpoints. The publish committer puts new deliveries straight into it when it has room for
+//! them (reserving their places before it commits, writing them already leased to this worker);
+//! the worker's claims fill the rest from the queue. The row in the store stays the record: if
+//! the replica dies before the attempt is recorded, the lease runs out and any worker claims the
+//! delivery again, exactly as for one it had claimed itself.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+
+use runway_core::config::PlanLimits;
+use runway_store::StoreError;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::Notify;
 
+use crate::fair::{EndpointHealth, Idle, Pace, Picked, Scheduler, Share, Sizes};
 use crate::worker::Claimed;
 
-/// A delivery leased at publish time, with its place among the held deliveries.
-pub(crate) type Handed = (Claimed, OwnedSemaphorePermit);
-
-/// Deliveries held by this process's worker: at most twice its sending slots.
-pub(crate) struct Dispatch {
-    /// One permit per concurrent send.
-    pub sending: Arc<Semaphore>,
-    /// One permit per leased delivery held in memory, waiting for a slot or being sent. The
-    /// worker's claims and the committer draw from it; a waiting claim is served first (the
-    /// semaphore is fair and `try_acquire` never jumps its queue), so due deliveries are not
-    /// starved by new ones.
-    pub held: Arc<Semaphore>,
+struct Inner {
+    sched: Scheduler<Claimed>,
     /// Set while a worker runs in this process; without one, every delivery waits in the queue.
-    running: AtomicBool,
-    tx: mpsc::UnboundedSender<Handed>,
-    rx: Mutex<Option<mpsc::UnboundedReceiver<Handed>>>,
+    running: bool,
+    /// How each endpoint's recent sends went, as this replica saw them.
+    health: HashMap<String, EndpointHealth>,
+}
+
+/// What plans and configuration give each delivery's tenant and endpoint.
+pub(crate) struct ShareRules {
+    pub plans: BTreeMap<String, PlanLimits>,
+    /// `events.endpoint_max_in_flight`.
+    pub default_cap: u32,
+    /// `events.worker_concurrency`: no cap is higher.
+    pub slots: u32,
+}
+
+/// This process's held deliveries and sending slots.
+pub(crate) struct Dispatch {
+    inner: Mutex<Inner>,
+    rules: ShareRules,
+    /// Each tenant's plan for a few seconds (a plan change reaches delivery within them).
+    plans_by_tenant: moka::sync::Cache<String, String>,
+    /// Wakes the sender: a delivery is held or a slot is free.
+    pub pump: Notify,
+    /// Wakes the claimer: held room is free.
+    pub room: Notify,
     /// A lease token per process: rows leased at publish time are recognisable in the store.
     pub token: String,
 }
 
 impl Dispatch {
-    pub(crate) fn new(concurrency: u32) -> Dispatch {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub(crate) fn new(sizes: Sizes, rules: ShareRules) -> Dispatch {
         Dispatch {
-            sending: Arc::new(Semaphore::new(concurrency as usize)),
-            held: Arc::new(Semaphore::new(2 * concurrency as usize)),
-            running: AtomicBool::new(false),
-            tx,
-            rx: Mutex::new(Some(rx)),
+            rules,
+            plans_by_tenant: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(5))
+                .build(),
+            inner: Mutex::new(Inner { sched: Scheduler::new(sizes), running: false, health: HashMap::new() }),
+            pump: Notify::new(),
+            room: Notify::new(),
             token: format!("direct-{}", runway_core::id::base32_encode(&runway_core::secret::random_bytes::<12>())),
         }
     }
 
-    /// The receiving side, for the one worker of this process.
-    pub(crate) fn take_receiver(&self) -> Option<mpsc::UnboundedReceiver<Handed>> {
-        self.rx.lock().unwrap_or_else(|e| e.into_inner()).take()
+    /// A tenant's plan, read through identity (which owns tenants) in the caller's transaction
+    /// and remembered for a few seconds.
+    pub(crate) async fn plan_of(&self, tx: &mut runway_store::Tx, tenant: &str) -> Result<String, StoreError> {
+        if let Some(plan) = self.plans_by_tenant.get(tenant) {
+            return Ok(plan);
+        }
+        let id = runway_core::TenantId::from_trusted(tenant.to_owned());
+        let plan = runway_identity::tenants::find(tx, &runway_identity::tenants::TenantRef::Id(id))
+            .await
+            .map_err(|e| StoreError::Corrupt { what: "tenant plan", reason: e.to_string() })?
+            .map(|t| t.plan)
+            .unwrap_or_default();
+        self.plans_by_tenant.insert(tenant.to_owned(), plan.clone());
+        Ok(plan)
+    }
+
+    /// The endpoint's cap on sends in flight before health narrows it: its plan's (or the
+    /// default), lowered by its own `max_in_flight`, never above the replica's slots.
+    pub(crate) fn endpoint_cap(&self, plan: &str, own: Option<i64>) -> u32 {
+        let from_plan =
+            self.rules.plans.get(plan).and_then(|p| p.webhook_max_in_flight).unwrap_or(self.rules.default_cap);
+        let own = own.and_then(|o| u32::try_from(o).ok()).unwrap_or(u32::MAX);
+        from_plan.min(own).min(self.rules.slots).max(1)
+    }
+
+    /// The highest cap any plan (or the default) gives an endpoint.
+    pub(crate) fn max_endpoint_cap(&self) -> u32 {
+        let plans = self.rules.plans.values().filter_map(|p| p.webhook_max_in_flight);
+        plans.chain([self.rules.default_cap]).max().unwrap_or(1).min(self.rules.slots).max(1)
+    }
+
+    /// What the plan, the endpoint and its health allow one delivery; `stored_degraded` is the
+    /// endpoint's `degraded_since` being set.
+    pub(crate) fn share(
+        &self,
+        plan: &str,
+        endpoint: &str,
+        own_cap: Option<i64>,
+        rate_limit: Option<i64>,
+        stored_degraded: bool,
+    ) -> Share {
+        let limits = self.rules.plans.get(plan);
+        let cap = self.endpoint_cap(plan, own_cap);
+        let degraded = self.degraded(endpoint, stored_degraded);
+        Share {
+            weight: limits.map_or(1, |p| p.delivery_weight),
+            endpoint_cap: EndpointHealth::starting(degraded).cap(cap),
+            tenant_pace: limits.and_then(|p| p.deliveries_per_second).map(|r| Pace::new(r, r)),
+            endpoint_pace: rate_limit.and_then(|r| u32::try_from(r).ok()).filter(|r| *r > 0).map(|r| Pace::new(r, r)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn set_running(&self, running: bool) {
-        self.running.store(running, Ordering::Release);
+        self.lock().running = running;
     }
 
-    /// Takes room for up to `wanted` deliveries about to be written; none when no worker runs
-    /// here, fewer when the worker holds nearly all it may (those stay in the queue).
-    pub(crate) fn reserve(&self, wanted: usize) -> Vec<OwnedSemaphorePermit> {
-        if wanted == 0 || !self.running.load(Ordering::Acquire) {
-            return Vec::new();
+    /// Whether the endpoint is degraded as far as this replica knows; `stored` (the endpoint's
+    /// `degraded_since`) seeds what it has not judged itself.
+    pub(crate) fn degraded(&self, endpoint: &str, stored: bool) -> bool {
+        let mut inner = self.lock();
+        let known = inner.health.len() < MAX_TRACKED;
+        match inner.health.get(endpoint) {
+            Some(h) => h.degraded(),
+            None if known => {
+                inner.health.entry(endpoint.to_owned()).or_insert(EndpointHealth::starting(stored)).degraded()
+            }
+            None => stored,
         }
-        let mut permits = Vec::with_capacity(wanted.min(self.held.available_permits()));
-        while permits.len() < wanted {
-            match self.held.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
+    }
+
+    /// Counts a send's outcome for its endpoint; the new state when it changed, after the
+    /// endpoint's cap in the scheduler has been changed to match.
+    pub(crate) fn record_outcome(&self, tenant: &str, endpoint: &str, failed: bool, cap: u32) -> Option<bool> {
+        let mut inner = self.lock();
+        if inner.health.len() >= MAX_TRACKED && !inner.health.contains_key(endpoint) {
+            // Forget healthy endpoints to make room; degraded ones stay remembered.
+            inner.health.retain(|_, h| h.degraded());
+        }
+        let h = inner.health.entry(endpoint.to_owned()).or_default();
+        let changed = h.record(failed)?;
+        let narrowed = h.cap(cap);
+        inner.sched.set_cap(tenant, endpoint, narrowed);
+        Some(changed)
+    }
+
+    /// Reserves held places for deliveries about to be written leased to this worker, one per
+    /// `(tenant, endpoint, share)`, each as the scheduler admits it; says which were reserved
+    /// (none when no worker runs here).
+    pub(crate) fn reserve<'a>(&self, wanted: impl Iterator<Item = (&'a str, &'a str, Share)>) -> Vec<bool> {
+        let mut inner = self.lock();
+        let running = inner.running;
+        wanted
+            .map(|(tenant, endpoint, share)| {
+                let admitted = running && inner.sched.admits(tenant, endpoint, share.endpoint_cap);
+                if admitted {
+                    inner.sched.reserve(tenant, endpoint, &share);
+                }
+                admitted
+            })
+            .collect()
+    }
+
+    /// Gives back a reservation that will not be filled (the write failed).
+    pub(crate) fn unreserve(&self, tenant: &str, endpoint: &str) {
+        self.lock().sched.unreserve(tenant, endpoint);
+        self.room.notify_one();
+    }
+
+    /// Puts a committed, leased delivery in its reserved place. If the worker has stopped
+    /// meanwhile, the delivery comes back (`Some`): the caller gives its lease back.
+    pub(crate) fn fill(&self, d: Claimed) -> Option<Claimed> {
+        let mut inner = self.lock();
+        if !inner.running {
+            inner.sched.unreserve(&d.tenant_id, &d.endpoint_id);
+            return Some(d);
+        }
+        let (tenant, endpoint) = (d.tenant_id.clone(), d.endpoint_id.clone());
+        inner.sched.fill(&tenant, &endpoint, d);
+        drop(inner);
+        self.pump.notify_one();
+        None
+    }
+
+    /// Takes claimed deliveries in.
+    pub(crate) fn hold(&self, claimed: Vec<(Claimed, Share)>) {
+        let mut inner = self.lock();
+        for (d, share) in claimed {
+            let (tenant, endpoint) = (d.tenant_id.clone(), d.endpoint_id.clone());
+            inner.sched.push(&tenant, &endpoint, &share, d);
+        }
+        drop(inner);
+        self.pump.notify_one();
+    }
+
+    /// The deliveries that may be sent now, and when to look again if some wait for a pace.
+    pub(crate) fn ready(&self, now: i64) -> (Vec<Picked<Claimed>>, Option<i64>) {
+        let mut inner = self.lock();
+        let mut picked = Vec::new();
+        loop {
+            match inner.sched.next(now) {
+                Ok(p) => picked.push(p),
+                Err(Idle::Nothing) => return (picked, None),
+                Err(Idle::Until(at)) => return (picked, Some(at)),
             }
         }
-        permits
     }
 
-    /// Hands a committed, leased delivery to the worker. If the worker is gone (shutdown), the
-    /// lease runs out and the delivery is claimed again: nothing is lost.
-    pub(crate) fn hand_over(&self, handed: Handed) {
-        let _ = self.tx.send(handed);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reserves_only_free_room_while_a_worker_runs() {
-        let d = Dispatch::new(2);
-        assert!(d.reserve(2).is_empty(), "no worker, no direct dispatch");
-        d.set_running(true);
-        let first = d.reserve(3);
-        assert_eq!(first.len(), 3, "room for twice the sending slots");
-        assert_eq!(d.reserve(5).len(), 1, "only one place left");
-        drop(first);
-        d.set_running(false);
-        assert!(d.reserve(1).is_empty(), "a stopped worker ends direct dispatch");
+    /// A picked delivery is done: its slot and place are free.
+    pub(crate) fn finish(&self, tenant: &str, endpoint: &str) {
+        self.lock().sched.finish(tenant, endpoint);
+        self.pump.notify_one();
+        self.room.notify_one();
     }
 
-    #[tokio::test]
-    async fn a_waiting_claim_gets_freed_room_before_direct_dispatch() {
-        let d = Dispatch::new(1);
-        d.set_running(true);
-        let held = d.reserve(2);
-        let waiting = tokio::spawn({
-            let room = d.held.clone();
-            async move { room.acquire_owned().await.map(|_| ()) }
-        });
-        // On this single-threaded test runtime, yielding lets the waiter queue up on the semaphore.
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "the worker is waiting for room");
-        drop(held);
-        assert_eq!(d.reserve(2).len(), 1, "of the two places freed, the waiting worker got one");
-        waiting.await.unwrap().unwrap();
+    /// How many more deliveries an endpoint with this cap may hold (twice its cap in all).
+    pub(crate) fn endpoint_room(&self, tenant: &str, endpoint: &str, cap: u32) -> usize {
+        (2 * cap.max(1) as usize).saturating_sub(self.lock().sched.endpoint_held(tenant, endpoint))
+    }
+
+    /// How many deliveries a claim may take now, and the endpoints it must leave alone.
+    pub(crate) fn claim_room(&self) -> (usize, Vec<String>) {
+        let inner = self.lock();
+        (inner.sched.claim_room(), inner.sched.full_endpoints())
+    }
+
+    /// Ends holding (shutdown): every delivery not yet sending comes out, for its lease to go back.
+    pub(crate) fn stop(&self) -> Vec<Claimed> {
+        let mut inner = self.lock();
+        inner.running = false;
+        inner.sched.drain_waiting()
+    }
+
+    /// Sends in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.lock().sched.in_flight()
+    }
+
+    /// What the metrics show: slots in use per tenant, and deliveries waiting on an endpoint's cap.
+    pub(crate) fn gauges(&self) -> (Vec<(String, usize)>, usize, usize) {
+        let inner = self.lock();
+        (inner.sched.slots_by_tenant(), inner.sched.waiting_on_cap(), inner.sched.held())
     }
 }
+
+/// Endpoints whose health one replica remembers at most; past it, healthy ones are forgotten.
+const MAX_TRACKED: usize = 100_000;

@@ -28,6 +28,12 @@ pub struct Endpoint {
     pub signature_scheme: String,
     /// Events with the same key are delivered strictly in order, one at a time.
     pub ordered: bool,
+    /// The endpoint's own cap on sends in flight; it can only lower its plan's.
+    pub max_in_flight: Option<i64>,
+    /// Since when the workers narrowed its share because most recent sends failed.
+    pub degraded_since: Option<i64>,
+    /// Since when its deliveries have failed without a success.
+    pub failing_since: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -51,6 +57,9 @@ struct EndpointRow {
     metadata: String,
     signature_scheme: String,
     ordered: bool,
+    max_in_flight: Option<i64>,
+    degraded_since: Option<i64>,
+    failing_since: Option<i64>,
     created_at: i64,
     updated_at: i64,
 }
@@ -71,13 +80,18 @@ impl TryFrom<EndpointRow> for Endpoint {
             metadata: runway_store::stored_json("endpoint metadata", &r.metadata)?,
             signature_scheme: r.signature_scheme,
             ordered: r.ordered,
+            max_in_flight: r.max_in_flight,
+            degraded_since: r.degraded_since,
+            failing_since: r.failing_since,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
     }
 }
 
-const COLUMNS: &str = "id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, signature_scheme, ordered, created_at, updated_at";
+const COLUMNS: &str =
+    "id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, signature_scheme, ordered,
+    max_in_flight, degraded_since, failing_since, created_at, updated_at";
 
 /// The tenant's enabled endpoints, for fan-out at publish time.
 pub(crate) async fn subscribed(tx: &mut Tx, tenant: &TenantId) -> Result<Vec<Endpoint>, StoreError> {
@@ -100,6 +114,8 @@ pub(crate) struct Subscriber {
     pub previous_secret: Option<String>,
     pub previous_secret_expires_at: Option<i64>,
     pub ordered: bool,
+    pub max_in_flight: Option<i64>,
+    pub degraded_since: Option<i64>,
 }
 
 impl Subscriber {
@@ -112,10 +128,38 @@ impl Subscriber {
 /// The tenant's enabled endpoints with their sending details, for fan-out at publish time.
 pub(crate) async fn subscribers(tx: &mut Tx, tenant: &TenantId) -> Result<Vec<Subscriber>, StoreError> {
     let rows: Vec<Subscriber> = on_conn!(tx, c => sqlx::query_as(
-        "SELECT id, url, event_types, rate_limit, headers, secret, previous_secret, previous_secret_expires_at, ordered
-         FROM webhook_endpoints WHERE tenant_id = $1 AND enabled ORDER BY id")
+        "SELECT w.id, w.url, w.event_types, w.rate_limit, w.headers, w.secret, w.previous_secret, w.previous_secret_expires_at, w.ordered,
+                w.max_in_flight, w.degraded_since
+         FROM webhook_endpoints w WHERE w.tenant_id = $1 AND w.enabled ORDER BY w.id")
         .bind(tenant.as_str()).fetch_all(&mut *c).await)?;
     Ok(rows)
+}
+
+/// The outcome of an endpoint's last attempts.
+#[derive(Debug, Clone, Default)]
+pub struct RecentAttempts {
+    pub attempts: u32,
+    pub failures: u32,
+    pub timeouts: u32,
+    pub last_at: Option<i64>,
+}
+
+/// An endpoint's last attempts, as many as its health is judged on.
+pub(crate) async fn recent_attempts(
+    tx: &mut Tx,
+    tenant: &TenantId,
+    endpoint: &EndpointId,
+) -> Result<RecentAttempts, StoreError> {
+    let rows: Vec<(Option<String>, i64)> = on_conn!(tx, c => sqlx::query_as(
+        "SELECT error_kind, at FROM delivery_attempts WHERE endpoint_id = $1 AND tenant_id = $2 ORDER BY id DESC LIMIT $3")
+        .bind(endpoint.as_str()).bind(tenant.as_str()).bind(i64::from(crate::fair::EndpointHealth::WINDOW))
+        .fetch_all(&mut *c).await)?;
+    Ok(RecentAttempts {
+        attempts: rows.len() as u32,
+        failures: rows.iter().filter(|(k, _)| k.is_some()).count() as u32,
+        timeouts: rows.iter().filter(|(k, _)| k.as_deref() == Some("timeout")).count() as u32,
+        last_at: rows.first().map(|(_, at)| *at),
+    })
 }
 
 /// One event queued for one endpoint.
@@ -166,7 +210,11 @@ pub struct EndpointInput {
     /// `v1` (default) or `v1a`; only when creating.
     pub signature_scheme: Option<String>,
     pub ordered: Option<bool>,
+    pub max_in_flight: Option<Option<i64>>,
 }
+
+/// The most sends in flight an endpoint may ask for.
+pub const MAX_IN_FLIGHT: i64 = 1000;
 
 /// Parses a supplied key, or makes one, for `scheme`.
 fn key_for(scheme: &str, supplied: Option<&str>) -> Result<SigningKey, ApiError> {
@@ -208,6 +256,11 @@ fn validate(input: &EndpointInput) -> Result<(), ApiError> {
         && r < 1
     {
         return Err(ApiError::validation("/rate_limit", "must be at least 1 per second"));
+    }
+    if let Some(Some(m)) = input.max_in_flight
+        && !(1..=MAX_IN_FLIGHT).contains(&m)
+    {
+        return Err(ApiError::validation("/max_in_flight", format!("must be between 1 and {MAX_IN_FLIGHT}")));
     }
     if let Some(t) = &input.event_types {
         runway_core::bounds::items("/event_types", t.len(), MAX_EVENT_TYPES)?;
@@ -271,17 +324,21 @@ impl Events {
             metadata: input.metadata.unwrap_or_else(|| json!({})),
             signature_scheme: scheme,
             ordered: input.ordered.unwrap_or(false),
+            max_in_flight: input.max_in_flight.flatten(),
+            degraded_since: None,
+            failing_since: None,
             created_at: now,
             updated_at: now,
         };
         let sealed = self.seal_secret(&secret.expose(), ep.id.as_str())?;
         let mut tx = self.store.write(DbScope::Tenant(tenant.clone())).await?;
         on_conn!(&mut tx, c => sqlx::query(
-            "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, secret, created_at, updated_at, signature_scheme, ordered)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13)")
+            "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, enabled, rate_limit, headers, metadata, secret, created_at, updated_at, signature_scheme, ordered, max_in_flight)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, $14)")
             .bind(ep.id.as_str()).bind(tenant.as_str()).bind(&ep.url).bind(&ep.description)
             .bind(json!(ep.event_types).to_string()).bind(ep.enabled).bind(ep.rate_limit)
             .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(&sealed).bind(now).bind(&ep.signature_scheme).bind(ep.ordered)
+            .bind(ep.max_in_flight)
             .execute(&mut *c).await.map(|_| ()))
         .map_err(StoreError::from)?;
         runway_audit::append(&mut tx, &*self.clock, ctx, &Chain::Tenant(tenant.clone()), Change {
@@ -291,6 +348,8 @@ impl Events {
             summary: json!({"url": ep.url, "event_types": ep.event_types, "enabled": ep.enabled, "signature_scheme": ep.signature_scheme, "secret_supplied": input.secret.is_some()}),
         })
         .await?;
+        // Read back: the plan and health come from the store.
+        let ep = find(&mut tx, tenant, &ep.id).await?.ok_or_else(|| ApiError::internal("the new endpoint vanished"))?;
         tx.commit().await?;
         Ok(ep)
     }
@@ -332,15 +391,17 @@ impl Events {
         apply!(headers);
         apply!(metadata);
         apply!(ordered);
+        apply!(max_in_flight);
         if diff.is_empty() {
             return Ok(before);
         }
         ep.updated_at = self.clock.now_micros();
         on_conn!(&mut tx, c => sqlx::query(
             "UPDATE webhook_endpoints SET url = $1, description = $2, event_types = $3, enabled = $4, rate_limit = $5, headers = $6, metadata = $7, updated_at = $8,
-             ordered = $11 WHERE id = $9 AND tenant_id = $10")
+             ordered = $11, max_in_flight = $12 WHERE id = $9 AND tenant_id = $10")
             .bind(&ep.url).bind(&ep.description).bind(json!(ep.event_types).to_string()).bind(ep.enabled).bind(ep.rate_limit)
             .bind(json!(ep.headers).to_string()).bind(ep.metadata.to_string()).bind(ep.updated_at).bind(id.as_str()).bind(tenant.as_str()).bind(ep.ordered)
+            .bind(ep.max_in_flight)
             .execute(&mut *c).await.map(|_| ()))
         .map_err(StoreError::from)?;
         runway_audit::append(
@@ -718,6 +779,17 @@ impl Events {
 }
 
 impl Events {
+    /// Records what a worker judged of an endpoint's recent sends: degraded (its share narrowed
+    /// since now, unless already) or recovered. Shown on the endpoint as its health.
+    pub(crate) async fn note_health(&self, tenant: &str, endpoint: &str, degraded: bool) -> Result<(), StoreError> {
+        let now = self.clock.now_micros();
+        let mut tx = self.store.write(DbScope::Platform).await?;
+        on_conn!(&mut tx, c => sqlx::query(
+            "UPDATE webhook_endpoints SET degraded_since = CASE WHEN $1 THEN COALESCE(degraded_since, $2) ELSE NULL END WHERE id = $3 AND tenant_id = $4")
+            .bind(degraded).bind(now).bind(endpoint).bind(tenant).execute(&mut *c).await.map(|_| ()))?;
+        tx.commit().await
+    }
+
     /// Publishes an operational event of Runway's own (`runway.*`, no contract) into a tenant's
     /// log and queues it for the endpoints subscribed to it.
     pub async fn emit_operational(

@@ -7,6 +7,7 @@
 pub mod compat;
 mod dispatch;
 pub mod endpoints;
+pub mod fair;
 pub mod log;
 mod publisher;
 mod reads;
@@ -36,6 +37,8 @@ pub struct Events {
     pub wake: Arc<Notify>,
     /// Sending slots shared by the worker and the publish committer (direct dispatch).
     pub(crate) dispatch: Arc<dispatch::Dispatch>,
+    /// Tenants with their own series in the per-tenant delivery gauges (see `worker::tenant_gauges`).
+    tenant_series: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Group commit of concurrent publishes; started with the first publish.
     publisher: std::sync::OnceLock<publisher::Publisher>,
     /// Seals endpoint secrets at rest; absent only in CLI commands that never touch them.
@@ -45,10 +48,6 @@ pub struct Events {
     latest_types: moka::sync::Cache<String, Arc<(String, Option<String>)>>,
     /// Compiled event type schemas by `name@version`.
     validators: moka::sync::Cache<String, Arc<jsonschema::Validator>>,
-    /// Per-endpoint delivery rate limiters, with the rate each was built for.
-    limiters: std::sync::Mutex<
-        std::collections::HashMap<String, (std::num::NonZeroU32, Arc<governor::DefaultDirectRateLimiter>)>,
-    >,
 }
 
 impl Events {
@@ -81,8 +80,19 @@ impl Events {
             http,
             wake: Arc::new(Notify::new()),
             publisher: std::sync::OnceLock::new(),
-            dispatch: Arc::new(dispatch::Dispatch::new(config.events.worker_concurrency)),
-            limiters: Default::default(),
+            tenant_series: Default::default(),
+
+            dispatch: Arc::new(dispatch::Dispatch::new(
+                fair::Sizes::for_slots(
+                    config.events.worker_concurrency as usize,
+                    config.events.reserved_slots.map(|r| r as usize),
+                ),
+                dispatch::ShareRules {
+                    plans: config.plans.clone(),
+                    default_cap: config.events.endpoint_max_in_flight,
+                    slots: config.events.worker_concurrency,
+                },
+            )),
             validators: moka::sync::Cache::new(10_000),
             latest_types: moka::sync::Cache::builder()
                 .max_capacity(10_000)

@@ -469,6 +469,18 @@ impl Events {
         metrics::gauge!("runway_webhook_dead_letters").set(dead as f64);
         metrics::gauge!("runway_webhook_oldest_pending_age_seconds")
             .set(oldest.map(|o| (now - o).max(0) as f64 / 1e6).unwrap_or(0.0));
+        let by_tenant: Vec<(String, i64, i64)> = on_conn!(&mut tx, c => sqlx::query_as(
+            "SELECT tenant_id, COUNT(*), MIN(created_at) FROM deliveries WHERE status = 'pending' GROUP BY tenant_id")
+            .fetch_all(&mut *c).await)?;
+        let (slots, waiting_on_cap, held) = self.dispatch.gauges();
+        let mut shown = self.tenant_series.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, rows) in crate::worker::tenant_gauges(now, by_tenant, slots, &mut shown) {
+            for (tenant, value) in rows {
+                metrics::gauge!(name, "tenant" => tenant).set(value);
+            }
+        }
+        metrics::gauge!("runway_webhook_waiting_on_endpoint_cap").set(waiting_on_cap as f64);
+        metrics::gauge!("runway_webhook_held_deliveries").set(held as f64);
         Ok(())
     }
 }

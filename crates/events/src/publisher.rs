@@ -179,23 +179,55 @@ impl Committer {
             })
             .collect();
         // Deliveries that must wait their turn behind a key stay in the queue; the rest may go
-        // straight to this replica's worker while it has free slots.
-        let direct = deliveries.iter().filter(|d| d.ordering_key.is_none()).count();
-        let mut permits = self.dispatch.reserve(direct).into_iter();
-        let mut leased = 0;
-        for d in deliveries.iter_mut().filter(|d| d.ordering_key.is_none()).take(permits.len()) {
+        // straight to this replica's worker while the scheduler has room for them (a fair
+        // share: see `fair::Scheduler::admits`).
+        let plan = self.dispatch.plan_of(&mut tx, tenant.as_str()).await?;
+        let shares: Vec<(usize, crate::fair::Share)> = deliveries
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.ordering_key.is_none())
+            .map(|(i, d)| {
+                let e = d.endpoint;
+                let share =
+                    self.dispatch.share(&plan, &e.id, e.max_in_flight, e.rate_limit, e.degraded_since.is_some());
+                (i, share)
+            })
+            .collect();
+        let reserved = self.dispatch.reserve(
+            shares.iter().map(|(i, share)| (tenant.as_str(), deliveries[*i].endpoint.id.as_str(), share.clone())),
+        );
+        for ((i, _), _) in shares.iter().zip(&reserved).filter(|(_, r)| **r) {
+            let d = &mut deliveries[*i];
             d.lease_until = Some(d.now + self.lease_micros);
-            leased += 1;
         }
-        for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
-            insert_deliveries(&mut tx, tenant, chunk, &self.dispatch.token).await?;
+        let reserved = reserved.iter().filter(|r| **r).count();
+        let written = async {
+            for chunk in deliveries.chunks(ROWS_PER_STATEMENT) {
+                insert_deliveries(&mut tx, tenant, chunk, &self.dispatch.token).await?;
+            }
+            tx.commit().await
         }
-        tx.commit().await?;
-        metrics::counter!("runway_webhook_deliveries_direct_total").increment(leased as u64);
+        .await;
+        if let Err(e) = written {
+            for d in deliveries.iter().filter(|d| d.lease_until.is_some()) {
+                self.dispatch.unreserve(tenant.as_str(), &d.endpoint.id);
+            }
+            return Err(e);
+        }
+        metrics::counter!("runway_webhook_deliveries_direct_total").increment(reserved as u64);
+        let mut returned = Vec::new();
         for d in deliveries.iter().filter(|d| d.lease_until.is_some()) {
-            let Some(permit) = permits.next() else { break };
-            self.dispatch.hand_over((d.claimed(tenant, &self.dispatch.token), permit));
+            if let Some(back) = self.dispatch.fill(d.claimed(tenant, &plan, &self.dispatch.token)) {
+                returned.push(back);
+            }
         }
+        if !returned.is_empty() {
+            // The worker stopped between the reservation and the commit: the leases go back.
+            if let Err(e) = crate::worker::release_leases(&self.store, &returned).await {
+                tracing::warn!(error = %e, "could not give back leases; those deliveries wait for them to run out");
+            }
+        }
+        let leased = reserved - returned.len();
         let answers = jobs
             .iter()
             .map(|j| {
@@ -229,7 +261,7 @@ struct GroupDelivery<'a> {
 
 impl GroupDelivery<'_> {
     /// What the worker would have claimed from the store for this delivery.
-    fn claimed(&self, tenant: &TenantId, lease_token: &str) -> Claimed {
+    fn claimed(&self, tenant: &TenantId, plan: &str, lease_token: &str) -> Claimed {
         let (e, r) = (self.endpoint, self.event);
         Claimed {
             id: self.id.clone(),
@@ -248,6 +280,9 @@ impl GroupDelivery<'_> {
             occurred_at: r.occurred_at,
             lease_token: Some(lease_token.to_owned()),
             lease_until: self.lease_until,
+            plan: plan.to_owned(),
+            max_in_flight: e.max_in_flight,
+            degraded_since: e.degraded_since,
         }
     }
 }

@@ -45,6 +45,18 @@ impl Events {
         endpoints::find(&mut tx, scope.id(), id).await?.ok_or_else(endpoints::endpoint_not_found)
     }
 
+    /// One of the tenant's endpoints with the outcome of its last attempts (its health window).
+    pub async fn endpoint_with_recent(
+        &self,
+        scope: &TenantScope,
+        id: &EndpointId,
+    ) -> Result<(Endpoint, endpoints::RecentAttempts), ApiError> {
+        let mut tx = self.store.read(scope.db()).await?;
+        let ep = endpoints::find(&mut tx, scope.id(), id).await?.ok_or_else(endpoints::endpoint_not_found)?;
+        let recent = endpoints::recent_attempts(&mut tx, scope.id(), id).await?;
+        Ok((ep, recent))
+    }
+
     /// A page of one of the tenant's endpoints' messages.
     pub async fn messages_page(
         &self,

@@ -323,6 +323,10 @@ pub struct EndpointCreate {
     pub signature_scheme: Option<String>,
     /// Deliver events with the same `key` strictly in order, one at a time (default false).
     pub ordered: Option<bool>,
+    /// Most sends in flight to this endpoint at once, to protect a small receiver; it can only
+    /// lower the cap the tenant's plan gives (`webhook_max_in_flight`).
+    #[schema(minimum = 1, maximum = 1000, example = 4)]
+    pub max_in_flight: Option<i64>,
 }
 
 /// Changes to an endpoint; absent fields stay as they are.
@@ -349,6 +353,9 @@ pub struct EndpointUpdate {
     pub metadata: Option<Value>,
     /// Deliver events with the same `key` strictly in order.
     pub ordered: Option<bool>,
+    /// A new cap on sends in flight at once (it can only lower the plan's).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_in_flight: Option<i64>,
 }
 
 /// A webhook endpoint as the API shows it (never its secret).
@@ -378,28 +385,86 @@ pub struct EndpointOut {
     pub signature_scheme: String,
     /// Whether events with the same `key` are delivered strictly in order.
     pub ordered: bool,
+    /// The endpoint's own cap on sends in flight, if set.
+    pub max_in_flight: Option<i64>,
+    /// How deliveries to it are going, and the share of sending it gets.
+    pub health: EndpointHealthOut,
     /// When the endpoint was created (RFC 3339).
     pub created_at: String,
     /// When the endpoint last changed (RFC 3339).
     pub updated_at: String,
 }
 
-impl From<Endpoint> for EndpointOut {
-    fn from(e: Endpoint) -> Self {
-        EndpointOut {
-            id: e.id,
-            url: e.url,
-            description: e.description,
-            event_types: e.event_types,
-            enabled: e.enabled,
-            rate_limit: e.rate_limit,
-            headers: e.headers,
-            metadata: e.metadata,
-            signature_scheme: e.signature_scheme,
-            ordered: e.ordered,
-            created_at: rfc3339(e.created_at),
-            updated_at: rfc3339(e.updated_at),
-        }
+/// An endpoint's health: whether Runway narrowed its share of sending, and why.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EndpointHealthOut {
+    /// `healthy`; `degraded` (most recent sends failed or timed out: it gets a quarter of its
+    /// sends in flight, retries on their schedule, until five sends in a row succeed);
+    /// `failing` (no success since `failing_since`; disabled after
+    /// `events.disable_after_failing_secs`); or `disabled`.
+    #[schema(example = "healthy")]
+    pub state: String,
+    /// Since when its share is narrowed (RFC 3339).
+    pub degraded_since: Option<String>,
+    /// Since when its deliveries have failed without a success (RFC 3339).
+    pub failing_since: Option<String>,
+    /// Sends in flight at once it gets now: the plan's cap, lowered by `max_in_flight`, a
+    /// quarter of that while degraded.
+    #[schema(example = 16)]
+    pub max_in_flight: u32,
+    /// Its last attempts (at most 20, the window health is judged on); only when reading one
+    /// endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recent: Option<RecentAttemptsOut>,
+}
+
+/// The outcome of an endpoint's last attempts.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecentAttemptsOut {
+    /// Attempts counted (at most 20).
+    pub attempts: u32,
+    /// Of those, how many failed (any error, non-2xx answer or timeout).
+    pub failures: u32,
+    /// Of the failures, how many timed out.
+    pub timeouts: u32,
+    /// When the last attempt was made (RFC 3339).
+    pub last_attempt_at: Option<String>,
+}
+
+/// The API view of an endpoint; `recent` only when one endpoint is read.
+fn endpoint_out(events: &Events, plan: &str, e: Endpoint, recent: Option<RecentAttemptsOut>) -> EndpointOut {
+    let cap = events.endpoint_cap(plan, e.max_in_flight);
+    let state = if !e.enabled {
+        "disabled"
+    } else if e.degraded_since.is_some() {
+        "degraded"
+    } else if e.failing_since.is_some() {
+        "failing"
+    } else {
+        "healthy"
+    };
+    let max_in_flight = crate::fair::EndpointHealth::starting(e.degraded_since.is_some()).cap(cap);
+    EndpointOut {
+        id: e.id,
+        url: e.url,
+        description: e.description,
+        event_types: e.event_types,
+        enabled: e.enabled,
+        rate_limit: e.rate_limit,
+        headers: e.headers,
+        metadata: e.metadata,
+        signature_scheme: e.signature_scheme,
+        ordered: e.ordered,
+        max_in_flight: e.max_in_flight,
+        health: EndpointHealthOut {
+            state: state.into(),
+            degraded_since: e.degraded_since.map(rfc3339),
+            failing_since: e.failing_since.map(rfc3339),
+            max_in_flight,
+            recent,
+        },
+        created_at: rfc3339(e.created_at),
+        updated_at: rfc3339(e.updated_at),
     }
 }
 
@@ -426,9 +491,10 @@ async fn create_endpoint(
         secret: b.secret,
         signature_scheme: b.signature_scheme,
         ordered: b.ordered,
+        max_in_flight: Some(b.max_in_flight),
     };
     let ep = s.events.create_endpoint(&auth.audit, &scope, input).await?;
-    Ok((StatusCode::CREATED, Json(ep.into())))
+    Ok((StatusCode::CREATED, Json(endpoint_out(&s.events, &scope.tenant().plan, ep, None))))
 }
 
 /// Which page of a list.
@@ -459,7 +525,9 @@ async fn list_endpoints(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<EndpointOut>>, ApiError> {
     let cursor = PageQuery { limit: q.limit, cursor: q.cursor }.cursor()?;
-    Ok(Json(s.events.endpoints_page(&scope, &cursor).await?.map(EndpointOut::from)))
+    Ok(Json(
+        s.events.endpoints_page(&scope, &cursor).await?.map(|e| endpoint_out(&s.events, &scope.tenant().plan, e, None)),
+    ))
 }
 
 async fn endpoint_in_scope(
@@ -479,7 +547,14 @@ async fn get_endpoint(
     Scoped { scope, .. }: Scoped<WebhooksRead>,
     Path((_tenant, ep)): Path<(String, String)>,
 ) -> Result<Json<EndpointOut>, ApiError> {
-    Ok(Json(endpoint_in_scope(&s, &scope, &ep).await?.into()))
+    let (ep, recent) = s.events.endpoint_with_recent(&scope, &EndpointId::parse(&ep)?).await?;
+    let recent = RecentAttemptsOut {
+        attempts: recent.attempts,
+        failures: recent.failures,
+        timeouts: recent.timeouts,
+        last_attempt_at: recent.last_at.map(rfc3339),
+    };
+    Ok(Json(endpoint_out(&s.events, &scope.tenant().plan, ep, Some(recent))))
 }
 
 /// Change a webhook endpoint
@@ -506,8 +581,14 @@ async fn update_endpoint(
         secret: None,
         signature_scheme: None,
         ordered: b.ordered,
+        max_in_flight: b.max_in_flight.map(Some),
     };
-    Ok(Json(s.events.update_endpoint(&auth.audit, &scope, &id, input).await?.into()))
+    Ok(Json(endpoint_out(
+        &s.events,
+        &scope.tenant().plan,
+        s.events.update_endpoint(&auth.audit, &scope, &id, input).await?,
+        None,
+    )))
 }
 
 /// Delete a webhook endpoint

@@ -5,6 +5,7 @@
 //! backend (NATS JetStream) can replace it without touching the sending logic.
 
 use crate::Events;
+use crate::fair::{Picked, Share};
 use crate::schedule::{FailureHint, random_unit};
 use crate::signature::SigningKey;
 use crate::ssrf::{self, Cidr};
@@ -92,6 +93,13 @@ pub struct Claimed {
     /// The lease this worker holds, so a delivery that waited for a slot can renew it first.
     pub lease_token: Option<String>,
     pub lease_until: Option<i64>,
+    /// The tenant's plan: its weight, pace and endpoint cap (filled from identity after the read).
+    #[sqlx(default)]
+    pub plan: String,
+    /// The endpoint's own cap on sends in flight.
+    pub max_in_flight: Option<i64>,
+    /// Set when a worker found the endpoint degraded (seeds this replica's judgement).
+    pub degraded_since: Option<i64>,
 }
 
 /// How an attempt ended.
@@ -112,10 +120,14 @@ impl Outcome {
 
 /// The queue the worker drains. The store implements it; the sending logic only sees this.
 pub trait DeliveryQueue: Send + Sync {
-    /// Leases up to `limit` due deliveries for `lease`.
+    /// Leases up to `limit` due deliveries for `lease`, fairly: round robin over tenants, and
+    /// within a tenant over its endpoints, at most `per_endpoint` from each endpoint and none
+    /// from the endpoints in `skip` (their share is held already).
     fn claim(
         &self,
         limit: u32,
+        per_endpoint: u32,
+        skip: &[String],
         lease: Duration,
     ) -> impl std::future::Future<Output = Result<Vec<Claimed>, StoreError>> + Send;
     /// Records attempts and moves each delivery on (delivered, due again, or dead), in one
@@ -123,28 +135,79 @@ pub trait DeliveryQueue: Send + Sync {
     fn complete(&self, done: &[Finished]) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// The claim's fair choice: for each enabled endpoint its oldest due deliveries (an index probe
+/// per endpoint, so one endpoint's backlog is never scanned to find another's), ranked round
+/// robin across tenants and, within a tenant, across its endpoints. `{due}` is the engine's
+/// per-endpoint lookup, `{skip}` the endpoints to leave alone.
+const FAIR_DUE: &str = "SELECT f.id FROM (
+      SELECT c.id, c.next_attempt_at,
+             ROW_NUMBER() OVER (PARTITION BY c.tenant_id ORDER BY c.nth, c.next_attempt_at, c.id) AS nth_tenant
+      FROM ({due}) c
+    ) f ORDER BY f.nth_tenant, f.next_attempt_at LIMIT $4";
+
+/// Due and claimable: not leased (or the lease ran out), and for an ordered key, the first pending.
+const CLAIMABLE: &str =
+    "d.status = 'pending' AND d.next_attempt_at <= $3 AND (d.lease_until IS NULL OR d.lease_until < $3)
+      AND (d.ordering_key IS NULL OR NOT EXISTS (
+        SELECT 1 FROM deliveries o WHERE o.endpoint_id = d.endpoint_id AND o.ordering_key = d.ordering_key
+          AND o.status = 'pending' AND o.event_pos < d.event_pos))";
+
 impl DeliveryQueue for Events {
-    async fn claim(&self, limit: u32, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+    async fn claim(
+        &self,
+        limit: u32,
+        per_endpoint: u32,
+        skip: &[String],
+        lease: Duration,
+    ) -> Result<Vec<Claimed>, StoreError> {
         let now = self.clock.now_micros();
         let token = runway_core::id::base32_encode(&runway_core::secret::random_bytes::<12>());
         let until = now + lease.as_micros() as i64;
         let mut tx = self.store.write(DbScope::Platform).await?;
-        let lock = match tx.engine() {
-            Engine::Postgres => "FOR UPDATE SKIP LOCKED",
-            Engine::Sqlite => "",
+        let skip_sql = if skip.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 6)).collect();
+            format!(" AND w.id NOT IN ({})", list.join(", "))
         };
-        let sql = format!(
-            "UPDATE deliveries SET lease_until = $1, lease_token = $2 WHERE id IN (
-               SELECT d.id FROM deliveries d
-               WHERE d.status = 'pending' AND d.next_attempt_at <= $3 AND (d.lease_until IS NULL OR d.lease_until < $3)
-                 AND d.endpoint_id IN (SELECT id FROM webhook_endpoints WHERE enabled)
-                 AND (d.ordering_key IS NULL OR NOT EXISTS (
-                   SELECT 1 FROM deliveries o WHERE o.endpoint_id = d.endpoint_id AND o.ordering_key = d.ordering_key
-                     AND o.status = 'pending' AND o.event_pos < d.event_pos))
-               ORDER BY d.next_attempt_at LIMIT $4 {lock}) RETURNING id"
-        );
-        let ids: Vec<String> = on_conn!(&mut tx, c => sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
-            .bind(until).bind(&token).bind(now).bind(i64::from(limit)).fetch_all(&mut *c).await)?;
+        let due = match tx.engine() {
+            // PostgreSQL: a lateral top-k per endpoint; the rows are locked in the outer query
+            // (window functions and FOR UPDATE do not mix), skipping those another replica holds.
+            Engine::Postgres => format!(
+                "SELECT d.tenant_id, d.id, d.next_attempt_at, d.nth FROM webhook_endpoints w CROSS JOIN LATERAL (
+                   SELECT d.tenant_id, d.id, d.next_attempt_at, ROW_NUMBER() OVER (ORDER BY d.next_attempt_at, d.id) AS nth
+                   FROM deliveries d WHERE d.endpoint_id = w.id AND {CLAIMABLE}
+                   ORDER BY d.next_attempt_at, d.id LIMIT $5) d
+                 WHERE w.enabled{skip_sql}"
+            ),
+            // SQLite: the same top-k as a correlated list per endpoint, looked up by id.
+            Engine::Sqlite => format!(
+                "SELECT d.tenant_id, d.id, d.next_attempt_at,
+                        ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS nth
+                 FROM webhook_endpoints w JOIN deliveries d ON d.id IN (
+                   SELECT d.id FROM deliveries d WHERE d.endpoint_id = w.id AND {CLAIMABLE}
+                   ORDER BY d.next_attempt_at, d.id LIMIT $5)
+                 WHERE w.enabled{skip_sql}"
+            ),
+        };
+        let fair = FAIR_DUE.replace("{due}", &due);
+        let sql = match tx.engine() {
+            Engine::Postgres => format!(
+                "UPDATE deliveries SET lease_until = $1, lease_token = $2 WHERE id IN (
+                   SELECT id FROM deliveries WHERE id IN ({fair}) FOR UPDATE SKIP LOCKED) RETURNING id"
+            ),
+            Engine::Sqlite => {
+                format!("UPDATE deliveries SET lease_until = $1, lease_token = $2 WHERE id IN ({fair}) RETURNING id")
+            }
+        };
+        let ids: Vec<String> = on_conn!(&mut tx, c => {
+            let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
+                .bind(until).bind(&token).bind(now).bind(i64::from(limit)).bind(i64::from(per_endpoint.max(1)));
+            for e in skip {
+                q = q.bind(e);
+            }
+            q.fetch_all(&mut *c).await
+        })?;
         metrics::counter!("runway_webhook_claims_total").increment(1);
         metrics::counter!("runway_webhook_claimed_total").increment(ids.len() as u64);
         if ids.is_empty() {
@@ -152,18 +215,52 @@ impl DeliveryQueue for Events {
         }
         let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let read = format!(
-            "SELECT d.id, d.tenant_id, d.endpoint_id, d.attempts, w.rate_limit, w.url, w.headers, w.secret, w.previous_secret, w.previous_secret_expires_at, e.event_id, e.type AS event_type, e.payload, e.occurred_at, d.lease_token, d.lease_until
+            "SELECT d.id, d.tenant_id, d.endpoint_id, d.attempts, w.rate_limit, w.url, w.headers, w.secret, w.previous_secret, w.previous_secret_expires_at, e.event_id, e.type AS event_type, e.payload, e.occurred_at, d.lease_token, d.lease_until,
+                    w.max_in_flight, w.degraded_since
              FROM deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id JOIN events e ON e.pos = d.event_pos
              WHERE d.id IN ({}) ORDER BY d.next_attempt_at",
             list.join(", ")
         );
-        let claimed: Vec<Claimed> = on_conn!(&mut tx, c => {
+        let mut claimed: Vec<Claimed> = on_conn!(&mut tx, c => {
             let mut q = sqlx::query_as(sqlx::AssertSqlSafe(read.as_str()));
             for id in &ids {
                 q = q.bind(id);
             }
             q.fetch_all(&mut *c).await
         })?;
+        for d in &mut claimed {
+            d.plan = self.dispatch.plan_of(&mut tx, &d.tenant_id).await?;
+        }
+        // One limit served every endpoint in the query; an endpoint with a smaller cap keeps
+        // only what fits its held share, and the rest go back in the same transaction.
+        let mut room: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut excess = Vec::new();
+        claimed.retain(|d| {
+            let left = room.entry(d.endpoint_id.clone()).or_insert_with(|| {
+                let cap = self.dispatch.endpoint_cap(&d.plan, d.max_in_flight);
+                self.dispatch.endpoint_room(&d.tenant_id, &d.endpoint_id, cap)
+            });
+            if *left == 0 {
+                excess.push(d.id.clone());
+                return false;
+            }
+            *left -= 1;
+            true
+        });
+        for chunk in excess.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE lease_token = $1 AND id IN ({})",
+                list.join(", ")
+            );
+            on_conn!(&mut tx, c => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(&token);
+                for id in chunk {
+                    q = q.bind(id);
+                }
+                q.execute(&mut *c).await.map(|_| ())
+            })?;
+        }
         tx.commit().await?;
         Ok(claimed)
     }
@@ -419,27 +516,6 @@ impl Events {
         Some(self.clock.now_micros() + wait.as_micros() as i64)
     }
 
-    /// Whether the endpoint's rate limit lets this delivery go now; otherwise how long to wait.
-    fn rate_check(&self, d: &Claimed) -> Result<(), Duration> {
-        use governor::{Quota, RateLimiter};
-        let Some(rate) = d.rate_limit.and_then(|r| u32::try_from(r).ok()).and_then(std::num::NonZeroU32::new) else {
-            return Ok(());
-        };
-        let limiter = {
-            let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = map
-                .entry(d.endpoint_id.clone())
-                .or_insert_with(|| (rate, Arc::new(RateLimiter::direct(Quota::per_second(rate)))));
-            if entry.0 != rate {
-                *entry = (rate, Arc::new(RateLimiter::direct(Quota::per_second(rate))));
-            }
-            entry.1.clone()
-        };
-        limiter.check().map_err(|not_until| {
-            not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()))
-        })
-    }
-
     /// Renews the lease of a delivery that waited for a sending slot so long that the send could
     /// outlast it; false when the lease was lost meanwhile. Most deliveries get a slot at once
     /// and skip the write.
@@ -462,19 +538,8 @@ impl Events {
         Ok(n == 1 && lease_outlasts_send(d.lease_until, self.clock.now_micros(), timeout, Duration::ZERO))
     }
 
-    /// Puts a delivery back without counting an attempt: nothing is dropped by rate limiting.
-    async fn defer(&self, d: &Claimed, wait: Duration) -> Result<(), StoreError> {
-        let at = self.clock.now_micros() + wait.as_micros().max(1_000) as i64;
-        let mut tx = self.store.write(DbScope::Platform).await?;
-        on_conn!(&mut tx, c => sqlx::query("UPDATE deliveries SET next_attempt_at = $1, lease_until = NULL, lease_token = NULL WHERE id = $2")
-            .bind(at).bind(&d.id).execute(&mut *c).await.map(|_| ()))?;
-        tx.commit().await?;
-        metrics::counter!("runway_webhook_deliveries_deferred_total").increment(1);
-        Ok(())
-    }
-
-    /// Sends one held delivery (or defers it for the endpoint's rate limit); the attempt is for
-    /// the recorder, none when nothing was sent.
+    /// Sends one held delivery; the attempt is for the recorder, none when nothing was sent
+    /// (the lease was lost to another worker).
     async fn process(&self, mut d: Claimed) -> Option<Finished> {
         match self.keep_lease(&mut d).await {
             Ok(true) => {}
@@ -484,19 +549,45 @@ impl Events {
                 return None;
             }
         }
-        if let Err(wait) = self.rate_check(&d) {
-            if let Err(e) = self.defer(&d, wait).await {
-                tracing::warn!(error = %e, delivery = %d.id, "could not defer a rate-limited delivery; it retries after its lease");
-            }
-            return None;
-        }
         let outcome = self.send(&d).await;
         let retry_at = self.next_attempt(&d, &outcome);
         Some((d, outcome, retry_at))
     }
 
+    /// The endpoint's cap on sends in flight before health narrows it (see `Dispatch::endpoint_cap`).
+    pub fn endpoint_cap(&self, plan: &str, own: Option<i64>) -> u32 {
+        self.dispatch.endpoint_cap(plan, own)
+    }
+
+    /// Counts a send's outcome towards its endpoint's health; a change narrows or restores its
+    /// cap here at once and is written to the endpoint (its `health`) and the metrics.
+    fn judge(self: &Arc<Self>, d: &Claimed, failed: bool) {
+        let cap = self.endpoint_cap(&d.plan, d.max_in_flight);
+        let Some(degraded) = self.dispatch.record_outcome(&d.tenant_id, &d.endpoint_id, failed, cap) else { return };
+        let endpoint = ENDPOINT_LABELS.label(&d.endpoint_id);
+        metrics::gauge!("runway_webhook_endpoint_degraded", "endpoint" => endpoint).set(if degraded {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::counter!("runway_webhook_endpoint_health_changes_total", "to" => if degraded { "degraded" } else { "healthy" })
+            .increment(1);
+        if degraded {
+            tracing::warn!(endpoint = %d.endpoint_id, tenant = %d.tenant_id, "most recent sends failed; the endpoint gets a quarter of its sends in flight until it recovers");
+        } else {
+            tracing::info!(endpoint = %d.endpoint_id, tenant = %d.tenant_id, "the endpoint recovered");
+        }
+        let (me, tenant, ep) = (self.clone(), d.tenant_id.clone(), d.endpoint_id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = me.note_health(&tenant, &ep, degraded).await {
+                tracing::warn!(error = %e, endpoint = %ep, "could not record endpoint health");
+            }
+        });
+    }
+
     /// Writes finished attempts in batches (whatever has arrived, up to 256, per transaction),
-    /// with up to `RECORDERS` transactions at once so recording keeps up with sending.
+    /// with up to `RECORDERS` transactions at once so recording keeps up with sending. Returns
+    /// once every sender is gone and every batch is written.
     async fn record(self: Arc<Self>, mut rx: tokio::sync::mpsc::Receiver<Finished>) {
         let writers = Arc::new(tokio::sync::Semaphore::new(RECORDERS));
         let mut batch = Vec::with_capacity(256);
@@ -509,6 +600,7 @@ impl Events {
                 drop(writer);
             });
         }
+        let _ = writers.acquire_many(RECORDERS as u32).await;
     }
 
     async fn record_batch(&self, batch: Vec<Finished>) {
@@ -537,82 +629,83 @@ impl Events {
         }
     }
 
-    /// Drains the queue until `stop` resolves: claims as many due deliveries as it has room to
-    /// hold (see `dispatch`), sends them concurrently, and records results in batches. The lease
-    /// is longer than the HTTP timeout, and renewed for a delivery that waited long for a slot,
-    /// so a slow receiver is never sent the same message twice at once.
-    pub async fn run_worker(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        let lease = Duration::from_secs(self.config.delivery_timeout_secs + self.config.lease_margin_secs);
-        let poll = Duration::from_millis(self.config.poll_interval_ms.max(10));
-        let (sending, held) = (self.dispatch.sending.clone(), self.dispatch.held.clone());
-        let (done_tx, done_rx) = tokio::sync::mpsc::channel::<Finished>(4 * self.config.worker_concurrency as usize);
-        tokio::spawn(self.clone().record(done_rx));
-        // Every held delivery, claimed or handed over by the committer, waits here for a sending
-        // slot in turn (the semaphore is fair), then keeps its place until it is recorded.
-        let start = {
-            let (me, done, sending) = (self.clone(), done_tx.clone(), sending.clone());
-            move |d: Claimed, place: tokio::sync::OwnedSemaphorePermit| {
-                let (me, done, sending) = (me.clone(), done.clone(), sending.clone());
+    /// Sends held deliveries as the scheduler picks them (fair between tenants and endpoints,
+    /// within caps and paces) until `stopped`.
+    async fn send_held(
+        self: Arc<Self>,
+        done: tokio::sync::mpsc::Sender<Finished>,
+        mut stopped: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            let now = pace_clock();
+            let (picked, until) = self.dispatch.ready(now);
+            for Picked { tenant, endpoint, item } in picked {
+                let (me, done) = (self.clone(), done.clone());
                 tokio::spawn(async move {
-                    let Ok(slot) = sending.acquire_owned().await else { return };
-                    let finished = me.process(d).await;
-                    // The slot is free for the next send as soon as this one is answered; the
-                    // place is kept until the attempt is with the recorder.
-                    drop(slot);
+                    let finished = me.process(item).await;
+                    if let Some((d, o, _)) = &finished {
+                        me.judge(d, !o.succeeded());
+                    }
                     if let Some(f) = finished {
-                        // If the recorder is gone (shutdown), the lease runs out and the delivery is retried.
+                        // If the recorder is gone, the lease runs out and the delivery is retried.
                         let _ = done.send(f).await;
                     }
-                    drop(place);
+                    // The slot and the place are free once the attempt is with the recorder.
+                    me.dispatch.finish(&tenant, &endpoint);
                 });
             }
-        };
-        if let Some(mut handed) = self.dispatch.take_receiver() {
-            let start = start.clone();
-            tokio::spawn(async move {
-                while let Some((d, place)) = handed.recv().await {
-                    start(d, place);
+            let wait = match until {
+                Some(at) => {
+                    metrics::counter!("runway_webhook_pace_waits_total").increment(1);
+                    Duration::from_micros((at - now).max(1_000) as u64)
                 }
-            });
-        }
-        // Ends direct dispatch when the worker stops, whichever way it returns. Held deliveries
-        // that have not started sending stay unsent (their leases run out and another worker
-        // sends them), so none is sent by a process that can no longer record it.
-        struct Stopped<'a>(&'a crate::dispatch::Dispatch);
-        impl Drop for Stopped<'_> {
-            fn drop(&mut self) {
-                self.0.set_running(false);
-                self.0.sending.close();
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = self.dispatch.pump.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stopped.changed() => return,
             }
         }
-        let _stopped = Stopped(&self.dispatch);
+    }
+
+    /// Drains the queue until `stop` resolves: claims due deliveries fairly into the held set
+    /// (see `dispatch` and `fair`) as room frees, sends them as the scheduler picks them, and
+    /// records results in batches. The lease is longer than the HTTP timeout, and renewed for a
+    /// delivery that waited long for a slot, so a slow receiver is never sent the same message
+    /// twice at once. On stop, held deliveries not yet sending give their leases back (another
+    /// replica sends them at once), and sends in flight finish and are recorded.
+    pub async fn run_worker(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        let timeout = Duration::from_secs(self.config.delivery_timeout_secs);
+        let lease = timeout + Duration::from_secs(self.config.lease_margin_secs);
+        let poll = Duration::from_millis(self.config.poll_interval_ms.max(10));
+        let (done_tx, done_rx) = tokio::sync::mpsc::channel::<Finished>(4 * self.config.worker_concurrency as usize);
+        let recorder = tokio::spawn(self.clone().record(done_rx));
+        let (stop_tx, stopped) = tokio::sync::watch::channel(false);
+        self.dispatch.set_running(true);
+        let sender = tokio::spawn(self.clone().send_held(done_tx.clone(), stopped));
+        let max_cap = self.dispatch.max_endpoint_cap();
         let min_batch = (self.config.worker_concurrency / 4).max(1) as usize;
         let mut backlog = false;
-        self.dispatch.set_running(true);
         tokio::pin!(stop);
         loop {
-            // Wait for room; a claim waiting for it is served before the committer.
-            let first = tokio::select! {
-                _ = &mut stop => return,
-                place = held.clone().acquire_owned() => match place {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-            };
-            // With a backlog, let a little more room free up so one claim serves several
-            // deliveries instead of one claim transaction per finished request.
-            if backlog && held.available_permits() + 1 < min_batch {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            let (room, skip) = self.dispatch.claim_room();
+            if room == 0 || (backlog && room < min_batch) {
+                // Wait for room; with a backlog, for a little more, so one claim serves several
+                // deliveries instead of one claim transaction per finished send.
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = self.dispatch.room.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(if room == 0 { 1_000 } else { 1 })) => backlog = false,
+                }
+                continue;
             }
-            // Claim exactly as many as there is room for. Held room is not a sending slot, so
-            // nothing sits idle during the claim: the deliveries already held keep going out.
-            let mut places = vec![first];
-            while let Ok(p) = held.clone().try_acquire_owned() {
-                places.push(p);
-            }
-            let want = places.len() as u32;
             let claim_started = Instant::now();
-            let claimed = self.claim(want, lease).await;
+            let per_endpoint = (room as u32).min(2 * max_cap);
+            let claimed = self.claim(room as u32, per_endpoint, &skip, lease).await;
             metrics::histogram!("runway_webhook_claim_duration_seconds").record(claim_started.elapsed().as_secs_f64());
             let batch = match claimed {
                 Ok(b) => b,
@@ -621,21 +714,135 @@ impl Events {
                     Vec::new()
                 }
             };
-            backlog = batch.len() as u32 >= want;
-            for (d, place) in batch.into_iter().zip(places) {
-                start(d, place);
-            }
-            // The queue had nothing more due: sleep until something is queued or a retry falls due,
-            // holding no room, so new deliveries go straight to the worker meanwhile.
+            backlog = batch.len() >= room;
+            let held: Vec<(Claimed, Share)> = batch
+                .into_iter()
+                .map(|c| {
+                    let share = self.dispatch.share(
+                        &c.plan,
+                        &c.endpoint_id,
+                        c.max_in_flight,
+                        c.rate_limit,
+                        c.degraded_since.is_some(),
+                    );
+                    (c, share)
+                })
+                .collect();
+            self.dispatch.hold(held);
             if !backlog {
+                // Nothing more due (or only for endpoints holding their share): sleep until
+                // something is queued, a retry falls due, or (when endpoints were left alone for
+                // their share) one of them frees a place.
                 tokio::select! {
-                    _ = &mut stop => return,
+                    _ = &mut stop => break,
                     _ = self.wake.notified() => {}
+                    _ = self.dispatch.room.notified(), if !skip.is_empty() => {}
                     _ = tokio::time::sleep(poll) => {}
                 }
             }
         }
+        // Shutdown: no more sends start; what is held but not sending goes back to the queue.
+        let _ = stop_tx.send(true);
+        let unsent = self.dispatch.stop();
+        if !unsent.is_empty() {
+            match release_leases(&self.store, &unsent).await {
+                Ok(n) => tracing::info!(released = n, "gave back the leases of held deliveries"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not give back leases; those deliveries wait for them to run out")
+                }
+            }
+            metrics::counter!("runway_webhook_leases_released_total").increment(unsent.len() as u64);
+        }
+        // Sends in flight end within the HTTP timeout; their attempts are recorded.
+        let deadline = Instant::now() + timeout + Duration::from_secs(2);
+        while self.dispatch.in_flight() > 0 && Instant::now() < deadline {
+            tokio::select! {
+                _ = self.dispatch.room.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        let _ = sender.await;
+        drop(done_tx);
+        if tokio::time::timeout(Duration::from_secs(5), recorder).await.is_err() {
+            tracing::warn!("attempts still being recorded at shutdown; their leases run out and they are retried");
+        }
     }
+}
+
+/// Gives back the leases of deliveries held but never sent, so any worker claims them now
+/// instead of after the lease runs out. Only the holder's own lease is cleared.
+pub(crate) async fn release_leases(store: &runway_store::Store, held: &[Claimed]) -> Result<u64, StoreError> {
+    let mut tx = store.write(DbScope::Platform).await?;
+    let mut released = 0;
+    for d in held {
+        released += on_conn!(&mut tx, c => sqlx::query(
+            "UPDATE deliveries SET lease_until = NULL, lease_token = NULL WHERE id = $1 AND lease_token = $2 AND status = 'pending'")
+            .bind(&d.id).bind(&d.lease_token).execute(&mut *c).await.map(|r| r.rows_affected()))?;
+    }
+    tx.commit().await?;
+    Ok(released)
+}
+
+/// Tenants shown by name in the per-tenant delivery gauges; the rest are summed as `other`.
+pub const TOP_TENANTS: usize = 10;
+
+/// Tenant label values ever given a series of their own by this process, bounded so that
+/// tenants taking turns at the top cannot grow the series without limit.
+static TENANT_LABELS: std::sync::LazyLock<runway_core::labels::BoundedLabels> =
+    std::sync::LazyLock::new(|| runway_core::labels::BoundedLabels::new(50));
+
+/// The per-tenant delivery gauges: queue depth and oldest pending age for the tenants with the
+/// largest backlogs (the rest summed as `other`), and sending slots in use per tenant. A tenant
+/// shown before and absent now is set to 0, so its series does not keep a stale value; `shown`
+/// carries those between scrapes.
+pub(crate) fn tenant_gauges(
+    now: i64,
+    mut backlog: Vec<(String, i64, i64)>,
+    slots: Vec<(String, usize)>,
+    shown: &mut std::collections::BTreeSet<String>,
+) -> Vec<(&'static str, Vec<(String, f64)>)> {
+    use std::collections::BTreeMap;
+    backlog.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut depth: BTreeMap<String, f64> = BTreeMap::new();
+    let mut oldest: BTreeMap<String, f64> = BTreeMap::new();
+    let mut in_use: BTreeMap<String, f64> = BTreeMap::new();
+    let other = runway_core::labels::OTHER.to_owned();
+    for (i, (tenant, count, first)) in backlog.into_iter().enumerate() {
+        let label = if i < TOP_TENANTS { TENANT_LABELS.label(&tenant) } else { other.clone() };
+        *depth.entry(label.clone()).or_default() += count as f64;
+        let age = (now - first).max(0) as f64 / 1e6;
+        let o = oldest.entry(label).or_default();
+        *o = o.max(age);
+    }
+    for (tenant, n) in slots {
+        let label =
+            if shown.contains(&tenant) || depth.contains_key(&tenant) { tenant } else { TENANT_LABELS.label(&tenant) };
+        *in_use.entry(label).or_default() += n as f64;
+    }
+    let now_shown: std::collections::BTreeSet<String> = depth.keys().chain(in_use.keys()).cloned().collect();
+    for gone in shown.difference(&now_shown) {
+        depth.entry(gone.clone()).or_default();
+        oldest.entry(gone.clone()).or_default();
+        in_use.entry(gone.clone()).or_default();
+    }
+    for map in [&mut depth, &mut oldest, &mut in_use] {
+        for t in &now_shown {
+            map.entry(t.clone()).or_default();
+        }
+    }
+    *shown = now_shown;
+    vec![
+        ("runway_webhook_tenant_queue_depth", depth.into_iter().collect()),
+        ("runway_webhook_tenant_oldest_pending_age_seconds", oldest.into_iter().collect()),
+        ("runway_webhook_tenant_slots_in_use", in_use.into_iter().collect()),
+    ]
+}
+
+/// Microseconds on a monotonic clock, for pacing: a pace is about real sending rate, not the
+/// business clock (which tests may hold still).
+fn pace_clock() -> i64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as i64
 }
 
 /// Recording transactions in flight at once; batches hold disjoint deliveries.
@@ -650,6 +857,26 @@ fn lease_outlasts_send(lease_until: Option<i64>, now: i64, timeout: Duration, ma
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenant_gauges_show_the_top_backlogs_and_sum_the_rest() {
+        let backlog: Vec<(String, i64, i64)> =
+            (0..15).map(|i| (format!("tnt_g{i:02}"), 100 - i as i64, 1_000_000)).collect();
+        let mut shown = Default::default();
+        let gauges = tenant_gauges(3_000_000, backlog, vec![("tnt_g00".into(), 3)], &mut shown);
+        let depth: std::collections::BTreeMap<String, f64> = gauges[0].1.iter().cloned().collect();
+        assert_eq!(depth.len(), TOP_TENANTS + 1, "ten tenants and other: {depth:?}");
+        assert_eq!(depth["tnt_g00"], 100.0);
+        assert_eq!(depth["other"], (86..=90).sum::<i64>() as f64, "the five smallest backlogs are summed");
+        assert_eq!(gauges[1].1.iter().find(|(t, _)| t == "tnt_g03").unwrap().1, 2.0, "oldest pending age in seconds");
+        let slots: std::collections::BTreeMap<String, f64> = gauges[2].1.iter().cloned().collect();
+        assert_eq!(slots["tnt_g00"], 3.0);
+        // The next scrape: the backlog is gone; every series shown before goes to 0, once.
+        let gauges = tenant_gauges(3_000_000, Vec::new(), Vec::new(), &mut shown);
+        assert!(gauges[0].1.iter().all(|(_, v)| *v == 0.0) && gauges[0].1.len() == TOP_TENANTS + 1);
+        let gauges = tenant_gauges(3_000_000, Vec::new(), Vec::new(), &mut shown);
+        assert!(gauges[0].1.is_empty(), "series at 0 are not set again");
+    }
 
     #[test]
     fn a_lease_must_cover_the_whole_timeout_plus_half_the_margin() {

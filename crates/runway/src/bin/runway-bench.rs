@@ -151,6 +151,9 @@ fn bench_config(url: String, migration_url: Option<String>) -> anyhow::Result<Co
             max_concurrent_requests: 100_000,
             monthly_quotas: Default::default(),
             retention_days: 1,
+            delivery_weight: 1,
+            deliveries_per_second: None,
+            webhook_max_in_flight: None,
         },
     );
     config.tenants.default_plan = "bench".into();

@@ -526,7 +526,7 @@ async fn endpoint_rate_limits_defer_without_dropping(engine: Engine) {
     assert_eq!(list.len(), 8, "rate limiting defers; it neither drops nor fails attempts");
     assert!(list.iter().all(|a| a["status_code"] == 200));
     let metrics = s.metrics_text().await;
-    assert!(metrics.contains("runway_webhook_deliveries_deferred_total"), "the limit held some back: {metrics}");
+    assert!(metrics.contains("runway_webhook_pace_waits_total"), "the limit held some back: {metrics}");
     let bad = s.post("/v1/tenants/hooks/webhooks", ADMIN, json!({"url": r.url, "rate_limit": 0})).await;
     assert_eq!(bad.problem(422, "validation_failed")["field"], "/rate_limit");
 }

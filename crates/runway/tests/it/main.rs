@@ -10,6 +10,7 @@ mod contract;
 mod conventions;
 mod credentials;
 mod events;
+mod fairness;
 mod fault;
 mod flags;
 mod hostile;
