@@ -129,12 +129,15 @@ pub struct Scheduler<T> {
     in_flight: usize,
     held: usize,
     turn: u64,
+    /// The latest instant `next` was asked at: a pace whose time has passed it is whole again,
+    /// so an idle tenant or endpoint can be forgotten without resetting a pace still running.
+    last_now: i64,
     tenants: HashMap<String, Tenant<T>>,
 }
 
 impl<T> Scheduler<T> {
     pub fn new(sizes: Sizes) -> Self {
-        Scheduler { sizes, in_flight: 0, held: 0, turn: 0, tenants: HashMap::new() }
+        Scheduler { sizes, in_flight: 0, held: 0, turn: 0, last_now: 0, tenants: HashMap::new() }
     }
 
     pub fn sizes(&self) -> Sizes {
@@ -262,6 +265,10 @@ impl<T> Scheduler<T> {
 
     /// Picks the next delivery to send, if a slot is free and one may go.
     pub fn next(&mut self, now: i64) -> Result<Picked<T>, Idle> {
+        self.last_now = self.last_now.max(now);
+        if self.turn % 1024 == 1023 {
+            self.sweep();
+        }
         if self.in_flight >= self.sizes.slots {
             return Err(Idle::Nothing);
         }
@@ -390,19 +397,44 @@ impl<T> Scheduler<T> {
         self.tenants.iter().filter(|(_, t)| t.in_flight > 0).map(|(id, t)| (id.clone(), t.in_flight)).collect()
     }
 
-    /// Drops the bookkeeping of an endpoint (and tenant) holding nothing. A tenant's pace is
-    /// kept while it holds anything, so pacing is not reset by a momentarily empty queue; once
-    /// it holds nothing for a moment its burst is whole again anyway.
+    /// Drops the bookkeeping of an endpoint (and tenant) holding nothing whose pace (if any) has
+    /// run its course, so pacing is never reset early by a momentarily empty queue.
     fn forget_idle(&mut self, tenant: &str, endpoint: &str) {
+        let last_now = self.last_now;
         let Some(t) = self.tenants.get_mut(tenant) else { return };
-        if t.endpoints.get(endpoint).is_some_and(|e| e.held() == 0 && e.pace.as_ref().is_none_or(|p| p.tat <= 0)) {
+        if t.endpoints.get(endpoint).is_some_and(|e| e.held() == 0 && spent(&e.pace, last_now)) {
             t.endpoints.remove(endpoint);
             t.order.retain(|e| e != endpoint);
         }
-        if t.held == 0 && t.pace.as_ref().is_none_or(|p| p.tat <= 0) {
+        if t.held == 0 && t.endpoints.is_empty() && spent(&t.pace, last_now) {
             self.tenants.remove(tenant);
         }
     }
+
+    /// Forgets every idle tenant and endpoint whose pace has run its course (those left behind
+    /// when their pace was still running at their last `finish`).
+    fn sweep(&mut self) {
+        let idle: Vec<(String, Vec<String>)> = self
+            .tenants
+            .iter()
+            .map(|(id, t)| {
+                (id.clone(), t.endpoints.iter().filter(|(_, e)| e.held() == 0).map(|(e, _)| e.clone()).collect())
+            })
+            .collect();
+        for (tenant, endpoints) in idle {
+            for e in endpoints {
+                self.forget_idle(&tenant, &e);
+            }
+            if self.tenants.get(&tenant).is_some_and(|t| t.endpoints.is_empty()) {
+                self.forget_idle(&tenant, "");
+            }
+        }
+    }
+}
+
+/// Whether a pace no longer holds anything back at `now` (or there is none).
+fn spent(pace: &Option<Pace>, now: i64) -> bool {
+    pace.as_ref().is_none_or(|p| p.tat <= now)
 }
 
 /// Keeps a running pace unless its rate changed.
@@ -629,6 +661,19 @@ mod tests {
         s.finish(&p.tenant, &p.endpoint);
         assert_eq!((s.held(), s.in_flight()), (0, 0));
         assert!(s.tenants.is_empty(), "nothing is kept for idle tenants");
+        // A paced tenant is remembered while its pace runs, forgotten once it has run out.
+        let paced = Share { tenant_pace: Some(Pace::new(1, 1)), ..share(5) };
+        s.push("p", "e", &paced, 9);
+        let p = s.next(10).unwrap();
+        s.finish(&p.tenant, &p.endpoint);
+        assert!(s.tenants.contains_key("p"), "its pace still holds the next send back");
+        s.push("p", "e", &paced, 10);
+        assert_eq!(s.next(20).unwrap_err(), Idle::Until(1_000_010), "the pace was not reset");
+        assert_eq!(s.next(1_000_010).unwrap().item, 10);
+        s.finish("p", "e");
+        s.last_now = 3_000_000;
+        s.sweep();
+        assert!(s.tenants.is_empty(), "swept once the pace ran out");
         s.finish("a", "e");
         assert_eq!(s.held(), 0, "finishing twice is harmless");
     }

@@ -192,9 +192,13 @@ impl DeliveryQueue for Events {
         };
         let fair = FAIR_DUE.replace("{due}", &due);
         let sql = match tx.engine() {
+            // The claimability is checked again at the locking level: a row another replica
+            // claimed and committed after the list was made is re-read there, and must not pass.
             Engine::Postgres => format!(
                 "UPDATE deliveries SET lease_until = $1, lease_token = $2 WHERE id IN (
-                   SELECT id FROM deliveries WHERE id IN ({fair}) FOR UPDATE SKIP LOCKED) RETURNING id"
+                   SELECT d.id FROM deliveries d WHERE d.id IN ({fair})
+                     AND d.status = 'pending' AND (d.lease_until IS NULL OR d.lease_until < $3)
+                   FOR UPDATE SKIP LOCKED) RETURNING id"
             ),
             Engine::Sqlite => {
                 format!("UPDATE deliveries SET lease_until = $1, lease_token = $2 WHERE id IN ({fair}) RETURNING id")
@@ -237,8 +241,14 @@ impl DeliveryQueue for Events {
         let mut excess = Vec::new();
         claimed.retain(|d| {
             let left = room.entry(d.endpoint_id.clone()).or_insert_with(|| {
-                let cap = self.dispatch.endpoint_cap(&d.plan, d.max_in_flight);
-                self.dispatch.endpoint_room(&d.tenant_id, &d.endpoint_id, cap)
+                let share = self.dispatch.share(
+                    &d.plan,
+                    &d.endpoint_id,
+                    d.max_in_flight,
+                    d.rate_limit,
+                    d.degraded_since.is_some(),
+                );
+                self.dispatch.endpoint_room(&d.tenant_id, &d.endpoint_id, share.endpoint_cap)
             });
             if *left == 0 {
                 excess.push(d.id.clone());
@@ -645,6 +655,14 @@ impl Events {
             for Picked { tenant, endpoint, item } in picked {
                 let (me, done) = (self.clone(), done.clone());
                 tokio::spawn(async move {
+                    // Frees the slot and the place however the task ends, a panic included.
+                    struct Done<'a>(&'a Events, &'a str, &'a str);
+                    impl Drop for Done<'_> {
+                        fn drop(&mut self) {
+                            self.0.dispatch.finish(self.1, self.2);
+                        }
+                    }
+                    let _done = Done(&me, &tenant, &endpoint);
                     let finished = me.process(item).await;
                     if let Some((d, o, _)) = &finished {
                         me.judge(d, !o.succeeded());
@@ -654,7 +672,6 @@ impl Events {
                         let _ = done.send(f).await;
                     }
                     // The slot and the place are free once the attempt is with the recorder.
-                    me.dispatch.finish(&tenant, &endpoint);
                 });
             }
             let wait = match until {
@@ -729,6 +746,8 @@ impl Events {
                 })
                 .collect();
             self.dispatch.hold(held);
+            // Endpoints holding their share now (trimmed by this claim, or before it).
+            let (_, skip) = self.dispatch.claim_room();
             if !backlog {
                 // Nothing more due (or only for endpoints holding their share): sleep until
                 // something is queued, a retry falls due, or (when endpoints were left alone for

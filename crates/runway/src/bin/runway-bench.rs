@@ -41,7 +41,8 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     warmup: u64,
     /// `api` (authenticated reads and writes), `events` (publish → delivered end to end),
-    /// `listing` (webhook attempt listings over 100,000 rows) or `flags` (OFREP under load).
+    /// `fairness` (fast tenants' delivery lag beside 0, 1, 5 and 20 slow tenants), `listing`
+    /// (webhook attempt listings over 100,000 rows) or `flags` (OFREP under load).
     #[arg(long, default_value = "api")]
     scenario: String,
     /// Events to publish in the `events` scenario.
@@ -522,6 +523,144 @@ async fn bench_events(
     ))
 }
 
+/// Fairness between tenants: fast tenants publish at a steady rate to endpoints that answer at
+/// once while 0 (the baseline, in the same run), 1, 5 and 20 slow tenants each have a backlog
+/// for an endpoint that answers after 2 s. Reports the fast tenants' delivery lag.
+async fn bench_fairness(
+    engine: &str,
+    url: String,
+    _migration_url: Option<String>,
+    args: &Args,
+) -> anyhow::Result<Vec<String>> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let dir = std::env::temp_dir().join(format!("runway-bench-fair-{}-{engine}", std::process::id()));
+    let server = ServerProcess::start(&url, &dir, &args.events_config)?;
+    let base = server.base.clone();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    // Two receivers: one answers at once and notes arrivals, one takes 2 s.
+    let arrived: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let sink = arrived.clone();
+    let fast = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                if let Ok(v) = serde_json::from_slice::<Value>(&body)
+                    && let Some(id) = v["data"]["n"].as_str()
+                {
+                    sink.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_owned()).or_insert_with(Instant::now);
+                }
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let slow = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            axum::http::StatusCode::NO_CONTENT
+        }),
+    );
+    let mut hooks = Vec::new();
+    for app in [fast, slow] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        hooks.push(format!("http://{}/hook", listener.local_addr()?));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+    let (fast_hook, slow_hook) = (hooks[0].clone(), hooks[1].clone());
+    let post = |path: String, body: Value| {
+        let (h, b) = (http.clone(), base.clone());
+        async move { h.post(format!("{b}{path}")).bearer_auth(ADMIN).json(&body).send().await?.error_for_status() }
+    };
+    post("/v1/event-types".into(), json!({"name": "job.done", "schema": null, "version": "1.0"})).await?;
+    const FAST_TENANTS: usize = 20;
+    const PER_SECOND: u64 = 10;
+    for t in 0..FAST_TENANTS {
+        post("/v1/tenants".into(), json!({"slug": format!("fast{t}"), "name": "Fast"})).await?;
+        post(format!("/v1/tenants/fast{t}/webhooks"), json!({"url": fast_hook})).await?;
+    }
+    let mut rows = Vec::new();
+    let mut slow_made = 0;
+    for (phase, slow_tenants) in [0usize, 1, 5, 20].into_iter().enumerate() {
+        // Slow tenants with a backlog of 100 each, their endpoints busy for the whole phase.
+        for t in slow_made..slow_tenants {
+            post("/v1/tenants".into(), json!({"slug": format!("slow{t}"), "name": "Slow"})).await?;
+            post(format!("/v1/tenants/slow{t}/webhooks"), json!({"url": slow_hook})).await?;
+        }
+        slow_made = slow_made.max(slow_tenants);
+        for t in 0..slow_tenants {
+            let batch: Vec<Value> = (0..100)
+                .map(|i| json!({"type": "job.done", "payload": {"n": format!("slow{phase}-{t}-{i}")}}))
+                .collect();
+            post(format!("/v1/tenants/slow{t}/events"), Value::Array(batch)).await?;
+        }
+        if slow_tenants > 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // The fast tenants publish one event each every 100 ms, for `--seconds`.
+        let sent: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+        let deadline = Instant::now() + Duration::from_secs(args.seconds);
+        let mut tasks = Vec::new();
+        for t in 0..FAST_TENANTS {
+            let (h, b, sent) = (http.clone(), base.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(1_000 / PER_SECOND));
+                let mut i = 0;
+                while Instant::now() < deadline {
+                    tick.tick().await;
+                    let id = format!("p{phase}-f{t}-{i}");
+                    i += 1;
+                    let t0 = Instant::now();
+                    let r = h
+                        .post(format!("{b}/v1/tenants/fast{t}/events"))
+                        .bearer_auth(ADMIN)
+                        .json(&json!({"type": "job.done", "payload": {"n": id}}))
+                        .send()
+                        .await;
+                    if r.is_ok_and(|r| r.status().as_u16() == 202) {
+                        sent.lock().unwrap_or_else(|e| e.into_inner()).insert(id, t0);
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            t.await?;
+        }
+        let sent = sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let wait_until = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < wait_until {
+            let all_in = {
+                let got = arrived.lock().unwrap_or_else(|e| e.into_inner());
+                sent.keys().all(|id| got.contains_key(id))
+            };
+            if all_in {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let got = arrived.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut lag = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
+        let mut missing = 0;
+        for (id, t0) in &sent {
+            match got.get(id) {
+                Some(t1) => lag.record(t1.saturating_duration_since(*t0).as_micros().max(1) as u64)?,
+                None => missing += 1,
+            }
+        }
+        rows.push(format!(
+            "| {engine} | {slow_tenants} | {FAST_TENANTS} × {PER_SECOND}/s | {} | {missing} | {:.1} | {:.1} | {:.1} |",
+            sent.len(),
+            lag.value_at_quantile(0.5) as f64 / 1000.0,
+            lag.value_at_quantile(0.99) as f64 / 1000.0,
+            lag.max() as f64 / 1000.0,
+        ));
+    }
+    server.stop()?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(rows)
+}
+
 /// Listing an endpoint's attempts with 100,000 of them in the store: first page and deep pages.
 async fn bench_listing(
     engine: &str,
@@ -766,6 +905,18 @@ async fn main() -> anyhow::Result<()> {
             }
             return Ok(());
         }
+        "fairness" => {
+            println!(
+                "| engine | slow tenants (2 s endpoints, 100 queued each) | fast load | fast deliveries | missing | fast lag p50 ms | fast lag p99 ms | fast lag max ms |"
+            );
+            println!("|---|---:|---|---:|---:|---:|---:|---:|");
+            for rows in on_engines(args, "fair", |e, url, mig| bench_fairness(e, url, mig, args)).await? {
+                for row in rows {
+                    println!("{row}");
+                }
+            }
+            return Ok(());
+        }
         "flags" => {
             let all: Vec<Outcome> = on_engines(args, "fl", |e, url, mig| bench_flags(e, url, mig, args))
                 .await?
@@ -776,7 +927,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         "api" => {}
-        other => anyhow::bail!("unknown scenario `{other}`: api, events, listing or flags"),
+        other => anyhow::bail!("unknown scenario `{other}`: api, events, fairness, listing or flags"),
     }
     let all: Vec<Outcome> =
         on_engines(args, "api", |e, url, mig| bench_engine(e, url, mig, args)).await?.into_iter().flatten().collect();
