@@ -115,6 +115,11 @@ impl Dispatch {
         }
     }
 
+    /// The share of a delivery taken off the queue (its plan was filled in by the claim).
+    pub(crate) fn share_of(&self, d: &Claimed) -> Share {
+        self.share(&d.plan, &d.endpoint_id, d.max_in_flight, d.rate_limit, d.degraded_since.is_some())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -460,18 +460,19 @@ impl Events {
     pub async fn record_gauges(&self) -> Result<(), StoreError> {
         let now = self.clock.now_micros();
         let mut tx = self.store.read(DbScope::Platform).await?;
-        let (pending, dead, oldest): (i64, i64, Option<i64>) = on_conn!(&mut tx, c => sqlx::query_as(
-            "SELECT COALESCE(SUM(CASE WHEN status = 'pending' THEN 1 ELSE 0 END), 0),
-                    COALESCE(SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END), 0),
-                    MIN(CASE WHEN status = 'pending' THEN created_at END)
-             FROM deliveries").fetch_one(&mut *c).await)?;
+        // One scan serves the totals and the per-tenant gauges.
+        let rows: Vec<(String, String, i64, i64)> = on_conn!(&mut tx, c => sqlx::query_as(
+            "SELECT tenant_id, status, COUNT(*), MIN(created_at) FROM deliveries WHERE status IN ('pending', 'dead')
+             GROUP BY tenant_id, status").fetch_all(&mut *c).await)?;
+        let dead: i64 = rows.iter().filter(|r| r.1 == "dead").map(|r| r.2).sum();
+        let by_tenant: Vec<(String, i64, i64)> =
+            rows.into_iter().filter(|r| r.1 == "pending").map(|(t, _, n, first)| (t, n, first)).collect();
+        let pending: i64 = by_tenant.iter().map(|r| r.1).sum();
+        let oldest = by_tenant.iter().map(|r| r.2).min();
         metrics::gauge!("runway_webhook_queue_depth").set(pending as f64);
         metrics::gauge!("runway_webhook_dead_letters").set(dead as f64);
         metrics::gauge!("runway_webhook_oldest_pending_age_seconds")
             .set(oldest.map(|o| (now - o).max(0) as f64 / 1e6).unwrap_or(0.0));
-        let by_tenant: Vec<(String, i64, i64)> = on_conn!(&mut tx, c => sqlx::query_as(
-            "SELECT tenant_id, COUNT(*), MIN(created_at) FROM deliveries WHERE status = 'pending' GROUP BY tenant_id")
-            .fetch_all(&mut *c).await)?;
         let (slots, waiting_on_cap, held) = self.dispatch.gauges();
         let mut shown = self.tenant_series.lock().unwrap_or_else(|e| e.into_inner());
         for (name, rows) in crate::worker::tenant_gauges(now, by_tenant, slots, &mut shown) {

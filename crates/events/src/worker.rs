@@ -241,13 +241,7 @@ impl DeliveryQueue for Events {
         let mut excess = Vec::new();
         claimed.retain(|d| {
             let left = room.entry(d.endpoint_id.clone()).or_insert_with(|| {
-                let share = self.dispatch.share(
-                    &d.plan,
-                    &d.endpoint_id,
-                    d.max_in_flight,
-                    d.rate_limit,
-                    d.degraded_since.is_some(),
-                );
+                let share = self.dispatch.share_of(d);
                 self.dispatch.endpoint_room(&d.tenant_id, &d.endpoint_id, share.endpoint_cap)
             });
             if *left == 0 {
@@ -735,13 +729,7 @@ impl Events {
             let held: Vec<(Claimed, Share)> = batch
                 .into_iter()
                 .map(|c| {
-                    let share = self.dispatch.share(
-                        &c.plan,
-                        &c.endpoint_id,
-                        c.max_in_flight,
-                        c.rate_limit,
-                        c.degraded_since.is_some(),
-                    );
+                    let share = self.dispatch.share_of(&c);
                     (c, share)
                 })
                 .collect();
