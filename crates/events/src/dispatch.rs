@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use tokio::sync::Notify;
 
-use crate::fair::{EndpointHealth, Idle, Pace, Picked, Scheduler, Share, Sizes};
+use crate::fair::{EndpointHealth, Idle, Pace, Picked, Scheduler, Share, Sizes, TenantRooms};
 use crate::worker::Claimed;
 
 struct Inner {
@@ -23,6 +23,20 @@ struct Inner {
     running: bool,
     /// How each endpoint's recent sends went, as this replica saw them.
     health: HashMap<String, EndpointHealth>,
+}
+
+/// The most tenants whose held count a claim is told (those holding most): bounds the claim's
+/// parameters; a tenant left out counts as a newcomer, a small unfairness at worst.
+const MAX_HELD_TENANTS_IN_CLAIM: usize = 1000;
+
+/// What the next claim may take, and from whom.
+pub(crate) struct ClaimRoom {
+    /// Deliveries the claim may take.
+    pub room: usize,
+    /// Endpoints holding their share already: their deliveries stay queued.
+    pub skip: Vec<String>,
+    /// What each tenant holds and may take.
+    pub tenants: TenantRooms,
 }
 
 /// What plans and configuration give each delivery's tenant and endpoint.
@@ -220,8 +234,8 @@ impl Dispatch {
     }
 
     /// A picked delivery is done: its slot and place are free.
-    pub(crate) fn finish(&self, tenant: &str, endpoint: &str) {
-        self.lock().sched.finish(tenant, endpoint);
+    pub(crate) fn finish(&self, tenant: &str, endpoint: &str, now: i64) {
+        self.lock().sched.finish(tenant, endpoint, now);
         self.pump.notify_one();
         self.room.notify_one();
     }
@@ -231,10 +245,27 @@ impl Dispatch {
         (2 * cap.max(1) as usize).saturating_sub(self.lock().sched.endpoint_held(tenant, endpoint))
     }
 
-    /// How many deliveries a claim may take now, and the endpoints it must leave alone.
-    pub(crate) fn claim_room(&self) -> (usize, Vec<String>) {
+    /// How many deliveries a claim may take now, the endpoints it must leave alone, and what
+    /// each tenant holds already (the claim fills tenants holding least first).
+    pub(crate) fn claim_room(&self) -> ClaimRoom {
         let inner = self.lock();
-        (inner.sched.claim_room(), inner.sched.full_endpoints())
+        let mut tenants = inner.sched.tenant_rooms();
+        tenants.held.truncate(MAX_HELD_TENANTS_IN_CLAIM);
+        ClaimRoom { room: inner.sched.claim_room(), skip: inner.sched.full_endpoints(), tenants }
+    }
+
+    /// Takes back what tenants hold beyond their share and have not started sending.
+    pub(crate) fn take_excess(&self) -> Vec<Claimed> {
+        let back = self.lock().sched.take_excess();
+        if !back.is_empty() {
+            self.room.notify_one();
+        }
+        back
+    }
+
+    /// Whether some endpoint holds its share (a claim leaves its deliveries in the queue).
+    pub(crate) fn any_full_endpoint(&self) -> bool {
+        !self.lock().sched.full_endpoints().is_empty()
     }
 
     /// Ends holding (shutdown): every delivery not yet sending comes out, for its lease to go back.

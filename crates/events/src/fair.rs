@@ -57,7 +57,8 @@ pub struct Share {
 pub struct Sizes {
     /// Sends at once (`events.worker_concurrency`).
     pub slots: usize,
-    /// Slots only a tenant with nothing in flight may take, so a newcomer never waits for a busy
+    /// Slots only a light tenant with nothing in flight may take (one that used less than a
+    /// quarter of a slot lately), so a newcomer or a tenant with quick sends never waits for a busy
     /// tenant's slow sends to end.
     pub reserved: usize,
     /// Leased deliveries held in memory at most (waiting or being sent).
@@ -93,9 +94,47 @@ impl<T> Endpoint<T> {
     }
 }
 
+/// The mean life of a tenant's recent use of slots: use older than a few of these is forgotten.
+const USAGE_MEAN_LIFE_MICROS: f64 = 5_000_000.0;
+
+/// A tenant's recent use of sending slots, in slot-microseconds decaying exponentially: a
+/// tenant with `k` sends in flight all the time tends to `k` mean lives. Slot time, not counts,
+/// is what a slow endpoint takes from others, so it tells heavy tenants from light ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Usage {
+    slot_micros: f64,
+    at: i64,
+}
+
+impl Usage {
+    /// Adds the slot time of `in_flight` sends since the last update, after decaying the past.
+    fn advance(&mut self, now: i64, in_flight: usize) {
+        let elapsed = (now - self.at).max(0) as f64;
+        let kept = (-elapsed / USAGE_MEAN_LIFE_MICROS).exp();
+        // The slot time of the sends, itself decayed over the interval.
+        self.slot_micros = self.slot_micros * kept + in_flight as f64 * USAGE_MEAN_LIFE_MICROS * (1.0 - kept);
+        self.at = self.at.max(now);
+    }
+
+    /// Slots used on average lately (with nothing in flight since the last update).
+    fn slots(&self, now: i64) -> f64 {
+        let elapsed = (now - self.at).max(0) as f64;
+        self.slot_micros * (-elapsed / USAGE_MEAN_LIFE_MICROS).exp() / USAGE_MEAN_LIFE_MICROS
+    }
+
+    /// Used less than a quarter of a slot lately: a newcomer, or a tenant whose sends are quick
+    /// or rare (one 2 s send makes a tenant heavy for a while).
+    fn light(&self, now: i64) -> bool {
+        self.slots(now) < 0.25
+    }
+}
+
 struct Tenant<T> {
     weight: u64,
     in_flight: usize,
+    /// Slot time used lately: reserved slots go only to light tenants, and between tenants
+    /// with as many sends in flight, the lighter goes first.
+    usage: Usage,
     held: usize,
     /// When this tenant last got a slot (the scheduler's turn counter): ties go to the one
     /// served longest ago.
@@ -104,6 +143,38 @@ struct Tenant<T> {
     /// Endpoints in round-robin order; the one just served moves to the back.
     order: VecDeque<String>,
     endpoints: HashMap<String, Endpoint<T>>,
+}
+
+/// What a claim may take from each tenant ([`Scheduler::tenant_rooms`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRooms {
+    /// What a tenant holding nothing may take.
+    pub newcomer: usize,
+    /// Each tenant holding anything, most held first.
+    pub held: Vec<TenantRoom>,
+}
+
+impl TenantRooms {
+    /// Whether a claim that took these tenants' deliveries (one entry per delivery) filled
+    /// some tenant's room: there may be more of its deliveries due, to claim as it frees places.
+    pub fn filled<'a>(&self, claimed: impl Iterator<Item = &'a str>) -> bool {
+        let mut took: HashMap<&str, usize> = HashMap::new();
+        for t in claimed {
+            *took.entry(t).or_default() += 1;
+        }
+        took.iter().any(|(t, n)| {
+            let room = self.held.iter().find(|r| r.tenant == *t).map_or(self.newcomer, |r| r.room);
+            *n >= room
+        })
+    }
+}
+
+/// A tenant's held deliveries and how many more it may take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRoom {
+    pub tenant: String,
+    pub held: usize,
+    pub room: usize,
 }
 
 /// A delivery the scheduler picked for a slot; hand its keys back to [`Scheduler::finish`].
@@ -133,11 +204,63 @@ pub struct Scheduler<T> {
     /// so an idle tenant or endpoint can be forgotten without resetting a pace still running.
     last_now: i64,
     tenants: HashMap<String, Tenant<T>>,
+    /// Tenants known to be quick: their last send ended with them light (when it ended).
+    /// Kept after the tenant itself is forgotten, for [`PROVEN_FOR_MICROS`].
+    proven: HashMap<String, i64>,
+    /// Sends that took a reserved slot, until their tenant has nothing in flight.
+    in_reserved: Vec<ReservedSend>,
+    /// Tenants holding anything (kept as held counts go 0 ↔ 1, read per admission).
+    holding: usize,
+}
+
+/// How long a tenant stays known to be quick after its last quick send.
+const PROVEN_FOR_MICROS: i64 = 300_000_000;
+
+/// A send in a reserved slot this long is a long one: it stops counting against the reserved
+/// slots (up to as many again), so long sends cannot keep newcomers out.
+const RESERVED_SEND_LONG_MICROS: i64 = 250_000;
+
+/// A send that took a reserved slot (a tenant takes one only with nothing in flight, so a
+/// tenant has at most one).
+struct ReservedSend {
+    tenant: String,
+    started: i64,
+    /// Its tenant was not known to be quick when it started.
+    unproven: bool,
 }
 
 impl<T> Scheduler<T> {
     pub fn new(sizes: Sizes) -> Self {
-        Scheduler { sizes, in_flight: 0, held: 0, turn: 0, last_now: 0, tenants: HashMap::new() }
+        Scheduler {
+            sizes,
+            in_flight: 0,
+            held: 0,
+            turn: 0,
+            last_now: 0,
+            tenants: HashMap::new(),
+            proven: HashMap::new(),
+            in_reserved: Vec::new(),
+            holding: 0,
+        }
+    }
+
+    /// Reserved slots that young sends of tenants not known to be quick may take at once (half,
+    /// rounded up): a burst of new tenants whose endpoints turn out slow cannot take them all.
+    fn probation_slots(&self) -> usize {
+        self.sizes.reserved - self.sizes.reserved / 2
+    }
+
+    /// Whether the reserved slots can take a send now, and whether one for a tenant not known
+    /// to be quick: fewer young sends than reserved slots (of the unproven, fewer than the
+    /// probation slots), and no more than `reserved` long ones beyond them. Also when the
+    /// first young send grows long (and so may open them).
+    fn reserved_open(&self, now: i64) -> (bool, bool, Option<i64>) {
+        let young: Vec<&ReservedSend> =
+            self.in_reserved.iter().filter(|r| now - r.started < RESERVED_SEND_LONG_MICROS).collect();
+        let open = young.len() < self.sizes.reserved && self.in_flight < self.sizes.slots + self.sizes.reserved;
+        let unproven = young.iter().filter(|r| r.unproven).count();
+        let grows_long = young.iter().map(|r| r.started + RESERVED_SEND_LONG_MICROS).min();
+        (open, open && unproven < self.probation_slots(), grows_long)
     }
 
     pub fn sizes(&self) -> Sizes {
@@ -155,8 +278,9 @@ impl<T> Scheduler<T> {
     }
 
     /// Whether a delivery for this tenant and endpoint may be handed over at publish: there is
-    /// room, the endpoint holds fewer than twice its cap, and a tenant already holding something
-    /// leaves the reserved places to tenants holding nothing.
+    /// room, the tenant holds less than its allowance, the endpoint holds fewer than twice its
+    /// cap, and a tenant already holding something leaves the reserved places to tenants
+    /// holding nothing.
     pub fn admits(&self, tenant: &str, endpoint: &str, endpoint_cap: u32) -> bool {
         if self.held >= self.sizes.capacity {
             return false;
@@ -164,6 +288,9 @@ impl<T> Scheduler<T> {
         let Some(t) = self.tenants.get(tenant) else { return true };
         let free = self.sizes.capacity - self.held;
         if t.held > 0 && free <= self.sizes.held_reserved {
+            return false;
+        }
+        if t.held >= self.allowance(t, self.holding()) {
             return false;
         }
         t.endpoints.get(endpoint).is_none_or(|e| e.held() < 2 * endpoint_cap.max(1) as usize)
@@ -200,6 +327,7 @@ impl<T> Scheduler<T> {
         let t = self.tenants.entry(tenant.to_owned()).or_insert_with(|| Tenant {
             weight: 1,
             in_flight: 0,
+            usage: Usage { slot_micros: 0.0, at: self.last_now },
             held: 0,
             last_turn: 0,
             pace: None,
@@ -221,6 +349,9 @@ impl<T> Scheduler<T> {
         e.cap = share.endpoint_cap.max(1) as usize;
         e.pace = refresh(e.pace.take(), &share.endpoint_pace);
         e.reserved += 1;
+        if t.held == 0 {
+            self.holding += 1;
+        }
         t.held += 1;
         self.held += 1;
     }
@@ -252,6 +383,9 @@ impl<T> Scheduler<T> {
         }
         e.reserved -= 1;
         t.held -= 1;
+        if t.held == 0 {
+            self.holding -= 1;
+        }
         self.held -= 1;
         self.forget_idle(tenant, endpoint);
     }
@@ -269,15 +403,33 @@ impl<T> Scheduler<T> {
         if self.turn % 1024 == 1023 {
             self.sweep();
         }
-        if self.in_flight >= self.sizes.slots {
-            return Err(Idle::Nothing);
+        // Regular slots are for all; the reserved ones only for light tenants with nothing in
+        // flight, which take them when the regular ones are in use.
+        let regular_in_flight = self.in_flight - self.in_reserved.len();
+        let in_reserve = regular_in_flight >= self.sizes.slots - self.sizes.reserved;
+        let (reserved_open, probation_open, grows_long) =
+            if in_reserve { self.reserved_open(now) } else { (true, true, None) };
+        if !reserved_open {
+            // Only a send ending, or a young one growing long (unless at the bound), opens them.
+            let at_bound = self.in_flight >= self.sizes.slots + self.sizes.reserved;
+            return Err(grows_long.filter(|_| !at_bound).map_or(Idle::Nothing, Idle::Until));
         }
-        let free = self.sizes.slots - self.in_flight;
-        let mut best: Option<(&String, u64, u64, u64)> = None; // (tenant, in_flight, weight, last_turn)
+        // (tenant, in_flight, weight, slots used lately, last_turn)
+        let mut best: Option<(&String, u64, u64, f64, u64)> = None;
         let mut wake: Option<i64> = None;
         let mut later = |at: i64| wake = Some(wake.map_or(at, |w: i64| w.min(at)));
+        let proven = |id: &String| self.proven.get(id).is_some_and(|at| now - *at < PROVEN_FOR_MICROS);
         for (id, t) in &self.tenants {
-            if t.in_flight > 0 && free <= self.sizes.reserved {
+            // The reserved slots: for light tenants with nothing in flight, and of those not known
+            // to be quick, only as many as the probation slots.
+            if in_reserve && (t.in_flight > 0 || !t.usage.light(now)) {
+                continue;
+            }
+            if in_reserve && !probation_open && !proven(id) {
+                // Its turn may come when a young send grows long.
+                if let Some(at) = grows_long.filter(|_| t.endpoints.values().any(|e| !e.waiting.is_empty())) {
+                    later(at);
+                }
                 continue;
             }
             let tenant_wait = t.pace.as_ref().map_or(0, |p| p.wait(now));
@@ -297,17 +449,18 @@ impl<T> Scheduler<T> {
             if !ready {
                 continue;
             }
-            let (load, weight) = (t.in_flight as u64, t.weight);
+            let (load, weight, used) = (t.in_flight as u64, t.weight, t.usage.slots(now));
             let better = match best {
                 None => true,
-                // Fewer slots per unit of weight first: load/weight < best_load/best_weight.
-                Some((_, bl, bw, bt)) => {
+                // Fewer slots per unit of weight first: load/weight < best_load/best_weight; then
+                // less slot time used lately; then the one served longest ago.
+                Some((_, bl, bw, bu, bt)) => {
                     let (a, b) = (load * bw, bl * weight);
-                    a < b || (a == b && t.last_turn < bt)
+                    a < b || (a == b && (used < bu || (used == bu && t.last_turn < bt)))
                 }
             };
             if better {
-                best = Some((id, load, weight, t.last_turn));
+                best = Some((id, load, weight, used, t.last_turn));
             }
         }
         let Some((id, ..)) = best else {
@@ -316,6 +469,10 @@ impl<T> Scheduler<T> {
         let id = id.clone();
         self.turn += 1;
         let turn = self.turn;
+        if in_reserve {
+            let unproven = !proven(&id);
+            self.in_reserved.push(ReservedSend { tenant: id.clone(), started: now, unproven });
+        }
         let t = self.tenants.get_mut(&id).expect("picked tenant exists");
         let tenant_wait = t.pace.as_ref().map_or(0, |p| p.wait(now));
         let pos = t
@@ -339,23 +496,41 @@ impl<T> Scheduler<T> {
         if let Some(p) = t.pace.as_mut() {
             p.take(now);
         }
+        t.usage.advance(now, t.in_flight);
         t.in_flight += 1;
         t.last_turn = turn;
         self.in_flight += 1;
         Ok(Picked { tenant: id, endpoint, item })
     }
 
-    /// A picked delivery is done (sent and handed to the recorder, or dropped): its slot and its
-    /// place are free.
-    pub fn finish(&mut self, tenant: &str, endpoint: &str) {
+    /// A picked delivery is done (sent and handed to the recorder, or dropped) at `now` (the
+    /// clock `next` is given): its slot and its place are free.
+    pub fn finish(&mut self, tenant: &str, endpoint: &str, now: i64) {
+        self.last_now = self.last_now.max(now);
         let Some(t) = self.tenants.get_mut(tenant) else { return };
         let Some(e) = t.endpoints.get_mut(endpoint) else { return };
         if e.in_flight == 0 {
             return;
         }
         e.in_flight -= 1;
+        t.usage.advance(now, t.in_flight);
         t.in_flight -= 1;
+        // With nothing of it in flight any more, its reserved slot (if any) is free, and its
+        // slot time says whether it is quick.
+        if t.in_flight == 0 {
+            if let Some(i) = self.in_reserved.iter().position(|r| r.tenant == tenant) {
+                self.in_reserved.swap_remove(i);
+            }
+            if t.usage.light(now) {
+                self.proven.insert(tenant.to_owned(), now);
+            } else {
+                self.proven.remove(tenant);
+            }
+        }
         t.held -= 1;
+        if t.held == 0 {
+            self.holding -= 1;
+        }
         self.in_flight -= 1;
         self.held -= 1;
         self.forget_idle(tenant, endpoint);
@@ -365,10 +540,14 @@ impl<T> Scheduler<T> {
     pub fn drain_waiting(&mut self) -> Vec<T> {
         let mut out = Vec::new();
         for t in self.tenants.values_mut() {
+            let had = t.held;
             for e in t.endpoints.values_mut() {
                 t.held -= e.waiting.len();
                 self.held -= e.waiting.len();
                 out.extend(e.waiting.drain(..));
+            }
+            if had > 0 && t.held == 0 {
+                self.holding -= 1;
             }
         }
         let idle: Vec<(String, String)> = self
@@ -382,6 +561,38 @@ impl<T> Scheduler<T> {
         out
     }
 
+    /// Takes back, from tenants holding more than their allowance, the waiting deliveries beyond
+    /// it (newest first, from their endpoints with most waiting), for their leases to go back:
+    /// places are taken as tenants come, and a tenant that came first must not keep all of
+    /// them from one whose deliveries wait in the store. Call it when claims have no room.
+    pub fn take_excess(&mut self) -> Vec<T> {
+        let holding = self.holding;
+        let over: Vec<(String, usize)> = self
+            .tenants
+            .iter()
+            .filter_map(|(id, t)| {
+                let allowance = self.allowance(t, holding);
+                (t.held > allowance).then(|| (id.clone(), t.held - allowance))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (id, mut excess) in over {
+            let Some(t) = self.tenants.get_mut(&id) else { continue };
+            while excess > 0 {
+                let Some(e) =
+                    t.endpoints.values_mut().filter(|e| !e.waiting.is_empty()).max_by_key(|e| e.waiting.len())
+                else {
+                    break;
+                };
+                out.push(e.waiting.pop_back().expect("not empty"));
+                t.held -= 1;
+                self.held -= 1;
+                excess -= 1;
+            }
+        }
+        out
+    }
+
     /// Held deliveries waiting because their endpoint has its cap of sends in flight.
     pub fn waiting_on_cap(&self) -> usize {
         self.tenants
@@ -390,6 +601,45 @@ impl<T> Scheduler<T> {
             .filter(|e| e.in_flight >= e.cap)
             .map(|e| e.waiting.len())
             .sum()
+    }
+
+    /// What a claim may take per tenant: for each tenant holding any (most held first) what it
+    /// holds and how many more it may take, and what a tenant holding nothing may take.
+    pub fn tenant_rooms(&self) -> TenantRooms {
+        let holding = self.holding();
+        let mut held: Vec<TenantRoom> = self
+            .tenants
+            .iter()
+            .filter(|(_, t)| t.held > 0)
+            .map(|(id, t)| TenantRoom {
+                tenant: id.clone(),
+                held: t.held,
+                room: self.allowance(t, holding).saturating_sub(t.held),
+            })
+            .collect();
+        held.sort_by(|a, b| b.held.cmp(&a.held).then_with(|| a.tenant.cmp(&b.tenant)));
+        TenantRooms { newcomer: self.claimable() / (holding + 1), held }
+    }
+
+    /// Tenants holding anything.
+    fn holding(&self) -> usize {
+        self.holding
+    }
+
+    /// How many places a tenant may hold: an even share of the places claims may fill among
+    /// the tenants holding any (itself counted), but always one more than it has in flight. So
+    /// a lone tenant may use them all, a tenant's sends are never starved of a next delivery,
+    /// and tenants that hold much while sending little (slow endpoints) cannot fill the places
+    /// with deliveries that only wait (what they hold beyond it they give back when the places
+    /// run out, [`Scheduler::take_excess`]).
+    fn allowance(&self, t: &Tenant<T>, holding: usize) -> usize {
+        let holding = if t.held == 0 { holding + 1 } else { holding };
+        (self.claimable() / holding.max(1)).max(t.in_flight + 1)
+    }
+
+    /// The places claims may fill: all but those kept for tenants holding nothing.
+    fn claimable(&self) -> usize {
+        self.sizes.capacity.saturating_sub(self.sizes.held_reserved).max(1)
     }
 
     /// Slots in use per tenant with anything in flight.
@@ -406,7 +656,9 @@ impl<T> Scheduler<T> {
             t.endpoints.remove(endpoint);
             t.order.retain(|e| e != endpoint);
         }
-        if t.held == 0 && t.endpoints.is_empty() && spent(&t.pace, last_now) {
+        // A heavy tenant is remembered until it is light again: going idle for a moment must
+        // not make it a newcomer.
+        if t.held == 0 && t.endpoints.is_empty() && spent(&t.pace, last_now) && t.usage.light(last_now) {
             self.tenants.remove(tenant);
         }
     }
@@ -414,6 +666,8 @@ impl<T> Scheduler<T> {
     /// Forgets every idle tenant and endpoint whose pace has run its course (those left behind
     /// when their pace was still running at their last `finish`).
     fn sweep(&mut self) {
+        let last_now = self.last_now;
+        self.proven.retain(|_, at| last_now - *at < PROVEN_FOR_MICROS);
         let idle: Vec<(String, Vec<String>)> = self
             .tenants
             .iter()
@@ -525,11 +779,198 @@ mod tests {
         let p = s.next(0).unwrap();
         assert_eq!((p.tenant.as_str(), p.item), ("b", 1000));
         assert!(s.next(0).is_err(), "B has one in flight; the last reserved slot waits for another newcomer");
-        // A slot A frees is kept for newcomers too; B's next goes once its first is done.
-        s.finish("a", "a1");
-        assert_eq!(s.next(0).unwrap_err(), Idle::Nothing);
-        s.finish("b", "b1");
+        // A slot A frees is a regular one: B, with fewer in flight, takes it, and the reserved
+        // slot B's first send took stays out of A's reach.
+        s.finish("a", "a1", 0);
         assert_eq!(s.next(0).unwrap().item, 1001);
+        s.finish("a", "a1", 0);
+        assert_eq!(s.next(0).unwrap().tenant, "a");
+        assert_eq!(s.next(0).unwrap_err(), Idle::Nothing, "six regular slots in use, one reserved");
+    }
+
+    #[test]
+    fn long_sends_in_reserved_slots_stop_keeping_newcomers_out() {
+        const MS: i64 = 1_000;
+        let mut s = Scheduler::new(sizes(8, 2));
+        for i in 0..50 {
+            s.push("a", "a1", &share(100), i);
+        }
+        assert_eq!(picks(&mut s, 8).len(), 6);
+        // Newcomers take the reserved slots; their sends turn out long.
+        let mut sent = Vec::new();
+        for n in 1..=5 {
+            s.push(&format!("n{n}"), "e", &share(100), 100 * n);
+        }
+        sent.push(s.next(0).unwrap().tenant);
+        assert_eq!(
+            s.next(0).unwrap_err(),
+            Idle::Until(250 * MS),
+            "half the reserved slots for tenants not known quick, until the young send grows long"
+        );
+        assert_eq!(s.next(100 * MS).unwrap_err(), Idle::Until(250 * MS), "a young send still counts");
+        sent.push(s.next(250 * MS).expect("a long one does not").tenant);
+        sent.push(s.next(500 * MS).unwrap().tenant);
+        sent.push(s.next(750 * MS).unwrap().tenant);
+        assert_eq!(s.next(1_000 * MS).unwrap_err(), Idle::Nothing, "at worker_concurrency + reserved");
+        assert_eq!(s.in_flight(), 10);
+        s.finish(&sent[0], "e", 2_000 * MS);
+        let last = s.next(2_000 * MS).unwrap().tenant;
+        assert!(!sent.contains(&last), "the fifth newcomer: {last} after {sent:?}");
+    }
+
+    #[test]
+    fn a_lone_tenant_may_hold_every_place_but_shares_them_when_others_hold() {
+        let mut s: Scheduler<u32> = Scheduler::new(Sizes { slots: 4, reserved: 0, capacity: 16, held_reserved: 0 });
+        for e in 0..4 {
+            for i in 0..4 {
+                let endpoint = format!("e{e}");
+                assert!(s.admits("a", &endpoint, 2), "alone, A may hold all 16 places");
+                s.push("a", &endpoint, &share(2), i);
+            }
+        }
+        assert!(!s.admits("a", "e4", 2), "no place is left");
+        let rooms = s.tenant_rooms();
+        assert_eq!(rooms.held, vec![TenantRoom { tenant: "a".into(), held: 16, room: 0 }]);
+        assert_eq!(rooms.newcomer, 8, "a newcomer may take half the places");
+    }
+
+    #[test]
+    fn tenants_that_came_first_give_back_what_waits_beyond_their_share() {
+        let mut s: Scheduler<u32> = Scheduler::new(Sizes { slots: 2, reserved: 0, capacity: 12, held_reserved: 0 });
+        // Alone, A may take every place; it takes 10, on two endpoints, and sends one.
+        for i in 0..10 {
+            assert!(s.admits("a", &format!("e{}", i % 2), 100));
+            s.push("a", &format!("e{}", i % 2), &share(100), i);
+        }
+        assert_eq!(s.next(0).unwrap().tenant, "a");
+        assert!(s.take_excess().is_empty(), "within its share");
+        // B comes and holds one: A's share is now 12 / 2 = 6.
+        s.push("b", "b", &share(100), 100);
+        let back = s.take_excess();
+        assert_eq!(back.len(), 4, "A gives back what waits beyond 6: {back:?}");
+        assert!(back.iter().all(|i| *i >= 5), "the newest first: {back:?}");
+        assert_eq!(s.held(), 7);
+        assert_eq!(s.tenant_rooms().held.iter().find(|r| r.tenant == "a").unwrap().held, 6);
+        // What is in flight is never taken back.
+        let mut t: Scheduler<u32> = Scheduler::new(Sizes { slots: 8, reserved: 0, capacity: 4, held_reserved: 0 });
+        for i in 0..2 {
+            t.push("a", "e", &share(100), i);
+        }
+        assert_eq!(picks(&mut t, 2).len(), 2);
+        t.push("b", "f", &share(100), 9);
+        assert!(t.take_excess().is_empty(), "A's two are sending");
+        assert_eq!(t.held(), 3);
+    }
+
+    #[test]
+    fn tenants_holding_much_while_sending_little_leave_room_for_others() {
+        let mut s: Scheduler<u32> = Scheduler::new(Sizes { slots: 4, reserved: 0, capacity: 25, held_reserved: 0 });
+        // Two tenants with slow endpoints: with both holding, each may hold half the places.
+        for t in ["slow1", "slow2"] {
+            for i in 0..12 {
+                assert!(s.admits(t, "e", 100));
+                s.push(t, "e", &share(100), i);
+            }
+        }
+        assert!(!s.admits("slow1", "e", 100), "at its share of 12, with a place free");
+        // Two slots each; the rest waits. A third tenant takes its share as places free.
+        assert_eq!(picks(&mut s, 4).len(), 4);
+        s.finish("slow1", "e", 0);
+        s.finish("slow1", "e", 0);
+        assert!(s.admits("fast", "f", 100), "a tenant holding nothing gets a place");
+        s.push("fast", "f", &share(100), 1);
+        let rooms = s.tenant_rooms();
+        let of = |t: &str| rooms.held.iter().find(|r| r.tenant == t).unwrap().clone();
+        assert_eq!(of("slow1"), TenantRoom { tenant: "slow1".into(), held: 10, room: 0 }, "over its share of 25/3");
+        assert_eq!(of("fast").room, 7, "up to 8 of 25/3");
+        assert_eq!(rooms.newcomer, 6, "25/4 for a tenant whose deliveries wait in the store");
+        assert_eq!(rooms.held[0].tenant, "slow2", "most held first");
+        assert!(!s.admits("slow1", "e", 100));
+        assert!(s.admits("fast", "f", 100));
+        // A tenant always has one more place than it has sends in flight.
+        let mut one: Scheduler<u32> = Scheduler::new(Sizes { slots: 8, reserved: 0, capacity: 4, held_reserved: 0 });
+        for t in ["a", "b", "c", "d"] {
+            one.push(t, "e", &share(10), 0);
+        }
+        assert_eq!(picks(&mut one, 8).len(), 4);
+        assert_eq!(one.tenant_rooms().held.iter().map(|r| r.room).sum::<usize>(), 4);
+    }
+
+    #[test]
+    fn reserved_slots_go_to_light_tenants_only_and_the_lighter_goes_first() {
+        const S: i64 = 1_000_000;
+        let mut s = Scheduler::new(sizes(4, 1));
+        // The slow tenant keeps three slots busy for 10 s: it is heavy, and stays known.
+        for i in 0..3 {
+            s.push("slow", "e", &share(100), i);
+        }
+        assert_eq!(picks(&mut s, 4).len(), 3);
+        for _ in 0..3 {
+            s.finish("slow", "e", 10 * S);
+        }
+        assert!(!s.tenants["slow"].usage.light(10 * S));
+        // Another tenant takes three slots; the last one is reserved.
+        for i in 10..13 {
+            s.push("other", "o", &share(100), i);
+        }
+        for _ in 0..3 {
+            assert_eq!(s.next(10 * S).unwrap().tenant, "other");
+        }
+        // With nothing in flight, the heavy tenant still may not take the reserved slot...
+        s.push("slow", "e", &share(100), 3);
+        assert_eq!(s.next(10 * S).unwrap_err(), Idle::Nothing, "the reserved slot is not for a heavy tenant");
+        // ...which a newcomer gets at once. Its endpoint is paced to one a second, so it stays
+        // known between its sends.
+        let paced = Share { endpoint_pace: Some(Pace::new(1, 1)), ..share(100) };
+        s.push("quick", "q", &paced, 100);
+        assert_eq!(s.next(10 * S).unwrap().item, 100);
+        // Both with nothing in flight: the lighter tenant goes first, though served more lately.
+        s.finish("quick", "q", 10 * S + 1_000);
+        for _ in 0..3 {
+            s.finish("other", "o", 11 * S);
+        }
+        assert!(s.tenants["quick"].last_turn > s.tenants["slow"].last_turn);
+        s.push("quick", "q", &paced, 101);
+        assert_eq!(s.next(11 * S).unwrap().item, 101);
+        assert_eq!(s.next(11 * S).unwrap().item, 3, "then the heavy one, with a slot free for all");
+        // A heavy tenant idle for long is light again.
+        assert!(s.tenants["slow"].usage.light(40 * S));
+    }
+
+    #[test]
+    fn tenants_not_known_to_be_quick_take_at_most_half_the_reserved_slots() {
+        let mut s = Scheduler::new(sizes(8, 4));
+        // A tenant whose send ended quickly is known to be quick.
+        s.push("known", "k", &share(100), 0);
+        assert_eq!(s.next(0).unwrap().tenant, "known");
+        s.finish("known", "k", 1_000);
+        // A busy tenant takes the four regular slots.
+        for i in 0..10 {
+            s.push("busy", "b", &share(100), i);
+        }
+        assert_eq!(picks(&mut s, 8).len(), 4);
+        // A burst of newcomers, which might all be slow: two of them get a reserved slot.
+        for n in 0..5 {
+            s.push(&format!("new{n}"), "e", &share(100), 100 + n);
+        }
+        assert_eq!(picks(&mut s, 5).len(), 2, "half the reserved slots, for those not known");
+        // The tenant known to be quick still gets one at once.
+        s.push("known", "k", &share(100), 1);
+        assert_eq!(s.next(2_000).unwrap().tenant, "known");
+        assert_eq!(s.next(2_000).unwrap_err(), Idle::Until(250_000), "the rest wait for a send to end or grow long");
+        // A newcomer's send ending frees its probation for the next newcomer.
+        let first_new = s.tenants.iter().find(|(id, t)| id.starts_with("new") && t.in_flight > 0).unwrap().0.clone();
+        s.finish(&first_new, "e", 3_000);
+        assert!(s.next(3_000).unwrap().tenant.starts_with("new"));
+    }
+
+    #[test]
+    fn a_claim_that_filled_a_tenants_room_says_so() {
+        let rooms = TenantRooms { newcomer: 3, held: vec![TenantRoom { tenant: "a".into(), held: 5, room: 2 }] };
+        assert!(!rooms.filled(["a", "b", "b"].into_iter()));
+        assert!(rooms.filled(["a", "a"].into_iter()), "a's room was 2");
+        assert!(rooms.filled(["b", "b", "b"].into_iter()), "a newcomer's room was 3");
+        assert!(!rooms.filled(std::iter::empty()));
     }
 
     #[test]
@@ -541,11 +982,11 @@ mod tests {
         assert_eq!(picks(&mut s, 4).len(), 4);
         s.push("b", "b1", &share(100), 100);
         s.push("b", "b1", &share(100), 101);
-        s.finish("a", "a1");
+        s.finish("a", "a1", 0);
         assert_eq!(s.next(0).unwrap().item, 100, "B has none in flight, A three");
-        s.finish("a", "a1");
+        s.finish("a", "a1", 0);
         assert_eq!(s.next(0).unwrap().item, 101, "B one, A two");
-        s.finish("a", "a1");
+        s.finish("a", "a1", 0);
         assert_eq!(s.next(0).unwrap().item, 4, "B has nothing left: A goes on in order");
     }
 
@@ -575,7 +1016,7 @@ mod tests {
         assert_eq!(got.iter().filter(|i| **i < 100).count(), 2, "the slow endpoint holds at most its cap: {got:?}");
         assert_eq!(got.iter().filter(|i| **i >= 100).count(), 3);
         assert_eq!(s.waiting_on_cap(), 8);
-        s.finish("t", "slow");
+        s.finish("t", "slow", 0);
         assert_eq!(s.next(0).unwrap().item, 2, "its own queue goes on in order");
     }
 
@@ -618,10 +1059,12 @@ mod tests {
 
     #[test]
     fn admission_keeps_room_for_tenants_holding_nothing() {
-        let mut s = Scheduler::new(Sizes { slots: 2, reserved: 0, capacity: 6, held_reserved: 2 });
+        let mut s = Scheduler::new(Sizes { slots: 4, reserved: 0, capacity: 6, held_reserved: 2 });
         for i in 0..4 {
+            // Each send in flight lets A hold one more.
             assert!(s.admits("a", &format!("e{i}"), 10));
             s.push("a", &format!("e{i}"), &share(10), i);
+            assert!(s.next(0).is_ok());
         }
         assert!(!s.admits("a", "e9", 10), "A holds something and only reserved places are left");
         assert!(s.admits("b", "b1", 10), "B holds nothing");
@@ -658,23 +1101,23 @@ mod tests {
         let waiting = s.drain_waiting();
         assert_eq!(waiting, vec![1, 2, 3, 4]);
         assert_eq!((s.held(), s.in_flight()), (1, 1));
-        s.finish(&p.tenant, &p.endpoint);
+        s.finish(&p.tenant, &p.endpoint, 0);
         assert_eq!((s.held(), s.in_flight()), (0, 0));
         assert!(s.tenants.is_empty(), "nothing is kept for idle tenants");
         // A paced tenant is remembered while its pace runs, forgotten once it has run out.
         let paced = Share { tenant_pace: Some(Pace::new(1, 1)), ..share(5) };
         s.push("p", "e", &paced, 9);
         let p = s.next(10).unwrap();
-        s.finish(&p.tenant, &p.endpoint);
+        s.finish(&p.tenant, &p.endpoint, 0);
         assert!(s.tenants.contains_key("p"), "its pace still holds the next send back");
         s.push("p", "e", &paced, 10);
         assert_eq!(s.next(20).unwrap_err(), Idle::Until(1_000_010), "the pace was not reset");
         assert_eq!(s.next(1_000_010).unwrap().item, 10);
-        s.finish("p", "e");
+        s.finish("p", "e", 0);
         s.last_now = 3_000_000;
         s.sweep();
         assert!(s.tenants.is_empty(), "swept once the pace ran out");
-        s.finish("a", "e");
+        s.finish("a", "e", 0);
         assert_eq!(s.held(), 0, "finishing twice is harmless");
     }
 

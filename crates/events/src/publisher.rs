@@ -283,6 +283,7 @@ impl GroupDelivery<'_> {
             plan: plan.to_owned(),
             max_in_flight: e.max_in_flight,
             degraded_since: e.degraded_since,
+            ordering_key: self.ordering_key.map(str::to_owned),
         }
     }
 }

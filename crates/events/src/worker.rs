@@ -5,7 +5,8 @@
 //! backend (NATS JetStream) can replace it without touching the sending logic.
 
 use crate::Events;
-use crate::fair::{Picked, Share};
+use crate::dispatch::ClaimRoom;
+use crate::fair::{Picked, Share, TenantRooms};
 use crate::schedule::{FailureHint, random_unit};
 use crate::signature::SigningKey;
 use crate::ssrf::{self, Cidr};
@@ -100,6 +101,9 @@ pub struct Claimed {
     pub max_in_flight: Option<i64>,
     /// Set when a worker found the endpoint degraded (seeds this replica's judgement).
     pub degraded_since: Option<i64>,
+    /// The event's key on an `ordered` endpoint: the key's next delivery becomes claimable
+    /// once this one is done.
+    pub ordering_key: Option<String>,
 }
 
 /// How an attempt ended.
@@ -120,14 +124,16 @@ impl Outcome {
 
 /// The queue the worker drains. The store implements it; the sending logic only sees this.
 pub trait DeliveryQueue: Send + Sync {
-    /// Leases up to `limit` due deliveries for `lease`, fairly: round robin over tenants, and
-    /// within a tenant over its endpoints, at most `per_endpoint` from each endpoint and none
-    /// from the endpoints in `skip` (their share is held already).
+    /// Leases up to `limit` due deliveries for `lease`, fairly: tenants holding least first and
+    /// none beyond its room (`tenants`), round robin over tenants, and within a tenant over its
+    /// endpoints, at most `per_endpoint` from each endpoint and none from the endpoints in
+    /// `skip` (their share is held already).
     fn claim(
         &self,
         limit: u32,
         per_endpoint: u32,
         skip: &[String],
+        tenants: &TenantRooms,
         lease: Duration,
     ) -> impl std::future::Future<Output = Result<Vec<Claimed>, StoreError>> + Send;
     /// Records attempts and moves each delivery on (delivered, due again, or dead), in one
@@ -137,13 +143,19 @@ pub trait DeliveryQueue: Send + Sync {
 
 /// The claim's fair choice: for each enabled endpoint its oldest due deliveries (an index probe
 /// per endpoint, so one endpoint's backlog is never scanned to find another's), ranked round
-/// robin across tenants and, within a tenant, across its endpoints. `{due}` is the engine's
-/// per-endpoint lookup, `{skip}` the endpoints to leave alone.
+/// robin across tenants and, within a tenant, across its endpoints. A row's rank is what its
+/// tenant would hold with it (`h` says what each tenant holds already and how many more it may
+/// take; `$6` is what a tenant holding nothing may take), so the claim fills tenants up from
+/// the least held, like water: a newcomer's first delivery goes before the sixth of a tenant
+/// holding five, however old those are, and no tenant takes more than its room. `{due}` is the
+/// engine's per-endpoint lookup, `{held}` the tenants' list.
 const FAIR_DUE: &str = "SELECT f.id FROM (
-      SELECT c.id, c.next_attempt_at,
+      SELECT c.id, c.tenant_id, c.next_attempt_at,
              ROW_NUMBER() OVER (PARTITION BY c.tenant_id ORDER BY c.nth, c.next_attempt_at, c.id) AS nth_tenant
       FROM ({due}) c
-    ) f ORDER BY f.nth_tenant, f.next_attempt_at LIMIT $4";
+    ) f LEFT JOIN ({held}) h ON h.column1 = f.tenant_id
+    WHERE f.nth_tenant <= COALESCE(h.column3, $6)
+    ORDER BY f.nth_tenant + COALESCE(h.column2, 0), f.next_attempt_at LIMIT $4";
 
 /// Due and claimable: not leased (or the lease ran out), and for an ordered key, the first pending.
 const CLAIMABLE: &str =
@@ -158,6 +170,7 @@ impl DeliveryQueue for Events {
         limit: u32,
         per_endpoint: u32,
         skip: &[String],
+        tenants: &TenantRooms,
         lease: Duration,
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = self.clock.now_micros();
@@ -167,8 +180,20 @@ impl DeliveryQueue for Events {
         let skip_sql = if skip.is_empty() {
             String::new()
         } else {
-            let list: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 6)).collect();
+            let list: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 7)).collect();
             format!(" AND w.id NOT IN ({})", list.join(", "))
+        };
+        // What each tenant holds and may take, as a VALUES list (its columns are `column1`,
+        // `column2`, `column3` on both engines), numbered after the skip list; with no tenant
+        // holding anything, an empty list of the same shape.
+        let held_sql = if tenants.held.is_empty() {
+            "SELECT '' AS column1, 0 AS column2, 0 AS column3 WHERE 1 = 0".to_owned()
+        } else {
+            let first = 7 + skip.len();
+            let rows: Vec<String> = (0..tenants.held.len())
+                .map(|i| format!("(${}, ${}, ${})", first + 3 * i, first + 3 * i + 1, first + 3 * i + 2))
+                .collect();
+            format!("VALUES {}", rows.join(", "))
         };
         let due = match tx.engine() {
             // PostgreSQL: a lateral top-k per endpoint; the rows are locked in the outer query
@@ -190,7 +215,7 @@ impl DeliveryQueue for Events {
                  WHERE w.enabled{skip_sql}"
             ),
         };
-        let fair = FAIR_DUE.replace("{due}", &due);
+        let fair = FAIR_DUE.replace("{due}", &due).replace("{held}", &held_sql);
         let sql = match tx.engine() {
             // The claimability is checked again at the locking level: a row another replica
             // claimed and committed after the list was made is re-read there, and must not pass.
@@ -206,9 +231,13 @@ impl DeliveryQueue for Events {
         };
         let ids: Vec<String> = on_conn!(&mut tx, c => {
             let mut q = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.as_str()))
-                .bind(until).bind(&token).bind(now).bind(i64::from(limit)).bind(i64::from(per_endpoint.max(1)));
+                .bind(until).bind(&token).bind(now).bind(i64::from(limit)).bind(i64::from(per_endpoint.max(1)))
+                .bind(tenants.newcomer as i64);
             for e in skip {
                 q = q.bind(e);
+            }
+            for t in &tenants.held {
+                q = q.bind(&t.tenant).bind(t.held as i64).bind(t.room as i64);
             }
             q.fetch_all(&mut *c).await
         })?;
@@ -220,7 +249,7 @@ impl DeliveryQueue for Events {
         let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let read = format!(
             "SELECT d.id, d.tenant_id, d.endpoint_id, d.attempts, w.rate_limit, w.url, w.headers, w.secret, w.previous_secret, w.previous_secret_expires_at, e.event_id, e.type AS event_type, e.payload, e.occurred_at, d.lease_token, d.lease_until,
-                    w.max_in_flight, w.degraded_since
+                    w.max_in_flight, w.degraded_since, d.ordering_key
              FROM deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id JOIN events e ON e.pos = d.event_pos
              WHERE d.id IN ({}) ORDER BY d.next_attempt_at",
             list.join(", ")
@@ -618,6 +647,11 @@ impl Events {
                 tracing::error!(error = %e, count = batch.len(), "could not record delivery attempts");
                 return;
             }
+            // A keyed delivery that is done lets its key's next one be claimed: claim it now,
+            // not at the next poll.
+            if batch.iter().any(|(d, o, retry_at)| d.ordering_key.is_some() && (o.succeeded() || retry_at.is_none())) {
+                self.wake.notify_one();
+            }
             let mut failing: Vec<(String, String)> = batch
                 .iter()
                 .filter(|(_, o, _)| !o.succeeded())
@@ -653,7 +687,7 @@ impl Events {
                     struct Done<'a>(&'a Events, &'a str, &'a str);
                     impl Drop for Done<'_> {
                         fn drop(&mut self) {
-                            self.0.dispatch.finish(self.1, self.2);
+                            self.0.dispatch.finish(self.1, self.2, pace_clock());
                         }
                     }
                     let _done = Done(&me, &tenant, &endpoint);
@@ -703,7 +737,19 @@ impl Events {
         let mut backlog = false;
         tokio::pin!(stop);
         loop {
-            let (room, skip) = self.dispatch.claim_room();
+            let ClaimRoom { mut room, mut skip, mut tenants } = self.dispatch.claim_room();
+            if room == 0 {
+                // Every claimable place is held: tenants beyond their share give back what waits,
+                // so tenants whose deliveries are in the store get theirs.
+                let back = self.dispatch.take_excess();
+                if !back.is_empty() {
+                    match release_leases(&self.store, &back).await {
+                        Ok(n) => metrics::counter!("runway_webhook_leases_released_total").increment(n),
+                        Err(e) => tracing::warn!(error = %e, "could not give back leases; they run out instead"),
+                    }
+                    ClaimRoom { room, skip, tenants } = self.dispatch.claim_room();
+                }
+            }
             if room == 0 || (backlog && room < min_batch) {
                 // Wait for room; with a backlog, for a little more, so one claim serves several
                 // deliveries instead of one claim transaction per finished send.
@@ -716,7 +762,7 @@ impl Events {
             }
             let claim_started = Instant::now();
             let per_endpoint = (room as u32).min(2 * max_cap);
-            let claimed = self.claim(room as u32, per_endpoint, &skip, lease).await;
+            let claimed = self.claim(room as u32, per_endpoint, &skip, &tenants, lease).await;
             metrics::histogram!("runway_webhook_claim_duration_seconds").record(claim_started.elapsed().as_secs_f64());
             let batch = match claimed {
                 Ok(b) => b,
@@ -726,6 +772,8 @@ impl Events {
                 }
             };
             backlog = batch.len() >= room;
+            // A tenant whose room this claim filled may have more due: claim again as places free.
+            let room_filled = tenants.filled(batch.iter().map(|c| c.tenant_id.as_str()));
             let held: Vec<(Claimed, Share)> = batch
                 .into_iter()
                 .map(|c| {
@@ -735,15 +783,15 @@ impl Events {
                 .collect();
             self.dispatch.hold(held);
             // Endpoints holding their share now (trimmed by this claim, or before it).
-            let (_, skip) = self.dispatch.claim_room();
+            let held_back = room_filled || self.dispatch.any_full_endpoint();
             if !backlog {
-                // Nothing more due (or only for endpoints holding their share): sleep until
-                // something is queued, a retry falls due, or (when endpoints were left alone for
-                // their share) one of them frees a place.
+                // Nothing more due (or only for endpoints and tenants holding their share): sleep
+                // until something is queued, a retry falls due, or (when some were left alone for
+                // their share) a place frees.
                 tokio::select! {
                     _ = &mut stop => break,
                     _ = self.wake.notified() => {}
-                    _ = self.dispatch.room.notified(), if !skip.is_empty() => {}
+                    _ = self.dispatch.room.notified(), if held_back => {}
                     _ = tokio::time::sleep(poll) => {}
                 }
             }

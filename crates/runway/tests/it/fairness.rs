@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 crate::both_engines!(
     a_slow_tenants_backlog_does_not_delay_another_tenant,
     fifty_tenants_five_slow_fast_ones_keep_their_lag,
+    a_crowd_of_slow_tenants_does_not_fill_the_held_places,
     a_failing_endpoints_retries_do_not_delay_others_and_it_is_shown_degraded,
     ordered_endpoints_keep_their_order_under_contention,
     plans_pace_a_tenant_without_dropping,
@@ -187,6 +188,29 @@ async fn fifty_tenants_five_slow_fast_ones_keep_their_lag(engine: Engine) {
     let got = fast.firsts();
     let worst = sent.iter().map(|(id, at)| got[id].saturating_duration_since(*at)).max().unwrap();
     assert!(worst < Duration::from_secs(1), "the slowest fast-tenant delivery lagged {worst:?}");
+}
+
+/// Five tenants with 2 s endpoints, each allowed 16 sends in flight and 60 deliveries queued:
+/// their endpoints alone could hold 160 of the replica's 96 claimable places. A tenant publishing
+/// a batch of 20 gets them all within a second, because a tenant holds only its share of the
+/// places and claims serve tenants holding least first, not the oldest rows.
+async fn a_crowd_of_slow_tenants_does_not_fill_the_held_places(engine: Engine) {
+    let s = server(engine, |c| c.plans.get_mut("free").unwrap().webhook_max_in_flight = Some(16)).await;
+    let slow = Timed::start(Duration::from_secs(2), 200).await;
+    let fast = Timed::start(Duration::ZERO, 200).await;
+    for t in 0..5 {
+        tenant_with_endpoint(&s, &format!("crowd{t}"), &slow.url, json!({})).await;
+    }
+    tenant_with_endpoint(&s, "late", &fast.url, json!({})).await;
+    for t in 0..5 {
+        publish(&s, &format!("crowd{t}"), &ids(&format!("c{t}"), 60), |_| None).await;
+    }
+    eventually("the slow tenants take every regular slot", || async { slow.count() >= 28 }).await;
+    let sent = publish(&s, "late", &ids("l", 20), |_| None).await;
+    eventually_within(Duration::from_secs(10), "the late tenant's 20", || async { fast.firsts().len() == 20 }).await;
+    let last = fast.firsts().values().max().copied().unwrap();
+    let lag = last.saturating_duration_since(sent);
+    assert!(lag < Duration::from_secs(1), "the late tenant's last delivery came {lag:?} after its publish");
 }
 
 /// A's endpoint fails everything with one-second retries; B's deliveries are not delayed, and
