@@ -251,16 +251,19 @@ impl<T> Scheduler<T> {
     }
 
     /// Whether the reserved slots can take a send now, and whether one for a tenant not known
-    /// to be quick: fewer young sends than reserved slots (of the unproven, fewer than the
-    /// probation slots), and no more than `reserved` long ones beyond them. Also when the
-    /// first young send grows long (and so may open them).
+    /// to be quick: fewer young sends than reserved slots (of the unproven, fewer young ones
+    /// than the probation slots and fewer in all than the reserved slots, so that tenants known
+    /// to be quick keep some however many new slow ones come), and no more than `reserved`
+    /// long ones beyond them. Also when the first young send grows long (and so may open them).
     fn reserved_open(&self, now: i64) -> (bool, bool, Option<i64>) {
         let young: Vec<&ReservedSend> =
             self.in_reserved.iter().filter(|r| now - r.started < RESERVED_SEND_LONG_MICROS).collect();
         let open = young.len() < self.sizes.reserved && self.in_flight < self.sizes.slots + self.sizes.reserved;
-        let unproven = young.iter().filter(|r| r.unproven).count();
+        let unproven_young = young.iter().filter(|r| r.unproven).count();
+        let unproven = self.in_reserved.iter().filter(|r| r.unproven).count();
         let grows_long = young.iter().map(|r| r.started + RESERVED_SEND_LONG_MICROS).min();
-        (open, open && unproven < self.probation_slots(), grows_long)
+        let probation_open = open && unproven_young < self.probation_slots() && unproven < self.sizes.reserved;
+        (open, probation_open, grows_long)
     }
 
     pub fn sizes(&self) -> Sizes {
@@ -792,6 +795,10 @@ mod tests {
     fn long_sends_in_reserved_slots_stop_keeping_newcomers_out() {
         const MS: i64 = 1_000;
         let mut s = Scheduler::new(sizes(8, 2));
+        // A tenant whose send ended quickly is known to be quick.
+        s.push("known", "k", &share(100), 0);
+        assert_eq!(s.next(0).unwrap().tenant, "known");
+        s.finish("known", "k", MS);
         for i in 0..50 {
             s.push("a", "a1", &share(100), i);
         }
@@ -805,17 +812,37 @@ mod tests {
         assert_eq!(
             s.next(0).unwrap_err(),
             Idle::Until(250 * MS),
-            "half the reserved slots for tenants not known quick, until the young send grows long"
+            "half the reserved slots for young sends of tenants not known quick, until one grows long"
         );
         assert_eq!(s.next(100 * MS).unwrap_err(), Idle::Until(250 * MS), "a young send still counts");
         sent.push(s.next(250 * MS).expect("a long one does not").tenant);
-        sent.push(s.next(500 * MS).unwrap().tenant);
-        sent.push(s.next(750 * MS).unwrap().tenant);
-        assert_eq!(s.next(1_000 * MS).unwrap_err(), Idle::Nothing, "at worker_concurrency + reserved");
-        assert_eq!(s.in_flight(), 10);
+        assert_eq!(s.next(500 * MS).unwrap_err(), Idle::Nothing, "tenants not known quick: two in all");
+        // A tenant known to be quick still gets a reserved slot, beyond worker_concurrency.
+        s.push("known", "k", &share(100), 1);
+        assert_eq!(s.next(500 * MS).unwrap().tenant, "known");
+        assert_eq!(s.in_flight(), 9);
+        s.finish("known", "k", 501 * MS);
+        // A long send ending lets the next newcomer in.
         s.finish(&sent[0], "e", 2_000 * MS);
-        let last = s.next(2_000 * MS).unwrap().tenant;
-        assert!(!sent.contains(&last), "the fifth newcomer: {last} after {sent:?}");
+        let next = s.next(2_000 * MS).unwrap().tenant;
+        assert!(next.starts_with('n') && !sent.contains(&next), "the third newcomer: {next} after {sent:?}");
+        // At most `reserved` sends beyond worker_concurrency, however quick their tenants were.
+        let mut quick = Scheduler::new(sizes(4, 1));
+        for i in 0..10 {
+            quick.push("busy", "b", &share(100), i);
+        }
+        assert_eq!(picks(&mut quick, 4).len(), 3);
+        for n in 0..3 {
+            quick.push(&format!("p{n}"), "e", &share(100), 100 + n);
+            let p = quick.next(n as i64 * 300 * MS).unwrap();
+            quick.finish(&p.tenant, "e", n as i64 * 300 * MS + 1);
+            quick.push(&p.tenant, "e", &share(100), 200 + n);
+        }
+        assert!(quick.next(1_000 * MS).unwrap().tenant.starts_with('p'));
+        assert_eq!(quick.next(1_100 * MS).unwrap_err(), Idle::Until(1_250 * MS), "one young send at a time");
+        assert!(quick.next(1_300 * MS).unwrap().tenant.starts_with('p'), "the first grew long");
+        assert_eq!(quick.next(1_600 * MS).unwrap_err(), Idle::Nothing, "slots + reserved in flight");
+        assert_eq!(quick.in_flight(), 5);
     }
 
     #[test]
