@@ -295,28 +295,43 @@ async fn plans_pace_a_tenant_without_dropping(engine: Engine) {
     assert_eq!(r.count(), 15, "each sent once");
 }
 
-/// A replica stopped the way SIGTERM stops it gives back the leases of deliveries it held but
-/// had not sent: a replica started after it sends them at once, not after the lease runs out;
-/// the sends in flight at the stop finish and are recorded, so nothing arrives twice.
+/// A real `runway serve` holding deliveries for a slow endpoint gets SIGTERM: what it holds
+/// but has not started sending goes back at once, and a second replica sends it within seconds,
+/// not after the 35 s lease; the two sends in flight at the signal finish and are recorded, and
+/// the process exits cleanly.
 async fn a_stopped_replica_gives_its_held_deliveries_back(engine: Engine) {
     let db = Database::create(&engine).await;
-    let mut config = db.config();
-    config.events.allow_destinations = vec!["127.0.0.0/8".into()];
-    config.events.delivery_timeout_secs = 5;
-    config.events.lease_margin_secs = 30;
-    config.events.worker_concurrency = 2;
-    config.events.reserved_slots = Some(0);
-    config.events.poll_interval_ms = 100;
-    let second = config.clone();
-    let mut first = TestServer::start_on(db, config, Arc::new(SystemClock)).await;
-    first.post("/v1/event-types", ADMIN, json!({"name": "job.done", "schema": null, "version": "1.0"})).await.ok(201);
+    std::fs::write(
+        db.dir.join("runway.toml"),
+        "[events]\nallow_destinations = [\"127.0.0.0/8\"]\ndelivery_timeout_secs = 5\nlease_margin_secs = 30\n\
+         worker_concurrency = 2\nreserved_slots = 0\npoll_interval_ms = 100\n",
+    )
+    .unwrap();
+    let mut second = db.config();
+    second.events.allow_destinations = vec!["127.0.0.0/8".into()];
+    second.events.delivery_timeout_secs = 5;
+    second.events.lease_margin_secs = 30;
+    second.events.poll_interval_ms = 100;
+    let (mut first, base) = crate::fault::start(&db);
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let req = http.post(format!("{base}{path}")).bearer_auth(ADMIN).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    post("/v1/event-types", json!({"name": "job.done", "schema": null, "version": "1.0"})).await;
+    post("/v1/tenants", json!({"slug": "handover", "name": "Handover"})).await;
     let r = Timed::start(Duration::from_millis(1_500), 200).await;
-    let ep = tenant_with_endpoint(&first, "handover", &r.url, json!({})).await;
-    publish(&first, "handover", &ids("h", 10), |_| None).await;
+    let ep = post("/v1/tenants/handover/webhooks", json!({"url": r.url})).await["id"].as_str().unwrap().to_owned();
+    let batch: Vec<Value> = ids("h", 10).iter().map(|n| json!({"type": "job.done", "payload": {"n": n}})).collect();
+    post("/v1/tenants/handover/events", Value::Array(batch)).await;
     eventually("two sends in flight at the first replica", || async { r.count() == 2 }).await;
 
-    let running = first.running.take().unwrap();
-    let stopping = tokio::spawn(running.shutdown());
+    let term = std::process::Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+    assert!(term.success(), "SIGTERM sent");
     let stopped_at = Instant::now();
     // The held deliveries are free again as soon as the stop begins.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -324,9 +339,9 @@ async fn a_stopped_replica_gives_its_held_deliveries_back(engine: Engine) {
     eventually_within(Duration::from_secs(20), "all ten delivered", || async { r.firsts().len() == 10 }).await;
     let took = stopped_at.elapsed();
     assert!(took < Duration::from_secs(15), "sent after {took:?}: well inside the 35 s lease, so given back");
-    assert!(matches!(stopping.await.unwrap(), runway_server::Drain::Clean));
+    let exit = tokio::task::spawn_blocking(move || first.wait().unwrap()).await.unwrap();
+    assert!(exit.success(), "the first replica drained and exited cleanly: {exit:?}");
     let url = format!("http://{}/v1/tenants/handover/webhooks/{ep}/attempts", second.addr);
-    let http = first.http.clone();
     let recorded = || async {
         let page: Value = http.get(&url).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
         page["data"].as_array().map_or(0, Vec::len)
@@ -334,7 +349,7 @@ async fn a_stopped_replica_gives_its_held_deliveries_back(engine: Engine) {
     eventually("every attempt recorded", || async { recorded().await >= 10 }).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(recorded().await, 10, "one attempt each");
-    assert_eq!(r.count(), 10, "the two in flight at the stop were recorded, not sent again");
+    assert_eq!(r.count(), 10, "the two in flight at the signal were recorded, not sent again");
     second.shutdown().await;
 }
 

@@ -14,7 +14,9 @@ use std::process::{Child, Command, Stdio};
 
 crate::both_engines!(deliveries_survive_two_kill_9s);
 
-fn start(db: &Database) -> (Child, String) {
+/// Starts the real `runway serve` on `db` (a `runway.toml` in `db.dir` applies); returns the
+/// process and its base URL once it is ready.
+pub(crate) fn start(db: &Database) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_runway"))
         .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-format", "json"])
         .current_dir(&db.dir)
