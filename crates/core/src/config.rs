@@ -19,8 +19,98 @@ pub struct Config {
     pub events: EventsConfig,
     pub crypto: CryptoConfig,
     pub flags: FlagsConfig,
+    /// The edge gateway in front of the startup's own services.
+    pub gateway: GatewayConfig,
     /// Named sets of limits a tenant can be on.
     pub plans: BTreeMap<String, PlanLimits>,
+}
+
+/// The edge gateway: its listener and the routes it proxies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Its own listener; opened when at least one route is declared, `off` never.
+    pub listen: MetricsListen,
+    pub routes: Vec<RouteConfig>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig { listen: MetricsListen::At(SocketAddr::from(([127, 0, 0, 1], 7401))), routes: Vec::new() }
+    }
+}
+
+/// One gateway route: what it matches and where it sends it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique; named in logs and metrics.
+    pub name: String,
+    /// Hosts it answers for (the `Host` header without port); empty: any.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Requests whose path starts with this (at a `/` boundary); the longest match wins.
+    pub path_prefix: String,
+    /// Methods it answers; empty: any.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Remove `path_prefix` from the path sent upstream.
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// The upstream pool: `http://host:port` targets, chosen in weighted round robin.
+    pub upstream: Vec<UpstreamTarget>,
+    /// The credential a request needs.
+    #[serde(default)]
+    pub auth: RouteAuth,
+    /// Scopes the credential must hold (as the API's scopes, or the startup's own names).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// From sending the request to the response head.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Request bodies above this are refused with 413 before the upstream sees them.
+    #[serde(default = "default_route_body_limit")]
+    pub body_limit_bytes: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+fn default_request_timeout_ms() -> u64 {
+    30_000
+}
+fn default_route_body_limit() -> u64 {
+    10 * 1024 * 1024
+}
+
+/// One target of a route's upstream pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTarget {
+    pub url: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// The credential a gateway route requires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAuth {
+    /// A tenant key (`rw_tnt_…`): the upstream learns the tenant.
+    #[default]
+    TenantKey,
+    /// A service key (`rw_svc_…`) or the admin token.
+    ServiceKey,
+    /// Any Runway credential.
+    AnyKey,
+    /// No credential.
+    Anonymous,
 }
 
 /// Keys for data Runway encrypts at rest (webhook endpoint secrets).
@@ -420,6 +510,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             crypto: CryptoConfig::default(),
             flags: FlagsConfig::default(),
+            gateway: GatewayConfig::default(),
             plans: default_plans(),
         }
     }
@@ -435,6 +526,60 @@ pub struct ConfigError {
 
 fn bad(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), reason: reason.into() }
+}
+
+impl GatewayConfig {
+    /// Refuses routes that cannot work, naming the key: duplicate names, prefixes not starting
+    /// with `/`, unknown methods, empty pools, targets that are not `http://host:port`, zero
+    /// weights, timeouts or limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |field: &str| format!("gateway.routes[{i}].{field}");
+            if r.name.is_empty() || !names.insert(r.name.as_str()) {
+                return Err(bad(key("name"), "must be set and unique"));
+            }
+            if !r.path_prefix.starts_with('/') {
+                return Err(bad(key("path_prefix"), "must start with `/`"));
+            }
+            const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
+            if let Some(m) = r.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
+                return Err(bad(key("methods"), format!("`{m}` is not an HTTP method (upper case)")));
+            }
+            if r.hosts.iter().any(|h| h.is_empty() || h.contains(['/', ' '])) {
+                return Err(bad(key("hosts"), "hosts are names like api.example.com"));
+            }
+            if r.upstream.is_empty() {
+                return Err(bad(key("upstream"), "at least one target"));
+            }
+            for (j, t) in r.upstream.iter().enumerate() {
+                let tkey = format!("gateway.routes[{i}].upstream[{j}]");
+                let ok = t.url.strip_prefix("http://").is_some_and(|rest| {
+                    let authority = rest.trim_end_matches('/');
+                    !authority.is_empty() && !authority.contains('/') && authority.rsplit_once(':').is_some()
+                });
+                if !ok {
+                    return Err(bad(
+                        format!("{tkey}.url"),
+                        "must be http://host:port (TLS to upstreams is not built yet)",
+                    ));
+                }
+                if t.weight == 0 {
+                    return Err(bad(format!("{tkey}.weight"), "must be at least 1"));
+                }
+            }
+            if r.connect_timeout_ms == 0 || r.request_timeout_ms == 0 {
+                return Err(bad(key("request_timeout_ms"), "timeouts must be at least 1 ms"));
+            }
+            if r.body_limit_bytes == 0 {
+                return Err(bad(key("body_limit_bytes"), "must be at least 1"));
+            }
+            if r.auth == RouteAuth::Anonymous && !r.scopes.is_empty() {
+                return Err(bad(key("scopes"), "an anonymous route cannot require scopes"));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -460,6 +605,7 @@ impl Config {
         if self.server.body_limit_bytes < 1024 {
             return Err(bad("server.body_limit_bytes", "must be at least 1024"));
         }
+        self.gateway.validate()?;
         let f = &self.flags;
         if f.environments.is_empty() {
             return Err(bad("flags.environments", "at least one environment must be defined"));
@@ -608,6 +754,48 @@ mod tests {
         let mut c = Config::default();
         c.events.endpoint_max_in_flight = 0;
         assert_eq!(c.validate().unwrap_err().key, "events.endpoint_max_in_flight");
+    }
+
+    #[test]
+    fn impossible_gateway_routes_are_refused_by_key() {
+        let ok = RouteConfig {
+            name: "a".into(),
+            hosts: vec![],
+            path_prefix: "/a".into(),
+            methods: vec!["GET".into()],
+            strip_prefix: false,
+            upstream: vec![UpstreamTarget { url: "http://10.0.0.1:80".into(), weight: 1 }],
+            auth: RouteAuth::TenantKey,
+            scopes: vec![],
+            connect_timeout_ms: 1,
+            request_timeout_ms: 1,
+            body_limit_bytes: 1,
+        };
+        let check = |change: &dyn Fn(&mut Vec<RouteConfig>)| {
+            let mut c = Config::default();
+            c.gateway.routes = vec![ok.clone()];
+            change(&mut c.gateway.routes);
+            c.validate().err().map(|e| e.key)
+        };
+        assert_eq!(check(&|_| {}), None);
+        assert_eq!(check(&|r| r.push(r[0].clone())).as_deref(), Some("gateway.routes[1].name"));
+        assert_eq!(check(&|r| r[0].path_prefix = "a".into()).as_deref(), Some("gateway.routes[0].path_prefix"));
+        assert_eq!(check(&|r| r[0].methods = vec!["get".into()]).as_deref(), Some("gateway.routes[0].methods"));
+        assert_eq!(check(&|r| r[0].upstream.clear()).as_deref(), Some("gateway.routes[0].upstream"));
+        assert_eq!(
+            check(&|r| r[0].upstream[0].url = "http://host/path".into()).as_deref(),
+            Some("gateway.routes[0].upstream[0].url")
+        );
+        assert_eq!(check(&|r| r[0].upstream[0].weight = 0).as_deref(), Some("gateway.routes[0].upstream[0].weight"));
+        assert_eq!(check(&|r| r[0].request_timeout_ms = 0).as_deref(), Some("gateway.routes[0].request_timeout_ms"));
+        assert_eq!(
+            check(&|r| {
+                r[0].auth = RouteAuth::Anonymous;
+                r[0].scopes = vec!["events:read".into()];
+            })
+            .as_deref(),
+            Some("gateway.routes[0].scopes")
+        );
     }
 
     #[test]

@@ -107,6 +107,29 @@ mod tests {
     }
 
     #[test]
+    fn gateway_routes_load_from_the_file_and_bad_ones_are_named() {
+        let dir = std::env::temp_dir().join(format!("runway-cfg-gw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("runway.toml");
+        let route = "[[gateway.routes]]\nname = \"orders\"\npath_prefix = \"/orders\"\n\
+                     upstream = [{ url = \"http://127.0.0.1:8080\", weight = 2 }]\nauth = \"tenant_key\"\n";
+        std::fs::write(&file, route).unwrap();
+        let c = load(Some(&file), vec![]).unwrap();
+        assert_eq!(c.gateway.routes[0].upstream[0].weight, 2);
+        assert_eq!(c.gateway.routes[0].request_timeout_ms, 30_000, "defaults fill what is left out");
+
+        std::fs::write(&file, format!("{route}retries = 3\n")).unwrap();
+        let e = load(Some(&file), vec![]).unwrap_err();
+        assert!(e.reason.contains("retries"), "an unknown key is named: {e}");
+        std::fs::write(&file, route.replace("http://127.0.0.1:8080", "https://svc")).unwrap();
+        assert_eq!(load(Some(&file), vec![]).unwrap_err().key, "gateway.routes[0].upstream[0].url");
+        std::fs::write(&file, route.replace("tenant_key", "jwt")).unwrap();
+        let e = load(Some(&file), vec![]).unwrap_err();
+        assert!(e.to_string().contains("auth") || e.reason.contains("jwt"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn environment_variables_map_to_keys() {
         // SAFETY: this test owns these variables; no other test reads them.
         unsafe {

@@ -39,6 +39,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where `/metrics` is served, unless `server.metrics_listen` is `off`.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the edge gateway listens, when routes are declared and `gateway.listen` is not `off`.
+    pub gateway_addr: Option<SocketAddr>,
     /// The admin token minted on this start, if this was the first start.
     pub admin_token: Option<String>,
     pub state: AppState,
@@ -210,6 +212,22 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         }
     };
 
+    let (gateway_addr, gateway_task) = match (config.gateway.listen, config.gateway.routes.is_empty()) {
+        (runway_core::config::MetricsListen::At(at), false) => {
+            let gateway = Arc::new(runway_gateway::Gateway::new(&config.gateway, identity.clone())?);
+            let l = tokio::net::TcpListener::bind(at).await.map_err(|source| StartError::Bind { addr: at, source })?;
+            let bound = l.local_addr().map_err(|source| StartError::Bind { addr: at, source })?;
+            let app = gateway.router().into_make_service_with_connect_info::<SocketAddr>();
+            let stop = wait_stop(stop_rx.clone());
+            let task = tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                    tracing::error!(error = %e, "gateway listener failed");
+                }
+            });
+            (Some(bound), Some(task))
+        }
+        _ => (None, None),
+    };
     let upkeep = tokio::spawn(identity.clone().run_upkeep(wait_stop(stop_rx.clone())));
     let worker =
         config.events.worker_enabled.then(|| tokio::spawn(events.clone().run_worker(wait_stop(stop_rx.clone()))));
@@ -284,6 +302,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         if let Some(m) = metrics_task {
             let _ = m.await;
         }
+        if let Some(g) = gateway_task {
+            let _ = g.await;
+        }
         if let Some(w) = worker {
             let _ = w.await;
         }
@@ -297,5 +318,5 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         store.close().await;
         outcome
     });
-    Ok(Running { addr, metrics_addr, admin_token, state, stop: stop_tx, task })
+    Ok(Running { addr, metrics_addr, gateway_addr, admin_token, state, stop: stop_tx, task })
 }

@@ -67,6 +67,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         Some(m) => println!("  Metrics     http://{m}/metrics"),
         None => println!("  Metrics     off (server.metrics_listen)"),
     }
+    if let Some(g) = running.gateway_addr {
+        println!("  Gateway     http://{g}   ({} routes)", config.gateway.routes.len());
+    }
     println!("  Health      {base}/healthz   Readiness: {base}/readyz");
     println!("  Store       {}", running.state.store.describe());
     if let Some(token) = &running.admin_token {

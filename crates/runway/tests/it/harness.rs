@@ -137,6 +137,7 @@ impl Database {
         c.server.listen = "127.0.0.1:0".parse().unwrap();
         c.server.shutdown_grace_secs = 10;
         c.server.metrics_listen = runway_core::config::MetricsListen::At("127.0.0.1:0".parse().unwrap());
+        c.gateway.listen = runway_core::config::MetricsListen::At("127.0.0.1:0".parse().unwrap());
         c.database.url = DatabaseUrl(self.app_url.clone());
         if self.engine.is_postgres() {
             c.database.migration_url = Some(DatabaseUrl(self.owner_url.clone()));

@@ -13,6 +13,7 @@ mod events;
 mod fairness;
 mod fault;
 mod flags;
+mod gateway;
 mod hostile;
 mod isolation;
 mod lifecycle;

@@ -1,0 +1,173 @@
+//! Route matching and target choice: pure, free of I/O.
+
+use runway_core::config::RouteConfig;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The routes of one configuration, ready to match requests.
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+/// A route with its pool's round-robin position.
+pub struct Route {
+    pub config: RouteConfig,
+    /// Cumulative weights of the targets, for weighted round robin.
+    cumulative: Vec<u64>,
+    turn: AtomicU64,
+}
+
+impl RouteTable {
+    pub fn new(routes: &[RouteConfig]) -> RouteTable {
+        let routes = routes
+            .iter()
+            .map(|r| {
+                let mut sum = 0;
+                let cumulative = r
+                    .upstream
+                    .iter()
+                    .map(|t| {
+                        sum += u64::from(t.weight.max(1));
+                        sum
+                    })
+                    .collect();
+                Route { config: r.clone(), cumulative, turn: AtomicU64::new(0) }
+            })
+            .collect();
+        RouteTable { routes }
+    }
+
+    /// The route for a request: host (if the route names hosts), method (if it names methods)
+    /// and path prefix at a `/` boundary must match; the longest prefix wins, then the first
+    /// declared.
+    pub fn find(&self, host: Option<&str>, method: &str, path: &str) -> Option<&Route> {
+        let host = host.map(|h| strip_port(h).to_ascii_lowercase());
+        self.routes
+            .iter()
+            .filter(|r| {
+                let c = &r.config;
+                (c.hosts.is_empty()
+                    || host.as_deref().is_some_and(|h| c.hosts.iter().any(|x| x.eq_ignore_ascii_case(h))))
+                    && (c.methods.is_empty() || c.methods.iter().any(|m| m == method))
+                    && prefix_matches(&c.path_prefix, path)
+            })
+            .fold(None, |best: Option<&Route>, r| match best {
+                Some(b) if b.config.path_prefix.len() >= r.config.path_prefix.len() => Some(b),
+                _ => Some(r),
+            })
+    }
+}
+
+impl RouteTable {
+    /// The position of a route found by [`RouteTable::find`] (its per-route state is kept in
+    /// the same order).
+    pub fn position(&self, route: &Route) -> usize {
+        self.routes.iter().position(|r| std::ptr::eq(r, route)).expect("a route of this table")
+    }
+}
+
+impl Route {
+    /// The next target in weighted round robin (each target gets its weight's share of turns).
+    pub fn next_target(&self) -> &str {
+        let total = *self.cumulative.last().unwrap_or(&1);
+        let n = self.turn.fetch_add(1, Ordering::Relaxed) % total;
+        let i = self.cumulative.iter().position(|c| n < *c).unwrap_or(0);
+        self.config.upstream[i].url.trim_end_matches('/')
+    }
+
+    /// The path sent upstream: without the prefix when the route strips it (never empty).
+    pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
+        if !self.config.strip_prefix {
+            return path.into();
+        }
+        let prefix = self.config.path_prefix.trim_end_matches('/');
+        let rest = path.strip_prefix(prefix).unwrap_or(path);
+        if rest.starts_with('/') { rest.into() } else { format!("/{rest}").into() }
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if prefix == "/" {
+        return path.starts_with('/');
+    }
+    let prefix = prefix.trim_end_matches('/');
+    path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, port)| if port.chars().all(|c| c.is_ascii_digit()) { h } else { host })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runway_core::config::{RouteAuth, UpstreamTarget};
+
+    fn route(name: &str, prefix: &str) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            hosts: vec![],
+            path_prefix: prefix.into(),
+            methods: vec![],
+            strip_prefix: false,
+            upstream: vec![UpstreamTarget { url: "http://127.0.0.1:1".into(), weight: 1 }],
+            auth: RouteAuth::Anonymous,
+            scopes: vec![],
+            connect_timeout_ms: 1,
+            request_timeout_ms: 1,
+            body_limit_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn the_longest_prefix_at_a_segment_boundary_wins() {
+        let t = RouteTable::new(&[route("all", "/"), route("api", "/api"), route("v2", "/api/v2/")]);
+        let name = |p: &str| t.find(None, "GET", p).map(|r| r.config.name.clone());
+        assert_eq!(name("/api/v2/x").as_deref(), Some("v2"));
+        assert_eq!(name("/api/v2").as_deref(), Some("v2"));
+        assert_eq!(name("/api/v1").as_deref(), Some("api"));
+        assert_eq!(name("/api").as_deref(), Some("api"));
+        assert_eq!(name("/apiary").as_deref(), Some("all"), "a prefix matches whole segments only");
+        let none = RouteTable::new(&[route("api", "/api")]);
+        assert!(none.find(None, "GET", "/other").is_none());
+    }
+
+    #[test]
+    fn hosts_and_methods_narrow_a_route() {
+        let mut a = route("a", "/");
+        a.hosts = vec!["api.example.com".into()];
+        a.methods = vec!["GET".into()];
+        let t = RouteTable::new(&[a]);
+        assert!(t.find(Some("API.example.com:8080"), "GET", "/x").is_some(), "case and port do not matter");
+        assert!(t.find(Some("other.example.com"), "GET", "/x").is_none());
+        assert!(t.find(None, "GET", "/x").is_none());
+        assert!(t.find(Some("api.example.com"), "POST", "/x").is_none());
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn targets_take_turns_by_weight() {
+        let mut r = route("w", "/");
+        r.upstream = vec![
+            UpstreamTarget { url: "http://a:1".into(), weight: 3 },
+            UpstreamTarget { url: "http://b:1/".into(), weight: 1 },
+        ];
+        let t = RouteTable::new(&[r]);
+        let route = t.find(None, "GET", "/").unwrap();
+        let got: Vec<&str> = (0..8).map(|_| route.next_target()).collect();
+        assert_eq!(got.iter().filter(|u| **u == "http://a:1").count(), 6);
+        assert_eq!(got.iter().filter(|u| **u == "http://b:1").count(), 2, "trailing slash trimmed: {got:?}");
+    }
+
+    #[test]
+    fn a_stripped_prefix_leaves_a_rooted_path() {
+        let mut r = route("s", "/svc/");
+        r.strip_prefix = true;
+        let t = RouteTable::new(&[r]);
+        let route = t.find(None, "GET", "/svc/orders/1").unwrap();
+        assert_eq!(route.upstream_path("/svc/orders/1"), "/orders/1");
+        assert_eq!(route.upstream_path("/svc"), "/");
+    }
+}
