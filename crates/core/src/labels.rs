@@ -4,6 +4,18 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
+/// The `status_class` label of an HTTP status (`2xx` …), shared by the API's and the
+/// gateway's request metrics.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
 /// The value reported for every label value past the bound.
 pub const OTHER: &str = "other";
 

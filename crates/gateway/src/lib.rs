@@ -276,15 +276,10 @@ fn too_large(e: &hyper_util::client::legacy::Error) -> bool {
 /// Records the request (metric and access log line) and returns its response.
 fn finish(route: &str, tenant: Option<&str>, started: Instant, response: Response<Body>) -> Response<Body> {
     let status = response.status().as_u16();
-    let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
+    let class = runway_core::labels::status_class(status);
     let took = started.elapsed();
-    metrics::counter!("runway_gateway_requests_total", "route" => route.to_owned(), "class" => class).increment(1);
+    metrics::counter!("runway_gateway_requests_total", "route" => route.to_owned(), "status_class" => class)
+        .increment(1);
     metrics::histogram!("runway_gateway_request_duration_seconds", "route" => route.to_owned())
         .record(took.as_secs_f64());
     tracing::info!(target: "runway::gateway::access", route, tenant, status, latency_us = took.as_micros() as u64, "proxied");

@@ -79,13 +79,7 @@ pub async fn observe(mut req: Request, next: Next) -> Response {
         res.headers_mut().insert(REQUEST_ID, v);
     }
     crate::telemetry::inject(&span, res.headers_mut());
-    let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
+    let class = runway_core::labels::status_class(status);
     // Bounded: a client may send any method name, and each would be a new series.
     let method = match method.as_str() {
         m @ ("GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS") => m.to_owned(),

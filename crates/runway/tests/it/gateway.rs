@@ -122,8 +122,8 @@ async fn a_tenant_key_route_passes_the_verified_identity_and_not_the_credential(
     assert!(got["headers"].get("x-runway-tenant").is_none());
 
     let m = s.metrics_text().await;
-    assert!(m.contains(r#"runway_gateway_requests_total{route="orders",class="2xx"} 1"#), "{m}");
-    assert!(m.contains(r#"runway_gateway_requests_total{route="public",class="4xx"} 1"#), "{m}");
+    assert!(m.contains(r#"runway_gateway_requests_total{route="orders",status_class="2xx"} 1"#), "{m}");
+    assert!(m.contains(r#"runway_gateway_requests_total{route="public",status_class="4xx"} 1"#), "{m}");
 }
 
 async fn the_gateway_answers_problems_for_what_it_refuses(engine: Engine) {
