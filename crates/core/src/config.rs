@@ -73,6 +73,9 @@ pub struct RouteConfig {
     /// Request bodies above this are refused with 413 before the upstream sees them.
     #[serde(default = "default_route_body_limit")]
     pub body_limit_bytes: u64,
+    /// Requests in flight on this route at most (a bulkhead for its upstream); unset: no cap.
+    #[serde(default)]
+    pub max_concurrent_requests: Option<u32>,
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -574,6 +577,9 @@ impl GatewayConfig {
             if r.body_limit_bytes == 0 {
                 return Err(bad(key("body_limit_bytes"), "must be at least 1"));
             }
+            if r.max_concurrent_requests == Some(0) {
+                return Err(bad(key("max_concurrent_requests"), "must be at least 1 (leave out for no cap)"));
+            }
             if r.auth == RouteAuth::Anonymous && !r.scopes.is_empty() {
                 return Err(bad(key("scopes"), "an anonymous route cannot require scopes"));
             }
@@ -770,6 +776,7 @@ mod tests {
             connect_timeout_ms: 1,
             request_timeout_ms: 1,
             body_limit_bytes: 1,
+            max_concurrent_requests: None,
         };
         let check = |change: &dyn Fn(&mut Vec<RouteConfig>)| {
             let mut c = Config::default();
@@ -788,6 +795,10 @@ mod tests {
         );
         assert_eq!(check(&|r| r[0].upstream[0].weight = 0).as_deref(), Some("gateway.routes[0].upstream[0].weight"));
         assert_eq!(check(&|r| r[0].request_timeout_ms = 0).as_deref(), Some("gateway.routes[0].request_timeout_ms"));
+        assert_eq!(
+            check(&|r| r[0].max_concurrent_requests = Some(0)).as_deref(),
+            Some("gateway.routes[0].max_concurrent_requests")
+        );
         assert_eq!(
             check(&|r| {
                 r[0].auth = RouteAuth::Anonymous;

@@ -20,10 +20,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use route::{Route, RouteTable};
-use runway_core::config::{ConfigError, GatewayConfig, RouteAuth};
+use runway_core::config::{Config, ConfigError, RouteAuth};
 use runway_core::{ApiError, ErrorCode};
 use runway_identity::Identity;
 use runway_identity::auth::{Principal, PrincipalKind};
+use runway_identity::ratelimit::ApiLimiter;
 use runway_identity::scope::{Scope, ScopeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,12 +39,19 @@ pub struct Gateway {
     table: RouteTable,
     clients: Vec<Upstream>,
     scopes: Vec<ScopeSet>,
+    /// Per-route bulkheads (`max_concurrent_requests`).
+    bulkheads: Vec<Option<Arc<tokio::sync::Semaphore>>>,
+    /// The plan's limits for traffic through the gateway: the API's rules (GCRA per tenant and
+    /// per key, a bulkhead per tenant) in buckets of their own, so API calls and proxied calls
+    /// do not eat each other's allowance.
+    limits: ApiLimiter,
     identity: Arc<Identity>,
 }
 
 impl Gateway {
     /// Builds the gateway from validated config; scopes must be Runway's scope names.
-    pub fn new(config: &GatewayConfig, identity: Arc<Identity>) -> Result<Gateway, ConfigError> {
+    pub fn new(full: &Config, identity: Arc<Identity>) -> Result<Gateway, ConfigError> {
+        let config = &full.gateway;
         let mut clients = Vec::new();
         let mut scopes = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
@@ -65,7 +73,31 @@ impl Gateway {
                     .build(connector),
             );
         }
-        Ok(Gateway { table: RouteTable::new(&config.routes), clients, scopes, identity })
+        let bulkheads = config
+            .routes
+            .iter()
+            .map(|r| r.max_concurrent_requests.map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize))))
+            .collect();
+        Ok(Gateway {
+            table: RouteTable::new(&config.routes),
+            clients,
+            scopes,
+            bulkheads,
+            limits: ApiLimiter::new(full),
+            identity,
+        })
+    }
+
+    /// Drops the limiter state of idle tenants and keys every minute until `stop`.
+    pub async fn run_upkeep(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.limits.shrink(),
+                _ = &mut stop => return,
+            }
+        }
     }
 
     /// The gateway's HTTP service: every request goes through [`proxy`].
@@ -168,6 +200,35 @@ async fn proxy(
         Err(e) => return finish(&c.name, None, started, e.into_response()),
     };
     let tenant = principal.as_ref().and_then(|p| p.tenant()).map(|t| t.as_str().to_owned());
+    // The plan's limits (keys only), then the route's bulkhead; the permits are held until the
+    // response body has been sent.
+    let (rate_headers, tenant_permit) = match principal.as_ref().map(|p| gw.limits.admit(p)) {
+        None => (None, None),
+        Some(Ok(a)) => (a.headers, a.permit),
+        Some(Err(refusal)) => {
+            let mut res = refusal.error.into_response();
+            runway_identity::auth::add_rate_headers(&mut res, refusal.headers);
+            return finish(&c.name, tenant.as_deref(), started, res);
+        }
+    };
+    let route_permit = match &gw.bulkheads[i] {
+        None => None,
+        Some(sem) => match sem.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let e = ApiError::new(
+                    ErrorCode::ConcurrencyLimited,
+                    format!(
+                        "more than {} requests in flight on route `{}`",
+                        c.max_concurrent_requests.unwrap_or(0),
+                        c.name
+                    ),
+                )
+                .with_retry_after(1);
+                return finish(&c.name, tenant.as_deref(), started, e.into_response());
+            }
+        },
+    };
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > c.body_limit_bytes) {
@@ -255,9 +316,17 @@ async fn proxy(
         Ok(Ok(r)) => {
             let (mut parts, body) = r.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            // The permits go with the body: released once it is sent, or dropped.
+            let permits = (tenant_permit, route_permit);
+            let body = body.map_frame(move |f| {
+                let _held = &permits;
+                f
+            });
             Response::from_parts(parts, Body::new(body))
         }
     };
+    let mut response = response;
+    runway_identity::auth::add_rate_headers(&mut response, rate_headers);
     finish(&c.name, tenant.as_deref(), started, response)
 }
 

@@ -118,6 +118,7 @@ mod tests {
             connect_timeout_ms: 1,
             request_timeout_ms: 1,
             body_limit_bytes: 1,
+            max_concurrent_requests: None,
         }
     }
 

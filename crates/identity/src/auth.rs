@@ -424,7 +424,8 @@ pub async fn authenticate(State(identity): State<Arc<Identity>>, mut req: Reques
     res
 }
 
-fn add_rate_headers(res: &mut Response, headers: Option<(String, String)>) {
+/// Sets `RateLimit-Policy` and `RateLimit` from an admission or refusal (the API and the gateway).
+pub fn add_rate_headers(res: &mut Response, headers: Option<(String, String)>) {
     if let Some((policy, state)) = headers
         && let (Ok(p), Ok(s)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state))
     {

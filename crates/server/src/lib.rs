@@ -214,15 +214,17 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
 
     let (gateway_addr, gateway_task) = match (config.gateway.listen, config.gateway.routes.is_empty()) {
         (runway_core::config::MetricsListen::At(at), false) => {
-            let gateway = Arc::new(runway_gateway::Gateway::new(&config.gateway, identity.clone())?);
+            let gateway = Arc::new(runway_gateway::Gateway::new(&config, identity.clone())?);
             let l = tokio::net::TcpListener::bind(at).await.map_err(|source| StartError::Bind { addr: at, source })?;
             let bound = l.local_addr().map_err(|source| StartError::Bind { addr: at, source })?;
+            let upkeep = tokio::spawn(gateway.clone().run_upkeep(wait_stop(stop_rx.clone())));
             let app = gateway.router().into_make_service_with_connect_info::<SocketAddr>();
             let stop = wait_stop(stop_rx.clone());
             let task = tokio::spawn(async move {
                 if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
                     tracing::error!(error = %e, "gateway listener failed");
                 }
+                let _ = upkeep.await;
             });
             (Some(bound), Some(task))
         }

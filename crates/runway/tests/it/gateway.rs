@@ -13,6 +13,7 @@ crate::both_engines!(
     a_tenant_key_route_passes_the_verified_identity_and_not_the_credential,
     the_gateway_answers_problems_for_what_it_refuses,
     a_route_naming_an_unknown_scope_stops_the_start,
+    plans_and_route_bulkheads_limit_proxied_traffic,
 );
 
 /// An upstream that answers every request with what it received (method, path, query,
@@ -63,11 +64,24 @@ fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth) -> RouteConf
         connect_timeout_ms: 1_000,
         request_timeout_ms: 1_000,
         body_limit_bytes: 1_024,
+        max_concurrent_requests: None,
     }
 }
 
 async fn gateway(engine: Engine, routes: Vec<RouteConfig>) -> (TestServer, String) {
-    let s = TestServer::start_with(engine, move |c| c.gateway.routes = routes).await;
+    gateway_with(engine, routes, |_| {}).await
+}
+
+async fn gateway_with(
+    engine: Engine,
+    routes: Vec<RouteConfig>,
+    tweak: impl FnOnce(&mut runway_core::config::Config),
+) -> (TestServer, String) {
+    let s = TestServer::start_with(engine, move |c| {
+        c.gateway.routes = routes;
+        tweak(c);
+    })
+    .await;
     let addr = s.running.as_ref().unwrap().gateway_addr.expect("the gateway listens when routes are declared");
     (s, format!("http://{addr}"))
 }
@@ -207,4 +221,50 @@ async fn a_route_naming_an_unknown_scope_stops_the_start(engine: Engine) {
     let e = runway_server::start(config, std::sync::Arc::new(runway_core::SystemClock)).await.err().expect("refused");
     let text = e.to_string();
     assert!(text.contains("gateway.routes[0].scopes") && text.contains("orders:read"), "{text}");
+}
+
+/// A tenant key's proxied requests are limited by its plan (the API's rules, in buckets of their
+/// own), with the API's `RateLimit` headers and a 429 that says when to retry; a route's bulkhead
+/// caps its requests in flight.
+async fn plans_and_route_bulkheads_limit_proxied_traffic(engine: Engine) {
+    let up = echo().await;
+    let mut bulk = route("bulk", "/bulk", &up, RouteAuth::Anonymous);
+    bulk.max_concurrent_requests = Some(1);
+    bulk.request_timeout_ms = 5_000;
+    let (s, gw) = gateway_with(engine, vec![route("t", "/t", &up, RouteAuth::TenantKey), bulk], |c| {
+        c.tenants.default_plan = "free".into();
+        let free = c.plans.get_mut("free").unwrap();
+        (free.requests_per_second, free.burst) = (1, 2);
+    })
+    .await;
+    s.tenant("acme").await;
+    let (key, _) = s.tenant_key("acme", &["events:read"]).await;
+    let get = |path: &str| {
+        let req = s.http.get(format!("{gw}{path}")).bearer_auth(&key);
+        async move { TestServer::read(req.send().await.unwrap()).await }
+    };
+    for _ in 0..2 {
+        let r = get("/t/1").await;
+        r.ok(200);
+        assert!(r.header("ratelimit-policy").unwrap().contains("\"tenant\";q=2"), "{:?}", r.headers);
+        assert!(r.header("ratelimit").is_some());
+    }
+    let r = get("/t/1").await;
+    r.problem(429, "rate_limited");
+    assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(r.header("ratelimit").unwrap().contains("r=0"), "{:?}", r.headers);
+    // The API's own buckets for this key are untouched by the proxied requests.
+    s.get("/v1/tenants/acme/events", &key).await.ok(200);
+
+    // The bulkhead: one slow request holds the route's only place until its body is sent.
+    let slow = {
+        let req = s.http.get(format!("{gw}/bulk/slow"));
+        tokio::spawn(async move { req.send().await.unwrap().status().as_u16() })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = TestServer::read(s.http.get(format!("{gw}/bulk/x")).send().await.unwrap()).await;
+    r.problem(429, "concurrency_limited");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(slow.await.unwrap(), 200);
+    TestServer::read(s.http.get(format!("{gw}/bulk/x")).send().await.unwrap()).await.ok(200);
 }
