@@ -32,11 +32,19 @@ pub struct GatewayConfig {
     /// Its own listener; opened when at least one route is declared, `off` never.
     pub listen: MetricsListen,
     pub routes: Vec<RouteConfig>,
+    /// A secret shared with the upstreams (at least 32 characters): with it, every proxied
+    /// request carries `x-runway-signature`, an HMAC over the identity headers, so an upstream
+    /// can tell they came from the gateway.
+    pub identity_secret: Option<SecretString>,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        GatewayConfig { listen: MetricsListen::At(SocketAddr::from(([127, 0, 0, 1], 7401))), routes: Vec::new() }
+        GatewayConfig {
+            listen: MetricsListen::At(SocketAddr::from(([127, 0, 0, 1], 7401))),
+            routes: Vec::new(),
+            identity_secret: None,
+        }
     }
 }
 
@@ -536,6 +544,9 @@ impl GatewayConfig {
     /// with `/`, unknown methods, empty pools, targets that are not `http://host:port`, zero
     /// weights, timeouts or limits.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.identity_secret.as_ref().is_some_and(|s| s.expose().len() < 32) {
+            return Err(bad("gateway.identity_secret", "must be at least 32 characters"));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let key = |field: &str| format!("gateway.routes[{i}].{field}");
@@ -785,6 +796,9 @@ mod tests {
             c.validate().err().map(|e| e.key)
         };
         assert_eq!(check(&|_| {}), None);
+        let mut c = Config::default();
+        c.gateway.identity_secret = Some(SecretString::new("short"));
+        assert_eq!(c.validate().unwrap_err().key, "gateway.identity_secret");
         assert_eq!(check(&|r| r.push(r[0].clone())).as_deref(), Some("gateway.routes[1].name"));
         assert_eq!(check(&|r| r[0].path_prefix = "a".into()).as_deref(), Some("gateway.routes[0].path_prefix"));
         assert_eq!(check(&|r| r[0].methods = vec!["get".into()]).as_deref(), Some("gateway.routes[0].methods"));

@@ -10,6 +10,7 @@
 //! routes through the API, HTTP/2 and TLS, WebSocket upgrades.
 
 pub mod route;
+pub mod signature;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -45,6 +46,8 @@ pub struct Gateway {
     /// per key, a bulkhead per tenant) in buckets of their own, so API calls and proxied calls
     /// do not eat each other's allowance.
     limits: ApiLimiter,
+    /// Signs the identity headers for the upstream, when `gateway.identity_secret` is set.
+    signer: Option<signature::IdentitySigner>,
     identity: Arc<Identity>,
 }
 
@@ -84,6 +87,7 @@ impl Gateway {
             scopes,
             bulkheads,
             limits: ApiLimiter::new(full),
+            signer: config.identity_secret.as_ref().map(|s| signature::IdentitySigner::new(s.expose().as_bytes())),
             identity,
         })
     }
@@ -273,6 +277,21 @@ async fn proxy(
     }
     if let Ok(v) = HeaderValue::from_str(&c.name) {
         h.insert("x-runway-route", v);
+    }
+    if let Some(signer) = &gw.signer {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let header_of = |h: &HeaderMap, n: &str| h.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let signed = signature::Signed {
+            method: parts.method.as_str(),
+            path: &format!("{path}{query}"),
+            route: &c.name,
+            tenant: &header_of(h, "x-runway-tenant"),
+            subject: &header_of(h, "x-runway-subject"),
+            scopes: &header_of(h, "x-runway-scopes"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&signer.sign(&signed, now)) {
+            h.insert("x-runway-signature", v);
+        }
     }
     let ip = client.ip().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {

@@ -51,6 +51,25 @@ async fn echo() -> String {
     format!("http://{addr}")
 }
 
+const SECRET: &str = "a shared secret of at least 32 characters";
+
+/// Runs the verification snippet the README shows (`crates/gateway/examples/verify_identity.py`)
+/// on the headers an upstream received.
+fn verify_with_readme_snippet(headers: &Value, method: &str, path: &str) -> String {
+    use std::io::Write;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/examples/verify_identity.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let input = json!({"secret": SECRET, "headers": headers, "method": method, "path": path});
+    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth) -> RouteConfig {
     RouteConfig {
         name: name.into(),
@@ -92,7 +111,10 @@ async fn a_tenant_key_route_passes_the_verified_identity_and_not_the_credential(
     orders.scopes = vec!["events:read".into()];
     let mut public = route("public", "/public/", &up, RouteAuth::Anonymous);
     public.strip_prefix = true;
-    let (s, gw) = gateway(engine, vec![orders, public]).await;
+    let (s, gw) = gateway_with(engine, vec![orders, public], |c| {
+        c.gateway.identity_secret = Some(runway_core::secret::SecretString::new(SECRET));
+    })
+    .await;
     let tenant = s.tenant("acme").await["id"].as_str().unwrap().to_owned();
     let (key, key_id) = s.tenant_key("acme", &["events:read", "events:write"]).await;
 
@@ -128,12 +150,19 @@ async fn a_tenant_key_route_passes_the_verified_identity_and_not_the_credential(
     assert_eq!(h["x-forwarded-proto"], "http");
     assert!(h["forwarded"].as_str().unwrap().starts_with("for=127.0.0.1;proto=http;host="), "{h}");
     assert_eq!(h["host"].as_str().unwrap(), up.trim_start_matches("http://"), "the upstream's own host");
+    // The identity is signed; the README's snippet verifies it, and refuses it altered.
+    assert_eq!(verify_with_readme_snippet(h, "POST", "/orders/7?expand=lines&x=1"), "ok");
+    let mut forged = h.clone();
+    forged["x-runway-tenant"] = json!("ten_someone_else");
+    assert_eq!(verify_with_readme_snippet(&forged, "POST", "/orders/7?expand=lines&x=1"), "bad signature");
+    assert_eq!(verify_with_readme_snippet(h, "POST", "/orders/8"), "bad signature");
 
     // An anonymous route with the prefix stripped; the upstream's status passes through.
     let r = TestServer::read(s.http.get(format!("{gw}/public/teapot")).send().await.unwrap()).await;
     let got = r.ok(418);
     assert_eq!(got["path"], "/teapot");
     assert!(got["headers"].get("x-runway-tenant").is_none());
+    assert_eq!(verify_with_readme_snippet(&got["headers"], "GET", "/teapot"), "ok", "anonymous routes are signed too");
 
     let m = s.metrics_text().await;
     assert!(m.contains(r#"runway_gateway_requests_total{route="orders",status_class="2xx"} 1"#), "{m}");
