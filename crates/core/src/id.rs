@@ -173,6 +173,20 @@ typed_id!(
     GuardId, "grd", "guard"
 );
 
+/// The header that carries a request's id through the API and the gateway.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Keeps a caller's `X-Request-Id` when it is sane (1–200 visible ASCII characters), otherwise
+/// makes one.
+pub fn request_id(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| RequestId::generate().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

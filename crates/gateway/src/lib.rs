@@ -192,10 +192,24 @@ async fn proxy(
 ) -> Response<Body> {
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
+    // The request's id: the client's when sane, else a new one; the upstream gets it, the
+    // client gets it back, the access log names it.
+    let request_id = runway_core::id::request_id(&parts.headers);
+    let id_value = HeaderValue::from_str(&request_id).ok();
+    if let Some(v) = &id_value {
+        parts.headers.insert(runway_core::id::REQUEST_ID_HEADER, v.clone());
+    }
+    let finish = |route: &str, tenant: Option<&str>, started: Instant, mut res: Response<Body>| {
+        if let Some(v) = &id_value {
+            res.headers_mut().insert(runway_core::id::REQUEST_ID_HEADER, v.clone());
+        }
+        finish(route, tenant, &request_id, started, res)
+    };
     let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let host = host.or_else(|| parts.uri.authority().map(|a| a.to_string()));
     let Some(route) = gw.table.find(host.as_deref(), parts.method.as_str(), parts.uri.path()) else {
-        return problem(ErrorCode::NotFound, format!("no gateway route for {} {}", parts.method, parts.uri.path()));
+        let e = problem(ErrorCode::NotFound, format!("no gateway route for {} {}", parts.method, parts.uri.path()));
+        return finish("none", None, started, e);
     };
     let i = gw.index(route);
     let c = &route.config;
@@ -362,7 +376,13 @@ fn too_large(e: &hyper_util::client::legacy::Error) -> bool {
 }
 
 /// Records the request (metric and access log line) and returns its response.
-fn finish(route: &str, tenant: Option<&str>, started: Instant, response: Response<Body>) -> Response<Body> {
+fn finish(
+    route: &str,
+    tenant: Option<&str>,
+    request_id: &str,
+    started: Instant,
+    response: Response<Body>,
+) -> Response<Body> {
     let status = response.status().as_u16();
     let class = runway_core::labels::status_class(status);
     let took = started.elapsed();
@@ -370,6 +390,6 @@ fn finish(route: &str, tenant: Option<&str>, started: Instant, response: Respons
         .increment(1);
     metrics::histogram!("runway_gateway_request_duration_seconds", "route" => route.to_owned())
         .record(took.as_secs_f64());
-    tracing::info!(target: "runway::gateway::access", route, tenant, status, latency_us = took.as_micros() as u64, "proxied");
+    tracing::info!(target: "runway::gateway::access", request_id, route, tenant, status, latency_us = took.as_micros() as u64, "proxied");
     response
 }

@@ -6,7 +6,6 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use runway_core::RequestId;
 use std::sync::OnceLock;
 use std::time::Instant;
 use tracing::Instrument;
@@ -30,22 +29,12 @@ pub(crate) fn prometheus() -> &'static PrometheusHandle {
     })
 }
 
-const REQUEST_ID: &str = "x-request-id";
-
-/// Keeps a caller's `X-Request-Id` when it is sane, otherwise makes one.
-fn request_id(req: &Request) -> String {
-    req.headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|s| !s.is_empty() && s.len() <= 200 && s.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| RequestId::generate().to_string())
-}
+const REQUEST_ID: &str = runway_core::id::REQUEST_ID_HEADER;
 
 /// Outermost middleware on every route.
 pub async fn observe(mut req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let id = request_id(&req);
+    let id = runway_core::id::request_id(req.headers());
     if let Ok(v) = HeaderValue::from_str(&id) {
         req.headers_mut().insert(REQUEST_ID, v);
     }

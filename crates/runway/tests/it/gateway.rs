@@ -127,6 +127,7 @@ async fn a_tenant_key_route_passes_the_verified_identity_and_not_the_credential(
         .header("connection", "x-drop")
         .header("x-drop", "1")
         .header("x-forwarded-for", "203.0.113.9")
+        .header("x-request-id", "order-7-abc")
         .json(&json!({"qty": 2}))
         .send()
         .await
@@ -143,6 +144,8 @@ async fn a_tenant_key_route_passes_the_verified_identity_and_not_the_credential(
     let scopes = h["x-runway-scopes"].as_str().unwrap();
     assert!(scopes.split(' ').any(|s| s == "events:read") && scopes.contains("events:write"), "{scopes}");
     assert_eq!(h["x-runway-route"], "orders");
+    assert_eq!(h["x-request-id"], "order-7-abc", "the client's request id goes upstream");
+    assert_eq!(r.header("x-request-id"), Some("order-7-abc"), "and comes back");
     assert!(h.get("x-runway-anything").is_none(), "the client's x-runway-* headers are removed: {h}");
     assert!(h.get("authorization").is_none(), "the Runway credential stays at the edge: {h}");
     assert!(h.get("x-drop").is_none(), "headers named in Connection are hop-by-hop: {h}");
@@ -163,6 +166,9 @@ async fn a_tenant_key_route_passes_the_verified_identity_and_not_the_credential(
     assert_eq!(got["path"], "/teapot");
     assert!(got["headers"].get("x-runway-tenant").is_none());
     assert_eq!(verify_with_readme_snippet(&got["headers"], "GET", "/teapot"), "ok", "anonymous routes are signed too");
+    let made = got["headers"]["x-request-id"].as_str().unwrap();
+    assert!(made.starts_with("req_"), "a request id is made when the client sends none: {made}");
+    assert_eq!(r.header("x-request-id"), Some(made));
 
     let m = s.metrics_text().await;
     assert!(m.contains(r#"runway_gateway_requests_total{route="orders",status_class="2xx"} 1"#), "{m}");
