@@ -256,12 +256,19 @@ impl<T> Scheduler<T> {
     /// to be quick keep some however many new slow ones come), and no more than `reserved`
     /// long ones beyond them. Also when the first young send grows long (and so may open them).
     fn reserved_open(&self, now: i64) -> (bool, bool, Option<i64>) {
-        let young: Vec<&ReservedSend> =
-            self.in_reserved.iter().filter(|r| now - r.started < RESERVED_SEND_LONG_MICROS).collect();
-        let open = young.len() < self.sizes.reserved && self.in_flight < self.sizes.slots + self.sizes.reserved;
-        let unproven_young = young.iter().filter(|r| r.unproven).count();
-        let unproven = self.in_reserved.iter().filter(|r| r.unproven).count();
-        let grows_long = young.iter().map(|r| r.started + RESERVED_SEND_LONG_MICROS).min();
+        // Counted in one pass, without allocating: this runs on every pick in the reserve.
+        let (mut young, mut unproven_young, mut unproven) = (0, 0, 0);
+        let mut grows_long: Option<i64> = None;
+        for r in &self.in_reserved {
+            unproven += usize::from(r.unproven);
+            if now - r.started < RESERVED_SEND_LONG_MICROS {
+                young += 1;
+                unproven_young += usize::from(r.unproven);
+                let at = r.started + RESERVED_SEND_LONG_MICROS;
+                grows_long = Some(grows_long.map_or(at, |g| g.min(at)));
+            }
+        }
+        let open = young < self.sizes.reserved && self.in_flight < self.sizes.slots + self.sizes.reserved;
         let probation_open = open && unproven_young < self.probation_slots() && unproven < self.sizes.reserved;
         (open, probation_open, grows_long)
     }

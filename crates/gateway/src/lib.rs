@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use route::{Route, RouteTable};
+use route::RouteTable;
 use runway_core::config::{Config, ConfigError, RouteAuth};
 use runway_core::{ApiError, ErrorCode};
 use runway_identity::Identity;
@@ -107,10 +107,6 @@ impl Gateway {
     /// The gateway's HTTP service: every request goes through [`proxy`].
     pub fn router(self: Arc<Self>) -> axum::Router {
         axum::Router::new().fallback(proxy).with_state(self)
-    }
-
-    fn index(&self, route: &Route) -> usize {
-        self.table.position(route)
     }
 }
 
@@ -207,11 +203,10 @@ async fn proxy(
     };
     let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let host = host.or_else(|| parts.uri.authority().map(|a| a.to_string()));
-    let Some(route) = gw.table.find(host.as_deref(), parts.method.as_str(), parts.uri.path()) else {
+    let Some((i, route)) = gw.table.find(host.as_deref(), parts.method.as_str(), parts.uri.path()) else {
         let e = problem(ErrorCode::NotFound, format!("no gateway route for {} {}", parts.method, parts.uri.path()));
         return finish("none", None, started, e);
     };
-    let i = gw.index(route);
     let c = &route.config;
     let principal = match authorize(&gw, i, c.auth, &parts.headers).await {
         Ok(p) => p,
@@ -264,7 +259,7 @@ async fn proxy(
     let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let uri: Uri = match format!("{target}{path}{query}").parse() {
         Ok(u) => u,
-        Err(e) => return problem(ErrorCode::InvalidPath, e.to_string()),
+        Err(e) => return finish(&c.name, tenant.as_deref(), started, problem(ErrorCode::InvalidPath, e.to_string())),
     };
     let h = &mut parts.headers;
     strip_hop_by_hop(h);

@@ -38,30 +38,23 @@ impl RouteTable {
 
     /// The route for a request: host (if the route names hosts), method (if it names methods)
     /// and path prefix at a `/` boundary must match; the longest prefix wins, then the first
-    /// declared.
-    pub fn find(&self, host: Option<&str>, method: &str, path: &str) -> Option<&Route> {
+    /// declared. Also its position, under which per-route state (clients, bulkheads) is kept.
+    pub fn find(&self, host: Option<&str>, method: &str, path: &str) -> Option<(usize, &Route)> {
         let host = host.map(|h| strip_port(h).to_ascii_lowercase());
         self.routes
             .iter()
-            .filter(|r| {
+            .enumerate()
+            .filter(|(_, r)| {
                 let c = &r.config;
                 (c.hosts.is_empty()
                     || host.as_deref().is_some_and(|h| c.hosts.iter().any(|x| x.eq_ignore_ascii_case(h))))
                     && (c.methods.is_empty() || c.methods.iter().any(|m| m == method))
                     && prefix_matches(&c.path_prefix, path)
             })
-            .fold(None, |best: Option<&Route>, r| match best {
-                Some(b) if b.config.path_prefix.len() >= r.config.path_prefix.len() => Some(b),
-                _ => Some(r),
+            .fold(None, |best: Option<(usize, &Route)>, (i, r)| match best {
+                Some((_, b)) if b.config.path_prefix.len() >= r.config.path_prefix.len() => best,
+                _ => Some((i, r)),
             })
-    }
-}
-
-impl RouteTable {
-    /// The position of a route found by [`RouteTable::find`] (its per-route state is kept in
-    /// the same order).
-    pub fn position(&self, route: &Route) -> usize {
-        self.routes.iter().position(|r| std::ptr::eq(r, route)).expect("a route of this table")
     }
 }
 
@@ -125,7 +118,7 @@ mod tests {
     #[test]
     fn the_longest_prefix_at_a_segment_boundary_wins() {
         let t = RouteTable::new(&[route("all", "/"), route("api", "/api"), route("v2", "/api/v2/")]);
-        let name = |p: &str| t.find(None, "GET", p).map(|r| r.config.name.clone());
+        let name = |p: &str| t.find(None, "GET", p).map(|(_, r)| r.config.name.clone());
         assert_eq!(name("/api/v2/x").as_deref(), Some("v2"));
         assert_eq!(name("/api/v2").as_deref(), Some("v2"));
         assert_eq!(name("/api/v1").as_deref(), Some("api"));
@@ -156,7 +149,7 @@ mod tests {
             UpstreamTarget { url: "http://b:1/".into(), weight: 1 },
         ];
         let t = RouteTable::new(&[r]);
-        let route = t.find(None, "GET", "/").unwrap();
+        let (_, route) = t.find(None, "GET", "/").unwrap();
         let got: Vec<&str> = (0..8).map(|_| route.next_target()).collect();
         assert_eq!(got.iter().filter(|u| **u == "http://a:1").count(), 6);
         assert_eq!(got.iter().filter(|u| **u == "http://b:1").count(), 2, "trailing slash trimmed: {got:?}");
@@ -167,7 +160,7 @@ mod tests {
         let mut r = route("s", "/svc/");
         r.strip_prefix = true;
         let t = RouteTable::new(&[r]);
-        let route = t.find(None, "GET", "/svc/orders/1").unwrap();
+        let (_, route) = t.find(None, "GET", "/svc/orders/1").unwrap();
         assert_eq!(route.upstream_path("/svc/orders/1"), "/orders/1");
         assert_eq!(route.upstream_path("/svc"), "/");
     }
