@@ -29,13 +29,21 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
-    /// Its own listener; opened when at least one route is declared, `off` never.
+    /// Its own listener; `off`: no gateway on this process.
     pub listen: MetricsListen,
     pub routes: Vec<RouteConfig>,
     /// A secret shared with the upstreams (at least 32 characters): with it, every proxied
     /// request carries `x-runway-signature`, an HMAC over the identity headers, so an upstream
     /// can tell they came from the gateway.
     pub identity_secret: Option<SecretString>,
+    /// How often a replica checks for route changes made through the API (on any replica).
+    pub poll_interval_ms: u64,
+    /// How often each replica writes its per-minute SLI records (one batch) to the store.
+    pub sli_flush_ms: u64,
+    /// SLI records older than this are deleted.
+    pub sli_retention_days: u32,
+    /// RED metrics label this many tenants (the busiest lately) by id, the rest as `other`.
+    pub metrics_top_tenants: usize,
 }
 
 impl Default for GatewayConfig {
@@ -44,35 +52,45 @@ impl Default for GatewayConfig {
             listen: MetricsListen::At(SocketAddr::from(([127, 0, 0, 1], 7401))),
             routes: Vec::new(),
             identity_secret: None,
+            poll_interval_ms: 1000,
+            sli_flush_ms: 10_000,
+            sli_retention_days: 30,
+            metrics_top_tenants: 20,
         }
     }
 }
 
-/// One gateway route: what it matches and where it sends it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// One gateway route: what it matches and where it sends it. The same document is declared in
+/// `[[gateway.routes]]` and sent to `/v1/gateway/routes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Unique; named in logs and metrics.
     pub name: String,
     /// Hosts it answers for (the `Host` header without port); empty: any.
     #[serde(default)]
+    #[schema(max_items = 32)]
     pub hosts: Vec<String>,
     /// Requests whose path starts with this (at a `/` boundary); the longest match wins.
     pub path_prefix: String,
     /// Methods it answers; empty: any.
     #[serde(default)]
+    #[schema(max_items = 9)]
     pub methods: Vec<String>,
     /// Remove `path_prefix` from the path sent upstream.
     #[serde(default)]
     pub strip_prefix: bool,
     /// The upstream pool: `http://host:port` targets, chosen in weighted round robin.
+    #[schema(min_items = 1, max_items = 64)]
     pub upstream: Vec<UpstreamTarget>,
     /// The credential a request needs.
     #[serde(default)]
     pub auth: RouteAuth,
-    /// Scopes the credential must hold (as the API's scopes, or the startup's own names).
+    /// Runway scopes the credential must hold.
     #[serde(default)]
+    #[schema(max_items = 32)]
     pub scopes: Vec<String>,
+    /// Time allowed to open a connection to a target.
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
     /// From sending the request to the response head.
@@ -84,6 +102,112 @@ pub struct RouteConfig {
     /// Requests in flight on this route at most (a bulkhead for its upstream); unset: no cap.
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
+    /// Balancing, retries, circuit breakers, outlier ejection and health checks of the pool.
+    #[serde(default)]
+    pub resilience: ResilienceConfig,
+}
+
+/// How a route's pool survives failing targets. The defaults are Envoy's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResilienceConfig {
+    /// `round_robin` (weighted) or `least_request` (power of two choices, weighted).
+    pub balance: BalancePolicy,
+    /// Retries after a connection failure or a 502/503/504, for idempotent methods and
+    /// requests with an `Idempotency-Key` only; 0: none.
+    pub retries: u32,
+    /// Full-jitter exponential backoff between tries: base…
+    pub retry_backoff_base_ms: u64,
+    /// …and cap.
+    pub retry_backoff_max_ms: u64,
+    /// Retries in flight at most, as a percentage of the requests in flight on the route…
+    pub retry_budget_percent: u32,
+    /// …but always this many.
+    pub retry_budget_min: u32,
+    /// A target's breaker opens after this many consecutive failures…
+    pub breaker_consecutive_failures: u32,
+    /// …or when more than this percentage of its requests in the last 10 s failed…
+    pub breaker_failure_percent: u32,
+    /// …counting only once it had this many requests in those 10 s.
+    pub breaker_min_requests: u32,
+    /// How long an opened breaker fails fast before one probe goes through; doubles on each
+    /// failed probe up to a minute.
+    pub breaker_open_ms: u64,
+    /// A target is ejected from the pool after this many consecutive failures…
+    pub outlier_consecutive_failures: u32,
+    /// …for this long times the number of ejections in a row (at most 300 s)…
+    pub outlier_base_ejection_ms: u64,
+    /// …but never more than this percentage of the pool at once.
+    pub outlier_max_ejection_percent: u32,
+    /// Requests in flight to one target at most; a target at its cap is passed over, and a pool
+    /// whose every target is at its cap answers 503. Unset: no cap.
+    pub max_requests_per_target: Option<u32>,
+    /// Active health checks of every target; unset: none.
+    pub health_check: Option<HealthCheckConfig>,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        ResilienceConfig {
+            balance: BalancePolicy::RoundRobin,
+            retries: 1,
+            retry_backoff_base_ms: 25,
+            retry_backoff_max_ms: 250,
+            retry_budget_percent: 20,
+            retry_budget_min: 3,
+            breaker_consecutive_failures: 5,
+            breaker_failure_percent: 50,
+            breaker_min_requests: 20,
+            breaker_open_ms: 5_000,
+            outlier_consecutive_failures: 5,
+            outlier_base_ejection_ms: 30_000,
+            outlier_max_ejection_percent: 50,
+            max_requests_per_target: None,
+            health_check: None,
+        }
+    }
+}
+
+/// How a pool spreads requests over its targets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancePolicy {
+    #[default]
+    RoundRobin,
+    LeastRequest,
+}
+
+/// An active health check: `GET path` on every target every `interval_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// The path to GET; a 2xx within `timeout_ms` passes.
+    pub path: String,
+    /// Time between checks of a target.
+    #[serde(default = "default_health_interval_ms")]
+    pub interval_ms: u64,
+    /// Time a check may take before it counts as failed.
+    #[serde(default = "default_health_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Passing checks in a row that bring a target back…
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    /// …and failing checks in a row that take it out.
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_health_interval_ms() -> u64 {
+    5_000
+}
+fn default_health_timeout_ms() -> u64 {
+    1_000
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
 }
 
 fn default_connect_timeout_ms() -> u64 {
@@ -96,11 +220,149 @@ fn default_route_body_limit() -> u64 {
     10 * 1024 * 1024
 }
 
+/// What is wrong with one route: the field (`upstream[1].url`) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteProblem {
+    pub field: String,
+    pub reason: String,
+}
+
+impl RouteProblem {
+    /// The field as a JSON pointer into the route document (`/upstream/1/url`).
+    pub fn pointer(&self) -> String {
+        let mut out = String::from("/");
+        for c in self.field.chars() {
+            match c {
+                '.' | '[' => out.push('/'),
+                ']' => {}
+                c => out.push(c),
+            }
+        }
+        out
+    }
+}
+
+/// Route names: what logs, metrics and the API's paths name a route by.
+fn valid_route_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl RouteConfig {
+    /// Refuses a route that cannot work, naming the field: a bad name, a prefix not starting
+    /// with `/`, unknown methods, an empty pool, targets that are not `http://host:port`, zero
+    /// weights, timeouts or limits, scopes on an anonymous route.
+    pub fn check(&self) -> Result<(), RouteProblem> {
+        let bad = |field: &str, reason: &str| Err(RouteProblem { field: field.into(), reason: reason.into() });
+        if !valid_route_name(&self.name) {
+            return bad("name", "1 to 64 of a-z, 0-9, `-` and `_`");
+        }
+        if !self.path_prefix.starts_with('/') || self.path_prefix.len() > 1024 {
+            return bad("path_prefix", "must start with `/` (at most 1024 bytes)");
+        }
+        for (field, len, max) in [
+            ("hosts", self.hosts.len(), 32),
+            ("methods", self.methods.len(), 9),
+            ("upstream", self.upstream.len(), 64),
+            ("scopes", self.scopes.len(), 32),
+        ] {
+            if len > max {
+                return bad(field, &format!("at most {max} entries"));
+            }
+        }
+        const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
+        if let Some(m) = self.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
+            return bad("methods", &format!("`{m}` is not an HTTP method (upper case)"));
+        }
+        if self.hosts.iter().any(|h| h.is_empty() || h.contains(['/', ' '])) {
+            return bad("hosts", "hosts are names like api.example.com");
+        }
+        if self.upstream.is_empty() {
+            return bad("upstream", "at least one target");
+        }
+        for (j, t) in self.upstream.iter().enumerate() {
+            let ok = t.url.strip_prefix("http://").is_some_and(|rest| {
+                let authority = rest.trim_end_matches('/');
+                !authority.is_empty() && !authority.contains('/') && authority.rsplit_once(':').is_some()
+            });
+            if !ok {
+                return bad(
+                    &format!("upstream[{j}].url"),
+                    "must be http://host:port (TLS to upstreams is not built yet)",
+                );
+            }
+            if t.weight == 0 {
+                return bad(&format!("upstream[{j}].weight"), "must be at least 1");
+            }
+        }
+        if self.connect_timeout_ms == 0 {
+            return bad("connect_timeout_ms", "must be at least 1 ms");
+        }
+        if self.request_timeout_ms == 0 {
+            return bad("request_timeout_ms", "must be at least 1 ms");
+        }
+        if self.body_limit_bytes == 0 {
+            return bad("body_limit_bytes", "must be at least 1");
+        }
+        if self.max_concurrent_requests == Some(0) {
+            return bad("max_concurrent_requests", "must be at least 1 (leave out for no cap)");
+        }
+        if self.auth == RouteAuth::Anonymous && !self.scopes.is_empty() {
+            return bad("scopes", "an anonymous route cannot require scopes");
+        }
+        let r = &self.resilience;
+        if r.retries > 10 {
+            return bad("resilience.retries", "at most 10");
+        }
+        if r.retry_backoff_base_ms == 0 || r.retry_backoff_max_ms < r.retry_backoff_base_ms {
+            return bad(
+                "resilience.retry_backoff_max_ms",
+                "the base must be at least 1 ms and the cap at least the base",
+            );
+        }
+        if r.retry_budget_percent > 100 {
+            return bad("resilience.retry_budget_percent", "at most 100");
+        }
+        if r.breaker_consecutive_failures == 0 || r.outlier_consecutive_failures == 0 {
+            return bad("resilience.breaker_consecutive_failures", "failure counts must be at least 1");
+        }
+        if r.breaker_failure_percent == 0 || r.breaker_failure_percent > 100 {
+            return bad("resilience.breaker_failure_percent", "between 1 and 100");
+        }
+        if r.outlier_max_ejection_percent > 100 {
+            return bad("resilience.outlier_max_ejection_percent", "at most 100");
+        }
+        if r.breaker_open_ms == 0 || r.outlier_base_ejection_ms == 0 {
+            return bad("resilience.breaker_open_ms", "durations must be at least 1 ms");
+        }
+        if r.max_requests_per_target == Some(0) {
+            return bad("resilience.max_requests_per_target", "must be at least 1 (leave out for no cap)");
+        }
+        if let Some(h) = &r.health_check {
+            if !h.path.starts_with('/') {
+                return bad("resilience.health_check.path", "must start with `/`");
+            }
+            if h.interval_ms < 100 || h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+                return bad(
+                    "resilience.health_check.interval_ms",
+                    "at least 100 ms, and the timeout at most the interval",
+                );
+            }
+            if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
+                return bad("resilience.health_check.healthy_threshold", "thresholds must be at least 1");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One target of a route's upstream pool.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTarget {
+    /// `http://host:port`.
     pub url: String,
+    /// Its relative share of the requests.
     #[serde(default = "default_weight")]
     pub weight: u32,
 }
@@ -110,7 +372,7 @@ fn default_weight() -> u32 {
 }
 
 /// The credential a gateway route requires.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteAuth {
     /// A tenant key (`rw_tnt_…`): the upstream learns the tenant.
@@ -540,60 +802,30 @@ fn bad(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 impl GatewayConfig {
-    /// Refuses routes that cannot work, naming the key: duplicate names, prefixes not starting
-    /// with `/`, unknown methods, empty pools, targets that are not `http://host:port`, zero
-    /// weights, timeouts or limits.
+    /// Refuses a short identity secret, duplicate route names and routes that cannot work
+    /// ([`RouteConfig::check`]), naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.identity_secret.as_ref().is_some_and(|s| s.expose().len() < 32) {
             return Err(bad("gateway.identity_secret", "must be at least 32 characters"));
         }
+        if self.poll_interval_ms == 0 || self.poll_interval_ms > 60_000 {
+            return Err(bad("gateway.poll_interval_ms", "between 1 and 60000"));
+        }
+        if self.sli_flush_ms < 10 || self.sli_flush_ms > 60_000 {
+            return Err(bad("gateway.sli_flush_ms", "between 10 and 60000"));
+        }
+        if self.sli_retention_days == 0 {
+            return Err(bad("gateway.sli_retention_days", "at least 1"));
+        }
+        if self.metrics_top_tenants > 1000 {
+            return Err(bad("gateway.metrics_top_tenants", "at most 1000 (each is a label value)"));
+        }
         let mut names = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
-            let key = |field: &str| format!("gateway.routes[{i}].{field}");
-            if r.name.is_empty() || !names.insert(r.name.as_str()) {
-                return Err(bad(key("name"), "must be set and unique"));
+            if !names.insert(r.name.as_str()) {
+                return Err(bad(format!("gateway.routes[{i}].name"), "must be unique"));
             }
-            if !r.path_prefix.starts_with('/') {
-                return Err(bad(key("path_prefix"), "must start with `/`"));
-            }
-            const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
-            if let Some(m) = r.methods.iter().find(|m| !METHODS.contains(&m.as_str())) {
-                return Err(bad(key("methods"), format!("`{m}` is not an HTTP method (upper case)")));
-            }
-            if r.hosts.iter().any(|h| h.is_empty() || h.contains(['/', ' '])) {
-                return Err(bad(key("hosts"), "hosts are names like api.example.com"));
-            }
-            if r.upstream.is_empty() {
-                return Err(bad(key("upstream"), "at least one target"));
-            }
-            for (j, t) in r.upstream.iter().enumerate() {
-                let tkey = format!("gateway.routes[{i}].upstream[{j}]");
-                let ok = t.url.strip_prefix("http://").is_some_and(|rest| {
-                    let authority = rest.trim_end_matches('/');
-                    !authority.is_empty() && !authority.contains('/') && authority.rsplit_once(':').is_some()
-                });
-                if !ok {
-                    return Err(bad(
-                        format!("{tkey}.url"),
-                        "must be http://host:port (TLS to upstreams is not built yet)",
-                    ));
-                }
-                if t.weight == 0 {
-                    return Err(bad(format!("{tkey}.weight"), "must be at least 1"));
-                }
-            }
-            if r.connect_timeout_ms == 0 || r.request_timeout_ms == 0 {
-                return Err(bad(key("request_timeout_ms"), "timeouts must be at least 1 ms"));
-            }
-            if r.body_limit_bytes == 0 {
-                return Err(bad(key("body_limit_bytes"), "must be at least 1"));
-            }
-            if r.max_concurrent_requests == Some(0) {
-                return Err(bad(key("max_concurrent_requests"), "must be at least 1 (leave out for no cap)"));
-            }
-            if r.auth == RouteAuth::Anonymous && !r.scopes.is_empty() {
-                return Err(bad(key("scopes"), "an anonymous route cannot require scopes"));
-            }
+            r.check().map_err(|p| bad(format!("gateway.routes[{i}].{}", p.field), p.reason))?;
         }
         Ok(())
     }
@@ -788,6 +1020,7 @@ mod tests {
             request_timeout_ms: 1,
             body_limit_bytes: 1,
             max_concurrent_requests: None,
+            resilience: ResilienceConfig::default(),
         };
         let check = |change: &dyn Fn(&mut Vec<RouteConfig>)| {
             let mut c = Config::default();
@@ -800,6 +1033,9 @@ mod tests {
         c.gateway.identity_secret = Some(SecretString::new("short"));
         assert_eq!(c.validate().unwrap_err().key, "gateway.identity_secret");
         assert_eq!(check(&|r| r.push(r[0].clone())).as_deref(), Some("gateway.routes[1].name"));
+        assert_eq!(check(&|r| r[0].name = "Has Space".into()).as_deref(), Some("gateway.routes[0].name"));
+        let p = RouteProblem { field: "upstream[1].url".into(), reason: String::new() };
+        assert_eq!(p.pointer(), "/upstream/1/url");
         assert_eq!(check(&|r| r[0].path_prefix = "a".into()).as_deref(), Some("gateway.routes[0].path_prefix"));
         assert_eq!(check(&|r| r[0].methods = vec!["get".into()]).as_deref(), Some("gateway.routes[0].methods"));
         assert_eq!(check(&|r| r[0].upstream.clear()).as_deref(), Some("gateway.routes[0].upstream"));

@@ -68,6 +68,7 @@ error_codes! {
     ConcurrencyLimited => (StatusCode::TOO_MANY_REQUESTS, "concurrency_limited", "Too many concurrent requests"),
     Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
     Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The service is temporarily unavailable"),
+    UpstreamUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "upstream_unavailable", "No upstream target can take the request now"),
     BadGateway => (StatusCode::BAD_GATEWAY, "bad_gateway", "The upstream could not be reached or failed to answer"),
     GatewayTimeout => (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout", "The upstream did not answer in time"),
 }

@@ -9,9 +9,16 @@
 //! per-tenant limits, idempotency, retries and breakers, policies, validation, SLI records,
 //! routes through the API, HTTP/2 and TLS, WebSocket upgrades.
 
+pub mod api;
+pub mod catalog;
+pub mod pool;
+pub mod records;
+pub mod resilience;
 pub mod route;
 pub mod signature;
+pub mod sli;
 
+use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, header};
@@ -21,27 +28,33 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use route::RouteTable;
-use runway_core::config::{Config, ConfigError, RouteAuth};
-use runway_core::{ApiError, ErrorCode};
+use runway_audit::AuditContext;
+use runway_core::config::{Config, ConfigError, RouteAuth, RouteConfig};
+use runway_core::{ApiError, Clock, ErrorCode};
 use runway_identity::Identity;
 use runway_identity::auth::{Principal, PrincipalKind};
 use runway_identity::ratelimit::ApiLimiter;
 use runway_identity::scope::{Scope, ScopeSet};
+use runway_store::Store;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 type Upstream = Client<HttpConnector, http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The gateway: its routes, one pooled client per route (each with the route's connect
-/// timeout), and identity for credentials.
+/// The gateway: the live route set (swapped whole on a change), one pooled client per connect
+/// timeout, and identity for credentials.
 pub struct Gateway {
-    table: RouteTable,
-    clients: Vec<Upstream>,
-    scopes: Vec<ScopeSet>,
-    /// Per-route bulkheads (`max_concurrent_requests`).
-    bulkheads: Vec<Option<Arc<tokio::sync::Semaphore>>>,
+    routes: ArcSwap<RouteSet>,
+    /// Routes declared in `runway.toml`: always served, never changed through the API.
+    declared: Vec<RouteConfig>,
+    /// Pooled clients by connect timeout (ms); shared by routes and kept across reloads, so a
+    /// route change keeps the upstream connections warm.
+    clients: Mutex<HashMap<u64, Upstream>>,
     /// The plan's limits for traffic through the gateway: the API's rules (GCRA per tenant and
     /// per key, a bulkhead per tenant) in buckets of their own, so API calls and proxied calls
     /// do not eat each other's allowance.
@@ -49,57 +62,343 @@ pub struct Gateway {
     /// Signs the identity headers for the upstream, when `gateway.identity_secret` is set.
     signer: Option<signature::IdentitySigner>,
     identity: Arc<Identity>,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    poll: Duration,
+    /// This replica's per-minute SLI records since the last flush.
+    sli: Mutex<sli::SliAggregator>,
+    /// A batch the store refused, written with the next one.
+    unflushed: Mutex<Vec<(sli::SliKey, sli::SliRecord)>>,
+    /// Tenants labelled by id in RED metrics (the busiest lately); the rest are `other`.
+    top_tenants: ArcSwap<std::collections::HashSet<String>>,
+    /// Recent requests per tenant (halved every flush), for `top_tenants`.
+    tenant_traffic: Mutex<HashMap<String, f64>>,
+    settings: runway_core::config::GatewayConfig,
+}
+
+/// One route table with the per-route state that goes with it, built for one stored revision
+/// and swapped in whole, so a request sees one consistent set.
+pub struct RouteSet {
+    /// The stored revision the set was built from (0: the declared routes only).
+    pub revision: i64,
+    table: RouteTable,
+    state: Vec<RouteState>,
+}
+
+impl RouteSet {
+    /// How many routes are served.
+    pub fn len(&self) -> usize {
+        self.state.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.state.is_empty()
+    }
+}
+
+/// What a route needs at request time beside its config.
+struct RouteState {
+    client: Upstream,
+    /// The pool's targets with their breakers, health and ejections.
+    pool: Arc<pool::Pool>,
+    scopes: ScopeSet,
+    /// The route's bulkhead (`max_concurrent_requests`); kept across reloads while the route
+    /// keeps its name and cap, so requests in flight still count.
+    bulkhead: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// The route's scope names as Runway scopes; the name that is not one otherwise.
+fn parse_scopes(names: &[String]) -> Result<ScopeSet, String> {
+    names.iter().map(|n| Scope::parse(n).ok_or_else(|| n.clone())).collect()
 }
 
 impl Gateway {
-    /// Builds the gateway from validated config; scopes must be Runway's scope names.
-    pub fn new(full: &Config, identity: Arc<Identity>) -> Result<Gateway, ConfigError> {
+    /// Builds the gateway with the declared routes; [`Gateway::refresh`] adds the stored ones.
+    /// Declared scopes must be Runway's scope names.
+    pub fn new(
+        full: &Config,
+        identity: Arc<Identity>,
+        store: Store,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Gateway>, ConfigError> {
         let config = &full.gateway;
-        let mut clients = Vec::new();
-        let mut scopes = Vec::new();
         for (i, r) in config.routes.iter().enumerate() {
-            let mut set = Vec::new();
-            for name in &r.scopes {
-                set.push(Scope::parse(name).ok_or_else(|| ConfigError {
-                    key: format!("gateway.routes[{i}].scopes"),
-                    reason: format!("`{name}` is not a Runway scope"),
-                })?);
-            }
-            scopes.push(set.into_iter().collect::<ScopeSet>());
-            let mut connector = HttpConnector::new();
-            connector.set_connect_timeout(Some(Duration::from_millis(r.connect_timeout_ms)));
-            connector.set_nodelay(true);
-            clients.push(
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(256)
-                    .build(connector),
-            );
+            parse_scopes(&r.scopes).map_err(|name| ConfigError {
+                key: format!("gateway.routes[{i}].scopes"),
+                reason: format!("`{name}` is not a Runway scope"),
+            })?;
         }
-        let bulkheads = config
-            .routes
-            .iter()
-            .map(|r| r.max_concurrent_requests.map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize))))
-            .collect();
-        Ok(Gateway {
-            table: RouteTable::new(&config.routes),
-            clients,
-            scopes,
-            bulkheads,
+        let gw = Arc::new(Gateway {
+            routes: ArcSwap::from_pointee(RouteSet { revision: 0, table: RouteTable::new(&[]), state: Vec::new() }),
+            declared: config.routes.clone(),
+            clients: Mutex::new(HashMap::new()),
             limits: ApiLimiter::new(full),
             signer: config.identity_secret.as_ref().map(|s| signature::IdentitySigner::new(s.expose().as_bytes())),
             identity,
-        })
+            store,
+            clock,
+            poll: Duration::from_millis(config.poll_interval_ms),
+            sli: Mutex::new(sli::SliAggregator::default()),
+            unflushed: Mutex::new(Vec::new()),
+            top_tenants: ArcSwap::from_pointee(std::collections::HashSet::new()),
+            tenant_traffic: Mutex::new(HashMap::new()),
+            settings: config.clone(),
+        });
+        gw.swap(0, Vec::new());
+        Ok(gw)
     }
 
-    /// Drops the limiter state of idle tenants and keys every minute until `stop`.
+    /// The live route set.
+    pub fn routes(&self) -> Arc<RouteSet> {
+        self.routes.load_full()
+    }
+
+    /// The clock SLI records are stamped with.
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    /// The store API routes are kept in.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The declared routes (from `runway.toml`).
+    pub fn declared(&self) -> &[RouteConfig] {
+        &self.declared
+    }
+
+    fn client(&self, connect_timeout_ms: u64) -> Upstream {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(connect_timeout_ms)
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms)));
+                connector.set_nodelay(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(90))
+                    .pool_max_idle_per_host(256)
+                    .build(connector)
+            })
+            .clone()
+    }
+
+    /// Builds the set of the declared routes and `stored` ones and swaps it in. A stored route
+    /// that cannot be served (its name now declared, a scope that no longer exists) is left
+    /// out with a warning.
+    fn swap(&self, revision: i64, stored: Vec<catalog::StoredRoute>) {
+        let previous = self.routes.load();
+        let mut configs = self.declared.clone();
+        for s in stored {
+            if self.declared.iter().any(|d| d.name == s.config.name) {
+                tracing::warn!(route = %s.config.name, "a stored route has the name of a declared one; the declared one is served");
+                continue;
+            }
+            configs.push(s.config);
+        }
+        let mut state = Vec::with_capacity(configs.len());
+        configs.retain(|c| match parse_scopes(&c.scopes) {
+            Ok(scopes) => {
+                let kept = previous.table.position(&c.name).and_then(|i| {
+                    previous.state[i]
+                        .bulkhead
+                        .clone()
+                        .filter(|_| previous.table.config(i).max_concurrent_requests == c.max_concurrent_requests)
+                });
+                let bulkhead = kept
+                    .or_else(|| c.max_concurrent_requests.map(|n| Arc::new(tokio::sync::Semaphore::new(n as usize))));
+                let pool = previous
+                    .table
+                    .position(&c.name)
+                    .map(|i| previous.state[i].pool.clone())
+                    .filter(|p| p.same_as(c))
+                    .unwrap_or_else(|| Arc::new(pool::Pool::new(c)));
+                state.push(RouteState { client: self.client(c.connect_timeout_ms), scopes, bulkhead, pool });
+                true
+            }
+            Err(name) => {
+                tracing::warn!(route = %c.name, scope = %name, "route left out: it names a scope Runway does not have");
+                false
+            }
+        });
+        metrics::gauge!("runway_gateway_routes").set(configs.len() as f64);
+        metrics::gauge!("runway_gateway_revision").set(revision as f64);
+        self.routes.store(Arc::new(RouteSet { revision, table: RouteTable::new(&configs), state }));
+    }
+
+    /// Reloads the stored routes if the stored revision moved from the live set's; returns
+    /// whether it did.
+    pub async fn refresh(&self) -> Result<bool, ApiError> {
+        if catalog::revision(&self.store).await? == self.routes.load().revision {
+            return Ok(false);
+        }
+        let (revision, stored) = catalog::load(&self.store).await?;
+        // A poll and a local change can race; the older read must not win.
+        if revision <= self.routes.load().revision {
+            return Ok(false);
+        }
+        self.swap(revision, stored);
+        Ok(true)
+    }
+
+    /// Checks a route document sent to the API: what [`RouteConfig::check`] refuses, a name
+    /// declared in `runway.toml`, scopes Runway does not have (422 naming the field).
+    pub fn check_route(&self, r: &RouteConfig) -> Result<(), ApiError> {
+        r.check().map_err(|p| ApiError::validation(p.pointer(), p.reason))?;
+        if self.declared.iter().any(|d| d.name == r.name) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("route `{}` is declared in runway.toml; change it there", r.name),
+            ));
+        }
+        parse_scopes(&r.scopes)
+            .map_err(|name| ApiError::validation("/scopes", format!("`{name}` is not a Runway scope")))?;
+        Ok(())
+    }
+
+    /// Applies a change to a stored route and makes it live on this replica at once (the
+    /// others within `gateway.poll_interval_ms`).
+    pub async fn change(
+        &self,
+        ctx: &AuditContext,
+        name: &str,
+        edit: catalog::Edit,
+    ) -> Result<catalog::StoredRoute, ApiError> {
+        if self.declared.iter().any(|d| d.name == name) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("route `{name}` is declared in runway.toml; change it there"),
+            ));
+        }
+        let stored = catalog::apply(&self.store, &*self.clock, ctx, name, edit, |r| {
+            if r.name != name {
+                return Err(ApiError::validation("/name", format!("must be `{name}`, the route's name in the path")));
+            }
+            self.check_route(r)
+        })
+        .await?;
+        self.refresh().await?;
+        Ok(stored)
+    }
+
+    /// Polls the stored revision (so route changes made on other replicas are live here) and
+    /// drops the limiter state of idle tenants and keys every minute, until `stop`.
     pub async fn run_upkeep(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut shrink = tokio::time::interval(Duration::from_secs(60));
+        let mut poll = tokio::time::interval(self.poll);
+        let mut health = tokio::time::interval(Duration::from_millis(50));
+        let mut flush = tokio::time::interval(Duration::from_millis(self.settings.sli_flush_ms));
+        let mut purge = tokio::time::interval(Duration::from_secs(3600));
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.limits.shrink(),
-                _ = &mut stop => return,
+                _ = flush.tick() => self.flush_sli().await,
+                _ = purge.tick() => {
+                    let keep = i64::from(self.settings.sli_retention_days) * 86_400;
+                    let before = self.clock.now_micros() / 1_000_000 - keep;
+                    match records::purge(&self.store, before).await {
+                        Ok(n) => metrics::counter!("runway_gateway_sli_rows_purged_total").increment(n),
+                        Err(e) => tracing::warn!(error = %e.detail, "could not purge old SLI records"),
+                    }
+                }
+                _ = shrink.tick() => self.limits.shrink(),
+                _ = health.tick() => self.start_due_health_checks(),
+                _ = poll.tick() => if let Err(e) = self.refresh().await {
+                    tracing::warn!(error = %e.detail, "could not refresh gateway routes");
+                },
+                _ = &mut stop => {
+                    self.flush_sli().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes the SLI records since the last flush in one batch and updates the tenants RED
+    /// metrics label by id. A batch the store refuses is kept for the next flush (up to the
+    /// aggregator's key bound; beyond it, the records are dropped and counted).
+    pub async fn flush_sli(&self) {
+        let (batch, folded) = {
+            let mut agg = self.sli.lock().unwrap_or_else(|e| e.into_inner());
+            (agg.drain(), agg.folded_requests())
+        };
+        metrics::gauge!("runway_gateway_sli_folded_requests").set(folded as f64);
+        self.update_top_tenants(&batch);
+        let mut pending = std::mem::take(&mut *self.unflushed.lock().unwrap_or_else(|e| e.into_inner()));
+        pending.extend(batch);
+        if pending.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        match records::write(&self.store, &pending).await {
+            Ok(()) => {
+                metrics::counter!("runway_gateway_sli_records_written_total").increment(pending.len() as u64);
+                metrics::histogram!("runway_gateway_sli_flush_seconds").record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e.detail, records = pending.len(), "could not write SLI records; keeping them for the next flush");
+                if pending.len() > sli::DEFAULT_MAX_KEYS {
+                    let dropped = pending.len() - sli::DEFAULT_MAX_KEYS;
+                    pending.truncate(sli::DEFAULT_MAX_KEYS);
+                    metrics::counter!("runway_gateway_sli_records_dropped_total").increment(dropped as u64);
+                }
+                *self.unflushed.lock().unwrap_or_else(|e| e.into_inner()) = pending;
+            }
+        }
+    }
+
+    fn update_top_tenants(&self, batch: &[(sli::SliKey, sli::SliRecord)]) {
+        let n = self.settings.metrics_top_tenants;
+        let mut traffic = self.tenant_traffic.lock().unwrap_or_else(|e| e.into_inner());
+        traffic.values_mut().for_each(|v| *v /= 2.0);
+        for (k, r) in batch {
+            if k.tenant != sli::ANONYMOUS_TENANT && k.tenant != sli::OTHER_TENANT {
+                *traffic.entry(k.tenant.clone()).or_default() += r.total() as f64;
+            }
+        }
+        let mut ranked: Vec<(&String, &f64)> = traffic.iter().filter(|(_, v)| **v >= 0.5).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let top: std::collections::HashSet<String> = ranked.iter().take(n).map(|(t, _)| (*t).clone()).collect();
+        // Keep the map bounded: only the tenants that could still rank.
+        let keep: std::collections::HashSet<String> =
+            ranked.iter().take(n * 10 + 10).map(|(t, _)| (*t).clone()).collect();
+        traffic.retain(|t, _| keep.contains(t));
+        self.top_tenants.store(Arc::new(top));
+    }
+
+    /// The `tenant` label of RED metrics: the id for the busiest tenants, else `other`
+    /// (`none` without a tenant), so the label's values stay bounded.
+    fn tenant_label(&self, tenant: Option<&str>) -> String {
+        match tenant {
+            None => "none".to_owned(),
+            Some(t) if self.top_tenants.load().contains(t) => t.to_owned(),
+            Some(_) => "other".to_owned(),
+        }
+    }
+
+    /// Sends the active health checks that are due: `GET path` to every target of the pool,
+    /// each in a task of its own; a 2xx within the timeout passes.
+    fn start_due_health_checks(&self) {
+        let set = self.routes.load();
+        let now = Instant::now();
+        for rs in &set.state {
+            let Some(check) = rs.pool.health_check_due(now) else { continue };
+            for (i, t) in rs.pool.targets.iter().enumerate() {
+                let Ok(uri) = format!("{}{}", t.url, check.path).parse::<Uri>() else { continue };
+                let (client, pool) = (rs.client.clone(), rs.pool.clone());
+                let timeout = Duration::from_millis(check.timeout_ms);
+                tokio::spawn(async move {
+                    let body = http_body_util::Empty::new().map_err(BoxError::from).boxed_unsync();
+                    let mut req = Request::new(body);
+                    *req.uri_mut() = uri;
+                    req.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static("runway-health-check"));
+                    let pass = match tokio::time::timeout(timeout, client.request(req)).await {
+                        Ok(Ok(res)) => res.status().is_success(),
+                        _ => false,
+                    };
+                    pool.record_check(i, pass);
+                });
             }
         }
     }
@@ -155,7 +454,12 @@ fn credential(h: &HeaderMap) -> Option<&str> {
 }
 
 /// Checks the route's credential rule; the principal when a key was required.
-async fn authorize(gw: &Gateway, i: usize, auth: RouteAuth, h: &HeaderMap) -> Result<Option<Principal>, ApiError> {
+async fn authorize(
+    gw: &Gateway,
+    scopes: ScopeSet,
+    auth: RouteAuth,
+    h: &HeaderMap,
+) -> Result<Option<Principal>, ApiError> {
     if auth == RouteAuth::Anonymous {
         return Ok(None);
     }
@@ -170,7 +474,7 @@ async fn authorize(gw: &Gateway, i: usize, auth: RouteAuth, h: &HeaderMap) -> Re
         let wanted = if auth == RouteAuth::TenantKey { "a tenant key" } else { "a service key" };
         return Err(ApiError::new(ErrorCode::MissingScope, format!("this route needs {wanted}")));
     }
-    if let Some(missing) = gw.scopes[i].iter().find(|s| !p.scopes.contains(*s)) {
+    if let Some(missing) = scopes.iter().find(|s| !p.scopes.contains(*s)) {
         return Err(ApiError::new(
             ErrorCode::MissingScope,
             format!("this route needs the scope `{}`", missing.as_str()),
@@ -195,27 +499,30 @@ async fn proxy(
     if let Some(v) = &id_value {
         parts.headers.insert(runway_core::id::REQUEST_ID_HEADER, v.clone());
     }
+    let meter = Arc::new(Meter::default());
     let finish = |route: &str, tenant: Option<&str>, started: Instant, mut res: Response<Body>| {
         if let Some(v) = &id_value {
             res.headers_mut().insert(runway_core::id::REQUEST_ID_HEADER, v.clone());
         }
-        finish(route, tenant, &request_id, started, res)
+        finish(&gw, route, tenant, &request_id, started, meter.clone(), res)
     };
     let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let host = host.or_else(|| parts.uri.authority().map(|a| a.to_string()));
-    let Some((i, route)) = gw.table.find(host.as_deref(), parts.method.as_str(), parts.uri.path()) else {
+    let set = gw.routes.load();
+    let Some((i, route)) = set.table.find(host.as_deref(), parts.method.as_str(), parts.uri.path()) else {
         let e = problem(ErrorCode::NotFound, format!("no gateway route for {} {}", parts.method, parts.uri.path()));
         return finish("none", None, started, e);
     };
     let c = &route.config;
-    let principal = match authorize(&gw, i, c.auth, &parts.headers).await {
+    let rs = &set.state[i];
+    let principal = match authorize(&gw, rs.scopes, c.auth, &parts.headers).await {
         Ok(p) => p,
         Err(e) => return finish(&c.name, None, started, e.into_response()),
     };
     let tenant = principal.as_ref().and_then(|p| p.tenant()).map(|t| t.as_str().to_owned());
     // The plan's limits (keys only), then the route's bulkhead; the permits are held until the
     // response body has been sent.
-    let (rate_headers, tenant_permit) = match principal.as_ref().map(|p| gw.limits.admit(p)) {
+    let (rate_headers, mut tenant_permit) = match principal.as_ref().map(|p| gw.limits.admit(p)) {
         None => (None, None),
         Some(Ok(a)) => (a.headers, a.permit),
         Some(Err(refusal)) => {
@@ -224,7 +531,7 @@ async fn proxy(
             return finish(&c.name, tenant.as_deref(), started, res);
         }
     };
-    let route_permit = match &gw.bulkheads[i] {
+    let mut route_permit = match &rs.bulkhead {
         None => None,
         Some(sem) => match sem.clone().try_acquire_owned() {
             Ok(p) => Some(p),
@@ -254,13 +561,13 @@ async fn proxy(
 
     // The upstream request: target, path and query; headers without hop-by-hop ones, the
     // client's `x-runway-*` and the Runway credential; the verified identity and forwarding.
-    let target = route.next_target();
     let path = route.upstream_path(parts.uri.path());
     let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let uri: Uri = match format!("{target}{path}{query}").parse() {
-        Ok(u) => u,
-        Err(e) => return finish(&c.name, tenant.as_deref(), started, problem(ErrorCode::InvalidPath, e.to_string())),
-    };
+    let path_and_query = format!("{path}{query}");
+    // Retried only when replaying cannot repeat a side effect (an idempotent method, or an
+    // `Idempotency-Key` the upstream deduplicates by) and the body can be sent again.
+    let replayable = rs.pool.retries > 0
+        && (resilience::is_retriable_method(parts.method.as_str()) || parts.headers.contains_key("idempotency-key"));
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
     let theirs: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("x-runway-")).cloned().collect();
@@ -322,40 +629,146 @@ async fn proxy(
     if let Ok(v) = HeaderValue::from_str(&forwarded) {
         h.append("forwarded", v);
     }
-    parts.uri = uri;
     parts.version = axum::http::Version::HTTP_11;
     let limit = usize::try_from(c.body_limit_bytes).unwrap_or(usize::MAX);
-    let body = Limited::new(body, limit).map_err(BoxError::from).boxed_unsync();
-    let upstream_req = Request::from_parts(parts, body);
+    let no_body = declared == Some(0)
+        || (declared.is_none() && !parts.headers.contains_key(header::TRANSFER_ENCODING) && body_is_empty(&body));
+    // A body kept for retries: none, or one small enough to hold (at most 64 KiB declared).
+    let mut kept: Option<bytes::Bytes> = None;
+    let mut streamed = Some(body);
+    if replayable && no_body {
+        kept = Some(bytes::Bytes::new());
+        streamed = None;
+    } else if replayable && declared.is_some_and(|n| n <= REPLAY_BUFFER_BYTES) {
+        let body = streamed.take().unwrap_or_default();
+        match Limited::new(body, limit).collect().await {
+            Ok(b) => kept = Some(b.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                let e = problem(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the body is over this route's {} bytes", c.body_limit_bytes),
+                );
+                return finish(&c.name, tenant.as_deref(), started, e);
+            }
+            Err(_) => {
+                let e = problem(ErrorCode::MalformedBody, "the request body could not be read");
+                return finish(&c.name, tenant.as_deref(), started, e);
+            }
+        }
+    }
 
-    let sent = tokio::time::timeout(Duration::from_millis(c.request_timeout_ms), gw.clients[i].request(upstream_req));
-    let response = match sent.await {
-        Err(_) => problem(
-            ErrorCode::GatewayTimeout,
-            format!("the upstream did not answer within {} ms", c.request_timeout_ms),
-        ),
-        Ok(Err(e)) if too_large(&e) => {
-            problem(ErrorCode::PayloadTooLarge, format!("the body is over this route's {} bytes", c.body_limit_bytes))
+    let pool = &rs.pool;
+    let _active = pool.enter();
+    let mut tried: Vec<usize> = Vec::new();
+    let mut _retry_permit = None;
+    let response = loop {
+        let now = Instant::now();
+        let (ti, lease) = match pool.pick(now, &tried) {
+            Ok(t) => t,
+            Err(wait) => {
+                break ApiError::new(
+                    ErrorCode::UpstreamUnavailable,
+                    format!(
+                        "no target of route `{}` can take the request (unhealthy, ejected or failing fast)",
+                        c.name
+                    ),
+                )
+                .with_retry_after(wait.as_secs().max(1))
+                .into_response();
+            }
+        };
+        let target = &pool.targets[ti].url;
+        *meter.upstream.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.clone());
+        let mut req_parts = parts.clone();
+        req_parts.uri = match format!("{target}{path_and_query}").parse::<Uri>() {
+            Ok(u) => u,
+            Err(e) => break problem(ErrorCode::InvalidPath, e.to_string()),
+        };
+        let body = match (&kept, streamed.take()) {
+            (Some(b), _) => {
+                meter.bytes_in.store(b.len() as u64, Ordering::Relaxed);
+                http_body_util::Full::new(b.clone()).map_err(BoxError::from).boxed_unsync()
+            }
+            (None, Some(body)) => {
+                let meter = meter.clone();
+                Limited::new(body, limit)
+                    .map_frame(move |f| {
+                        if let Some(d) = f.data_ref() {
+                            meter.bytes_in.fetch_add(d.len() as u64, Ordering::Relaxed);
+                        }
+                        f
+                    })
+                    .map_err(BoxError::from)
+                    .boxed_unsync()
+            }
+            (None, None) => break problem(ErrorCode::Internal, "the request body was already sent"),
+        };
+        let sent = tokio::time::timeout(
+            Duration::from_millis(c.request_timeout_ms),
+            rs.client.request(Request::from_parts(req_parts, body)),
+        );
+        let failed = match sent.await {
+            Err(_) => {
+                // Not retried: another try would double the time the client already waited.
+                pool.record(ti, Instant::now(), resilience::Outcome::Failure);
+                break problem(
+                    ErrorCode::GatewayTimeout,
+                    format!("the upstream did not answer within {} ms", c.request_timeout_ms),
+                );
+            }
+            Ok(Err(e)) if too_large(&e) => {
+                break problem(
+                    ErrorCode::PayloadTooLarge,
+                    format!("the body is over this route's {} bytes", c.body_limit_bytes),
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(route = %c.name, target = %target, error = %e, "upstream request failed");
+                pool.record(ti, Instant::now(), resilience::Outcome::Failure);
+                problem(ErrorCode::BadGateway, "the upstream could not be reached or closed the connection")
+            }
+            Ok(Ok(r)) => {
+                let status = r.status().as_u16();
+                pool.record(ti, Instant::now(), resilience::Outcome::from_status(status));
+                let (mut parts, body) = r.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                // The permits and the target lease go with the body: released once it is
+                // sent, or dropped.
+                let held = (lease, tenant_permit.take(), route_permit.take());
+                let body = body.map_frame(move |f| {
+                    let _held = &held;
+                    f
+                });
+                let res = Response::from_parts(parts, Body::new(body));
+                if !resilience::is_gateway_failure(status) {
+                    break res;
+                }
+                res
+            }
+        };
+        let attempt = tried.len() as u32;
+        if kept.is_none() || attempt >= pool.retries {
+            break failed;
         }
-        Ok(Err(e)) => {
-            tracing::warn!(route = %c.name, target, error = %e, "upstream request failed");
-            problem(ErrorCode::BadGateway, "the upstream could not be reached or closed the connection")
-        }
-        Ok(Ok(r)) => {
-            let (mut parts, body) = r.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            // The permits go with the body: released once it is sent, or dropped.
-            let permits = (tenant_permit, route_permit);
-            let body = body.map_frame(move |f| {
-                let _held = &permits;
-                f
-            });
-            Response::from_parts(parts, Body::new(body))
-        }
+        let Some(permit) = pool.retry_permit() else { break failed };
+        drop(failed);
+        _retry_permit = Some(permit);
+        metrics::counter!("runway_gateway_retries_total", "route" => c.name.clone()).increment(1);
+        tried.push(ti);
+        tokio::time::sleep(pool.backoff(attempt)).await;
     };
     let mut response = response;
     runway_identity::auth::add_rate_headers(&mut response, rate_headers);
     finish(&c.name, tenant.as_deref(), started, response)
+}
+
+/// Bodies up to this size (declared) are held so a retry can send them again.
+const REPLAY_BUFFER_BYTES: u64 = 64 * 1024;
+
+/// Whether the body is known to be empty (no `Content-Length`, no `Transfer-Encoding`, and
+/// the body says it has ended).
+fn body_is_empty(body: &Body) -> bool {
+    http_body::Body::is_end_stream(body)
 }
 
 /// Whether the send failed because the request body went over the route's limit.
@@ -370,21 +783,96 @@ fn too_large(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
-/// Records the request (metric and access log line) and returns its response.
+/// What the access log and the SLI record learn of an exchange while it is proxied.
+#[derive(Default)]
+struct Meter {
+    bytes_in: AtomicU64,
+    /// The target of the last try.
+    upstream: Mutex<Option<String>>,
+}
+
+/// One exchange, recorded (SLI record and access log line) when its response body has been
+/// sent or dropped, so the bytes out are known.
+struct Exchange {
+    gw: Arc<Gateway>,
+    route: String,
+    tenant: Option<String>,
+    request_id: String,
+    status: u16,
+    latency: Duration,
+    meter: Arc<Meter>,
+    bytes_out: u64,
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let bytes_in = self.meter.bytes_in.load(Ordering::Relaxed);
+        let latency_us = u64::try_from(self.latency.as_micros()).unwrap_or(u64::MAX);
+        if self.route != "none" {
+            let now_ms = self.gw.clock.now_micros() / 1000;
+            self.gw.sli.lock().unwrap_or_else(|e| e.into_inner()).record(
+                now_ms,
+                &self.route,
+                self.tenant.as_deref(),
+                self.status,
+                latency_us,
+                bytes_in,
+                self.bytes_out,
+            );
+        }
+        let upstream = self.meter.upstream.lock().unwrap_or_else(|e| e.into_inner()).take();
+        tracing::info!(
+            target: "runway::gateway::access",
+            request_id = %self.request_id,
+            route = %self.route,
+            tenant = self.tenant.as_deref(),
+            upstream = upstream.as_deref(),
+            status = self.status,
+            latency_us,
+            bytes_in,
+            bytes_out = self.bytes_out,
+            "proxied"
+        );
+    }
+}
+
+/// Counts the request (RED metrics at the response head) and returns its response, whose body
+/// carries the [`Exchange`] to record when it ends.
 fn finish(
+    gw: &Arc<Gateway>,
     route: &str,
     tenant: Option<&str>,
     request_id: &str,
     started: Instant,
+    meter: Arc<Meter>,
     response: Response<Body>,
 ) -> Response<Body> {
     let status = response.status().as_u16();
     let class = runway_core::labels::status_class(status);
     let took = started.elapsed();
-    metrics::counter!("runway_gateway_requests_total", "route" => route.to_owned(), "status_class" => class)
+    let tenant_label = gw.tenant_label(tenant);
+    metrics::counter!("runway_gateway_requests_total", "route" => route.to_owned(), "status_class" => class, "tenant" => tenant_label)
         .increment(1);
     metrics::histogram!("runway_gateway_request_duration_seconds", "route" => route.to_owned())
         .record(took.as_secs_f64());
-    tracing::info!(target: "runway::gateway::access", request_id, route, tenant, status, latency_us = took.as_micros() as u64, "proxied");
-    response
+    let mut exchange = Exchange {
+        gw: gw.clone(),
+        route: route.to_owned(),
+        tenant: tenant.map(str::to_owned),
+        request_id: request_id.to_owned(),
+        status,
+        latency: took,
+        meter,
+        bytes_out: 0,
+    };
+    let (parts, body) = response.into_parts();
+    let body = body.map_frame(move |f| {
+        // The whole exchange rides on the body (not only the field), so it drops with it.
+        let exchange = &mut exchange;
+        if let Some(d) = f.data_ref() {
+            exchange.bytes_out += d.len() as u64;
+        }
+        f
+    });
+    Response::from_parts(parts, Body::new(body))
 }

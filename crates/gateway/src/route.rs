@@ -1,39 +1,31 @@
-//! Route matching and target choice: pure, free of I/O.
+//! Route matching and the path sent upstream: pure, free of I/O.
 
 use runway_core::config::RouteConfig;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The routes of one configuration, ready to match requests.
 pub struct RouteTable {
     routes: Vec<Route>,
 }
 
-/// A route with its pool's round-robin position.
+/// A route as matched (its pool, balancing and resilience state live in `pool.rs`).
 pub struct Route {
     pub config: RouteConfig,
-    /// Cumulative weights of the targets, for weighted round robin.
-    cumulative: Vec<u64>,
-    turn: AtomicU64,
 }
 
 impl RouteTable {
     pub fn new(routes: &[RouteConfig]) -> RouteTable {
-        let routes = routes
-            .iter()
-            .map(|r| {
-                let mut sum = 0;
-                let cumulative = r
-                    .upstream
-                    .iter()
-                    .map(|t| {
-                        sum += u64::from(t.weight.max(1));
-                        sum
-                    })
-                    .collect();
-                Route { config: r.clone(), cumulative, turn: AtomicU64::new(0) }
-            })
-            .collect();
+        let routes = routes.iter().map(|r| Route { config: r.clone() }).collect();
         RouteTable { routes }
+    }
+
+    /// The position of the route named `name`.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.routes.iter().position(|r| r.config.name == name)
+    }
+
+    /// The config of the route at `i` (a position [`RouteTable::find`] or `position` gave).
+    pub fn config(&self, i: usize) -> &RouteConfig {
+        &self.routes[i].config
     }
 
     /// The route for a request: host (if the route names hosts), method (if it names methods)
@@ -59,14 +51,6 @@ impl RouteTable {
 }
 
 impl Route {
-    /// The next target in weighted round robin (each target gets its weight's share of turns).
-    pub fn next_target(&self) -> &str {
-        let total = *self.cumulative.last().unwrap_or(&1);
-        let n = self.turn.fetch_add(1, Ordering::Relaxed) % total;
-        let i = self.cumulative.iter().position(|c| n < *c).unwrap_or(0);
-        self.config.upstream[i].url.trim_end_matches('/')
-    }
-
     /// The path sent upstream: without the prefix when the route strips it (never empty).
     pub fn upstream_path<'a>(&self, path: &'a str) -> std::borrow::Cow<'a, str> {
         if !self.config.strip_prefix {
@@ -112,6 +96,7 @@ mod tests {
             request_timeout_ms: 1,
             body_limit_bytes: 1,
             max_concurrent_requests: None,
+            resilience: Default::default(),
         }
     }
 
@@ -139,20 +124,6 @@ mod tests {
         assert!(t.find(None, "GET", "/x").is_none());
         assert!(t.find(Some("api.example.com"), "POST", "/x").is_none());
         assert_eq!(strip_port("[::1]:80"), "::1");
-    }
-
-    #[test]
-    fn targets_take_turns_by_weight() {
-        let mut r = route("w", "/");
-        r.upstream = vec![
-            UpstreamTarget { url: "http://a:1".into(), weight: 3 },
-            UpstreamTarget { url: "http://b:1/".into(), weight: 1 },
-        ];
-        let t = RouteTable::new(&[r]);
-        let (_, route) = t.find(None, "GET", "/").unwrap();
-        let got: Vec<&str> = (0..8).map(|_| route.next_target()).collect();
-        assert_eq!(got.iter().filter(|u| **u == "http://a:1").count(), 6);
-        assert_eq!(got.iter().filter(|u| **u == "http://b:1").count(), 2, "trailing slash trimmed: {got:?}");
     }
 
     #[test]

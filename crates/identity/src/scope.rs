@@ -57,6 +57,8 @@ scopes! {
     FlagsRead => ("flags:read", false, "Read flag configuration, history, usage and release plans (every flag's rules, so not for tenant keys)."),
     FlagsWrite => ("flags:write", false, "Manage flags, segments, environments and release plans."),
     FlagsEvaluate => ("flags:evaluate", true, "Evaluate flags (OFREP, the Unleash client API); a tenant key evaluates as its tenant."),
+    GatewayRead => ("gateway:read", false, "Read gateway routes, their history and the gateway's SLI records."),
+    GatewayWrite => ("gateway:write", false, "Create, change, delete and roll back gateway routes."),
 }
 
 /// A set of scopes as a bit set, so a scope check on the request path is one AND.
@@ -150,6 +152,8 @@ permissions! {
     FlagsRead => FlagsRead,
     FlagsWrite => FlagsWrite,
     FlagsEvaluate => FlagsEvaluate,
+    GatewayRead => GatewayRead,
+    GatewayWrite => GatewayWrite,
 }
 
 #[cfg(test)]

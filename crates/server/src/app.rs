@@ -21,7 +21,7 @@ use utoipa_axum::routes;
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     components(schemas(runway_core::error::Problem)),
-    tags((name = "tenants"), (name = "keys"), (name = "audit"), (name = "events"), (name = "webhooks"), (name = "flags"), (name = "operations"))
+    tags((name = "tenants"), (name = "keys"), (name = "audit"), (name = "events"), (name = "webhooks"), (name = "flags"), (name = "gateway"), (name = "operations"))
 )]
 struct ApiDoc;
 
@@ -61,6 +61,7 @@ fn capability_docs() -> Vec<(&'static str, OpenApi)> {
         ("flags", runway_flags::routes::router().split_for_parts().1),
         ("ofrep", runway_flags::ofrep::router().split_for_parts().1),
         ("unleash client API", runway_flags::client_api::router().split_for_parts().1),
+        ("gateway", runway_gateway::api::router().split_for_parts().1),
     ]
 }
 
@@ -80,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state.identity.clone())
         .merge(events.with_state(events_state))
         .merge(flags)
+        .merge(runway_gateway::api::router().split_for_parts().0.with_state(state.gateway.clone()))
         // Layers run bottom-up: authentication, then idempotency, then the handler.
         .layer(middleware::from_fn_with_state(state.clone(), crate::idempotency::idempotency))
         .layer(middleware::from_fn_with_state(state.identity.clone(), runway_identity::authenticate));

@@ -30,6 +30,8 @@ pub struct AppState {
     pub identity: Arc<Identity>,
     pub events: Arc<runway_events::Events>,
     pub flags: Arc<runway_flags::Flags>,
+    /// The edge gateway: its routes (and their management API) and the proxy.
+    pub gateway: Arc<runway_gateway::Gateway>,
     /// Set once shutdown begins, so `/readyz` turns away new traffic.
     pub draining: Arc<AtomicBool>,
 }
@@ -39,7 +41,7 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where `/metrics` is served, unless `server.metrics_listen` is `off`.
     pub metrics_addr: Option<SocketAddr>,
-    /// Where the edge gateway listens, when routes are declared and `gateway.listen` is not `off`.
+    /// Where the edge gateway listens, unless `gateway.listen` is `off`.
     pub gateway_addr: Option<SocketAddr>,
     /// The admin token minted on this start, if this was the first start.
     pub admin_token: Option<String>,
@@ -154,7 +156,8 @@ pub async fn open_local(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
     let events = runway_events::Events::new(store.clone(), clock.clone(), &config, master_key)?;
     let flags = runway_flags::Flags::new(store.clone(), clock.clone(), config.flags.clone());
     flags.init().await?;
-    Ok(AppState { config, store, clock, identity, events, flags, draining: Arc::new(AtomicBool::new(false)) })
+    let gateway = runway_gateway::Gateway::new(&config, identity.clone(), store.clone(), clock.clone())?;
+    Ok(AppState { config, store, clock, identity, events, flags, gateway, draining: Arc::new(AtomicBool::new(false)) })
 }
 
 /// Connects the store, migrates when configured, makes sure an admin token exists, binds and
@@ -178,6 +181,8 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             .map_err(|reason| runway_core::config::ConfigError { key: "flags.operations_tenant".into(), reason })?;
         flags.set_operational_events(Arc::new(OpsEvents { events: events.clone(), tenant }));
     }
+    let gateway = runway_gateway::Gateway::new(&config, identity.clone(), store.clone(), clock.clone())?;
+    gateway.refresh().await?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
@@ -189,6 +194,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         identity: identity.clone(),
         events: events.clone(),
         flags: flags.clone(),
+        gateway: gateway.clone(),
         draining: Arc::new(AtomicBool::new(false)),
     };
     let app = router(state.clone());
@@ -212,23 +218,21 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         }
     };
 
-    let (gateway_addr, gateway_task) = match (config.gateway.listen, config.gateway.routes.is_empty()) {
-        (runway_core::config::MetricsListen::At(at), false) => {
-            let gateway = Arc::new(runway_gateway::Gateway::new(&config, identity.clone())?);
+    let gateway_upkeep = tokio::spawn(gateway.clone().run_upkeep(wait_stop(stop_rx.clone())));
+    let (gateway_addr, gateway_task) = match config.gateway.listen {
+        runway_core::config::MetricsListen::At(at) => {
             let l = tokio::net::TcpListener::bind(at).await.map_err(|source| StartError::Bind { addr: at, source })?;
             let bound = l.local_addr().map_err(|source| StartError::Bind { addr: at, source })?;
-            let upkeep = tokio::spawn(gateway.clone().run_upkeep(wait_stop(stop_rx.clone())));
-            let app = gateway.router().into_make_service_with_connect_info::<SocketAddr>();
+            let app = gateway.clone().router().into_make_service_with_connect_info::<SocketAddr>();
             let stop = wait_stop(stop_rx.clone());
             let task = tokio::spawn(async move {
                 if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
                     tracing::error!(error = %e, "gateway listener failed");
                 }
-                let _ = upkeep.await;
             });
             (Some(bound), Some(task))
         }
-        _ => (None, None),
+        runway_core::config::MetricsListen::Off => (None, None),
     };
     let upkeep = tokio::spawn(identity.clone().run_upkeep(wait_stop(stop_rx.clone())));
     let worker =
@@ -307,6 +311,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         if let Some(g) = gateway_task {
             let _ = g.await;
         }
+        let _ = gateway_upkeep.await;
         if let Some(w) = worker {
             let _ = w.await;
         }

@@ -349,6 +349,7 @@ impl ServerProcess {
             .current_dir(dir)
             .env("RUNWAY_CONFIG", dir.join("runway.toml"))
             .env("RUNWAY_DATABASE_URL", url)
+            .env("RUNWAY_GATEWAY_LISTEN", "127.0.0.1:0")
             .env("RUNWAY_ADMIN_TOKEN", ADMIN)
             .env("RUNWAY_CRYPTO_MASTER_KEY", BENCH_MASTER_KEY)
             .stdout(std::process::Stdio::piped())

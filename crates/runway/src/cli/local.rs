@@ -36,6 +36,9 @@ pub struct ServeArgs {
     /// Address of the metrics listener, e.g. 127.0.0.1:7402, or `off`.
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// Address of the edge gateway's listener, e.g. 127.0.0.1:7401, or `off`.
+    #[arg(long)]
+    pub gateway_listen: Option<String>,
 }
 
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
@@ -68,7 +71,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         None => println!("  Metrics     off (server.metrics_listen)"),
     }
     if let Some(g) = running.gateway_addr {
-        println!("  Gateway     http://{g}   ({} routes)", config.gateway.routes.len());
+        println!("  Gateway     http://{g}   ({} routes)", running.state.gateway.routes().len());
     }
     println!("  Health      {base}/healthz   Readiness: {base}/readyz");
     println!("  Store       {}", running.state.store.describe());

@@ -106,6 +106,9 @@ fn overrides(cli: &Cli) -> Overrides {
         if let Some(m) = &args.metrics_listen {
             o.push(("server.metrics_listen", toml::Value::String(m.clone())));
         }
+        if let Some(g) = &args.gateway_listen {
+            o.push(("gateway.listen", toml::Value::String(g.clone())));
+        }
     }
     o
 }

@@ -21,6 +21,7 @@ pub(crate) fn start(db: &Database) -> (Child, String) {
         .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-format", "json"])
         .current_dir(&db.dir)
         .env("RUNWAY_DATABASE_URL", &db.app_url)
+        .env("RUNWAY_GATEWAY_LISTEN", "127.0.0.1:0")
         .env("RUNWAY_ADMIN_TOKEN", ADMIN)
         .env("RUNWAY_CRYPTO_MASTER_KEY", crate::harness::MASTER_KEY)
         .env("RUST_LOG", "warn")

@@ -14,7 +14,84 @@ crate::both_engines!(
     the_gateway_answers_problems_for_what_it_refuses,
     a_route_naming_an_unknown_scope_stops_the_start,
     plans_and_route_bulkheads_limit_proxied_traffic,
+    routes_managed_through_the_api_are_live_at_once_versioned_and_rolled_back,
+    route_documents_that_cannot_work_are_refused_naming_the_field,
+    retries_go_to_another_target_only_when_replaying_is_safe,
+    a_failing_target_trips_its_breaker_and_a_probe_closes_it,
+    outliers_are_ejected_and_health_checks_take_targets_out_and_back,
+    sli_records_count_each_route_and_tenant_per_minute,
 );
+
+/// An upstream the test can make fail: it counts requests, answers 503 on every path while
+/// failing (its `/health` too), and otherwise 200 with its name.
+#[derive(Clone)]
+struct Flaky {
+    url: String,
+    name: &'static str,
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Flaky {
+    async fn start(name: &'static str) -> Flaky {
+        use std::sync::atomic::Ordering;
+        let failing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (f, h) = (failing.clone(), hits.clone());
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let (f, h) = (f.clone(), h.clone());
+            async move {
+                if uri.path() != "/health" {
+                    h.fetch_add(1, Ordering::SeqCst);
+                }
+                let status = if f.load(Ordering::SeqCst) { 503 } else { 200 };
+                (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(json!({"upstream": name})))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Flaky { url, name, failing, hits }
+    }
+
+    fn fail(&self, on: bool) {
+        self.failing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The sum of a counter over all its label sets.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// An address nothing listens on: connecting fails at once.
+async fn closed_port() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    url
+}
+
+fn pool_route(name: &str, targets: &[&str]) -> RouteConfig {
+    let mut r = route(name, &format!("/{name}"), targets[0], RouteAuth::Anonymous);
+    r.upstream = targets.iter().map(|t| UpstreamTarget { url: (*t).into(), weight: 1 }).collect();
+    r
+}
+
+async fn send(client: &reqwest::Client, method: reqwest::Method, url: &str, idempotency_key: Option<&str>) -> Resp {
+    let mut req = client.request(method, url);
+    if let Some(k) = idempotency_key {
+        req = req.header("idempotency-key", k);
+    }
+    TestServer::read(req.send().await.unwrap()).await
+}
 
 /// An upstream that answers every request with what it received (method, path, query,
 /// headers, body) as JSON; `/slow` waits 2 s first, `/teapot` answers 418.
@@ -84,6 +161,7 @@ fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth) -> RouteConf
         request_timeout_ms: 1_000,
         body_limit_bytes: 1_024,
         max_concurrent_requests: None,
+        resilience: Default::default(),
     }
 }
 
@@ -171,8 +249,9 @@ async fn a_tenant_key_route_passes_the_verified_identity_and_not_the_credential(
     assert_eq!(r.header("x-request-id"), Some(made));
 
     let m = s.metrics_text().await;
-    assert!(m.contains(r#"runway_gateway_requests_total{route="orders",status_class="2xx"} 1"#), "{m}");
-    assert!(m.contains(r#"runway_gateway_requests_total{route="public",status_class="4xx"} 1"#), "{m}");
+    // Tenants get their own label only once they rank among the busiest (after a flush).
+    assert!(m.contains(r#"runway_gateway_requests_total{route="orders",status_class="2xx",tenant="other"} 1"#), "{m}");
+    assert!(m.contains(r#"runway_gateway_requests_total{route="public",status_class="4xx",tenant="none"} 1"#), "{m}");
 }
 
 async fn the_gateway_answers_problems_for_what_it_refuses(engine: Engine) {
@@ -302,4 +381,429 @@ async fn plans_and_route_bulkheads_limit_proxied_traffic(engine: Engine) {
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(slow.await.unwrap(), 200);
     TestServer::read(s.http.get(format!("{gw}/bulk/x")).send().await.unwrap()).await.ok(200);
+}
+
+/// A keep-alive HTTP/1.1 connection to the gateway, held open across route changes.
+struct Held(hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>);
+
+impl Held {
+    async fn open(gw: &str) -> Held {
+        let stream = tokio::net::TcpStream::connect(gw.trim_start_matches("http://")).await.unwrap();
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        Held(send)
+    }
+
+    /// Sends GET `path` with `token`; the status and the JSON body.
+    async fn get(&mut self, path: &str, token: &str) -> (u16, Value) {
+        use http_body_util::BodyExt;
+        let req = hyper::Request::get(path)
+            .header("host", "gateway.test")
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let res = self.0.send_request(req).await.expect("the held connection still carries requests");
+        let status = res.status().as_u16();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+}
+
+async fn routes_managed_through_the_api_are_live_at_once_versioned_and_rolled_back(engine: Engine) {
+    let up = echo().await;
+    let (s, gw) = gateway_with(engine, vec![route("declared", "/declared", &up, RouteAuth::TenantKey)], |c| {
+        c.gateway.poll_interval_ms = 100;
+    })
+    .await;
+    // A second replica on the same store: it learns of changes by polling the revision.
+    let b = TestServer::start_on(
+        s.db.clone(),
+        {
+            let mut c = s.db.config();
+            c.gateway.poll_interval_ms = 100;
+            c
+        },
+        std::sync::Arc::new(runway_core::SystemClock),
+    )
+    .await;
+    let gw_b = format!("http://{}", b.running.as_ref().unwrap().gateway_addr.unwrap());
+    s.tenant("acme").await;
+    let (key, _) = s.tenant_key("acme", &["events:read"]).await;
+    let mut held = Held::open(&gw).await;
+    assert_eq!(held.get("/orders/1", &key).await.0, 404, "no route yet");
+
+    let listed = s.get("/v1/gateway/routes", ADMIN).await;
+    let listed = listed.ok(200);
+    assert_eq!(listed["data"][0]["name"], "declared");
+    assert_eq!(listed["data"][0]["source"], "config");
+    assert!(listed["data"][0]["version"].is_null());
+
+    let mut orders = serde_json::to_value(route("orders", "/orders", &up, RouteAuth::TenantKey)).unwrap();
+    let created = s.post("/v1/gateway/routes", ADMIN, orders.clone()).await;
+    let created = created.ok(201);
+    assert_eq!(created["version"], 1);
+    assert_eq!(created["source"], "api");
+    // Live on this replica before the answer, on the same connection.
+    let (status, got) = held.get("/orders/1", &key).await;
+    assert_eq!((status, got["path"].as_str()), (200, Some("/orders/1")));
+    // And on the other replica within its poll.
+    let client = reqwest::Client::new();
+    eventually("the second replica serves the new route", || async {
+        client.get(format!("{gw_b}/orders/1")).bearer_auth(&key).send().await.unwrap().status() == 200
+    })
+    .await;
+
+    orders["strip_prefix"] = json!(true);
+    let changed = s.call(reqwest::Method::PUT, "/v1/gateway/routes/orders", Some(ADMIN), Some(orders.clone())).await;
+    assert_eq!(changed.ok(200)["version"], 2);
+    let (status, got) = held.get("/orders/1", &key).await;
+    assert_eq!((status, got["path"].as_str()), (200, Some("/1")), "the change is live on the held connection");
+
+    let rolled = s.post("/v1/gateway/routes/orders/rollback", ADMIN, json!({"version": 1})).await;
+    let rolled = rolled.ok(200);
+    assert_eq!((rolled["version"].as_i64(), rolled["strip_prefix"].as_bool()), (Some(3), Some(false)));
+    assert_eq!(held.get("/orders/1", &key).await.1["path"], "/orders/1");
+
+    assert_eq!(s.delete("/v1/gateway/routes/orders", ADMIN).await.status, 204);
+    assert_eq!(held.get("/orders/1", &key).await.0, 404, "a deleted route is no longer served");
+    eventually("the second replica drops the deleted route", || async {
+        client.get(format!("{gw_b}/orders/1")).bearer_auth(&key).send().await.unwrap().status() == 404
+    })
+    .await;
+    assert_eq!(s.get("/v1/gateway/routes/orders", ADMIN).await.status, 404);
+
+    let history = s.get("/v1/gateway/routes/orders/versions", ADMIN).await;
+    let actions: Vec<&str> =
+        history.ok(200)["data"].as_array().unwrap().iter().map(|v| v["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["deleted", "rolled_back", "updated", "created"]);
+    assert_eq!(history.ok(200)["data"][2]["route"]["strip_prefix"], true);
+    assert_eq!(history.ok(200)["data"][0]["actor"], "admin:admin");
+
+    // A rollback brings a deleted route back.
+    let back = s.post("/v1/gateway/routes/orders/rollback", ADMIN, json!({"version": 2})).await;
+    assert_eq!(back.ok(200)["version"], 5);
+    assert_eq!(held.get("/orders/1", &key).await.1["path"], "/1");
+    assert_eq!(s.get("/v1/gateway/routes/orders", ADMIN).await.ok(200)["strip_prefix"], true);
+
+    // Every change is on the platform audit chain.
+    let audit = s.get("/v1/audit?limit=50", ADMIN).await;
+    let actions: Vec<&str> = audit.ok(200)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str().filter(|a| a.starts_with("gateway.route.")))
+        .collect();
+    assert_eq!(actions.len(), 5, "created, updated, rolled back, deleted, rolled back: {actions:?}");
+    assert!(actions.contains(&"gateway.route.created") && actions.contains(&"gateway.route.deleted"));
+    drop(b);
+}
+
+async fn route_documents_that_cannot_work_are_refused_naming_the_field(engine: Engine) {
+    let up = echo().await;
+    let (s, gw) = gateway(engine, vec![route("declared", "/declared", &up, RouteAuth::TenantKey)]).await;
+    let good = serde_json::to_value(route("orders", "/orders", &up, RouteAuth::TenantKey)).unwrap();
+    let with = |pointer: &str, v: Value| {
+        let mut d = good.clone();
+        *d.pointer_mut(pointer).unwrap() = v;
+        d
+    };
+    let cases = [
+        (with("/upstream/0/url", json!("https://secure:443")), 422, "validation_failed", "/upstream/0/url"),
+        (with("/upstream/0/weight", json!(0)), 422, "validation_failed", "/upstream/0/weight"),
+        (with("/path_prefix", json!("orders")), 422, "validation_failed", "/path_prefix"),
+        (with("/methods", json!(["get"])), 422, "validation_failed", "/methods"),
+        (with("/scopes", json!(["orders:read"])), 422, "validation_failed", "/scopes"),
+        (with("/name", json!("Not A Name")), 422, "validation_failed", "/name"),
+        (with("/request_timeout_ms", json!(0)), 422, "validation_failed", "/request_timeout_ms"),
+        (with("/name", json!("declared")), 409, "conflict", ""),
+    ];
+    for (doc, status, code, field) in cases {
+        let r = s.post("/v1/gateway/routes", ADMIN, doc.clone()).await;
+        let p = r.problem(status, code);
+        if !field.is_empty() {
+            assert_eq!(p["field"], field, "{doc}: {p}");
+        }
+    }
+    // An unknown key is named, not ignored.
+    let mut unknown = good.clone();
+    unknown["retries"] = json!(3);
+    let r = s.post("/v1/gateway/routes", ADMIN, unknown).await;
+    assert!(r.status == 422 || r.status == 400, "{}", r.status);
+    assert!(r.body["detail"].as_str().unwrap().contains("retries"), "{}", r.body);
+    // Nothing refused was stored or served.
+    assert_eq!(s.get("/v1/gateway/routes", ADMIN).await.ok(200)["data"].as_array().unwrap().len(), 1);
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(format!("{gw}/orders/1")).send().await.unwrap().status(), 404);
+
+    s.post("/v1/gateway/routes", ADMIN, good.clone()).await.ok(201);
+    s.post("/v1/gateway/routes", ADMIN, good.clone()).await.problem(409, "conflict");
+    let r = s
+        .call(reqwest::Method::PUT, "/v1/gateway/routes/orders", Some(ADMIN), Some(with("/name", json!("other"))))
+        .await;
+    assert_eq!(r.problem(422, "validation_failed")["field"], "/name");
+    let r = s
+        .call(reqwest::Method::PUT, "/v1/gateway/routes/other", Some(ADMIN), Some(with("/name", json!("other"))))
+        .await;
+    r.problem(404, "not_found");
+    let r = s
+        .call(reqwest::Method::PUT, "/v1/gateway/routes/declared", Some(ADMIN), Some(with("/name", json!("declared"))))
+        .await;
+    r.problem(409, "conflict");
+    assert_eq!(s.delete("/v1/gateway/routes/declared", ADMIN).await.status, 409);
+    s.post("/v1/gateway/routes/orders/rollback", ADMIN, json!({"version": 9})).await.problem(404, "not_found");
+    // Routes are the operator's: a tenant key cannot read or change them.
+    s.tenant("acme").await;
+    let (key, _) = s.tenant_key("acme", &["events:read"]).await;
+    assert_eq!(s.get("/v1/gateway/routes", &key).await.status, 403);
+    assert_eq!(s.post("/v1/gateway/routes", &key, good).await.status, 403);
+}
+
+async fn retries_go_to_another_target_only_when_replaying_is_safe(engine: Engine) {
+    let (a, b) = (Flaky::start("a").await, Flaky::start("b").await);
+    let down = closed_port().await;
+    // `pair`: a target that refuses connections beside a healthy one; breakers and ejection are
+    // kept out of the way so every request shows the retry decision.
+    let mut pair = pool_route("pair", &[&down, &a.url]);
+    pair.resilience.breaker_consecutive_failures = 1000;
+    pair.resilience.breaker_min_requests = 1000;
+    pair.resilience.outlier_consecutive_failures = 1000;
+    // `sick`: one target that answers 503.
+    let mut sick = pool_route("sick", &[&b.url]);
+    sick.resilience.retries = 2;
+    sick.resilience.breaker_consecutive_failures = 1000;
+    sick.resilience.breaker_min_requests = 1000;
+    let (s, gw) = gateway(engine, vec![pair, sick]).await;
+    let c = reqwest::Client::new();
+
+    for _ in 0..6 {
+        let r = send(&c, reqwest::Method::GET, &format!("{gw}/pair/x"), None).await;
+        assert_eq!((r.status, r.body["upstream"].as_str()), (200, Some("a")), "a GET is retried on the other target");
+    }
+    assert_eq!(a.hits(), 6);
+    // A POST is not replayed: where the first try failed to connect, the client gets the 502.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(send(&c, reqwest::Method::POST, &format!("{gw}/pair/x"), None).await.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 502).count(), 2, "{statuses:?}");
+    assert_eq!(a.hits(), 2);
+    // With an Idempotency-Key the upstream deduplicates by, it is.
+    for i in 0..4 {
+        let r = send(&c, reqwest::Method::POST, &format!("{gw}/pair/x"), Some(&format!("k{i}"))).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(a.hits(), 4);
+
+    // 503 answers are retried up to `retries` times (3 tries), then passed on.
+    b.fail(true);
+    let r = send(&c, reqwest::Method::GET, &format!("{gw}/sick/x"), None).await;
+    assert_eq!((r.status, r.body["upstream"].as_str()), (503, Some("b")), "the upstream's own answer is passed on");
+    assert_eq!(b.hits(), 3);
+    let r = send(&c, reqwest::Method::PATCH, &format!("{gw}/sick/x"), None).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(b.hits(), 1, "PATCH is not idempotent");
+    assert!(metric_sum(&s.metrics_text().await, "runway_gateway_retries_total") >= 6.0);
+}
+
+async fn a_failing_target_trips_its_breaker_and_a_probe_closes_it(engine: Engine) {
+    let a = Flaky::start("a").await;
+    let mut r = pool_route("solo", &[&a.url]);
+    r.resilience.retries = 0;
+    r.resilience.breaker_consecutive_failures = 3;
+    r.resilience.breaker_open_ms = 500;
+    let (s, gw) = gateway(engine, vec![r]).await;
+    let c = reqwest::Client::new();
+    let url = format!("{gw}/solo/x");
+
+    a.fail(true);
+    for _ in 0..3 {
+        assert_eq!(send(&c, reqwest::Method::GET, &url, None).await.status, 503);
+    }
+    assert_eq!(a.hits(), 3);
+    // Open: the gateway fails fast without reaching the target, and says when to come back.
+    let r = send(&c, reqwest::Method::GET, &url, None).await;
+    let p = r.problem(503, "upstream_unavailable");
+    assert!(p["detail"].as_str().unwrap().contains("solo"), "{p}");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(a.hits(), 0, "an open breaker keeps requests off the target");
+
+    // Half-open after the open time: one probe; it fails, so the breaker opens again (longer).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(send(&c, reqwest::Method::GET, &url, None).await.body["upstream"], "a", "the probe reached it");
+    assert_eq!(a.hits(), 1);
+    assert_eq!(
+        send(&c, reqwest::Method::GET, &url, None).await.problem(503, "upstream_unavailable")["code"],
+        "upstream_unavailable"
+    );
+    assert_eq!(a.hits(), 0);
+
+    // The target recovers; after the (doubled) open time the probe succeeds and closes it.
+    a.fail(false);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for _ in 0..5 {
+        assert_eq!(send(&c, reqwest::Method::GET, &url, None).await.status, 200);
+    }
+    assert_eq!(a.hits(), 5);
+    let m = s.metrics_text().await;
+    assert!(m.contains("runway_gateway_breaker_transitions_total") && m.contains("to=\"closed\""), "{m}");
+    assert!(m.contains("runway_gateway_breaker_rejections_total"), "every decision is a metric");
+}
+
+async fn outliers_are_ejected_and_health_checks_take_targets_out_and_back(engine: Engine) {
+    let (a, b, h1, h2) =
+        (Flaky::start("a").await, Flaky::start("b").await, Flaky::start("h1").await, Flaky::start("h2").await);
+    let mut ejecting = pool_route("ejecting", &[&a.url, &b.url]);
+    ejecting.resilience.retries = 0;
+    ejecting.resilience.breaker_consecutive_failures = 1000;
+    ejecting.resilience.breaker_min_requests = 1000;
+    ejecting.resilience.outlier_consecutive_failures = 2;
+    let mut checked = pool_route("checked", &[&h1.url, &h2.url]);
+    // Only the health checks decide here (the requests that reach h1 while it fails would
+    // otherwise also eject it or open its breaker).
+    checked.resilience.retries = 0;
+    checked.resilience.breaker_consecutive_failures = 1000;
+    checked.resilience.breaker_min_requests = 1000;
+    checked.resilience.outlier_consecutive_failures = 1000;
+    checked.resilience.health_check = Some(runway_core::config::HealthCheckConfig {
+        path: "/health".into(),
+        interval_ms: 100,
+        timeout_ms: 100,
+        healthy_threshold: 2,
+        unhealthy_threshold: 2,
+    });
+    let (s, gw) = gateway(engine, vec![ejecting, checked]).await;
+    let c = reqwest::Client::new();
+
+    a.fail(true);
+    let mut failures = 0;
+    for _ in 0..20 {
+        if send(&c, reqwest::Method::GET, &format!("{gw}/ejecting/x"), None).await.status == 503 {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 2, "two failures in a row eject `a`; the rest go to `b`");
+    assert_eq!((a.hits(), b.hits()), (2, 18));
+    assert_eq!(metric_sum(&s.metrics_text().await, "runway_gateway_outlier_ejections_total"), 1.0);
+
+    // `h1` fails its health checks: after two, it takes no traffic, without any request failing.
+    h1.fail(true);
+    eventually("h1 is taken out by its health checks", || async {
+        h1.hits();
+        for _ in 0..4 {
+            send(&c, reqwest::Method::GET, &format!("{gw}/checked/x"), None).await;
+        }
+        h1.hits() == 0
+    })
+    .await;
+    h2.hits();
+    h1.fail(false);
+    eventually("h1 comes back after two passing checks", || async {
+        for _ in 0..4 {
+            send(&c, reqwest::Method::GET, &format!("{gw}/checked/x"), None).await;
+        }
+        h1.hits() > 0
+    })
+    .await;
+    let m = s.metrics_text().await;
+    assert!(m.contains("runway_gateway_health_changes_total"), "{m}");
+    let _ = (a.name, h2.name);
+}
+
+async fn sli_records_count_each_route_and_tenant_per_minute(engine: Engine) {
+    let up = echo().await;
+    let down = closed_port().await;
+    let mut dead = route("down", "/down", &down, RouteAuth::Anonymous);
+    dead.resilience.retries = 0;
+    let routes = vec![
+        route("orders", "/orders", &up, RouteAuth::TenantKey),
+        route("public", "/public", &up, RouteAuth::Anonymous),
+        dead,
+    ];
+    let (s, gw) = gateway_with(engine, routes, |c| {
+        c.gateway.sli_flush_ms = 100;
+        c.gateway.metrics_top_tenants = 1;
+    })
+    .await;
+    let acme = s.tenant("acme").await["id"].as_str().unwrap().to_owned();
+    let (key, _) = s.tenant_key("acme", &["events:read"]).await;
+    let c = reqwest::Client::new();
+    for path in ["/orders/1", "/orders/2", "/orders/teapot"] {
+        c.get(format!("{gw}{path}")).bearer_auth(&key).send().await.unwrap().bytes().await.unwrap();
+    }
+    let r = c.post(format!("{gw}/orders/3")).bearer_auth(&key).body("123456789").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    for _ in 0..2 {
+        c.get(format!("{gw}/public/x")).send().await.unwrap().bytes().await.unwrap();
+    }
+    assert_eq!(c.get(format!("{gw}/down/x")).send().await.unwrap().status(), 502);
+
+    let series = |q: &'static str| {
+        let s = &s;
+        async move { s.get(&format!("/v1/gateway/sli?{q}"), ADMIN).await.ok(200).clone() }
+    };
+    eventually("every request is in the SLI records", || async {
+        series("").await["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["requests"]["total"].as_u64().unwrap())
+            .sum::<u64>()
+            == 7
+    })
+    .await;
+    let orders = series("route=orders").await;
+    assert_eq!(orders["step"], 60);
+    assert_eq!(
+        orders["latency_buckets_ms"].as_array().unwrap().len() + 1,
+        orders["data"][0]["latency"]["counts"].as_array().unwrap().len()
+    );
+    let points = orders["data"].as_array().unwrap();
+    let sum = |field: &str| -> u64 { points.iter().map(|p| p.pointer(field).unwrap().as_u64().unwrap()).sum() };
+    assert_eq!((sum("/requests/2xx"), sum("/requests/4xx"), sum("/requests/5xx")), (3, 1, 0));
+    assert_eq!(sum("/bytes_in"), 9, "the POST body");
+    assert!(sum("/bytes_out") > 100, "the echoed answers");
+    let latencies: u64 =
+        points.iter().flat_map(|p| p["latency"]["counts"].as_array().unwrap()).map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(latencies, 4);
+    assert_eq!(points[0]["availability"], 1.0, "a 418 is the client's error, not a failure");
+    assert!(points[0]["latency"]["p99_ms"].as_f64().is_some());
+
+    let by_tenant = s.get(&format!("/v1/gateway/sli?tenant={acme}"), ADMIN).await;
+    let total: u64 =
+        by_tenant.ok(200)["data"].as_array().unwrap().iter().map(|p| p["requests"]["total"].as_u64().unwrap()).sum();
+    assert_eq!(total, 4);
+    let anonymous = series("route=public&tenant=-").await;
+    assert_eq!(anonymous["data"][0]["requests"]["total"], 2);
+    let failed = series("route=down").await;
+    assert_eq!(
+        (failed["data"][0]["requests"]["5xx"].as_u64(), failed["data"][0]["availability"].as_f64()),
+        (Some(1), Some(0.0))
+    );
+    // Hour steps merge the minutes; a range without traffic is empty.
+    let hourly = series("step=3600").await;
+    assert_eq!(hourly["data"].as_array().unwrap().len(), 1, "{hourly}");
+    let empty = series("from=2020-01-01T00:00:00Z&to=2020-01-01T01:00:00Z").await;
+    assert_eq!(empty["data"].as_array().unwrap().len(), 0);
+
+    for (q, param) in [
+        ("step=30", "step"),
+        ("from=yesterday", "from"),
+        ("step=60&from=2020-01-01T00:00:00Z", "step"),
+        ("tenat=x", ""),
+    ] {
+        let r = s.get(&format!("/v1/gateway/sli?{q}"), ADMIN).await;
+        let p = r.problem(400, "invalid_query");
+        if !param.is_empty() {
+            assert_eq!(p["parameter"], param, "{q}: {p}");
+        }
+    }
+    assert_eq!(s.get("/v1/gateway/sli", &key).await.status, 403);
+
+    // After a flush the busiest tenant gets its own label in the RED metrics; others stay `other`.
+    eventually("acme is labelled by id", || async {
+        c.get(format!("{gw}/orders/9")).bearer_auth(&key).send().await.unwrap().bytes().await.unwrap();
+        s.metrics_text().await.contains(&format!("tenant=\"{acme}\""))
+    })
+    .await;
 }

@@ -90,12 +90,20 @@ async fn metrics_show_red_and_pool_gauges(engine: Engine) {
 
 fn spawn_serve(dir: &std::path::Path, extra_env: &[(&str, &str)]) -> (std::process::Child, String, Vec<String>) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_runway"));
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("RUNWAY_ADMIN_TOKEN")
-        .env_remove("RUNWAY_DATABASE_URL");
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--gateway-listen",
+        "127.0.0.1:0",
+    ])
+    .current_dir(dir)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .env_remove("RUNWAY_ADMIN_TOKEN")
+    .env_remove("RUNWAY_DATABASE_URL");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }

@@ -31,6 +31,10 @@ pub const TABLE_OWNERS: &[(&str, &str)] = &[
     ("flag_guards", "flags"),
     ("flag_usage", "flags"),
     ("flag_clients", "flags"),
+    ("gateway_routes", "gateway"),
+    ("gateway_route_versions", "gateway"),
+    ("gateway_state", "gateway"),
+    ("gateway_sli", "gateway"),
 ];
 
 /// Reviewed exceptions to ownership, each with its reason. Migrations are immutable once applied
