@@ -105,6 +105,35 @@ pub struct RouteConfig {
     /// Balancing, retries, circuit breakers, outlier ejection and health checks of the pool.
     #[serde(default)]
     pub resilience: ResilienceConfig,
+    /// `Idempotency-Key` on POST and PATCH: `off`, `optional` (honoured when sent) or
+    /// `required` (refused without one).
+    #[serde(default)]
+    pub idempotency: IdempotencyMode,
+    /// How long a key's answer is kept and replayed; published in the route document.
+    #[serde(default = "default_idempotency_ttl_secs")]
+    pub idempotency_ttl_secs: u64,
+    /// Upstream answers larger than this are passed on but not stored (the key is released).
+    #[serde(default = "default_idempotency_max_response_bytes")]
+    pub idempotency_max_response_bytes: u64,
+}
+
+/// Whether a route honours `Idempotency-Key`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IdempotencyMode {
+    #[default]
+    Off,
+    /// Requests with a key are deduplicated; those without pass as they are.
+    Optional,
+    /// POST and PATCH without a key are refused with 400.
+    Required,
+}
+
+fn default_idempotency_ttl_secs() -> u64 {
+    86_400
+}
+fn default_idempotency_max_response_bytes() -> u64 {
+    1024 * 1024
 }
 
 /// How a route's pool survives failing targets. The defaults are Envoy's.
@@ -309,6 +338,15 @@ impl RouteConfig {
         }
         if self.auth == RouteAuth::Anonymous && !self.scopes.is_empty() {
             return bad("scopes", "an anonymous route cannot require scopes");
+        }
+        if self.idempotency != IdempotencyMode::Off && self.auth == RouteAuth::Anonymous {
+            return bad("idempotency", "keys are scoped to a credential; an anonymous route cannot use them");
+        }
+        if self.idempotency_ttl_secs == 0 || self.idempotency_ttl_secs > 30 * 86_400 {
+            return bad("idempotency_ttl_secs", "between 1 second and 30 days");
+        }
+        if self.idempotency_max_response_bytes == 0 || self.idempotency_max_response_bytes > 16 * 1024 * 1024 {
+            return bad("idempotency_max_response_bytes", "between 1 byte and 16 MiB");
         }
         let r = &self.resilience;
         if r.retries > 10 {
@@ -1021,6 +1059,9 @@ mod tests {
             body_limit_bytes: 1,
             max_concurrent_requests: None,
             resilience: ResilienceConfig::default(),
+            idempotency: IdempotencyMode::Off,
+            idempotency_ttl_secs: 60,
+            idempotency_max_response_bytes: 1024,
         };
         let check = |change: &dyn Fn(&mut Vec<RouteConfig>)| {
             let mut c = Config::default();

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod idempotent;
 pub mod pool;
 pub mod records;
 pub mod resilience;
@@ -29,7 +30,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use route::RouteTable;
 use runway_audit::AuditContext;
-use runway_core::config::{Config, ConfigError, RouteAuth, RouteConfig};
+use runway_core::config::{Config, ConfigError, IdempotencyMode, RouteAuth, RouteConfig};
 use runway_core::{ApiError, Clock, ErrorCode};
 use runway_identity::Identity;
 use runway_identity::auth::{Principal, PrincipalKind};
@@ -640,20 +641,57 @@ async fn proxy(
         kept = Some(bytes::Bytes::new());
         streamed = None;
     } else if replayable && declared.is_some_and(|n| n <= REPLAY_BUFFER_BYTES) {
-        let body = streamed.take().unwrap_or_default();
-        match Limited::new(body, limit).collect().await {
-            Ok(b) => kept = Some(b.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                let e = problem(
-                    ErrorCode::PayloadTooLarge,
-                    format!("the body is over this route's {} bytes", c.body_limit_bytes),
+        match read_whole(streamed.take().unwrap_or_default(), c).await {
+            Ok(b) => kept = Some(b),
+            Err(e) => return finish(&c.name, tenant.as_deref(), started, e),
+        }
+    }
+
+    // Edge idempotency (POST and PATCH on routes that enable it): the whole body is read to
+    // tell requests apart, the key is claimed for the credential, a stored answer replayed.
+    let mut claim: Option<idempotent::Claim> = None;
+    if c.idempotency != IdempotencyMode::Off && matches!(parts.method.as_str(), "POST" | "PATCH") {
+        let key = match runway_idempotency::key_from(&parts.headers) {
+            Ok(k) => k,
+            Err(e) => return finish(&c.name, tenant.as_deref(), started, e.into_response()),
+        };
+        match (key, principal.as_ref()) {
+            (None, _) if c.idempotency == IdempotencyMode::Required => {
+                let e = ApiError::header("Idempotency-Key", "this route requires an Idempotency-Key on POST and PATCH");
+                return finish(&c.name, tenant.as_deref(), started, e.into_response());
+            }
+            (Some(key), Some(p)) => {
+                let bytes = match (kept.clone(), streamed.take()) {
+                    (Some(b), _) => b,
+                    (None, body) => match read_whole(body.unwrap_or_default(), c).await {
+                        Ok(b) => b,
+                        Err(e) => return finish(&c.name, tenant.as_deref(), started, e),
+                    },
+                };
+                kept = Some(bytes.clone());
+                let hash = runway_idempotency::request_hash(
+                    parts.method.as_str(),
+                    parts.uri.path(),
+                    parts.uri.query(),
+                    &bytes,
                 );
-                return finish(&c.name, tenant.as_deref(), started, e);
+                let credential = format!("gateway:{}", p.credential_id());
+                let now = gw.clock.now_micros();
+                let ttl = i64::try_from(c.idempotency_ttl_secs).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
+                match runway_idempotency::begin(&gw.store, now, ttl, &credential, &key, &hash).await {
+                    Ok(runway_idempotency::Begin::Replay(mut res)) => {
+                        metrics::counter!("runway_gateway_idempotent_replays_total", "route" => c.name.clone())
+                            .increment(1);
+                        runway_identity::auth::add_rate_headers(&mut res, rate_headers);
+                        return finish(&c.name, tenant.as_deref(), started, res);
+                    }
+                    Ok(runway_idempotency::Begin::Proceed) => {
+                        claim = Some(idempotent::Claim { store: gw.store.clone(), credential, key });
+                    }
+                    Err(e) => return finish(&c.name, tenant.as_deref(), started, e.into_response()),
+                }
             }
-            Err(_) => {
-                let e = problem(ErrorCode::MalformedBody, "the request body could not be read");
-                return finish(&c.name, tenant.as_deref(), started, e);
-            }
+            _ => {}
         }
     }
 
@@ -661,7 +699,10 @@ async fn proxy(
     let _active = pool.enter();
     let mut tried: Vec<usize> = Vec::new();
     let mut _retry_permit = None;
+    // The status of the upstream's own answer, when the last try got one.
+    let mut answered: Option<u16>;
     let response = loop {
+        answered = None;
         let now = Instant::now();
         let (ti, lease) = match pool.pick(now, &tried) {
             Ok(t) => t,
@@ -729,6 +770,7 @@ async fn proxy(
             }
             Ok(Ok(r)) => {
                 let status = r.status().as_u16();
+                answered = Some(status);
                 pool.record(ti, Instant::now(), resilience::Outcome::from_status(status));
                 let (mut parts, body) = r.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -758,12 +800,36 @@ async fn proxy(
         tokio::time::sleep(pool.backoff(attempt)).await;
     };
     let mut response = response;
+    if let Some(claim) = claim {
+        // Stored only when the upstream answered, below 500 (a 5xx may be retried).
+        match answered {
+            Some(status) if status < 500 => {
+                let (parts, body) = response.into_parts();
+                let max = usize::try_from(c.idempotency_max_response_bytes).unwrap_or(usize::MAX);
+                response = idempotent::store_answer(claim, parts, body, max).await;
+            }
+            _ => claim.release().await,
+        }
+    }
     runway_identity::auth::add_rate_headers(&mut response, rate_headers);
     finish(&c.name, tenant.as_deref(), started, response)
 }
 
 /// Bodies up to this size (declared) are held so a retry can send them again.
 const REPLAY_BUFFER_BYTES: u64 = 64 * 1024;
+
+/// Reads a whole request body within the route's limit: 413 over it, 400 when it breaks off.
+async fn read_whole(body: Body, c: &RouteConfig) -> Result<bytes::Bytes, Response<Body>> {
+    let limit = usize::try_from(c.body_limit_bytes).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(problem(
+            ErrorCode::PayloadTooLarge,
+            format!("the body is over this route's {} bytes", c.body_limit_bytes),
+        )),
+        Err(_) => Err(problem(ErrorCode::MalformedBody, "the request body could not be read")),
+    }
+}
 
 /// Whether the body is known to be empty (no `Content-Length`, no `Transfer-Encoding`, and
 /// the body says it has ended).

@@ -97,6 +97,9 @@ mod tests {
             body_limit_bytes: 1,
             max_concurrent_requests: None,
             resilience: Default::default(),
+            idempotency: Default::default(),
+            idempotency_ttl_secs: 86_400,
+            idempotency_max_response_bytes: 1 << 20,
         }
     }
 

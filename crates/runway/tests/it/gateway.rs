@@ -20,7 +20,39 @@ crate::both_engines!(
     a_failing_target_trips_its_breaker_and_a_probe_closes_it,
     outliers_are_ejected_and_health_checks_take_targets_out_and_back,
     sli_records_count_each_route_and_tenant_per_minute,
+    edge_idempotency_replays_refuses_and_releases_keys,
 );
+
+/// A payments upstream: every POST is a new payment (`n` counts them); `/pay/fail` answers
+/// 500, `/pay/slow` takes 800 ms, `/pay/big` answers 4 KiB.
+async fn payments() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = n.clone();
+    let app = axum::Router::new().fallback(move |method: axum::http::Method, uri: axum::http::Uri, body: String| {
+        let count = count.clone();
+        async move {
+            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+            match uri.path() {
+                "/pay/fail" => {
+                    (axum::http::StatusCode::INTERNAL_SERVER_ERROR, [("location", String::new())], "no".to_owned())
+                }
+                "/pay/big" => (axum::http::StatusCode::OK, [("location", format!("/pay/{n}"))], "x".repeat(4096)),
+                path => {
+                    if path == "/pay/slow" {
+                        tokio::time::sleep(Duration::from_millis(800)).await;
+                    }
+                    let out = json!({"n": n, "method": method.as_str(), "body": body}).to_string();
+                    (axum::http::StatusCode::CREATED, [("location", format!("/pay/{n}"))], out)
+                }
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), n)
+}
 
 /// An upstream the test can make fail: it counts requests, answers 503 on every path while
 /// failing (its `/health` too), and otherwise 200 with its name.
@@ -162,6 +194,9 @@ fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth) -> RouteConf
         body_limit_bytes: 1_024,
         max_concurrent_requests: None,
         resilience: Default::default(),
+        idempotency: Default::default(),
+        idempotency_ttl_secs: 86_400,
+        idempotency_max_response_bytes: 1 << 20,
     }
 }
 
@@ -516,6 +551,16 @@ async fn route_documents_that_cannot_work_are_refused_naming_the_field(engine: E
         (with("/name", json!("Not A Name")), 422, "validation_failed", "/name"),
         (with("/request_timeout_ms", json!(0)), 422, "validation_failed", "/request_timeout_ms"),
         (with("/name", json!("declared")), 409, "conflict", ""),
+        (
+            {
+                let mut d = with("/auth", json!("anonymous"));
+                d["idempotency"] = json!("optional");
+                d
+            },
+            422,
+            "validation_failed",
+            "/idempotency",
+        ),
     ];
     for (doc, status, code, field) in cases {
         let r = s.post("/v1/gateway/routes", ADMIN, doc.clone()).await;
@@ -806,4 +851,73 @@ async fn sli_records_count_each_route_and_tenant_per_minute(engine: Engine) {
         s.metrics_text().await.contains(&format!("tenant=\"{acme}\""))
     })
     .await;
+}
+
+async fn edge_idempotency_replays_refuses_and_releases_keys(engine: Engine) {
+    use std::sync::atomic::Ordering;
+    let (up, hits) = payments().await;
+    let mut pay = route("pay", "/pay", &up, RouteAuth::TenantKey);
+    pay.idempotency = runway_core::config::IdempotencyMode::Required;
+    pay.idempotency_max_response_bytes = 1024;
+    let (s, gw) = gateway(engine, vec![pay]).await;
+    s.tenant("acme").await;
+    let (key, _) = s.tenant_key("acme", &["events:read"]).await;
+    let (other, _) = s.tenant_key("acme", &["events:read"]).await;
+    let c = reqwest::Client::new();
+    let post = |path: &str, token: &str, idem: Option<&str>, body: &str| {
+        let mut r = c.post(format!("{gw}{path}")).bearer_auth(token).body(body.to_owned());
+        if let Some(k) = idem {
+            r = r.header("idempotency-key", k);
+        }
+        async move { TestServer::read(r.send().await.unwrap()).await }
+    };
+    let hits_now = || hits.swap(0, Ordering::SeqCst);
+
+    // Required: a POST without a key never reaches the upstream.
+    let r = post("/pay", &key, None, "{}").await;
+    assert_eq!(r.problem(400, "invalid_header")["parameter"], "Idempotency-Key");
+    assert_eq!(hits_now(), 0);
+
+    // The same key and request: the stored answer, marked, without a second payment.
+    let first = post("/pay", &key, Some("k1"), r#"{"amount":5}"#).await;
+    assert_eq!(first.status, 201);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let again = post("/pay", &key, Some("k1"), r#"{"amount":5}"#).await;
+    assert_eq!((again.status, again.header("idempotent-replayed")), (201, Some("true")));
+    assert_eq!(again.text, first.text);
+    assert_eq!(again.header("location"), first.header("location"));
+    assert_eq!(hits_now(), 1);
+    // Another request under the key is refused; another credential has keys of its own.
+    post("/pay", &key, Some("k1"), r#"{"amount":6}"#).await.problem(422, "idempotency_key_reused");
+    assert_eq!(post("/pay", &other, Some("k1"), r#"{"amount":5}"#).await.header("idempotent-replayed"), None);
+    assert_eq!(hits_now(), 1);
+
+    // While the first is running, a retry is told to wait.
+    let slow = tokio::spawn(post("/pay/slow", &key, Some("k2"), "{}"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let busy = post("/pay/slow", &key, Some("k2"), "{}").await;
+    busy.problem(409, "idempotency_key_in_use");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert_eq!(slow.await.unwrap().status, 201);
+    assert_eq!(post("/pay/slow", &key, Some("k2"), "{}").await.header("idempotent-replayed"), Some("true"));
+    assert_eq!(hits_now(), 1);
+
+    // A 5xx is not stored: the same key tries again.
+    assert_eq!(post("/pay/fail", &key, Some("k3"), "{}").await.status, 500);
+    assert_eq!(post("/pay/fail", &key, Some("k3"), "{}").await.status, 500);
+    assert_eq!(hits_now(), 2);
+    // An answer over the route's bound is passed on whole but not stored.
+    let big = post("/pay/big", &key, Some("k4"), "{}").await;
+    assert_eq!((big.status, big.text.len()), (200, 4096));
+    assert_eq!(post("/pay/big", &key, Some("k4"), "{}").await.header("idempotent-replayed"), None);
+    assert_eq!(hits_now(), 2);
+    // Methods other than POST and PATCH pass as they are.
+    for _ in 0..2 {
+        c.get(format!("{gw}/pay/x")).bearer_auth(&key).header("idempotency-key", "k1").send().await.unwrap();
+    }
+    assert_eq!(hits_now(), 2);
+    // The published expiry is part of the route document.
+    let routes = s.get("/v1/gateway/routes/pay", ADMIN).await;
+    assert_eq!(routes.ok(200)["idempotency_ttl_secs"], 86_400);
+    assert_eq!(routes.ok(200)["idempotency"], "required");
 }

@@ -15,7 +15,7 @@ pub const TABLE_OWNERS: &[(&str, &str)] = &[
     ("platform_settings", "identity"),
     ("audit_entries", "audit"),
     ("audit_heads", "audit"),
-    ("idempotency_records", "server"),
+    ("idempotency_records", "idempotency"),
     ("event_types", "events"),
     ("events", "events"),
     ("webhook_endpoints", "events"),
