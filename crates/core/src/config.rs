@@ -44,6 +44,26 @@ pub struct GatewayConfig {
     pub sli_retention_days: u32,
     /// RED metrics label this many tenants (the busiest lately) by id, the rest as `other`.
     pub metrics_top_tenants: usize,
+    /// `redis://…`: the plan's rate limits are shared by every replica through Redis; unset:
+    /// each replica limits on its own.
+    pub redis_url: Option<SecretString>,
+    /// What a limit decision does when Redis does not answer: `open` (fall back to this
+    /// replica's own limits) or `closed` (refuse with 503).
+    pub redis_failure: RedisFailure,
+    /// How long a limit decision waits for Redis.
+    pub redis_timeout_ms: u64,
+}
+
+/// What the gateway's limits do when Redis cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisFailure {
+    /// Fall back to the per-replica limits: traffic keeps flowing, limits loosen by the number
+    /// of replicas.
+    #[default]
+    Open,
+    /// Refuse with 503 until Redis answers again.
+    Closed,
 }
 
 impl Default for GatewayConfig {
@@ -56,6 +76,9 @@ impl Default for GatewayConfig {
             sli_flush_ms: 10_000,
             sli_retention_days: 30,
             metrics_top_tenants: 20,
+            redis_url: None,
+            redis_failure: RedisFailure::Open,
+            redis_timeout_ms: 50,
         }
     }
 }
@@ -854,6 +877,16 @@ impl GatewayConfig {
         }
         if self.sli_retention_days == 0 {
             return Err(bad("gateway.sli_retention_days", "at least 1"));
+        }
+        if self
+            .redis_url
+            .as_ref()
+            .is_some_and(|u| !u.expose().starts_with("redis://") && !u.expose().starts_with("rediss://"))
+        {
+            return Err(bad("gateway.redis_url", "must start with redis:// or rediss://"));
+        }
+        if self.redis_timeout_ms == 0 || self.redis_timeout_ms > 5_000 {
+            return Err(bad("gateway.redis_timeout_ms", "between 1 and 5000"));
         }
         if self.metrics_top_tenants > 1000 {
             return Err(bad("gateway.metrics_top_tenants", "at most 1000 (each is a label value)"));

@@ -16,6 +16,7 @@ pub mod pool;
 pub mod records;
 pub mod resilience;
 pub mod route;
+pub mod shared_limits;
 pub mod signature;
 pub mod sli;
 
@@ -30,11 +31,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use route::RouteTable;
 use runway_audit::AuditContext;
-use runway_core::config::{Config, ConfigError, IdempotencyMode, RouteAuth, RouteConfig};
+use runway_core::config::{Config, ConfigError, IdempotencyMode, RedisFailure, RouteAuth, RouteConfig};
 use runway_core::{ApiError, Clock, ErrorCode};
 use runway_identity::Identity;
 use runway_identity::auth::{Principal, PrincipalKind};
-use runway_identity::ratelimit::ApiLimiter;
+use runway_identity::ratelimit::{Admission, ApiLimiter, Refusal};
 use runway_identity::scope::{Scope, ScopeSet};
 use runway_store::Store;
 use std::collections::HashMap;
@@ -60,6 +61,8 @@ pub struct Gateway {
     /// per key, a bulkhead per tenant) in buckets of their own, so API calls and proxied calls
     /// do not eat each other's allowance.
     limits: ApiLimiter,
+    /// The same limits shared by every replica through Redis, when `gateway.redis_url` is set.
+    shared: Option<shared_limits::SharedLimits>,
     /// Signs the identity headers for the upstream, when `gateway.identity_secret` is set.
     signer: Option<signature::IdentitySigner>,
     identity: Arc<Identity>,
@@ -134,6 +137,17 @@ impl Gateway {
             declared: config.routes.clone(),
             clients: Mutex::new(HashMap::new()),
             limits: ApiLimiter::new(full),
+            shared: match &config.redis_url {
+                None => None,
+                Some(url) => Some(
+                    shared_limits::SharedLimits::new(
+                        url.expose(),
+                        Duration::from_millis(config.redis_timeout_ms),
+                        config.redis_failure,
+                    )
+                    .map_err(|reason| ConfigError { key: "gateway.redis_url".into(), reason })?,
+                ),
+            },
             signer: config.identity_secret.as_ref().map(|s| signature::IdentitySigner::new(s.expose().as_bytes())),
             identity,
             store,
@@ -303,7 +317,12 @@ impl Gateway {
                         Err(e) => tracing::warn!(error = %e.detail, "could not purge old SLI records"),
                     }
                 }
-                _ = shrink.tick() => self.limits.shrink(),
+                _ = shrink.tick() => {
+                    self.limits.shrink();
+                    if let Some(s) = &self.shared {
+                        s.shrink();
+                    }
+                }
                 _ = health.tick() => self.start_due_health_checks(),
                 _ = poll.tick() => if let Err(e) = self.refresh().await {
                     tracing::warn!(error = %e.detail, "could not refresh gateway routes");
@@ -401,6 +420,46 @@ impl Gateway {
                     pool.record_check(i, pass);
                 });
             }
+        }
+    }
+
+    /// The plan's limits for a principal: through Redis when shared (one round trip), else
+    /// this replica's buckets; the tenant's bulkhead is always this replica's.
+    async fn admit(&self, p: &Principal) -> Result<Admission, Refusal> {
+        let Some(shared) = &self.shared else { return self.limits.admit(p) };
+        let Some((plan_name, plan)) = self.limits.plan_of(p) else {
+            return Ok(Admission { headers: None, permit: None });
+        };
+        let (plan_name, plan) = (plan_name.to_owned(), plan.clone());
+        let tenant = p.tenant().map(|t| t.as_str());
+        let key = p.key_id().map(|k| k.as_str());
+        let w = runway_identity::ratelimit::window_secs(&plan);
+        let policy = [tenant.map(|_| "tenant"), key.map(|_| "key")]
+            .into_iter()
+            .flatten()
+            .map(|b| format!("\"{b}\";q={};w={w}", plan.burst))
+            .collect::<Vec<_>>()
+            .join(", ");
+        match shared.check(&plan_name, &plan, tenant, key).await {
+            shared_limits::Decision::Allowed { bucket, remaining } => {
+                let t = (plan.burst - remaining.min(plan.burst)).div_ceil(plan.requests_per_second.max(1));
+                let headers = Some((policy, format!("\"{bucket}\";r={remaining};t={t}")));
+                let permit = self.limits.hold(p, headers.clone())?;
+                Ok(Admission { headers, permit })
+            }
+            shared_limits::Decision::Refused { bucket, retry_after_secs } => {
+                Err(runway_identity::ratelimit::rate_refusal(&plan_name, bucket, retry_after_secs, policy))
+            }
+            shared_limits::Decision::Unreachable => match shared.failure {
+                RedisFailure::Open => self.limits.admit(p),
+                RedisFailure::Closed => Err(Refusal {
+                    error: Box::new(
+                        ApiError::new(ErrorCode::Unavailable, "the shared rate-limit store cannot be reached")
+                            .with_retry_after(1),
+                    ),
+                    headers: None,
+                }),
+            },
         }
     }
 
@@ -523,7 +582,11 @@ async fn proxy(
     let tenant = principal.as_ref().and_then(|p| p.tenant()).map(|t| t.as_str().to_owned());
     // The plan's limits (keys only), then the route's bulkhead; the permits are held until the
     // response body has been sent.
-    let (rate_headers, mut tenant_permit) = match principal.as_ref().map(|p| gw.limits.admit(p)) {
+    let admitted = match principal.as_ref() {
+        None => None,
+        Some(p) => Some(gw.admit(p).await),
+    };
+    let (rate_headers, mut tenant_permit) = match admitted {
         None => (None, None),
         Some(Ok(a)) => (a.headers, a.permit),
         Some(Err(refusal)) => {

@@ -49,8 +49,23 @@ fn quota(p: &PlanLimits) -> Quota {
     Quota::per_second(rps).allow_burst(burst)
 }
 
-fn window_secs(p: &PlanLimits) -> u32 {
+/// The `w` of `RateLimit-Policy`: seconds for an empty bucket to fill.
+pub fn window_secs(p: &PlanLimits) -> u32 {
     p.burst.div_ceil(p.requests_per_second).max(1)
+}
+
+/// The 429 for an exhausted bucket (`tenant` or `key`), with its `RateLimit` headers.
+pub fn rate_refusal(plan: &str, bucket: &str, retry_after_secs: u64, policy: String) -> Refusal {
+    Refusal {
+        error: Box::new(
+            ApiError::new(
+                ErrorCode::RateLimited,
+                format!("the {bucket} rate limit of the `{plan}` plan is exhausted; retry after {retry_after_secs} s"),
+            )
+            .with_retry_after(retry_after_secs),
+        ),
+        headers: Some((policy, format!("\"{bucket}\";r=0;t={retry_after_secs}"))),
+    }
 }
 
 impl ApiLimiter {
@@ -78,49 +93,46 @@ impl ApiLimiter {
         }
     }
 
+    /// The plan that limits the principal (its name and limits); `None` for the admin token,
+    /// the local operator and plans not configured.
+    pub fn plan_of(&self, p: &Principal) -> Option<(&str, &PlanLimits)> {
+        let name = match (&p.plan, p.tenant()) {
+            (Some(plan), Some(_)) => plan.as_str(),
+            (_, None) if p.key_id().is_some() => self.service_plan.as_str(),
+            _ => return None,
+        };
+        self.plans.get_key_value(name).map(|(n, b)| (n.as_str(), &b.limits))
+    }
+
     /// Checks the principal's buckets; the admin token is not limited.
     pub fn admit(&self, p: &Principal) -> Result<Admission, Refusal> {
-        let (plan_name, tenant) = match (&p.plan, p.tenant()) {
-            (Some(plan), Some(t)) => (plan.as_str(), Some(t.as_str())),
-            (_, None) if p.key_id().is_some() => (self.service_plan.as_str(), None),
-            _ => {
-                return Ok(Admission { headers: None, permit: None });
-            }
+        let Some((plan_name, _)) = self.plan_of(p) else {
+            return Ok(Admission { headers: None, permit: None });
         };
         let Some(plan) = self.plans.get(plan_name) else {
             return Ok(Admission { headers: None, permit: None });
         };
+        let tenant = p.tenant().map(|t| t.as_str());
         let w = window_secs(&plan.limits);
         let mut policy = Vec::new();
         let mut tightest: Option<(&str, u32)> = None;
-        let mut check =
-            |name: &'static str, limiter: &Limiter, key: &str| -> Result<(), Refusal> {
-                policy.push(format!("\"{name}\";q={};w={w}", plan.limits.burst));
-                match limiter.check_key(&key.to_owned()) {
-                    Ok(snap) => {
-                        let r = snap.remaining_burst_capacity();
-                        if tightest.is_none_or(|(_, t)| r < t) {
-                            tightest = Some((name, r));
-                        }
-                        Ok(())
+        let mut check = |name: &'static str, limiter: &Limiter, key: &str| -> Result<(), Refusal> {
+            policy.push(format!("\"{name}\";q={};w={w}", plan.limits.burst));
+            match limiter.check_key(&key.to_owned()) {
+                Ok(snap) => {
+                    let r = snap.remaining_burst_capacity();
+                    if tightest.is_none_or(|(_, t)| r < t) {
+                        tightest = Some((name, r));
                     }
-                    Err(not_until) => {
-                        let wait = not_until.wait_time_from(self.clock.now());
-                        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                        let headers = (policy.join(", "), format!("\"{name}\";r=0;t={secs}"));
-                        Err(Refusal {
-                        error: Box::new(ApiError::new(
-                            ErrorCode::RateLimited,
-                            format!(
-                                "the {name} rate limit of the `{plan_name}` plan is exhausted; retry after {secs} s"
-                            ),
-                        )
-                        .with_retry_after(secs)),
-                        headers: Some(headers),
-                    })
-                    }
+                    Ok(())
                 }
-            };
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(self.clock.now());
+                    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                    Err(rate_refusal(plan_name, name, secs, policy.join(", ")))
+                }
+            }
+        };
         if let Some(t) = tenant {
             check("tenant", &plan.tenants, t)?;
         }
@@ -131,36 +143,37 @@ impl ApiLimiter {
             let t = (plan.limits.burst - r.min(plan.limits.burst)).div_ceil(plan.limits.requests_per_second);
             (policy.join(", "), format!("\"{name}\";r={r};t={t}"))
         });
-        let permit = match tenant {
-            Some(t) => {
-                let sem = {
-                    let mut map = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
-                    map.entry(t.to_owned())
-                        .or_insert_with(|| Arc::new(Semaphore::new(plan.limits.max_concurrent_requests as usize)))
-                        .clone()
-                };
-                match sem.try_acquire_owned() {
-                    Ok(permit) => Some(permit),
-                    Err(_) => {
-                        return Err(Refusal {
-                            error: Box::new(
-                                ApiError::new(
-                                    ErrorCode::ConcurrencyLimited,
-                                    format!(
-                                        "more than {} requests in flight for this tenant",
-                                        plan.limits.max_concurrent_requests
-                                    ),
-                                )
-                                .with_retry_after(1),
-                            ),
-                            headers,
-                        });
-                    }
-                }
-            }
-            None => None,
-        };
+        let permit = self.hold(p, headers.clone())?;
         Ok(Admission { headers, permit })
+    }
+
+    /// A place in the tenant's bulkhead (`max_concurrent_requests`), held until the response;
+    /// `None` for principals without a tenant. `headers` go with a refusal.
+    pub fn hold(
+        &self,
+        p: &Principal,
+        headers: Option<(String, String)>,
+    ) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
+        let (Some(t), Some((_, limits))) = (p.tenant(), self.plan_of(p)) else { return Ok(None) };
+        let sem = {
+            let mut map = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(t.as_str().to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(limits.max_concurrent_requests as usize)))
+                .clone()
+        };
+        match sem.try_acquire_owned() {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => Err(Refusal {
+                error: Box::new(
+                    ApiError::new(
+                        ErrorCode::ConcurrencyLimited,
+                        format!("more than {} requests in flight for this tenant", limits.max_concurrent_requests),
+                    )
+                    .with_retry_after(1),
+                ),
+                headers,
+            }),
+        }
     }
 
     /// Drops bucket state of idle keys; governor's keyed maps otherwise grow without bound.

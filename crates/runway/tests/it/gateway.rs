@@ -21,7 +21,44 @@ crate::both_engines!(
     outliers_are_ejected_and_health_checks_take_targets_out_and_back,
     sli_records_count_each_route_and_tenant_per_minute,
     edge_idempotency_replays_refuses_and_releases_keys,
+    redis_shares_plan_limits_between_replicas_and_fails_open_or_closed,
 );
+
+/// A Redis server of the test's own, on a free port, stopped when dropped.
+struct OwnRedis {
+    child: std::process::Child,
+    url: String,
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (Debian's redis-server package)");
+        let url = format!("redis://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        OwnRedis { child, url }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
 
 /// A payments upstream: every POST is a new payment (`n` counts them); `/pay/fail` answers
 /// 500, `/pay/slow` takes 800 ms, `/pay/big` answers 4 KiB.
@@ -920,4 +957,61 @@ async fn edge_idempotency_replays_refuses_and_releases_keys(engine: Engine) {
     let routes = s.get("/v1/gateway/routes/pay", ADMIN).await;
     assert_eq!(routes.ok(200)["idempotency_ttl_secs"], 86_400);
     assert_eq!(routes.ok(200)["idempotency"], "required");
+}
+
+async fn redis_shares_plan_limits_between_replicas_and_fails_open_or_closed(engine: Engine) {
+    let up = echo().await;
+    let mut redis = OwnRedis::start().await;
+    let tweak = |c: &mut runway_core::config::Config, url: &str, failure: runway_core::config::RedisFailure| {
+        c.gateway.routes = vec![route("t", "/t", &up, RouteAuth::TenantKey)];
+        c.gateway.redis_url = Some(runway_core::secret::SecretString::new(url));
+        c.gateway.redis_failure = failure;
+        c.tenants.default_plan = "free".into();
+        let free = c.plans.get_mut("free").unwrap();
+        (free.requests_per_second, free.burst) = (1, 4);
+    };
+    let url = redis.url.clone();
+    let a = TestServer::start_with(engine, |c| tweak(c, &url, runway_core::config::RedisFailure::Open)).await;
+    let mut cb = a.db.config();
+    tweak(&mut cb, &url, runway_core::config::RedisFailure::Closed);
+    let b = TestServer::start_on(a.db.clone(), cb, std::sync::Arc::new(runway_core::SystemClock)).await;
+    let gw_a = format!("http://{}", a.running.as_ref().unwrap().gateway_addr.unwrap());
+    let gw_b = format!("http://{}", b.running.as_ref().unwrap().gateway_addr.unwrap());
+    a.tenant("acme").await;
+    let (key, _) = a.tenant_key("acme", &["events:read"]).await;
+    let c = reqwest::Client::new();
+    let get = |gw: &str| {
+        let req = c.get(format!("{gw}/t/1")).bearer_auth(&key);
+        async move { TestServer::read(req.send().await.unwrap()).await }
+    };
+
+    // One bucket of 4 for both replicas: alternating, the fifth request is refused wherever
+    // it lands (each replica alone would allow 4).
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let r = get(if i % 2 == 0 { &gw_a } else { &gw_b }).await;
+        if r.status == 200 {
+            assert!(r.header("ratelimit-policy").unwrap().contains("\"tenant\";q=4"), "{:?}", r.headers);
+        } else {
+            r.problem(429, "rate_limited");
+            assert!(r.header("retry-after").is_some());
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 4, "{statuses:?}");
+    assert_eq!(&statuses[4..], [429, 429, 429, 429]);
+    let m = a.metrics_text().await;
+    assert!(m.contains("runway_gateway_shared_limit_decisions_total"), "{m}");
+
+    // Redis goes away: replica A fails open (its own limits, which allow a fresh burst here),
+    // replica B fails closed (503).
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = get(&gw_a).await;
+    assert_eq!(r.status, 200, "fail open: {}", r.text);
+    let r = get(&gw_b).await;
+    r.problem(503, "unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // The API itself is not behind Redis.
+    a.get("/v1/tenants/acme/events", &key).await.ok(200);
 }
