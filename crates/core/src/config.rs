@@ -52,6 +52,54 @@ pub struct GatewayConfig {
     pub redis_failure: RedisFailure,
     /// How long a limit decision waits for Redis.
     pub redis_timeout_ms: u64,
+    /// External identity providers whose JWTs routes with `auth = "jwt"` accept.
+    pub jwt_issuers: Vec<JwtIssuer>,
+}
+
+/// One trusted identity provider, as written in the gateway's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    /// The exact `iss` the IdP puts in its tokens (trailing slash included, as Auth0 writes it).
+    pub issuer: String,
+    /// Where the IdP publishes its JWKS (`http://` or `https://`).
+    pub jwks_url: String,
+    /// `aud` must contain one of these. Empty means the audience is not checked: any token of
+    /// this IdP is then accepted, including ones minted for other applications of the same IdP
+    /// tenant, so leave it empty only for an IdP that serves Runway alone.
+    pub audiences: Vec<String>,
+    /// Allowed `alg`s (JWA names, case-sensitive). `none` and `HS*` are refused by the gateway's check.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, at most 300 s.
+    #[serde(default = "default_leeway_secs")]
+    pub leeway_secs: u64,
+    /// The claim naming the Runway tenant (id or slug). A dotted path such as `org.id` walks into
+    /// objects; a top-level key containing dots (Auth0's `https://runway.dev/tenant`) is tried first.
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+    /// The claim holding the scopes: a space-separated string (`scope`) or an array (`scp`).
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    /// How old the cached JWKS may get before the gateway fetches it again.
+    #[serde(default = "default_cache_secs")]
+    pub cache_secs: u64,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".to_owned()]
+}
+fn default_leeway_secs() -> u64 {
+    60
+}
+fn default_tenant_claim() -> String {
+    "tenant_id".to_owned()
+}
+fn default_scopes_claim() -> String {
+    "scope".to_owned()
+}
+fn default_cache_secs() -> u64 {
+    600
 }
 
 /// What the gateway's limits do when Redis cannot be reached.
@@ -79,6 +127,7 @@ impl Default for GatewayConfig {
             redis_url: None,
             redis_failure: RedisFailure::Open,
             redis_timeout_ms: 50,
+            jwt_issuers: Vec::new(),
         }
     }
 }
@@ -109,7 +158,8 @@ pub struct RouteConfig {
     /// The credential a request needs.
     #[serde(default)]
     pub auth: RouteAuth,
-    /// Runway scopes the credential must hold.
+    /// Scopes the credential must hold: Runway scopes for keys, the issuer's own scope names
+    /// for `jwt` routes.
     #[serde(default)]
     #[schema(max_items = 32)]
     pub scopes: Vec<String>,
@@ -443,6 +493,8 @@ pub enum RouteAuth {
     ServiceKey,
     /// Any Runway credential.
     AnyKey,
+    /// A JWT from one of `gateway.jwt_issuers`, verified through its JWKS.
+    Jwt,
     /// No credential.
     Anonymous,
 }
@@ -897,6 +949,12 @@ impl GatewayConfig {
                 return Err(bad(format!("gateway.routes[{i}].name"), "must be unique"));
             }
             r.check().map_err(|p| bad(format!("gateway.routes[{i}].{}", p.field), p.reason))?;
+            if r.auth == RouteAuth::Jwt && self.jwt_issuers.is_empty() {
+                return Err(bad(
+                    format!("gateway.routes[{i}].auth"),
+                    "a jwt route needs a [[gateway.jwt_issuers]] entry",
+                ));
+            }
         }
         Ok(())
     }

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod catalog;
 pub mod idempotent;
+pub mod jwt;
 pub mod pool;
 pub mod records;
 pub mod resilience;
@@ -34,7 +35,7 @@ use runway_audit::AuditContext;
 use runway_core::config::{Config, ConfigError, IdempotencyMode, RedisFailure, RouteAuth, RouteConfig};
 use runway_core::{ApiError, Clock, ErrorCode};
 use runway_identity::Identity;
-use runway_identity::auth::{Principal, PrincipalKind};
+use runway_identity::auth::PrincipalKind;
 use runway_identity::ratelimit::{Admission, ApiLimiter, Refusal};
 use runway_identity::scope::{Scope, ScopeSet};
 use runway_store::Store;
@@ -65,6 +66,8 @@ pub struct Gateway {
     shared: Option<shared_limits::SharedLimits>,
     /// Signs the identity headers for the upstream, when `gateway.identity_secret` is set.
     signer: Option<signature::IdentitySigner>,
+    /// Verifies JWTs of `gateway.jwt_issuers`, when any are configured.
+    jwt: Option<jwt::JwtVerifier>,
     identity: Arc<Identity>,
     store: Store,
     clock: Arc<dyn Clock>,
@@ -78,6 +81,8 @@ pub struct Gateway {
     /// Recent requests per tenant (halved every flush), for `top_tenants`.
     tenant_traffic: Mutex<HashMap<String, f64>>,
     settings: runway_core::config::GatewayConfig,
+    /// The plan that limits JWT callers without a tenant claim (`auth.service_key_plan`).
+    settings_service_plan: String,
 }
 
 /// One route table with the per-route state that goes with it, built for one stored revision
@@ -103,6 +108,8 @@ impl RouteSet {
 /// What a route needs at request time beside its config.
 struct RouteState {
     client: Upstream,
+    /// A `jwt` route's required scopes (the issuer's names); key routes use `scopes`.
+    token_scopes: Vec<String>,
     /// The pool's targets with their breakers, health and ejections.
     pool: Arc<pool::Pool>,
     scopes: ScopeSet,
@@ -111,9 +118,13 @@ struct RouteState {
     bulkhead: Option<Arc<tokio::sync::Semaphore>>,
 }
 
-/// The route's scope names as Runway scopes; the name that is not one otherwise.
-fn parse_scopes(names: &[String]) -> Result<ScopeSet, String> {
-    names.iter().map(|n| Scope::parse(n).ok_or_else(|| n.clone())).collect()
+/// The route's scope names as Runway scopes (for key routes; a `jwt` route's scopes are the
+/// issuer's own names); the name that is not one otherwise.
+fn parse_scopes(r: &RouteConfig) -> Result<ScopeSet, String> {
+    if r.auth == RouteAuth::Jwt {
+        return Ok(ScopeSet::default());
+    }
+    r.scopes.iter().map(|n| Scope::parse(n).ok_or_else(|| n.clone())).collect()
 }
 
 impl Gateway {
@@ -127,10 +138,14 @@ impl Gateway {
     ) -> Result<Arc<Gateway>, ConfigError> {
         let config = &full.gateway;
         for (i, r) in config.routes.iter().enumerate() {
-            parse_scopes(&r.scopes).map_err(|name| ConfigError {
+            parse_scopes(r).map_err(|name| ConfigError {
                 key: format!("gateway.routes[{i}].scopes"),
                 reason: format!("`{name}` is not a Runway scope"),
             })?;
+        }
+        for (i, issuer) in config.jwt_issuers.iter().enumerate() {
+            jwt::check_issuer(issuer)
+                .map_err(|(field, reason)| ConfigError { key: format!("gateway.jwt_issuers[{i}].{field}"), reason })?;
         }
         let gw = Arc::new(Gateway {
             routes: ArcSwap::from_pointee(RouteSet { revision: 0, table: RouteTable::new(&[]), state: Vec::new() }),
@@ -149,6 +164,8 @@ impl Gateway {
                 ),
             },
             signer: config.identity_secret.as_ref().map(|s| signature::IdentitySigner::new(s.expose().as_bytes())),
+            jwt: (!config.jwt_issuers.is_empty())
+                .then(|| jwt::JwtVerifier::new(config.jwt_issuers.clone(), reqwest::Client::new())),
             identity,
             store,
             clock,
@@ -158,6 +175,7 @@ impl Gateway {
             top_tenants: ArcSwap::from_pointee(std::collections::HashSet::new()),
             tenant_traffic: Mutex::new(HashMap::new()),
             settings: config.clone(),
+            settings_service_plan: full.auth.service_key_plan.clone(),
         });
         gw.swap(0, Vec::new());
         Ok(gw)
@@ -213,7 +231,7 @@ impl Gateway {
             configs.push(s.config);
         }
         let mut state = Vec::with_capacity(configs.len());
-        configs.retain(|c| match parse_scopes(&c.scopes) {
+        configs.retain(|c| match parse_scopes(c) {
             Ok(scopes) => {
                 let kept = previous.table.position(&c.name).and_then(|i| {
                     previous.state[i]
@@ -229,7 +247,14 @@ impl Gateway {
                     .map(|i| previous.state[i].pool.clone())
                     .filter(|p| p.same_as(c))
                     .unwrap_or_else(|| Arc::new(pool::Pool::new(c)));
-                state.push(RouteState { client: self.client(c.connect_timeout_ms), scopes, bulkhead, pool });
+                let token_scopes = if c.auth == RouteAuth::Jwt { c.scopes.clone() } else { Vec::new() };
+                state.push(RouteState {
+                    client: self.client(c.connect_timeout_ms),
+                    token_scopes,
+                    scopes,
+                    bulkhead,
+                    pool,
+                });
                 true
             }
             Err(name) => {
@@ -267,8 +292,10 @@ impl Gateway {
                 format!("route `{}` is declared in runway.toml; change it there", r.name),
             ));
         }
-        parse_scopes(&r.scopes)
-            .map_err(|name| ApiError::validation("/scopes", format!("`{name}` is not a Runway scope")))?;
+        parse_scopes(r).map_err(|name| ApiError::validation("/scopes", format!("`{name}` is not a Runway scope")))?;
+        if r.auth == RouteAuth::Jwt && self.jwt.is_none() {
+            return Err(ApiError::validation("/auth", "no gateway.jwt_issuers are configured for jwt routes"));
+        }
         Ok(())
     }
 
@@ -305,10 +332,14 @@ impl Gateway {
         let mut health = tokio::time::interval(Duration::from_millis(50));
         let mut flush = tokio::time::interval(Duration::from_millis(self.settings.sli_flush_ms));
         let mut purge = tokio::time::interval(Duration::from_secs(3600));
+        let mut jwks = tokio::time::interval(Duration::from_secs(10));
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = flush.tick() => self.flush_sli().await,
+                _ = jwks.tick() => if let Some(j) = &self.jwt {
+                    j.refresh_due(self.clock.now_micros().div_euclid(1_000_000)).await;
+                },
                 _ = purge.tick() => {
                     let keep = i64::from(self.settings.sli_retention_days) * 86_400;
                     let before = self.clock.now_micros() / 1_000_000 - keep;
@@ -423,35 +454,36 @@ impl Gateway {
         }
     }
 
-    /// The plan's limits for a principal: through Redis when shared (one round trip), else
-    /// this replica's buckets; the tenant's bulkhead is always this replica's.
-    async fn admit(&self, p: &Principal) -> Result<Admission, Refusal> {
-        let Some(shared) = &self.shared else { return self.limits.admit(p) };
-        let Some((plan_name, plan)) = self.limits.plan_of(p) else {
+    /// The plan's limits for a caller: through Redis when shared (one round trip), else this
+    /// replica's buckets; the tenant's bulkhead is always this replica's.
+    async fn admit(&self, caller: &Caller) -> Result<Admission, Refusal> {
+        let Some(plan_name) = caller.plan.as_deref() else {
             return Ok(Admission { headers: None, permit: None });
         };
-        let (plan_name, plan) = (plan_name.to_owned(), plan.clone());
-        let tenant = p.tenant().map(|t| t.as_str());
-        let key = p.key_id().map(|k| k.as_str());
-        let w = runway_identity::ratelimit::window_secs(&plan);
+        let (tenant, key) = (caller.tenant.as_deref(), caller.bucket.as_deref());
+        let Some(shared) = &self.shared else { return self.limits.admit_as(plan_name, tenant, key) };
+        let Some(plan) = self.limits.plan(plan_name) else {
+            return Ok(Admission { headers: None, permit: None });
+        };
+        let w = runway_identity::ratelimit::window_secs(plan);
         let policy = [tenant.map(|_| "tenant"), key.map(|_| "key")]
             .into_iter()
             .flatten()
             .map(|b| format!("\"{b}\";q={};w={w}", plan.burst))
             .collect::<Vec<_>>()
             .join(", ");
-        match shared.check(&plan_name, &plan, tenant, key).await {
+        match shared.check(plan_name, plan, tenant, key).await {
             shared_limits::Decision::Allowed { bucket, remaining } => {
                 let t = (plan.burst - remaining.min(plan.burst)).div_ceil(plan.requests_per_second.max(1));
                 let headers = Some((policy, format!("\"{bucket}\";r={remaining};t={t}")));
-                let permit = self.limits.hold(p, headers.clone())?;
+                let permit = self.limits.hold(plan_name, tenant, headers.clone())?;
                 Ok(Admission { headers, permit })
             }
             shared_limits::Decision::Refused { bucket, retry_after_secs } => {
-                Err(runway_identity::ratelimit::rate_refusal(&plan_name, bucket, retry_after_secs, policy))
+                Err(runway_identity::ratelimit::rate_refusal(plan_name, bucket, retry_after_secs, policy))
             }
             shared_limits::Decision::Unreachable => match shared.failure {
-                RedisFailure::Open => self.limits.admit(p),
+                RedisFailure::Open => self.limits.admit_as(plan_name, tenant, key),
                 RedisFailure::Closed => Err(Refusal {
                     error: Box::new(
                         ApiError::new(ErrorCode::Unavailable, "the shared rate-limit store cannot be reached")
@@ -513,34 +545,105 @@ fn credential(h: &HeaderMap) -> Option<&str> {
     h.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)
 }
 
-/// Checks the route's credential rule; the principal when a key was required.
-async fn authorize(
-    gw: &Gateway,
-    scopes: ScopeSet,
-    auth: RouteAuth,
-    h: &HeaderMap,
-) -> Result<Option<Principal>, ApiError> {
+/// Who a request is once its credential is verified (a Runway key, or an issuer's JWT): what
+/// the upstream is told, whose limits apply, whose idempotency keys these are.
+struct Caller {
+    /// The Runway tenant's ID.
+    tenant: Option<String>,
+    /// `x-runway-subject`: the key's ID (`admin` for the admin token), or the token's `sub`.
+    subject: String,
+    /// `x-runway-scopes`, space-separated.
+    scopes: String,
+    /// The plan whose limits apply.
+    plan: Option<String>,
+    /// The credential's own bucket within the plan: the key's ID, or `jwt:<iss>#<sub>`.
+    bucket: Option<String>,
+    /// Whom idempotency records belong to.
+    credential: String,
+}
+
+/// Checks the route's credential rule; the caller when one was required.
+async fn authorize(gw: &Gateway, rs: &RouteState, auth: RouteAuth, h: &HeaderMap) -> Result<Option<Caller>, ApiError> {
     if auth == RouteAuth::Anonymous {
         return Ok(None);
+    }
+    if auth == RouteAuth::Jwt {
+        return authorize_token(gw, rs, h).await.map(Some);
     }
     let token = credential(h).ok_or_else(|| ApiError::unauthenticated("this route needs a Runway credential"))?;
     let p = gw.identity.auth.authenticate(token).await?;
     let fits = match auth {
         RouteAuth::TenantKey => matches!(p.kind, PrincipalKind::Tenant { .. }),
         RouteAuth::ServiceKey => matches!(p.kind, PrincipalKind::Service { .. } | PrincipalKind::Admin),
-        RouteAuth::AnyKey | RouteAuth::Anonymous => true,
+        RouteAuth::AnyKey | RouteAuth::Anonymous | RouteAuth::Jwt => true,
     };
     if !fits {
         let wanted = if auth == RouteAuth::TenantKey { "a tenant key" } else { "a service key" };
         return Err(ApiError::new(ErrorCode::MissingScope, format!("this route needs {wanted}")));
     }
-    if let Some(missing) = scopes.iter().find(|s| !p.scopes.contains(*s)) {
+    if let Some(missing) = rs.scopes.iter().find(|s| !p.scopes.contains(*s)) {
         return Err(ApiError::new(
             ErrorCode::MissingScope,
             format!("this route needs the scope `{}`", missing.as_str()),
         ));
     }
-    Ok(Some(p))
+    Ok(Some(Caller {
+        tenant: p.tenant().map(|t| t.as_str().to_owned()),
+        subject: p.credential_id().to_owned(),
+        scopes: p.scopes.names().join(" "),
+        plan: gw.limits.plan_of(&p).map(|(name, _)| name.to_owned()),
+        bucket: p.key_id().map(|k| k.as_str().to_owned()),
+        credential: p.credential_id().to_owned(),
+    }))
+}
+
+/// A `jwt` route: `Authorization: Bearer <JWT>` of a configured issuer, its scopes, and its
+/// tenant claim naming a Runway tenant that is active (whose plan then limits it). A token
+/// without a tenant claim is limited by `auth.service_key_plan`.
+async fn authorize_token(gw: &Gateway, rs: &RouteState, h: &HeaderMap) -> Result<Caller, ApiError> {
+    let verifier = gw.jwt.as_ref().ok_or_else(|| ApiError::unauthenticated("no JWT issuers are configured"))?;
+    let raw = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::unauthenticated("this route needs `Authorization: Bearer <JWT>`"))?;
+    let now = gw.clock.now_micros().div_euclid(1_000_000);
+    let token = verifier.verify(raw, now).await.map_err(|e| {
+        metrics::counter!("runway_gateway_jwt_refused_total", "reason" => e.code()).increment(1);
+        match e {
+            jwt::JwtError::JwksUnavailable(detail) => {
+                tracing::warn!(detail, "the issuer's keys could not be fetched");
+                ApiError::new(ErrorCode::Unavailable, "the token's issuer keys cannot be fetched now")
+                    .with_retry_after(1)
+            }
+            e => ApiError::unauthenticated(format!("the token is not accepted: {e}")),
+        }
+    })?;
+    if let Some(missing) = rs.token_scopes.iter().find(|s| !token.scopes.contains(s)) {
+        return Err(ApiError::new(ErrorCode::MissingScope, format!("this route needs the scope `{missing}`")));
+    }
+    let (tenant, plan) = match &token.tenant {
+        None => (None, Some(gw.settings_service_plan.clone())),
+        Some(raw) => {
+            let t = gw.identity.tenant_by_ref(raw).await?.ok_or_else(|| {
+                ApiError::new(ErrorCode::MissingScope, format!("the token's tenant `{raw}` is not a Runway tenant"))
+            })?;
+            if t.state != runway_identity::tenants::TenantState::Active {
+                return Err(ApiError::new(ErrorCode::TenantSuspended, "the token's tenant is not active"));
+            }
+            (Some(t.id.as_str().to_owned()), Some(t.plan))
+        }
+    };
+    let bucket = format!("jwt:{}#{}", token.issuer, token.subject);
+    Ok(Caller {
+        tenant,
+        subject: token.subject,
+        scopes: token.scopes.join(" "),
+        plan,
+        bucket: Some(bucket.clone()),
+        credential: bucket,
+    })
 }
 
 /// Proxies one request: match, authorize, rewrite headers, send within the timeouts, stream
@@ -575,14 +678,14 @@ async fn proxy(
     };
     let c = &route.config;
     let rs = &set.state[i];
-    let principal = match authorize(&gw, rs.scopes, c.auth, &parts.headers).await {
+    let caller = match authorize(&gw, rs, c.auth, &parts.headers).await {
         Ok(p) => p,
         Err(e) => return finish(&c.name, None, started, e.into_response()),
     };
-    let tenant = principal.as_ref().and_then(|p| p.tenant()).map(|t| t.as_str().to_owned());
+    let tenant = caller.as_ref().and_then(|p| p.tenant.clone());
     // The plan's limits (keys only), then the route's bulkhead; the permits are held until the
     // response body has been sent.
-    let admitted = match principal.as_ref() {
+    let admitted = match caller.as_ref() {
         None => None,
         Some(p) => Some(gw.admit(p).await),
     };
@@ -639,11 +742,12 @@ async fn proxy(
         h.remove(k);
     }
     if c.auth != RouteAuth::Anonymous {
+        // The credential (key or token) stays at the edge.
         h.remove(header::AUTHORIZATION);
         h.remove("x-api-key");
     }
     h.remove(header::HOST);
-    if let Some(p) = &principal {
+    if let Some(p) = &caller {
         let set = |h: &mut HeaderMap, name: &'static str, v: &str| {
             if let Ok(v) = HeaderValue::from_str(v) {
                 h.insert(name, v);
@@ -652,8 +756,8 @@ async fn proxy(
         if let Some(t) = &tenant {
             set(h, "x-runway-tenant", t);
         }
-        set(h, "x-runway-subject", p.credential_id());
-        set(h, "x-runway-scopes", &p.scopes.names().join(" "));
+        set(h, "x-runway-subject", &p.subject);
+        set(h, "x-runway-scopes", &p.scopes);
     }
     if let Ok(v) = HeaderValue::from_str(&c.name) {
         h.insert("x-runway-route", v);
@@ -718,7 +822,7 @@ async fn proxy(
             Ok(k) => k,
             Err(e) => return finish(&c.name, tenant.as_deref(), started, e.into_response()),
         };
-        match (key, principal.as_ref()) {
+        match (key, caller.as_ref()) {
             (None, _) if c.idempotency == IdempotencyMode::Required => {
                 let e = ApiError::header("Idempotency-Key", "this route requires an Idempotency-Key on POST and PATCH");
                 return finish(&c.name, tenant.as_deref(), started, e.into_response());
@@ -738,7 +842,7 @@ async fn proxy(
                     parts.uri.query(),
                     &bytes,
                 );
-                let credential = format!("gateway:{}", p.credential_id());
+                let credential = format!("gateway:{}", p.credential);
                 let now = gw.clock.now_micros();
                 let ttl = i64::try_from(c.idempotency_ttl_secs).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
                 match runway_idempotency::begin(&gw.store, now, ttl, &credential, &key, &hash).await {

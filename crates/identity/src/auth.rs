@@ -310,6 +310,23 @@ async fn read_admin_hash(store: &Store) -> Result<Option<String>, ApiError> {
     Ok(v)
 }
 
+impl Authenticator {
+    /// A tenant by ID or slug through the tenant cache; `None` when there is none (or `raw` is
+    /// neither an ID nor a slug).
+    pub async fn tenant_by_ref(&self, raw: &str) -> Result<Option<Tenant>, ApiError> {
+        if let Some(t) = self.tenants.get(raw) {
+            return Ok(Some(t));
+        }
+        let Ok(r) = TenantRef::parse(raw) else { return Ok(None) };
+        let mut tx = self.store.read(DbScope::Platform).await?;
+        let found = tenants::find(&mut tx, &r).await?;
+        if let Some(t) = &found {
+            self.tenants.insert(raw.to_owned(), t.clone());
+        }
+        Ok(found)
+    }
+}
+
 impl Identity {
     /// Makes sure an admin token exists. Stores the configured one's hash when given (recording a
     /// change in the platform chain); otherwise mints one on first start only and returns it so

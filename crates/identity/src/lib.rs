@@ -43,6 +43,12 @@ impl Identity {
         })
     }
 
+    /// A tenant by ID or slug, for callers that name one outside a key (the gateway's JWTs),
+    /// through the same short-lived cache the API's tenant paths use.
+    pub async fn tenant_by_ref(&self, raw: &str) -> Result<Option<tenants::Tenant>, runway_core::ApiError> {
+        self.auth.tenant_by_ref(raw).await
+    }
+
     /// Background upkeep: writes `last_used_at` behind the request path and trims limiter state.
     /// Runs until `stop` resolves, then flushes once more.
     pub async fn run_upkeep(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {

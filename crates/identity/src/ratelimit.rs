@@ -106,13 +106,18 @@ impl ApiLimiter {
 
     /// Checks the principal's buckets; the admin token is not limited.
     pub fn admit(&self, p: &Principal) -> Result<Admission, Refusal> {
-        let Some((plan_name, _)) = self.plan_of(p) else {
+        let Some((plan, _)) = self.plan_of(p) else {
             return Ok(Admission { headers: None, permit: None });
         };
+        self.admit_as(plan, p.tenant().map(|t| t.as_str()), p.key_id().map(|k| k.as_str()))
+    }
+
+    /// Checks the buckets of `plan` for a tenant and a credential (a key, or another caller
+    /// such as a token's subject), then holds a place in the tenant's bulkhead.
+    pub fn admit_as(&self, plan_name: &str, tenant: Option<&str>, key: Option<&str>) -> Result<Admission, Refusal> {
         let Some(plan) = self.plans.get(plan_name) else {
             return Ok(Admission { headers: None, permit: None });
         };
-        let tenant = p.tenant().map(|t| t.as_str());
         let w = window_secs(&plan.limits);
         let mut policy = Vec::new();
         let mut tightest: Option<(&str, u32)> = None;
@@ -136,28 +141,30 @@ impl ApiLimiter {
         if let Some(t) = tenant {
             check("tenant", &plan.tenants, t)?;
         }
-        if let Some(k) = p.key_id() {
-            check("key", &plan.keys, k.as_str())?;
+        if let Some(k) = key {
+            check("key", &plan.keys, k)?;
         }
         let headers = tightest.map(|(name, r)| {
             let t = (plan.limits.burst - r.min(plan.limits.burst)).div_ceil(plan.limits.requests_per_second);
             (policy.join(", "), format!("\"{name}\";r={r};t={t}"))
         });
-        let permit = self.hold(p, headers.clone())?;
+        let permit = self.hold(plan_name, tenant, headers.clone())?;
         Ok(Admission { headers, permit })
     }
 
-    /// A place in the tenant's bulkhead (`max_concurrent_requests`), held until the response;
-    /// `None` for principals without a tenant. `headers` go with a refusal.
+    /// A place in the tenant's bulkhead (`max_concurrent_requests` of `plan`), held until the
+    /// response; `None` without a tenant. `headers` go with a refusal.
     pub fn hold(
         &self,
-        p: &Principal,
+        plan_name: &str,
+        tenant: Option<&str>,
         headers: Option<(String, String)>,
     ) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
-        let (Some(t), Some((_, limits))) = (p.tenant(), self.plan_of(p)) else { return Ok(None) };
+        let (Some(t), Some(plan)) = (tenant, self.plans.get(plan_name)) else { return Ok(None) };
+        let limits = &plan.limits;
         let sem = {
             let mut map = self.concurrency.lock().unwrap_or_else(|e| e.into_inner());
-            map.entry(t.as_str().to_owned())
+            map.entry(t.to_owned())
                 .or_insert_with(|| Arc::new(Semaphore::new(limits.max_concurrent_requests as usize)))
                 .clone()
         };
@@ -174,6 +181,11 @@ impl ApiLimiter {
                 headers,
             }),
         }
+    }
+
+    /// The limits of a plan, if configured.
+    pub fn plan(&self, name: &str) -> Option<&PlanLimits> {
+        self.plans.get(name).map(|b| &b.limits)
     }
 
     /// Drops bucket state of idle keys; governor's keyed maps otherwise grow without bound.

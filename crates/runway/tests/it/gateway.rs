@@ -22,6 +22,7 @@ crate::both_engines!(
     sli_records_count_each_route_and_tenant_per_minute,
     edge_idempotency_replays_refuses_and_releases_keys,
     redis_shares_plan_limits_between_replicas_and_fails_open_or_closed,
+    jwt_routes_verify_tokens_through_the_issuers_rotating_jwks,
 );
 
 /// A Redis server of the test's own, on a free port, stopped when dropped.
@@ -1014,4 +1015,123 @@ async fn redis_shares_plan_limits_between_replicas_and_fails_open_or_closed(engi
     assert_eq!(r.header("retry-after"), Some("1"));
     // The API itself is not behind Redis.
     a.get("/v1/tenants/acme/events", &key).await.ok(200);
+}
+
+/// A JWKS endpoint the test controls: the keys it serves and how often it was fetched.
+struct Jwks {
+    url: String,
+    keys: std::sync::Arc<std::sync::Mutex<Value>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Jwks {
+    fn key(kid: &str, n: &str) -> Value {
+        json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256", "n": n, "e": "AQAB"})
+    }
+
+    async fn start(keys: Vec<Value>) -> Jwks {
+        let keys = std::sync::Arc::new(std::sync::Mutex::new(json!({"keys": keys})));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (k, f) = (keys.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/.well-known/jwks.json",
+            axum::routing::get(move || {
+                let (k, f) = (k.clone(), f.clone());
+                async move {
+                    f.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    axum::Json(k.lock().unwrap().clone())
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/.well-known/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Jwks { url, keys, fetches }
+    }
+}
+
+async fn jwt_routes_verify_tokens_through_the_issuers_rotating_jwks(engine: Engine) {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    const ISS: &str = "https://idp.example/";
+    let up = echo().await;
+    let jwks = Jwks::start(vec![Jwks::key("k1", crate::jwt_keys::RSA1_N)]).await;
+    let clock = runway_core::ManualClock::new(time::OffsetDateTime::now_utc());
+    let db = Database::create(&engine).await;
+    let mut config = db.config();
+    let mut orders = route("orders", "/orders", &up, RouteAuth::Jwt);
+    orders.scopes = vec!["orders:read".into()];
+    config.gateway.routes = vec![orders];
+    config.gateway.identity_secret = Some(runway_core::secret::SecretString::new(SECRET));
+    config.gateway.jwt_issuers = vec![
+        serde_json::from_value(json!({"issuer": ISS, "jwks_url": jwks.url, "audiences": ["runway-api"]})).unwrap(),
+    ];
+    let s = TestServer::start_on(db, config, std::sync::Arc::new(clock.clone())).await;
+    let gw = format!("http://{}", s.running.as_ref().unwrap().gateway_addr.unwrap());
+    let acme = s.tenant("acme").await["id"].as_str().unwrap().to_owned();
+    let now = || runway_core::Clock::now_micros(&clock) / 1_000_000;
+    let token = |kid: &str, pem: &str, claims: Value| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        encode(&header, &claims, &EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap()).unwrap()
+    };
+    let claims = |extra: Value| {
+        let mut c = json!({"iss": ISS, "aud": "runway-api", "sub": "user-1", "exp": now() + 300,
+            "tenant_id": "acme", "scope": "orders:read profile"});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let c = reqwest::Client::new();
+    let call = |t: Option<String>| {
+        let mut r = c.get(format!("{gw}/orders/1"));
+        if let Some(t) = t {
+            r = r.bearer_auth(t);
+        }
+        async move { TestServer::read(r.send().await.unwrap()).await }
+    };
+
+    // A valid token: the upstream learns the tenant (by id), the subject and the scopes, and
+    // never sees the token.
+    let r = call(Some(token("k1", crate::jwt_keys::RSA1_PEM, claims(json!({}))))).await;
+    let got = r.ok(200);
+    assert_eq!(got["headers"]["x-runway-tenant"], acme.as_str());
+    assert_eq!(got["headers"]["x-runway-subject"], "user-1");
+    assert_eq!(got["headers"]["x-runway-scopes"], "orders:read profile");
+    assert!(got["headers"].get("authorization").is_none());
+    assert_eq!(verify_with_readme_snippet(&got["headers"], "GET", "/orders/1"), "ok");
+    assert_eq!(jwks.fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Refusals: no token, expired beyond the leeway, another audience, a missing scope, a
+    // tenant Runway does not know, a tampered signature.
+    call(None).await.problem(401, "unauthenticated");
+    let r = call(Some(token("k1", crate::jwt_keys::RSA1_PEM, claims(json!({"exp": now() - 120}))))).await;
+    assert!(r.problem(401, "unauthenticated")["detail"].as_str().unwrap().contains("expired"), "{}", r.text);
+    // Within the 60 s leeway it still passes.
+    call(Some(token("k1", crate::jwt_keys::RSA1_PEM, claims(json!({"exp": now() - 30}))))).await.ok(200);
+    call(Some(token("k1", crate::jwt_keys::RSA1_PEM, claims(json!({"aud": "another-app"})))))
+        .await
+        .problem(401, "unauthenticated");
+    let r = call(Some(token("k1", crate::jwt_keys::RSA1_PEM, claims(json!({"scope": "profile"}))))).await;
+    assert!(r.problem(403, "missing_scope")["detail"].as_str().unwrap().contains("orders:read"));
+    call(Some(token("k1", crate::jwt_keys::RSA1_PEM, claims(json!({"tenant_id": "nobody"})))))
+        .await
+        .problem(403, "missing_scope");
+    let forged = token("k1", crate::jwt_keys::RSA2_PEM, claims(json!({})));
+    call(Some(forged)).await.problem(401, "unauthenticated");
+
+    // The issuer rotates to a new key: a token under the new `kid` is accepted once the JWKS
+    // is fetched again (at most once per 10 s per issuer).
+    *jwks.keys.lock().unwrap() = json!({"keys": [Jwks::key("k2", crate::jwt_keys::RSA2_N)]});
+    clock.advance(time::Duration::seconds(11));
+    let r = call(Some(token("k2", crate::jwt_keys::RSA2_PEM, claims(json!({}))))).await;
+    assert_eq!(r.ok(200)["headers"]["x-runway-subject"], "user-1");
+    assert_eq!(jwks.fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Unknown kids do not hammer the issuer: one fetch per 10 s at most.
+    for i in 0..5 {
+        call(Some(token(&format!("nope{i}"), crate::jwt_keys::RSA2_PEM, claims(json!({})))))
+            .await
+            .problem(401, "unauthenticated");
+    }
+    assert!(jwks.fetches.load(std::sync::atomic::Ordering::SeqCst) <= 3);
+    let m = s.metrics_text().await;
+    assert!(m.contains("runway_gateway_jwt_refused_total"), "{m}");
 }

@@ -16,6 +16,7 @@ mod flags;
 mod gateway;
 mod hostile;
 mod isolation;
+mod jwt_keys;
 mod lifecycle;
 mod schema;
 mod tenants;
