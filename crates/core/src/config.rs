@@ -632,6 +632,20 @@ pub struct ServerConfig {
     /// A bearer token that also opens `/metrics` on the API listener (for scrapers that can only
     /// reach that one); unset, the API listener has no `/metrics`.
     pub metrics_token: Option<SecretString>,
+    /// What this process serves: `all` (default), `api` (no gateway listener) or `gateway` (the
+    /// gateway, with only `/healthz` and `/readyz` on the API listener and no background work of
+    /// the other capabilities), so the edge scales apart from the API.
+    pub role: Role,
+}
+
+/// Which parts of Runway a process serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    All,
+    Api,
+    Gateway,
 }
 
 /// The metrics listener: an address, or `off`.
@@ -813,6 +827,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             metrics_listen: MetricsListen::At(SocketAddr::from(([127, 0, 0, 1], 7402))),
             metrics_token: None,
+            role: Role::All,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod json;
 pub mod labels;
 pub mod page;
 pub mod secret;
+pub mod trace;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use error::{ApiError, ErrorCode};

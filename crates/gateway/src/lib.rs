@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 type Upstream = Client<HttpConnector, http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -514,7 +515,7 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// Removes hop-by-hop headers, those the `Connection` header names included, and `upgrade`
-/// (upgrades are not proxied yet).
+/// (an upgrade the gateway passes on is set again explicitly).
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -530,6 +531,47 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         h.remove(n);
     }
     h.remove(header::UPGRADE);
+}
+
+/// Whether the client asks to switch protocols (`Connection: upgrade` with an `Upgrade`).
+fn upgrade_requested(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Joins the client's and the upstream's upgraded connections until either side closes; the
+/// permits (plan, route, target) are held as long.
+fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    route: String,
+    held: impl Send + 'static,
+) {
+    tokio::spawn(async move {
+        let _held = held;
+        let (client, upstream) = match tokio::join!(client, upstream) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::warn!(route, client = c.is_ok(), upstream = u.is_ok(), "an upgrade did not complete");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        metrics::gauge!("runway_gateway_tunnels_open", "route" => route.clone()).increment(1.0);
+        let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        metrics::gauge!("runway_gateway_tunnels_open", "route" => route.clone()).decrement(1.0);
+        if let Ok((up, down)) = copied {
+            metrics::counter!("runway_gateway_tunnel_bytes_total", "route" => route.clone(), "direction" => "in")
+                .increment(up);
+            metrics::counter!("runway_gateway_tunnel_bytes_total", "route" => route, "direction" => "out")
+                .increment(down);
+        }
+    });
 }
 
 fn problem(code: ErrorCode, detail: impl Into<String>) -> Response<Body> {
@@ -653,11 +695,25 @@ async fn proxy(
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let (mut parts, body) = req.into_parts();
     // The request's id: the client's when sane, else a new one; the upstream gets it, the
     // client gets it back, the access log names it.
-    let request_id = runway_core::id::request_id(&parts.headers);
+    let request_id = runway_core::id::request_id(req.headers());
+    // A span per proxied request, the child of the caller's `traceparent`; the upstream gets
+    // this span's (`inject` before each try).
+    let span = tracing::info_span!(
+        "gateway.proxy",
+        request_id = %request_id,
+        method = %req.method(),
+        route = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    runway_core::trace::adopt_parent(&span, req.headers());
+    proxy_in_span(gw, client, req, request_id).instrument(span).await
+}
+
+async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>, request_id: String) -> Response<Body> {
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
     let id_value = HeaderValue::from_str(&request_id).ok();
     if let Some(v) = &id_value {
         parts.headers.insert(runway_core::id::REQUEST_ID_HEADER, v.clone());
@@ -735,8 +791,17 @@ async fn proxy(
     // `Idempotency-Key` the upstream deduplicates by) and the body can be sent again.
     let replayable = rs.pool.retries > 0
         && (resilience::is_retriable_method(parts.method.as_str()) || parts.headers.contains_key("idempotency-key"));
+    // An HTTP/1.1 upgrade (WebSocket and the like): the protocol is passed on, and once the
+    // upstream answers 101 the two connections are joined byte for byte.
+    let upgrade = upgrade_requested(&parts.headers).then(|| parts.headers.get(header::UPGRADE).cloned()).flatten();
+    let mut client_upgrade =
+        if upgrade.is_some() { parts.extensions.remove::<hyper::upgrade::OnUpgrade>() } else { None };
     let h = &mut parts.headers;
     strip_hop_by_hop(h);
+    if let Some(protocol) = &upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, protocol.clone());
+    }
     let theirs: Vec<HeaderName> = h.keys().filter(|k| k.as_str().starts_with("x-runway-")).cloned().collect();
     for k in theirs {
         h.remove(k);
@@ -888,6 +953,7 @@ async fn proxy(
         let target = &pool.targets[ti].url;
         *meter.upstream.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.clone());
         let mut req_parts = parts.clone();
+        runway_core::trace::inject(&tracing::Span::current(), &mut req_parts.headers);
         req_parts.uri = match format!("{target}{path_and_query}").parse::<Uri>() {
             Ok(u) => u,
             Err(e) => break problem(ErrorCode::InvalidPath, e.to_string()),
@@ -935,9 +1001,29 @@ async fn proxy(
                 pool.record(ti, Instant::now(), resilience::Outcome::Failure);
                 problem(ErrorCode::BadGateway, "the upstream could not be reached or closed the connection")
             }
-            Ok(Ok(r)) => {
+            Ok(Ok(mut r)) => {
                 let status = r.status().as_u16();
                 answered = Some(status);
+                if status == 101 {
+                    let Some(client_side) = client_upgrade.take() else {
+                        break problem(ErrorCode::BadGateway, "the upstream switched protocols unasked");
+                    };
+                    let upstream_side = hyper::upgrade::on(&mut r);
+                    let protocol = r.headers().get(header::UPGRADE).cloned();
+                    let (mut parts, _) = r.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    if let Some(p) = protocol {
+                        parts.headers.insert(header::UPGRADE, p);
+                    }
+                    tunnel(
+                        client_side,
+                        upstream_side,
+                        c.name.clone(),
+                        (lease, tenant_permit.take(), route_permit.take()),
+                    );
+                    break Response::from_parts(parts, Body::empty());
+                }
                 pool.record(ti, Instant::now(), resilience::Outcome::from_status(status));
                 let (mut parts, body) = r.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -1083,6 +1169,9 @@ fn finish(
     let status = response.status().as_u16();
     let class = runway_core::labels::status_class(status);
     let took = started.elapsed();
+    let span = tracing::Span::current();
+    span.record("route", route);
+    span.record("status", status);
     let tenant_label = gw.tenant_label(tenant);
     metrics::counter!("runway_gateway_requests_total", "route" => route.to_owned(), "status_class" => class, "tenant" => tenant_label)
         .increment(1);

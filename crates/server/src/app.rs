@@ -140,6 +140,15 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// The API listener of a `gateway`-role process: health and readiness only.
+pub fn ops_router(state: AppState) -> Router {
+    let (ops, _) = ops_routes().split_for_parts();
+    Router::new()
+        .merge(ops.with_state(state))
+        .fallback(|| async { ApiError::not_found("this process serves the gateway only (server.role = \"gateway\")") })
+        .layer(middleware::from_fn(crate::observe::observe))
+}
+
 /// The metrics listener's router: `/metrics` only, no credential (it listens on loopback unless
 /// the operator chose otherwise).
 pub fn metrics_router(state: AppState) -> Router {

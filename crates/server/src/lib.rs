@@ -197,7 +197,9 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         gateway: gateway.clone(),
         draining: Arc::new(AtomicBool::new(false)),
     };
-    let app = router(state.clone());
+    let role = config.server.role;
+    let app =
+        if role == runway_core::config::Role::Gateway { app::ops_router(state.clone()) } else { router(state.clone()) };
     let (stop_tx, stop_rx) = watch::channel(false);
     let wait_stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -219,7 +221,12 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     };
 
     let gateway_upkeep = tokio::spawn(gateway.clone().run_upkeep(wait_stop(stop_rx.clone())));
-    let (gateway_addr, gateway_task) = match config.gateway.listen {
+    let gateway_listen = if role == runway_core::config::Role::Api {
+        runway_core::config::MetricsListen::Off
+    } else {
+        config.gateway.listen
+    };
+    let (gateway_addr, gateway_task) = match gateway_listen {
         runway_core::config::MetricsListen::At(at) => {
             let l = tokio::net::TcpListener::bind(at).await.map_err(|source| StartError::Bind { addr: at, source })?;
             let bound = l.local_addr().map_err(|source| StartError::Bind { addr: at, source })?;
@@ -235,15 +242,23 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         runway_core::config::MetricsListen::Off => (None, None),
     };
     let upkeep = tokio::spawn(identity.clone().run_upkeep(wait_stop(stop_rx.clone())));
-    let worker =
-        config.events.worker_enabled.then(|| tokio::spawn(events.clone().run_worker(wait_stop(stop_rx.clone()))));
-    let flag_tasks = [
-        tokio::spawn(flags.clone().run_propagation(wait_stop(stop_rx.clone()))),
-        tokio::spawn(flags.clone().run_usage_flush(wait_stop(stop_rx.clone()))),
-        tokio::spawn(flags.clone().run_scheduler(wait_stop(stop_rx.clone()))),
-    ];
+    // A gateway-role process does none of the other capabilities' background work.
+    let serves_api = role != runway_core::config::Role::Gateway;
+    let worker = (serves_api && config.events.worker_enabled)
+        .then(|| tokio::spawn(events.clone().run_worker(wait_stop(stop_rx.clone()))));
+    let flag_tasks = if serves_api {
+        vec![
+            tokio::spawn(flags.clone().run_propagation(wait_stop(stop_rx.clone()))),
+            tokio::spawn(flags.clone().run_usage_flush(wait_stop(stop_rx.clone()))),
+            tokio::spawn(flags.clone().run_scheduler(wait_stop(stop_rx.clone()))),
+        ]
+    } else {
+        Vec::new()
+    };
     let mut relays = Vec::new();
-    for (i, r) in config.events.relays.iter().enumerate() {
+    let no_relays = Vec::new();
+    let relay_configs = if serves_api { &config.events.relays } else { &no_relays };
+    for (i, r) in relay_configs.iter().enumerate() {
         let source =
             sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_lazy(&r.source_url.0).map_err(|e| {
                 runway_core::config::ConfigError {

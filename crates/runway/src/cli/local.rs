@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Address of the edge gateway's listener, e.g. 127.0.0.1:7401, or `off`.
     #[arg(long)]
     pub gateway_listen: Option<String>,
+    /// What to serve: all (default), api, or gateway (the gateway alone, for the edge tier).
+    #[arg(long)]
+    pub role: Option<String>,
 }
 
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
@@ -72,6 +75,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     if let Some(g) = running.gateway_addr {
         println!("  Gateway     http://{g}   ({} routes)", running.state.gateway.routes().len());
+    }
+    match config.server.role {
+        runway_core::config::Role::All => {}
+        runway_core::config::Role::Api => println!("  Role        api (no gateway listener)"),
+        runway_core::config::Role::Gateway => {
+            println!("  Role        gateway (the API listener serves /healthz and /readyz only)")
+        }
     }
     println!("  Health      {base}/healthz   Readiness: {base}/readyz");
     println!("  Store       {}", running.state.store.describe());

@@ -109,6 +109,9 @@ fn overrides(cli: &Cli) -> Overrides {
         if let Some(g) = &args.gateway_listen {
             o.push(("gateway.listen", toml::Value::String(g.clone())));
         }
+        if let Some(r) = &args.role {
+            o.push(("server.role", toml::Value::String(r.clone())));
+        }
     }
     o
 }

@@ -23,6 +23,8 @@ crate::both_engines!(
     edge_idempotency_replays_refuses_and_releases_keys,
     redis_shares_plan_limits_between_replicas_and_fails_open_or_closed,
     jwt_routes_verify_tokens_through_the_issuers_rotating_jwks,
+    the_gateway_role_serves_the_gateway_alone,
+    upgrades_event_streams_and_http2_pass_through,
 );
 
 /// A Redis server of the test's own, on a free port, stopped when dropped.
@@ -279,6 +281,7 @@ async fn a_tenant_key_route_passes_the_verified_identity_and_not_the_credential(
         .header("x-drop", "1")
         .header("x-forwarded-for", "203.0.113.9")
         .header("x-request-id", "order-7-abc")
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
         .json(&json!({"qty": 2}))
         .send()
         .await
@@ -289,6 +292,10 @@ async fn a_tenant_key_route_passes_the_verified_identity_and_not_the_credential(
     assert_eq!(got["path"], "/orders/7");
     assert_eq!(got["query"], "expand=lines&x=1");
     assert_eq!(got["body"], r#"{"qty":2}"#);
+    // The trace goes on: same trace id, the gateway's span as the parent.
+    let tp = got["headers"]["traceparent"].as_str().unwrap();
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+    assert!(!tp.contains("00f067aa0ba902b7"), "the upstream's parent is the gateway's span: {tp}");
     let h = &got["headers"];
     assert_eq!(h["x-runway-tenant"], tenant.as_str(), "the verified tenant, not the client's: {h}");
     assert_eq!(h["x-runway-subject"], key_id.as_str());
@@ -1134,4 +1141,200 @@ async fn jwt_routes_verify_tokens_through_the_issuers_rotating_jwks(engine: Engi
     assert!(jwks.fetches.load(std::sync::atomic::Ordering::SeqCst) <= 3);
     let m = s.metrics_text().await;
     assert!(m.contains("runway_gateway_jwt_refused_total"), "{m}");
+}
+
+/// `runway serve --role gateway`: the real binary proxies, and its API listener answers only
+/// health and readiness.
+async fn the_gateway_role_serves_the_gateway_alone(engine: Engine) {
+    use std::io::{BufRead, BufReader};
+    let up = echo().await;
+    let db = Database::create(&engine).await;
+    std::fs::write(
+        db.dir.join("runway.toml"),
+        format!("[[gateway.routes]]\nname = \"open\"\npath_prefix = \"/open\"\nauth = \"anonymous\"\nupstream = [{{ url = \"{up}\" }}]\n"),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_runway"))
+        .args([
+            "serve",
+            "--role",
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--gateway-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(&db.dir)
+        .env("RUNWAY_DATABASE_URL", &db.app_url)
+        .env("RUNWAY_DATABASE_MIGRATION_URL", &db.owner_url)
+        .env("RUNWAY_ADMIN_TOKEN", ADMIN)
+        .env("RUNWAY_CRYPTO_MASTER_KEY", MASTER_KEY)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let (mut api, mut gw, mut role) = (String::new(), String::new(), String::new());
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "runway serve exited before it was ready");
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            api = rest.trim().to_owned();
+        }
+        if let Some(rest) = line.trim().strip_prefix("Gateway") {
+            gw = rest.split_whitespace().next().unwrap().to_owned();
+        }
+        if line.trim().starts_with("Role") {
+            role = line.trim().to_owned();
+        }
+        if line.contains("Ctrl-C") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in reader.lines() {});
+    assert!(role.contains("gateway"), "{role}");
+    let c = reqwest::Client::new();
+    let r = TestServer::read(c.get(format!("{gw}/open/x")).send().await.unwrap()).await;
+    assert_eq!(r.ok(200)["path"], "/open/x");
+    assert_eq!(c.get(format!("{api}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(format!("{api}/readyz")).send().await.unwrap().status(), 200);
+    let r = TestServer::read(c.get(format!("{api}/v1/tenants")).bearer_auth(ADMIN).send().await.unwrap()).await;
+    r.problem(404, "not_found");
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().unwrap().success(), "a clean drain");
+}
+
+/// An upstream for streaming cases: `/ws` switches to an echo protocol (101), `/events` sends
+/// one server-sent event, waits for the test's signal, then a second; `/cut` promises 100
+/// bytes and closes after 7.
+async fn streaming_upstream(next_event: std::sync::Arc<tokio::sync::Notify>) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = axum::Router::new()
+        .route(
+            "/ws/{*rest}",
+            axum::routing::get(|mut req: axum::extract::Request| async move {
+                let on = hyper::upgrade::on(&mut req);
+                tokio::spawn(async move {
+                    let Ok(up) = on.await else { return };
+                    let mut io = hyper_util::rt::TokioIo::new(up);
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                axum::http::Response::builder()
+                    .status(101)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "echo")
+                    .body(axum::body::Body::empty())
+                    .unwrap()
+            }),
+        )
+        .route(
+            "/events",
+            axum::routing::get(move || {
+                let next = next_event.clone();
+                async move {
+                    let stream = futures_util::stream::unfold(0, move |i| {
+                        let next = next.clone();
+                        async move {
+                            match i {
+                                0 => Some((Ok::<_, std::convert::Infallible>("data: one\n\n".to_owned()), 1)),
+                                1 => {
+                                    next.notified().await;
+                                    Some((Ok("data: two\n\n".to_owned()), 2))
+                                }
+                                _ => None,
+                            }
+                        }
+                    });
+                    ([("content-type", "text/event-stream")], axum::body::Body::from_stream(stream))
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    // A server that breaks off mid-answer (raw bytes: no HTTP library would send this).
+    let cut = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cut_url = format!("http://{}", cut.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = cut.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let _ = sock.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial").await;
+        }
+    });
+    (url, cut_url)
+}
+
+async fn upgrades_event_streams_and_http2_pass_through(engine: Engine) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let next_event = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (up, cut) = streaming_upstream(next_event.clone()).await;
+    let mut cut_route = route("cut", "/cut", &cut, RouteAuth::Anonymous);
+    cut_route.resilience.retries = 0;
+    let routes = vec![
+        route("ws", "/ws", &up, RouteAuth::Anonymous),
+        route("events", "/events", &up, RouteAuth::Anonymous),
+        cut_route,
+        route("echo", "/echo", &echo().await, RouteAuth::Anonymous),
+    ];
+    let (s, gw) = gateway(engine, routes).await;
+
+    // An upgrade: 101 passes back, then bytes flow both ways through the gateway.
+    let stream = tokio::net::TcpStream::connect(gw.trim_start_matches("http://")).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = hyper::Request::get("/ws/chat")
+        .header("host", "gateway.test")
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 101);
+    assert_eq!(res.headers()["upgrade"], "echo");
+    let mut io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    for msg in [&b"ping"[..], b"a second message"] {
+        io.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(got, msg);
+    }
+    drop(io);
+
+    // Server-sent events stream through: the first event arrives while the upstream still
+    // holds the second back.
+    let mut res = s.http.get(format!("{gw}/events")).send().await.unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let first = tokio::time::timeout(Duration::from_secs(5), res.chunk()).await.expect("not buffered").unwrap();
+    assert_eq!(first.unwrap(), "data: one\n\n");
+    next_event.notify_one();
+    let second = tokio::time::timeout(Duration::from_secs(5), res.chunk()).await.unwrap().unwrap();
+    assert_eq!(second.unwrap(), "data: two\n\n");
+
+    // An upstream that closes mid-answer: the client sees the answer break off, and the
+    // gateway goes on serving.
+    let res = s.http.get(format!("{gw}/cut/x")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.bytes().await.is_err(), "a truncated body is not passed off as whole");
+    assert_eq!(s.http.get(format!("{gw}/echo/x")).send().await.unwrap().status(), 200);
+
+    // HTTP/2 without TLS (prior knowledge) on the same listener.
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let res = h2.get(format!("{gw}/echo/h2")).send().await.unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["path"], "/echo/h2");
+    assert!(body["headers"].get("connection").is_none());
 }
