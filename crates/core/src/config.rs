@@ -54,6 +54,11 @@ pub struct GatewayConfig {
     pub redis_timeout_ms: u64,
     /// External identity providers whose JWTs routes with `auth = "jwt"` accept.
     pub jwt_issuers: Vec<JwtIssuer>,
+    /// With `tls_key_file`: the listener speaks TLS with this certificate chain (PEM), HTTP/2
+    /// and HTTP/1.1 by ALPN.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    pub tls_key_file: Option<std::path::PathBuf>,
 }
 
 /// One trusted identity provider, as written in the gateway's configuration.
@@ -128,6 +133,8 @@ impl Default for GatewayConfig {
             redis_failure: RedisFailure::Open,
             redis_timeout_ms: 50,
             jwt_issuers: Vec::new(),
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -951,6 +958,9 @@ impl GatewayConfig {
             .is_some_and(|u| !u.expose().starts_with("redis://") && !u.expose().starts_with("rediss://"))
         {
             return Err(bad("gateway.redis_url", "must start with redis:// or rediss://"));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(bad("gateway.tls_key_file", "set both tls_cert_file and tls_key_file, or neither"));
         }
         if self.redis_timeout_ms == 0 || self.redis_timeout_ms > 5_000 {
             return Err(bad("gateway.redis_timeout_ms", "between 1 and 5000"));

@@ -20,6 +20,7 @@ pub mod route;
 pub mod shared_limits;
 pub mod signature;
 pub mod sli;
+pub mod tls;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
@@ -850,9 +851,10 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto = if parts.extensions.get::<tls::OverTls>().is_some() { "https" } else { "http" };
+    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     let forwarded_for = if client.is_ipv6() { format!("\"[{ip}]\"") } else { ip };
-    let mut forwarded = format!("for={forwarded_for};proto=http");
+    let mut forwarded = format!("for={forwarded_for};proto={proto}");
     if let Some(host) = &host {
         if let Ok(v) = HeaderValue::from_str(host) {
             h.insert("x-forwarded-host", v);

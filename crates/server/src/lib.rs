@@ -230,13 +230,23 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         runway_core::config::MetricsListen::At(at) => {
             let l = tokio::net::TcpListener::bind(at).await.map_err(|source| StartError::Bind { addr: at, source })?;
             let bound = l.local_addr().map_err(|source| StartError::Bind { addr: at, source })?;
-            let app = gateway.clone().router().into_make_service_with_connect_info::<SocketAddr>();
             let stop = wait_stop(stop_rx.clone());
-            let task = tokio::spawn(async move {
-                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
-                    tracing::error!(error = %e, "gateway listener failed");
+            let task = match (&config.gateway.tls_cert_file, &config.gateway.tls_key_file) {
+                (Some(cert), Some(key)) => {
+                    let acceptor = runway_gateway::tls::acceptor(cert, key).map_err(|reason| {
+                        runway_core::config::ConfigError { key: "gateway.tls_cert_file".into(), reason }
+                    })?;
+                    tokio::spawn(runway_gateway::tls::serve(l, acceptor, gateway.clone().router(), stop))
                 }
-            });
+                _ => {
+                    let app = gateway.clone().router().into_make_service_with_connect_info::<SocketAddr>();
+                    tokio::spawn(async move {
+                        if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
+                            tracing::error!(error = %e, "gateway listener failed");
+                        }
+                    })
+                }
+            };
             (Some(bound), Some(task))
         }
         runway_core::config::MetricsListen::Off => (None, None),

@@ -25,6 +25,7 @@ crate::both_engines!(
     jwt_routes_verify_tokens_through_the_issuers_rotating_jwks,
     the_gateway_role_serves_the_gateway_alone,
     upgrades_event_streams_and_http2_pass_through,
+    tls_on_the_listener_with_http2_by_alpn,
 );
 
 /// A Redis server of the test's own, on a free port, stopped when dropped.
@@ -1337,4 +1338,45 @@ async fn upgrades_event_streams_and_http2_pass_through(engine: Engine) {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["path"], "/echo/h2");
     assert!(body["headers"].get("connection").is_none());
+}
+
+async fn tls_on_the_listener_with_http2_by_alpn(engine: Engine) {
+    let up = echo().await;
+    let db = Database::create(&engine).await;
+    let (cert, key) = (db.dir.join("cert.pem"), db.dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let mut config = db.config();
+    config.gateway.routes = vec![route("echo", "/echo", &up, RouteAuth::Anonymous)];
+    config.gateway.tls_cert_file = Some(cert.clone());
+    config.gateway.tls_key_file = Some(key.clone());
+    let s = TestServer::start_on(db, config, std::sync::Arc::new(runway_core::SystemClock)).await;
+    let port = s.running.as_ref().unwrap().gateway_addr.unwrap().port();
+    let client = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+    let res = client.get(format!("https://localhost:{port}/echo/x")).send().await.unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_2, "h2 by ALPN");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["path"], "/echo/x");
+    assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+    assert!(body["headers"]["forwarded"].as_str().unwrap().contains("proto=https"));
+    let h1 = reqwest::Client::builder().danger_accept_invalid_certs(true).http1_only().build().unwrap();
+    let res = h1.get(format!("https://localhost:{port}/echo/y")).send().await.unwrap();
+    assert_eq!((res.status().as_u16(), res.version()), (200, reqwest::Version::HTTP_11));
+    // Plain HTTP to the TLS listener is not served.
+    assert!(reqwest::get(format!("http://127.0.0.1:{port}/echo/x")).await.is_err_and(|e| !e.is_status()));
+
+    // A key file that is not a key stops the start, naming the setting.
+    let db2 = Database::create(&Engine::Sqlite).await;
+    let mut bad = db2.config();
+    bad.gateway.tls_cert_file = Some(cert);
+    bad.gateway.tls_key_file = Some(db2.dir.join("missing.pem"));
+    let err = runway_server::start(bad, std::sync::Arc::new(runway_core::SystemClock)).await.err().unwrap();
+    assert!(err.to_string().contains("gateway.tls_cert_file"), "{err}");
 }
