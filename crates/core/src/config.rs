@@ -59,6 +59,20 @@ pub struct GatewayConfig {
     pub tls_cert_file: Option<std::path::PathBuf>,
     /// The certificate's private key (PEM).
     pub tls_key_file: Option<std::path::PathBuf>,
+    /// The region this gateway serves (`input.gateway_region` of policies: data residency).
+    pub region: String,
+    /// Rego policies routes name in `policies`, loaded from files at start.
+    pub policies: Vec<PolicyFile>,
+}
+
+/// A gateway policy (Rego, `package runway.gateway`) from a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// What routes call it by.
+    pub name: String,
+    /// The `.rego` file (relative to the working directory).
+    pub file: std::path::PathBuf,
 }
 
 /// One trusted identity provider, as written in the gateway's configuration.
@@ -135,6 +149,8 @@ impl Default for GatewayConfig {
             jwt_issuers: Vec::new(),
             tls_cert_file: None,
             tls_key_file: None,
+            region: "default".into(),
+            policies: Vec::new(),
         }
     }
 }
@@ -195,6 +211,16 @@ pub struct RouteConfig {
     /// Upstream answers larger than this are passed on but not stored (the key is released).
     #[serde(default = "default_idempotency_max_response_bytes")]
     pub idempotency_max_response_bytes: u64,
+    /// An OpenAPI 3.0/3.1 document (JSON) describing the upstream's paths (after
+    /// `strip_prefix`): requests are checked against it before the upstream sees them.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub openapi_file: Option<std::path::PathBuf>,
+    /// Policies (names from `gateway.policies`) run in order before the upstream sees the
+    /// request; the first refusal answers.
+    #[serde(default)]
+    #[schema(max_items = 16)]
+    pub policies: Vec<String>,
 }
 
 /// Whether a route honours `Idempotency-Key`.
@@ -418,6 +444,9 @@ impl RouteConfig {
         }
         if self.auth == RouteAuth::Anonymous && !self.scopes.is_empty() {
             return bad("scopes", "an anonymous route cannot require scopes");
+        }
+        if self.policies.len() > 16 || self.policies.iter().any(|p| p.is_empty()) {
+            return bad("policies", "at most 16 policy names");
         }
         if self.idempotency != IdempotencyMode::Off && self.auth == RouteAuth::Anonymous {
             return bad("idempotency", "keys are scoped to a credential; an anonymous route cannot use them");
@@ -1178,6 +1207,8 @@ mod tests {
             idempotency: IdempotencyMode::Off,
             idempotency_ttl_secs: 60,
             idempotency_max_response_bytes: 1024,
+            openapi_file: None,
+            policies: vec![],
         };
         let check = |change: &dyn Fn(&mut Vec<RouteConfig>)| {
             let mut c = Config::default();

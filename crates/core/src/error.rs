@@ -38,6 +38,7 @@ macro_rules! error_codes {
 }
 
 error_codes! {
+    RequestInvalid => (StatusCode::BAD_REQUEST, "request_invalid", "The request does not match the API's description"),
     MalformedBody => (StatusCode::BAD_REQUEST, "malformed_body", "The request body is not valid JSON"),
     InvalidId => (StatusCode::BAD_REQUEST, "invalid_id", "An identifier in the path is malformed"),
     InvalidQuery => (StatusCode::BAD_REQUEST, "invalid_query", "A query parameter is invalid"),
@@ -46,6 +47,8 @@ error_codes! {
     InvalidPath => (StatusCode::BAD_REQUEST, "invalid_path", "The request path is malformed"),
     Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated", "Missing or invalid credentials"),
     MissingScope => (StatusCode::FORBIDDEN, "missing_scope", "The credential lacks a required scope"),
+    PolicyDenied => (StatusCode::FORBIDDEN, "policy_denied", "A gateway policy refused the request"),
+    PolicyDeniedResidency => (StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS, "policy_denied_residency", "A gateway policy refused the request where it was made"),
     TenantSuspended => (StatusCode::FORBIDDEN, "tenant_suspended", "The tenant is suspended"),
     NotFound => (StatusCode::NOT_FOUND, "not_found", "The resource does not exist"),
     MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed on this resource"),
@@ -85,11 +88,25 @@ pub struct ApiError {
     pub parameter: Option<String>,
     /// Seconds to put in `Retry-After`.
     pub retry_after: Option<u64>,
+    /// Every way the request breaks its API description (the gateway's OpenAPI validation).
+    pub violations: Vec<Violation>,
+}
+
+/// One way a request breaks its API description: where (an RFC 6901 pointer into `/path`,
+/// `/query`, `/header` or `/body`) and what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Violation {
+    /// Where: `/query/limit`, `/path/id`, `/header/x-region`, `/body/items/0/qty`.
+    #[schema(example = "/body/items/0/qty")]
+    pub pointer: String,
+    /// What is wrong there.
+    #[schema(example = "0 is less than the minimum of 1")]
+    pub message: String,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self { code, detail: detail.into(), field: None, parameter: None, retry_after: None }
+        Self { code, detail: detail.into(), field: None, parameter: None, retry_after: None, violations: Vec::new() }
     }
 
     /// A 422 naming the field that failed, as a JSON Pointer into the request body (`""` is the
@@ -125,6 +142,12 @@ impl ApiError {
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
         Self::new(ErrorCode::Internal, "an internal error occurred; the request id identifies it in the logs")
+    }
+
+    /// A 400 listing every violation of the API's description.
+    pub fn invalid_request(violations: Vec<Violation>) -> Self {
+        let detail = format!("the request does not match the API's description ({} problems)", violations.len());
+        Self { violations, ..Self::new(ErrorCode::RequestInvalid, detail) }
     }
 
     pub fn with_retry_after(mut self, secs: u64) -> Self {
@@ -168,6 +191,9 @@ pub struct Problem {
     /// The query parameter or header that is wrong, by name (`limit`, `Idempotency-Key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parameter: Option<String>,
+    /// Every way the request breaks the API's description (`request_invalid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violations: Option<Vec<Violation>>,
 }
 
 impl ApiError {
@@ -180,6 +206,7 @@ impl ApiError {
             code: self.code.name().to_owned(),
             field: self.field.clone(),
             parameter: self.parameter.clone(),
+            violations: (!self.violations.is_empty()).then(|| self.violations.clone()),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod api;
 pub mod catalog;
 pub mod idempotent;
 pub mod jwt;
+pub mod policy;
 pub mod pool;
 pub mod records;
 pub mod resilience;
@@ -21,6 +22,7 @@ pub mod shared_limits;
 pub mod signature;
 pub mod sli;
 pub mod tls;
+pub mod validate;
 
 use arc_swap::ArcSwap;
 use axum::body::Body;
@@ -70,6 +72,8 @@ pub struct Gateway {
     signer: Option<signature::IdentitySigner>,
     /// Verifies JWTs of `gateway.jwt_issuers`, when any are configured.
     jwt: Option<jwt::JwtVerifier>,
+    /// The policies of `gateway.policies`, compiled at start, by name.
+    policies: HashMap<String, Arc<policy::Policy>>,
     identity: Arc<Identity>,
     store: Store,
     clock: Arc<dyn Clock>,
@@ -110,6 +114,8 @@ impl RouteSet {
 /// What a route needs at request time beside its config.
 struct RouteState {
     client: Upstream,
+    /// The route's OpenAPI document, compiled, when it has one.
+    spec: Option<Arc<validate::ApiSpec>>,
     /// A `jwt` route's required scopes (the issuer's names); key routes use `scopes`.
     token_scopes: Vec<String>,
     /// The pool's targets with their breakers, health and ejections.
@@ -145,6 +151,31 @@ impl Gateway {
                 reason: format!("`{name}` is not a Runway scope"),
             })?;
         }
+        for (i, r) in config.routes.iter().enumerate() {
+            if let Some(file) = &r.openapi_file {
+                load_spec(file)
+                    .map_err(|reason| ConfigError { key: format!("gateway.routes[{i}].openapi_file"), reason })?;
+            }
+        }
+        let mut policies = HashMap::new();
+        for (i, p) in config.policies.iter().enumerate() {
+            let key = |field: &str| format!("gateway.policies[{i}].{field}");
+            let source = std::fs::read_to_string(&p.file)
+                .map_err(|e| ConfigError { key: key("file"), reason: format!("{}: {e}", p.file.display()) })?;
+            let compiled = policy::Policy::compile(&p.name, &source)
+                .map_err(|e| ConfigError { key: key("file"), reason: e.to_string() })?;
+            if policies.insert(p.name.clone(), Arc::new(compiled)).is_some() {
+                return Err(ConfigError { key: key("name"), reason: "must be unique".into() });
+            }
+        }
+        for (i, r) in config.routes.iter().enumerate() {
+            if let Some(name) = r.policies.iter().find(|n| !policies.contains_key(*n)) {
+                return Err(ConfigError {
+                    key: format!("gateway.routes[{i}].policies"),
+                    reason: format!("`{name}` is not in gateway.policies"),
+                });
+            }
+        }
         for (i, issuer) in config.jwt_issuers.iter().enumerate() {
             jwt::check_issuer(issuer)
                 .map_err(|(field, reason)| ConfigError { key: format!("gateway.jwt_issuers[{i}].{field}"), reason })?;
@@ -166,6 +197,7 @@ impl Gateway {
                 ),
             },
             signer: config.identity_secret.as_ref().map(|s| signature::IdentitySigner::new(s.expose().as_bytes())),
+            policies,
             jwt: (!config.jwt_issuers.is_empty())
                 .then(|| jwt::JwtVerifier::new(config.jwt_issuers.clone(), reqwest::Client::new())),
             identity,
@@ -250,7 +282,15 @@ impl Gateway {
                     .filter(|p| p.same_as(c))
                     .unwrap_or_else(|| Arc::new(pool::Pool::new(c)));
                 let token_scopes = if c.auth == RouteAuth::Jwt { c.scopes.clone() } else { Vec::new() };
+                let spec = match c.openapi_file.as_deref().map(load_spec).transpose() {
+                    Ok(s) => s.map(Arc::new),
+                    Err(e) => {
+                        tracing::warn!(route = %c.name, error = %e, "route left out: its OpenAPI document does not load");
+                        return false;
+                    }
+                };
                 state.push(RouteState {
+                    spec,
                     client: self.client(c.connect_timeout_ms),
                     token_scopes,
                     scopes,
@@ -295,6 +335,12 @@ impl Gateway {
             ));
         }
         parse_scopes(r).map_err(|name| ApiError::validation("/scopes", format!("`{name}` is not a Runway scope")))?;
+        if let Some(file) = &r.openapi_file {
+            load_spec(file).map_err(|e| ApiError::validation("/openapi_file", e))?;
+        }
+        if let Some(name) = r.policies.iter().find(|n| !self.policies.contains_key(*n)) {
+            return Err(ApiError::validation("/policies", format!("`{name}` is not in gateway.policies")));
+        }
         if r.auth == RouteAuth::Jwt && self.jwt.is_none() {
             return Err(ApiError::validation("/auth", "no gateway.jwt_issuers are configured for jwt routes"));
         }
@@ -603,6 +649,8 @@ struct Caller {
     bucket: Option<String>,
     /// Whom idempotency records belong to.
     credential: String,
+    /// The kind of credential, as policies see it.
+    kind: policy::PrincipalKind,
 }
 
 /// Checks the route's credential rule; the caller when one was required.
@@ -637,6 +685,11 @@ async fn authorize(gw: &Gateway, rs: &RouteState, auth: RouteAuth, h: &HeaderMap
         plan: gw.limits.plan_of(&p).map(|(name, _)| name.to_owned()),
         bucket: p.key_id().map(|k| k.as_str().to_owned()),
         credential: p.credential_id().to_owned(),
+        kind: match p.kind {
+            PrincipalKind::Tenant { .. } => policy::PrincipalKind::TenantKey,
+            PrincipalKind::Service { .. } => policy::PrincipalKind::ServiceKey,
+            PrincipalKind::Admin | PrincipalKind::Cli { .. } => policy::PrincipalKind::Admin,
+        },
     }))
 }
 
@@ -686,6 +739,7 @@ async fn authorize_token(gw: &Gateway, rs: &RouteState, h: &HeaderMap) -> Result
         plan,
         bucket: Some(bucket.clone()),
         credential: bucket,
+        kind: policy::PrincipalKind::Jwt,
     })
 }
 
@@ -881,6 +935,94 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
         }
     }
 
+    // The route's OpenAPI document: every violation listed before the upstream sees anything.
+    if let Some(spec) = &rs.spec {
+        let has_body = declared.is_some_and(|n| n > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING);
+        if kept.is_none() && has_body {
+            match read_whole(streamed.take().unwrap_or_default(), c).await {
+                Ok(b) => kept = Some(b),
+                Err(e) => return finish(&c.name, tenant.as_deref(), started, e),
+            }
+        }
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.as_str().starts_with("x-runway-"))
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let checked = spec.check(
+            parts.method.as_str(),
+            &path,
+            parts.uri.query(),
+            &headers,
+            content_type,
+            kept.as_deref().filter(|b| !b.is_empty()),
+        );
+        let refused = match checked {
+            validate::Check::Valid => None,
+            validate::Check::NoOperation => Some(ApiError::not_found(format!(
+                "{} {path} is not an operation of route `{}`'s OpenAPI document",
+                parts.method, c.name
+            ))),
+            validate::Check::Invalid(v) => Some(ApiError::invalid_request(
+                v.into_iter()
+                    .map(|v| runway_core::error::Violation { pointer: v.pointer, message: v.message })
+                    .collect(),
+            )),
+        };
+        if let Some(e) = refused {
+            metrics::counter!("runway_gateway_validation_refusals_total", "route" => c.name.clone()).increment(1);
+            return finish(&c.name, tenant.as_deref(), started, e.into_response());
+        }
+    }
+
+    // Policies, in order: the first refusal answers; an allowed request may get header changes.
+    if !c.policies.is_empty() {
+        let json_body = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/json") || t.contains("+json"));
+        if kept.is_none() && json_body && declared.is_some_and(|n| n as usize <= policy::SUGGESTED_MAX_BODY_BYTES) {
+            match read_whole(streamed.take().unwrap_or_default(), c).await {
+                Ok(b) => kept = Some(b),
+                Err(e) => return finish(&c.name, tenant.as_deref(), started, e),
+            }
+        }
+        let body = kept.as_ref().filter(|_| json_body).and_then(|b| serde_json::from_slice(b).ok());
+        let input = policy_input(&gw, c, &parts, caller.as_ref(), client.ip(), body).await;
+        for name in &c.policies {
+            let Some(p) = gw.policies.get(name) else { continue };
+            let decision = match p.evaluate(&input) {
+                Ok(d) => d,
+                Err(e) => {
+                    metrics::counter!("runway_gateway_policy_decisions_total", "route" => c.name.clone(), "policy" => name.clone(), "result" => "error").increment(1);
+                    tracing::error!(route = %c.name, policy = %name, error = %e, "policy failed; the request is refused");
+                    let e = ApiError::internal(format!("policy `{name}` could not decide"));
+                    return finish(&c.name, tenant.as_deref(), started, e.into_response());
+                }
+            };
+            let result = if decision.allow { "allow" } else { "deny" };
+            metrics::counter!("runway_gateway_policy_decisions_total", "route" => c.name.clone(), "policy" => name.clone(), "result" => result).increment(1);
+            if !decision.allow {
+                return finish(&c.name, tenant.as_deref(), started, refusal(name, decision));
+            }
+            for h in &decision.remove_headers {
+                if !h.starts_with("x-runway-") {
+                    parts.headers.remove(h.as_str());
+                }
+            }
+            for (k, v) in &decision.set_headers {
+                if let (false, Ok(k), Ok(v)) =
+                    (k.starts_with("x-runway-"), HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v))
+                {
+                    parts.headers.insert(k, v);
+                }
+            }
+        }
+    }
+
     // Edge idempotency (POST and PATCH on routes that enable it): the whole body is read to
     // tell requests apart, the key is claimed for the credential, a stored answer replayed.
     let mut claim: Option<idempotent::Claim> = None;
@@ -1072,6 +1214,86 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
 
 /// Bodies up to this size (declared) are held so a retry can send them again.
 const REPLAY_BUFFER_BYTES: u64 = 64 * 1024;
+
+/// Reads and compiles a route's OpenAPI document; the reason it cannot otherwise.
+fn load_spec(file: &std::path::Path) -> Result<validate::ApiSpec, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
+    validate::ApiSpec::compile(&doc).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// What a policy sees of the request: tenant (from the store's cache), principal, route,
+/// method, path, headers (never credentials or the gateway's own `x-runway-*`), client address,
+/// this gateway's region and the JSON body when small.
+async fn policy_input(
+    gw: &Gateway,
+    c: &RouteConfig,
+    parts: &axum::http::request::Parts,
+    caller: Option<&Caller>,
+    ip: std::net::IpAddr,
+    body: Option<serde_json::Value>,
+) -> policy::PolicyInput {
+    let tenant = match caller.and_then(|c| c.tenant.as_deref()) {
+        Some(id) => gw.identity.tenant_by_ref(id).await.ok().flatten().map(|t| policy::TenantInput {
+            id: t.id.as_str().to_owned(),
+            plan: t.plan,
+            region: t.region,
+            metadata: t.metadata.as_object().cloned().unwrap_or_default(),
+        }),
+        None => None,
+    };
+    let mut headers = std::collections::BTreeMap::new();
+    for (k, v) in &parts.headers {
+        let name = k.as_str();
+        if name.starts_with("x-runway-") || matches!(name, "authorization" | "x-api-key" | "cookie" | "forwarded") {
+            continue;
+        }
+        if let Ok(v) = v.to_str() {
+            headers
+                .entry(name.to_owned())
+                .and_modify(|e: &mut String| e.push_str(&format!(", {v}")))
+                .or_insert_with(|| v.to_owned());
+        }
+    }
+    policy::PolicyInput {
+        tenant,
+        principal: caller.map(|c| policy::PrincipalInput {
+            kind: c.kind,
+            subject: c.subject.clone(),
+            scopes: c.scopes.split_whitespace().map(str::to_owned).collect(),
+        }),
+        route: c.name.clone(),
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        headers,
+        client_ip: ip.to_string(),
+        gateway_region: gw.settings.region.clone(),
+        body,
+    }
+}
+
+/// The answer to a request a policy refused: a redirect (3xx with `location`), 451
+/// `policy_denied_residency`, or 403 `policy_denied`, with the policy's reason.
+fn refusal(policy: &str, d: policy::Decision) -> Response<Body> {
+    let reason = d.reason.unwrap_or_else(|| policy::DEFAULT_DENY_REASON.to_owned());
+    match (d.status, d.location) {
+        (s @ (Some(300..=399) | None), Some(location)) => {
+            let status = axum::http::StatusCode::from_u16(s.unwrap_or(307))
+                .unwrap_or(axum::http::StatusCode::TEMPORARY_REDIRECT);
+            let mut res = Response::new(Body::empty());
+            *res.status_mut() = status;
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            res
+        }
+        (Some(451), _) => {
+            ApiError::new(ErrorCode::PolicyDeniedResidency, format!("{policy}: {reason}")).into_response()
+        }
+        _ => ApiError::new(ErrorCode::PolicyDenied, format!("{policy}: {reason}")).into_response(),
+    }
+}
 
 /// Reads a whole request body within the route's limit: 413 over it, 400 when it breaks off.
 async fn read_whole(body: Body, c: &RouteConfig) -> Result<bytes::Bytes, Response<Body>> {

@@ -100,6 +100,8 @@ mod tests {
             idempotency: Default::default(),
             idempotency_ttl_secs: 86_400,
             idempotency_max_response_bytes: 1 << 20,
+            openapi_file: None,
+            policies: vec![],
         }
     }
 

@@ -11,6 +11,9 @@
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+#[path = "../bench/gateway.rs"]
+mod gateway_bench;
+
 use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
@@ -42,7 +45,8 @@ struct Args {
     warmup: u64,
     /// `api` (authenticated reads and writes), `events` (publish → delivered end to end),
     /// `fairness` (fast tenants' delivery lag beside 0, 1, 5 and 20 slow tenants), `listing`
-    /// (webhook attempt listings over 100,000 rows) or `flags` (OFREP under load).
+    /// (webhook attempt listings over 100,000 rows), `flags` (OFREP under load) or `gateway`
+    /// (the edge gateway beside nginx, with wrk).
     #[arg(long, default_value = "api")]
     scenario: String,
     /// Events to publish in the `events` scenario.
@@ -941,8 +945,9 @@ async fn main() -> anyhow::Result<()> {
             print_outcomes(args, &all);
             return Ok(());
         }
+        "gateway" => return gateway_bench::run(args.seconds, ADMIN).await,
         "api" => {}
-        other => anyhow::bail!("unknown scenario `{other}`: api, events, fairness, listing or flags"),
+        other => anyhow::bail!("unknown scenario `{other}`: api, events, fairness, listing, flags or gateway"),
     }
     let all: Vec<Outcome> =
         on_engines(args, "api", |e, url, mig| bench_engine(e, url, mig, args)).await?.into_iter().flatten().collect();

@@ -44,6 +44,45 @@ pub struct ServeArgs {
     pub role: Option<String>,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub enum PolicyCmd {
+    /// Load the files together (a policy and its companion test files) and run every rule
+    /// named `test_*`; exits 1 when one fails or a file does not compile.
+    Test {
+        /// `.rego` files.
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+    },
+}
+
+/// `runway policy test`: has no API; it reads files and runs them here.
+pub fn policy(out: &Out, cmd: &PolicyCmd) -> anyhow::Result<()> {
+    let PolicyCmd::Test { files } = cmd;
+    let mut sources = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        sources.push((f.display().to_string(), text));
+    }
+    let results = runway_gateway::policy::test_sources(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let failed = results.iter().filter(|r| !r.passed).count();
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        for r in &results {
+            match (&r.passed, &r.message) {
+                (true, _) => println!("ok      {}", r.name),
+                (false, Some(m)) => println!("FAILED  {}: {m}", r.name),
+                (false, None) => println!("FAILED  {}", r.name),
+            }
+        }
+        println!("{} passed, {failed} failed", results.len() - failed);
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} policy test(s) failed");
+    }
+    Ok(())
+}
+
 pub async fn migrate(config: Config) -> anyhow::Result<()> {
     let store = Store::connect(&config.database).await?;
     let before = store.pending_migrations().await?;

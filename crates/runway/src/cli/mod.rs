@@ -64,6 +64,9 @@ enum Command {
     Api(ApiCommand),
     /// Relay an outbox table of a service's PostgreSQL database into Runway as events.
     Relay(local::RelayArgs),
+    /// Gateway policies (Rego): run their own `test_*` rules.
+    #[command(subcommand)]
+    Policy(local::PolicyCmd),
     /// Print the version.
     Version,
 }
@@ -131,6 +134,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => local::migrate(load_config(&cli)?).await,
         Command::Config => local::config(&out, &load_config(&cli)?),
         Command::Relay(args) => local::relay(&out, load_config(&cli)?, args).await,
+        Command::Policy(cmd) => local::policy(&out, cmd),
         Command::Api(cmd) => {
             let api = connect(&cli).await?;
             let result = match cmd {

@@ -26,6 +26,9 @@ crate::both_engines!(
     the_gateway_role_serves_the_gateway_alone,
     upgrades_event_streams_and_http2_pass_through,
     tls_on_the_listener_with_http2_by_alpn,
+    policies_gate_residency_card_numbers_and_plans,
+    runway_policy_test_runs_the_policies_own_tests,
+    openapi_validation_lists_every_violation_before_the_upstream,
 );
 
 /// A Redis server of the test's own, on a free port, stopped when dropped.
@@ -238,6 +241,8 @@ fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth) -> RouteConf
         idempotency: Default::default(),
         idempotency_ttl_secs: 86_400,
         idempotency_max_response_bytes: 1 << 20,
+        openapi_file: None,
+        policies: vec![],
     }
 }
 
@@ -1379,4 +1384,176 @@ async fn tls_on_the_listener_with_http2_by_alpn(engine: Engine) {
     bad.gateway.tls_key_file = Some(db2.dir.join("missing.pem"));
     let err = runway_server::start(bad, std::sync::Arc::new(runway_core::SystemClock)).await.err().unwrap();
     assert!(err.to_string().contains("gateway.tls_cert_file"), "{err}");
+}
+
+/// The example policies shipped in `crates/gateway/policies`.
+fn example_policy(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../gateway/policies")).join(format!("{name}.rego"))
+}
+
+async fn policies_gate_residency_card_numbers_and_plans(engine: Engine) {
+    let up = echo().await;
+    let db = Database::create(&engine).await;
+    let broken = db.dir.join("broken.rego");
+    std::fs::write(&broken, "package runway.gateway\n\ndefault allow := false\n\nallow if 1 / 0 == 1\n").unwrap();
+    let mut config = db.config();
+    config.gateway.region = "eu".into();
+    config.gateway.policies = ["residency", "dlp", "plan_gating"]
+        .iter()
+        .map(|n| runway_core::config::PolicyFile { name: (*n).into(), file: example_policy(n) })
+        .chain([runway_core::config::PolicyFile { name: "broken".into(), file: broken }])
+        .collect();
+    let mut pay = route("pay", "/pay", &up, RouteAuth::TenantKey);
+    pay.policies = vec!["residency".into(), "dlp".into()];
+    let mut analytics = route("analytics-export", "/analytics", &up, RouteAuth::TenantKey);
+    analytics.policies = vec!["plan_gating".into()];
+    let mut broken_route = route("broken", "/broken", &up, RouteAuth::TenantKey);
+    broken_route.policies = vec!["broken".into()];
+    config.gateway.routes = vec![pay, analytics, broken_route];
+    let s = TestServer::start_on(db, config, std::sync::Arc::new(runway_core::SystemClock)).await;
+    let gw = format!("http://{}", s.running.as_ref().unwrap().gateway_addr.unwrap());
+    s.post("/v1/tenants", ADMIN, json!({"slug": "eu-co", "name": "EU", "region": "eu", "plan": "free"})).await.ok(201);
+    s.post("/v1/tenants", ADMIN, json!({"slug": "us-co", "name": "US", "region": "us", "plan": "pro"})).await.ok(201);
+    let (eu, _) = s.tenant_key("eu-co", &["events:read"]).await;
+    let (us, _) = s.tenant_key("us-co", &["events:read"]).await;
+    let c = reqwest::Client::new();
+    let post = |path: &str, key: &str, body: Value| {
+        let r = c.post(format!("{gw}{path}")).bearer_auth(key).json(&body);
+        async move { TestServer::read(r.send().await.unwrap()).await }
+    };
+
+    // Residency: a tenant of another region is refused here with 451.
+    post("/pay/1", &eu, json!({"amount": 5})).await.ok(200);
+    let r = post("/pay/1", &us, json!({"amount": 5})).await;
+    assert!(
+        r.problem(451, "policy_denied_residency")["detail"].as_str().unwrap().starts_with("residency:"),
+        "{}",
+        r.text
+    );
+    // DLP: a card number anywhere in the JSON body is refused, whatever its spacing.
+    let r = post("/pay/2", &eu, json!({"note": "hi", "card": {"number": "4111 1111 1111 1111"}})).await;
+    r.problem(403, "policy_denied");
+    post("/pay/2", &eu, json!({"order": "4111 1111 1111 1112"})).await.ok(200);
+    // Plan gating, with the header the policy sets: free is refused, pro passes with x-plan.
+    let get = |key: &str| {
+        let r = c.get(format!("{gw}/analytics/x")).bearer_auth(key).header("x-plan", "enterprise");
+        async move { TestServer::read(r.send().await.unwrap()).await }
+    };
+    assert!(get(&eu).await.problem(403, "policy_denied")["detail"].as_str().unwrap().contains("needs plan pro"));
+    let r = get(&us).await;
+    assert_eq!(r.ok(200)["headers"]["x-plan"], "pro", "the client's x-plan is replaced by the policy's");
+    // A policy that fails to decide refuses the request (fail closed) with a 500.
+    let r = TestServer::read(c.get(format!("{gw}/broken/x")).bearer_auth(&eu).send().await.unwrap()).await;
+    r.problem(500, "internal");
+    let m = s.metrics_text().await;
+    assert!(m.contains("runway_gateway_policy_decisions_total") && m.contains("result=\"error\""), "{m}");
+
+    // A route naming a policy that is not loaded is refused through the API.
+    let mut doc = serde_json::to_value(route("other", "/other", &up, RouteAuth::TenantKey)).unwrap();
+    doc["policies"] = json!(["nope"]);
+    assert_eq!(s.post("/v1/gateway/routes", ADMIN, doc).await.problem(422, "validation_failed")["field"], "/policies");
+}
+
+/// `runway policy test`: runs a policy's own `test_*` rules; a failing one fails the command.
+async fn runway_policy_test_runs_the_policies_own_tests(engine: Engine) {
+    let db = Database::create(&engine).await;
+    // Each example is one policy (files given together form one, as a policy and its tests).
+    for name in ["residency", "dlp", "plan_gating"] {
+        let (ok, out, err) = cli(&db, &["policy", "test", example_policy(name).to_str().unwrap()]);
+        assert!(ok, "{name}: {out}{err}");
+        assert!(out.contains(" passed, 0 failed") && !out.contains("FAILED"), "{out}");
+    }
+    let failing = db.dir.join("failing.rego");
+    std::fs::write(&failing, "package runway.gateway\n\ndefault allow := false\n\ntest_allows_everything if allow\n")
+        .unwrap();
+    let (ok, out, _) = cli(&db, &["policy", "test", failing.to_str().unwrap()]);
+    assert!(!ok, "a failing test fails the command: {out}");
+    assert!(out.contains("FAILED") && out.contains("test_allows_everything"), "{out}");
+    let bad = db.dir.join("bad.rego");
+    std::fs::write(&bad, "package runway.gateway\nallow if {\n").unwrap();
+    let (ok, _, err) = cli(&db, &["policy", "test", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("bad"), "{err}");
+}
+
+const ORDERS_SPEC: &str = r##"{
+  "openapi": "3.1.0",
+  "info": {"title": "orders", "version": "1"},
+  "paths": {
+    "/orders": {
+      "get": {"parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}}]},
+      "post": {"requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Order"}}}}}
+    },
+    "/orders/{id}": {"get": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^ord_[a-z0-9]+$"}}]}}
+  },
+  "components": {"schemas": {"Order": {"type": "object", "required": ["customer", "lines"], "properties": {
+    "customer": {"type": "string"},
+    "lines": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["sku", "qty"],
+      "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}}}}}}}}
+}"##;
+
+async fn openapi_validation_lists_every_violation_before_the_upstream(engine: Engine) {
+    let (up, hits) = payments().await;
+    let db = Database::create(&engine).await;
+    let spec = db.dir.join("orders.json");
+    std::fs::write(&spec, ORDERS_SPEC).unwrap();
+    let mut config = db.config();
+    let mut orders = route("orders", "/api", &up, RouteAuth::Anonymous);
+    orders.strip_prefix = true;
+    orders.openapi_file = Some(spec.clone());
+    config.gateway.routes = vec![orders];
+    let s = TestServer::start_on(db, config, std::sync::Arc::new(runway_core::SystemClock)).await;
+    let gw = format!("http://{}", s.running.as_ref().unwrap().gateway_addr.unwrap());
+    let c = reqwest::Client::new();
+    let hits_now = || hits.swap(0, std::sync::atomic::Ordering::SeqCst);
+
+    let ok = c
+        .post(format!("{gw}/api/orders"))
+        .json(&json!({"customer": "c1", "lines": [{"sku": "a", "qty": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 201);
+    assert_eq!(c.get(format!("{gw}/api/orders?limit=10")).send().await.unwrap().status(), 201);
+    assert_eq!(hits_now(), 2);
+
+    let r = TestServer::read(
+        c.post(format!("{gw}/api/orders"))
+            .json(&json!({"lines": [{"sku": "a", "qty": 0}, {"qty": 2}]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let p = r.problem(400, "request_invalid");
+    let pointers: Vec<&str> =
+        p["violations"].as_array().unwrap().iter().map(|v| v["pointer"].as_str().unwrap()).collect();
+    for expected in ["/body", "/body/lines/0/qty", "/body/lines/1"] {
+        assert!(pointers.contains(&expected), "{expected} in {pointers:?}");
+    }
+    let r = TestServer::read(c.get(format!("{gw}/api/orders?limit=500")).send().await.unwrap()).await;
+    assert_eq!(r.problem(400, "request_invalid")["violations"][0]["pointer"], "/query/limit");
+    let r = TestServer::read(c.get(format!("{gw}/api/orders/ORD-1")).send().await.unwrap()).await;
+    assert_eq!(r.problem(400, "request_invalid")["violations"][0]["pointer"], "/path/id");
+    let r = TestServer::read(
+        c.post(format!("{gw}/api/orders"))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.problem(400, "request_invalid");
+    TestServer::read(c.delete(format!("{gw}/api/orders")).send().await.unwrap()).await.problem(404, "not_found");
+    assert_eq!(hits_now(), 0, "nothing invalid reached the upstream");
+
+    // A document that does not compile is refused through the API, naming the field.
+    let bad = s.db.dir.join("bad.json");
+    std::fs::write(&bad, r##"{"openapi": "3.1.0", "paths": {"/x": {"post": {"requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Nope"}}}}}}}}"##).unwrap();
+    let mut doc = serde_json::to_value(route("other", "/other", &up, RouteAuth::Anonymous)).unwrap();
+    doc["openapi_file"] = json!(bad);
+    assert_eq!(
+        s.post("/v1/gateway/routes", ADMIN, doc).await.problem(422, "validation_failed")["field"],
+        "/openapi_file"
+    );
 }
