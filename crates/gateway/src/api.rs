@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<Arc<Gateway>> {
         .routes(routes!(route_versions))
         .routes(routes!(rollback_route))
         .routes(routes!(read_sli))
+        .routes(routes!(read_quota))
 }
 
 /// Where a route is declared.
@@ -381,4 +382,40 @@ async fn read_sli(
         latency_buckets_ms: crate::sli::bounds_ms().to_vec(),
         data,
     }))
+}
+
+/// A tenant's month-to-date requests through the gateway against its plan's monthly quota.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuotaOut {
+    /// The tenant's id.
+    pub tenant: String,
+    /// The tenant's plan.
+    pub plan: String,
+    /// The start of the calendar month counted (UTC, RFC 3339).
+    pub period_start: String,
+    /// Requests proxied for the tenant this month, from the SLI records (every replica's,
+    /// up to their last flush).
+    pub used: u64,
+    /// The plan's `monthly_quotas.api_requests`, if it sets one.
+    pub quota: Option<u64>,
+    /// What is left of it (0 once over).
+    pub remaining: Option<u64>,
+    /// Always false for now: quotas are reported, not enforced, until the metering capability
+    /// owns usage.
+    pub enforced: bool,
+}
+
+/// Read a tenant's monthly gateway quota
+///
+/// Month-to-date proxied requests of the tenant beside its plan's `monthly_quotas.api_requests`.
+/// Reported, not enforced.
+#[utoipa::path(get, path = "/v1/gateway/quotas/{tenant}", tag = "gateway",
+    params(("tenant" = String, Path, description = "The tenant's id or slug.", example = "acme")),
+    responses((status = 200, body = QuotaOut, description = "The month so far.")))]
+async fn read_quota(
+    State(gw): St,
+    _auth: Authorized<Platform<GatewayRead>>,
+    Path(tenant): Path<String>,
+) -> Result<Json<QuotaOut>, ApiError> {
+    Ok(Json(gw.quota(&tenant).await?))
 }

@@ -220,6 +220,30 @@ impl Gateway {
         self.routes.load_full()
     }
 
+    /// A tenant's month-to-date proxied requests beside its plan's monthly quota (reported,
+    /// not enforced).
+    pub async fn quota(&self, raw: &str) -> Result<api::QuotaOut, ApiError> {
+        let t = self.identity.tenant_by_ref(raw).await?.ok_or_else(|| ApiError::not_found("no such tenant"))?;
+        let now = runway_core::clock::from_micros(self.clock.now_micros());
+        let start = now.replace_day(1).unwrap_or(now).replace_time(time::Time::MIDNIGHT);
+        let from = start.unix_timestamp();
+        let to = now.unix_timestamp() + 60;
+        let used: u64 =
+            records::read(&self.store, None, Some(t.id.as_str()), from, to).await?.iter().map(|(_, r)| r.total()).sum();
+        let quota = self.limits.plan(&t.plan).and_then(|p| p.monthly_quotas.get("api_requests").copied());
+        metrics::gauge!("runway_gateway_quota_used_ratio", "plan" => t.plan.clone())
+            .set(quota.filter(|q| *q > 0).map_or(0.0, |q| used as f64 / q as f64));
+        Ok(api::QuotaOut {
+            tenant: t.id.as_str().to_owned(),
+            plan: t.plan,
+            period_start: runway_core::clock::rfc3339(from * 1_000_000),
+            used,
+            quota,
+            remaining: quota.map(|q| q.saturating_sub(used)),
+            enforced: false,
+        })
+    }
+
     /// The clock SLI records are stamped with.
     pub fn clock(&self) -> &dyn Clock {
         &*self.clock

@@ -76,7 +76,7 @@ impl Nginx {
         let conf = format!(
             "worker_processes 2;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
+             http {{\n  access_log off;\n  map_hash_bucket_size 256;\n  client_body_temp_path {d}/cb; proxy_temp_path {d}/pt; fastcgi_temp_path {d}/ft;\n\
                uwsgi_temp_path {d}/ut; scgi_temp_path {d}/st;\n\
                upstream backend {{ server 127.0.0.1:{upstream}; keepalive 64; }}\n\
                map $http_authorization $tenant {{ default \"\"; \"Bearer {key}\" \"acme\"; }}\n\
@@ -99,8 +99,9 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its workers (SIGKILL would leave them running).
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
     }
 }
@@ -121,7 +122,7 @@ impl Gateway {
         std::fs::write(
             dir.join("runway.toml"),
             format!(
-                "[log]\nlevel = \"error\"\n[tenants]\ndefault_plan = \"bench\"\n\
+                "[log]\nlevel = \"error\"\n[tenants]\ndefault_plan = \"bench\"\n[auth]\nservice_key_plan = \"bench\"\n\
                  [plans.bench]\nrequests_per_second = 10000000\nburst = 10000000\nmax_concurrent_requests = 100000\n\
                  [gateway]\nsli_flush_ms = 10000\n{redis}\
                  [[gateway.routes]]\nname = \"bench\"\npath_prefix = \"/\"\nauth = \"tenant_key\"\n\

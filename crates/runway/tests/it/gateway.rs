@@ -877,6 +877,12 @@ async fn sli_records_count_each_route_and_tenant_per_minute(engine: Engine) {
         (Some(1), Some(0.0))
     );
     // Hour steps merge the minutes; a range without traffic is empty.
+    // The month's quota report counts the same records (reported, not enforced).
+    let q = s.get("/v1/gateway/quotas/acme", ADMIN).await;
+    let q = q.ok(200);
+    assert_eq!((q["used"].as_u64(), q["enforced"].as_bool()), (Some(4), Some(false)));
+    assert_eq!(q["quota"].as_u64().unwrap() - q["remaining"].as_u64().unwrap(), 4);
+    s.get("/v1/gateway/quotas/nobody", ADMIN).await.problem(404, "not_found");
     let hourly = series("step=3600").await;
     assert_eq!(hourly["data"].as_array().unwrap().len(), 1, "{hourly}");
     let empty = series("from=2020-01-01T00:00:00Z&to=2020-01-01T01:00:00Z").await;

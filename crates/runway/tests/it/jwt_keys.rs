@@ -1,63 +1,8 @@
-//! Test keys for the JWT route test: RSA 2048 pairs generated once with `openssl genpkey`, and
-//! the modulus of each (base64url) for the JWKS the test serves.
+//! Test keys for the JWT route test, shared with the gateway's unit tests
+//! (`crates/gateway/testdata`): RSA 2048 pairs generated once with `openssl genpkey`, and the
+//! modulus of each (base64url) for the JWKS the test serves.
 
-pub const RSA1_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MIIEvwIBADANBgkqhkiG9w0BAQEFAASCBKkwggSlAgEAAoIBAQC0O2tlvELIenh4
-2mwZfQwTjtpjuCZDnlmIpHGPxOTWnt7w9vzzTqY+HCAyK6CgL7gl1zCE+2789Fko
-ERNYZUcy18jbyqZS+a2++alIu7WPD+sReQT8bWywmgnKcOPI2BmBEZcoBVpv+Cjw
-rXAY7GulvCTsXK6y6wFaU+hiy1QXiCtCBmJVB/UiLj8E8am4cxdkiiZOlRjqptRm
-KBERAKv059iWXCI+pG0qhQ7qOKw50VCE7bd+/W2ao5EjnskoxtzzBs8SavtWBWR4
-ueWL/2GS+dA8niD0jPzfaRobrpdZOTzeVGHudfvgynzrTJcLqY/+STxTAaiuEAbd
-L326annFAgMBAAECggEAFQ50HQNXp2XCOWxbVhxT6DJiYBAdovzBvRhpOWtpc4xF
-blA3e+g5EpHlTmHmduXcVR9vnbm6XSHhtgVOBfUfJ64qMJ4xEbSgkJVJKnmJBq53
-aifXZfPAJQnPZwVgDLuijypnnIII74KbVd24IPv4v6OG33kcjUQDeR11zZpaYr06
-jQZb1w8Z2OxFgbnVqT5sM0/eE+5r2PeUxMLrPEEG+XyrqJr9kwwh+JghOXTtQxGw
-w23girTzpMqhOpL1EcwR2laLwqHFBLmAsdplxOr2ApNC74/6GMPxJVEqYdrC4IJT
-B+UfsMGfD9kblmseeVLNoOP9BVvbkUHpQ/Ar/LhlqQKBgQD3saBTL3hHr2QCS0eN
-Imx6brjtWOYF7BUnafUp/MpbkQUb1TKcNpxteEUorNl3wb+Yt2RdQvV1w1tAL/sY
-X5EtWPTKhJWv2fBoPHUAVHpoKtrcX2tJgwIbCTrB5j7qUMk2qsQW8v9oz8JFK9hX
-DhlHfqaM3KTHjMOY5eD4d4DR9wKBgQC6RqfJG+DTw5ZJisQk/3RXwkIkNujsitvX
-3At+f/mqpbKNgHSAPBaK2bMOJw36iZ/HAwLPtIwodsIExN5vvbE6f8b22dXXbT3i
-bER2UzOQCQ5uB6zNHumSpJkIxyEw25g6dsjyDKZCPRf5LG2lBBiwKDRxOnZv8vPx
-e1Oa628jIwKBgQDgK6lPQAoazrizftAeAoas8+J4JNnhiD3I8xOIUZoO7xvxia2J
-Rb+jL5Nf8bfLs9UkcO3rnfsq/ohqekJFV9C7euPpGb+jbJowrG6zwsEZ35c+lTkz
-SdcxAtRjwm80f7Lrv/dCUeAoSsem9LySZVcppo0ztUmItHQdwAcwuG8lFwKBgQCL
-uv6XvGLdV0VAK2jRPBMA1caZtdrpvYwGE5lHriYRnTQgMzCxFOHwDDflsOQqgNwr
-BBYyyoOswtDtlOQqvAfbEwikGWnwrJCUbZS5kdYHANQjM3yrbbnWd8QYMo+yP7ek
-e4BnGZgJ7hwynOIuu7DtS2tzWGCJv5zAEzv25Q68MwKBgQCQW/mJW9wxuy7FHPZa
-OzMst0dwHGR440JWcNNj9DQcflGd3iWvs/+OqaMSyI5o15m0c+dJOId6v/hSdUOK
-kJZOgb5dxL0Uv18Hja1vRRfI0HytCI3tn9YehSQMPF+mNGuVHq2VGXjq+oYQXI9X
-6FZwFW3wGuzBRRthBtNm+guRQg==
------END PRIVATE KEY-----
-";
-pub const RSA1_N: &str = "tDtrZbxCyHp4eNpsGX0ME47aY7gmQ55ZiKRxj8Tk1p7e8Pb8806mPhwgMiugoC-4JdcwhPtu_PRZKBETWGVHMtfI28qmUvmtvvmpSLu1jw_rEXkE_G1ssJoJynDjyNgZgRGXKAVab_go8K1wGOxrpbwk7FyususBWlPoYstUF4grQgZiVQf1Ii4_BPGpuHMXZIomTpUY6qbUZigREQCr9OfYllwiPqRtKoUO6jisOdFQhO23fv1tmqORI57JKMbc8wbPEmr7VgVkeLnli_9hkvnQPJ4g9Iz832kaG66XWTk83lRh7nX74Mp860yXC6mP_kk8UwGorhAG3S99ump5xQ";
-pub const RSA2_PEM: &str = "-----BEGIN PRIVATE KEY-----
-MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQCcRfAHI/OAAde2
-vh3yDXvFmEltRiJ+Z3ScZJzC8ouTfi/pfCJF0mQstmncEj7rOtqvzvAX+VGOJ6HD
-OL/26BY9ya5fNAnWcYZJqeKXPrMzUZTcivEQ3jBhy9pkZSEmxM3cyVFF+XzprnmL
-YdnjRzaCu4fNc0aJPdY0dN5aQLY+b6yjVJVOBsi/LtSM8taunEd8vUUXnQB/7Yq3
-Ma2Smq8bUzV/9jr54buFCKz8QLkx4jWRKwe61bHYHP3nwbtmhx/T0Xijl4PPZgNP
-BMnighDV4d90uU5l8REIrxv+bqOvniAeUcJgVjdMmQg8zIu+aFYWt1iqp6YcTfiv
-2BwW/n29AgMBAAECggEAJX05qdzcC3dlsndFY84MRUjVRJuwprZW6TXRzYq2JTn+
-cHrRFgL0+S0BlEPkSDYkREzWmEm9YObtDZJNqwPeYhBB/qDTQ1iUqJNSwonOH5+Q
-oJ/MWQmUfcGTsMX5//zyjebV0n2Zk83BZsigpr9sukwWthjTcRUekBMBTJF9pthv
-jacAjCfDPZKPqJs+m0L1IujyFHWPmc4eo1yry/j600G/kvyKLgQuXO9WrxPVRV43
-9Wh6tU4S9wFAMsCqGArU2gPvw3gEnDI2ACxIeu1iYis5ZINRCpYqLy9ySy7m/6dk
-LUbVkT87AzJqKlKoi2K7mEcqvS06AT4F9m3JrcYBAQKBgQDLF87WvsVbtiGxskBL
-Zup5ZP4C9xTrTP+6TOir8Z96gFy9SoxsQhkEy595XKyohsW1GeunOOBqApQ0NRXq
-YA4iy+9VrVUJpU/kDIA6/9xLF6WGuyifJEjX/ObpBpbwbpqt8Xl2DLgMnAS9f4sh
-HgdvCQ5o4+12Ojg+9rzyyphxYQKBgQDE+7w5SAdvnm8bUAR1vuzXJfHIy+YZcVy5
-41f3wDtY4TsB0ePpDfrb5XHe0K3iVxmMnnMfSCQbGomuHVfAFFz3nG+S1dPh4hHq
-/ETImteTqgTL4cW92PiM2TabEiLkSf7KtfaSFNFjekTPI9MRwOxuYWgliXBfpksl
-ed4Ik7C93QKBgQCDScq+a+itVtoFQ1Po6ojdHPpP9GYjjk0qpBktPi94Q46wF4cb
-XMdLoE5haBV9hFI+tpjuKwh3v18LON4H+zxoJil722dDqwgwRhyHB2vjZ0/r/wVN
-i2lDpwumzEm69+UqWRXJyIMaM6mkztSj/gOUNeiIyf9yFETT/zE6StmtQQKBgCu7
-j+BPw4beb+BqdXMGvmJNxE5GJoHDj0id1qvke8iRyJ3w0V6ugeFMIWnMfq5flAaK
-Lxjk1U9HJwYG8bJtUu6ORp8c5fuiS0QWWdcHuZDJEGOLbnFluFjc6Kio8CIq42xx
-1Zo9EPe674fldjjc0iD3cz3SM6aorspVMhxJXdXpAoGAGaCu13dmJU0BHxZ/aSym
-8LOxoWfO5kKDcraeBGj2K5Cor3DQUYo9DANbnNzGmRQJcmGNr6rLVxWZgXCPnwXW
-toxivXa4ltB7qObcJmXgqi0rn54MQ9FsF7nlonzRTZIcIEQLMX455srmdPSbpPXq
-GxVVsWLc7CfGAPy7NzpOBY4=
------END PRIVATE KEY-----
-";
-pub const RSA2_N: &str = "nEXwByPzgAHXtr4d8g17xZhJbUYifmd0nGScwvKLk34v6XwiRdJkLLZp3BI-6zrar87wF_lRjiehwzi_9ugWPcmuXzQJ1nGGSanilz6zM1GU3IrxEN4wYcvaZGUhJsTN3MlRRfl86a55i2HZ40c2gruHzXNGiT3WNHTeWkC2Pm-so1SVTgbIvy7UjPLWrpxHfL1FF50Af-2KtzGtkpqvG1M1f_Y6-eG7hQis_EC5MeI1kSsHutWx2Bz958G7Zocf09F4o5eDz2YDTwTJ4oIQ1eHfdLlOZfERCK8b_m6jr54gHlHCYFY3TJkIPMyLvmhWFrdYqqemHE34r9gcFv59vQ";
+pub const RSA1_PEM: &str = include_str!("../../../gateway/testdata/rsa1.pem");
+pub const RSA1_N: &str = include_str!("../../../gateway/testdata/rsa1.n");
+pub const RSA2_PEM: &str = include_str!("../../../gateway/testdata/rsa2.pem");
+pub const RSA2_N: &str = include_str!("../../../gateway/testdata/rsa2.n");
