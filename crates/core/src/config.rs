@@ -168,6 +168,11 @@ pub struct RouteConfig {
     pub hosts: Vec<String>,
     /// Requests whose path starts with this (at a `/` boundary); the longest match wins.
     pub path_prefix: String,
+    /// Optionally, the whole path must also match this pattern: `{name}` is one segment,
+    /// `{*rest}` (last only) any remainder, e.g. `/orders/{id}/items`. It starts with
+    /// `path_prefix`; at the same prefix, a route with a pattern wins over one without.
+    #[serde(default)]
+    pub path_pattern: Option<String>,
     /// Methods it answers; empty: any.
     #[serde(default)]
     #[schema(max_items = 9)]
@@ -198,6 +203,10 @@ pub struct RouteConfig {
     /// Requests in flight on this route at most (a bulkhead for its upstream); unset: no cap.
     #[serde(default)]
     pub max_concurrent_requests: Option<u32>,
+    /// A rate limit of this route's own, per tenant (per credential without one), on top of
+    /// the plan's; per replica.
+    #[serde(default)]
+    pub rate_limit: Option<RouteRateLimit>,
     /// Balancing, retries, circuit breakers, outlier ejection and health checks of the pool.
     #[serde(default)]
     pub resilience: ResilienceConfig,
@@ -240,6 +249,16 @@ fn default_idempotency_ttl_secs() -> u64 {
 }
 fn default_idempotency_max_response_bytes() -> u64 {
     1024 * 1024
+}
+
+/// A route's own GCRA limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRateLimit {
+    /// The sustained rate.
+    pub requests_per_second: u32,
+    /// How many may come at once.
+    pub burst: u32,
 }
 
 /// How a route's pool survives failing targets. The defaults are Envoy's.
@@ -395,6 +414,28 @@ impl RouteConfig {
         if !self.path_prefix.starts_with('/') || self.path_prefix.len() > 1024 {
             return bad("path_prefix", "must start with `/` (at most 1024 bytes)");
         }
+        if let Some(p) = &self.path_pattern {
+            let segments: Vec<&str> = p.split('/').skip(1).collect();
+            let well_formed = p.starts_with('/')
+                && p.len() <= 1024
+                && segments.iter().enumerate().all(|(i, s)| {
+                    match s.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                        Some(name) => {
+                            let name = name.strip_prefix('*').filter(|_| i + 1 == segments.len()).unwrap_or(name);
+                            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                        }
+                        None => !s.contains(['{', '}']),
+                    }
+                });
+            if !well_formed {
+                return bad("path_pattern", "segments are literal, `{name}`, or `{*rest}` last");
+            }
+            let literal: String = p.split('{').next().unwrap_or("").to_owned();
+            let prefix = self.path_prefix.trim_end_matches('/');
+            if !(literal.starts_with(prefix) || format!("{literal}/").starts_with(&format!("{prefix}/"))) {
+                return bad("path_pattern", "must start with path_prefix");
+            }
+        }
         for (field, len, max) in [
             ("hosts", self.hosts.len(), 32),
             ("methods", self.methods.len(), 9),
@@ -438,6 +479,9 @@ impl RouteConfig {
         }
         if self.body_limit_bytes == 0 {
             return bad("body_limit_bytes", "must be at least 1");
+        }
+        if self.rate_limit.is_some_and(|l| l.requests_per_second == 0 || l.burst == 0) {
+            return bad("rate_limit", "requests_per_second and burst must be at least 1");
         }
         if self.max_concurrent_requests == Some(0) {
             return bad("max_concurrent_requests", "must be at least 1 (leave out for no cap)");
@@ -1194,6 +1238,7 @@ mod tests {
             name: "a".into(),
             hosts: vec![],
             path_prefix: "/a".into(),
+            path_pattern: None,
             methods: vec!["GET".into()],
             strip_prefix: false,
             upstream: vec![UpstreamTarget { url: "http://10.0.0.1:80".into(), weight: 1 }],
@@ -1203,6 +1248,7 @@ mod tests {
             request_timeout_ms: 1,
             body_limit_bytes: 1,
             max_concurrent_requests: None,
+            rate_limit: None,
             resilience: ResilienceConfig::default(),
             idempotency: IdempotencyMode::Off,
             idempotency_ttl_secs: 60,
@@ -1225,6 +1271,14 @@ mod tests {
         let p = RouteProblem { field: "upstream[1].url".into(), reason: String::new() };
         assert_eq!(p.pointer(), "/upstream/1/url");
         assert_eq!(check(&|r| r[0].path_prefix = "a".into()).as_deref(), Some("gateway.routes[0].path_prefix"));
+        assert_eq!(check(&|r| r[0].path_pattern = Some("/a/{id}/x/{*rest}".into())).as_deref(), None);
+        for bad_pattern in ["/a/{}", "/a/{*rest}/x", "/b/{id}", "/a/x{y}", "a/{id}"] {
+            assert_eq!(
+                check(&|r| r[0].path_pattern = Some(bad_pattern.into())).as_deref(),
+                Some("gateway.routes[0].path_pattern"),
+                "{bad_pattern}"
+            );
+        }
         assert_eq!(check(&|r| r[0].methods = vec!["get".into()]).as_deref(), Some("gateway.routes[0].methods"));
         assert_eq!(check(&|r| r[0].upstream.clear()).as_deref(), Some("gateway.routes[0].upstream"));
         assert_eq!(

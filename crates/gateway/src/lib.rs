@@ -111,9 +111,37 @@ impl RouteSet {
     }
 }
 
+/// A route's own GCRA buckets, and the limit they were built from.
+struct RouteLimiter {
+    limit: runway_core::config::RouteRateLimit,
+    buckets: governor::DefaultKeyedRateLimiter<String>,
+}
+
+impl RouteLimiter {
+    fn new(limit: runway_core::config::RouteRateLimit) -> RouteLimiter {
+        let rps = std::num::NonZeroU32::new(limit.requests_per_second).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = std::num::NonZeroU32::new(limit.burst).unwrap_or(std::num::NonZeroU32::MIN);
+        RouteLimiter {
+            limit,
+            buckets: governor::RateLimiter::keyed(governor::Quota::per_second(rps).allow_burst(burst)),
+        }
+    }
+
+    /// `Ok` when `key` may pass; the seconds to wait otherwise.
+    fn check(&self, key: &str) -> Result<(), u64> {
+        use governor::clock::Clock as _;
+        self.buckets.check_key(&key.to_owned()).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        })
+    }
+}
+
 /// What a route needs at request time beside its config.
 struct RouteState {
     client: Upstream,
+    /// The route's own rate limit, keyed by tenant (or credential), when it has one.
+    limiter: Option<Arc<RouteLimiter>>,
     /// The route's OpenAPI document, compiled, when it has one.
     spec: Option<Arc<validate::ApiSpec>>,
     /// A `jwt` route's required scopes (the issuer's names); key routes use `scopes`.
@@ -313,7 +341,16 @@ impl Gateway {
                         return false;
                     }
                 };
+                let limiter = c.rate_limit.map(|l| {
+                    previous
+                        .table
+                        .position(&c.name)
+                        .and_then(|i| previous.state[i].limiter.clone())
+                        .filter(|k| k.limit == l)
+                        .unwrap_or_else(|| Arc::new(RouteLimiter::new(l)))
+                });
                 state.push(RouteState {
+                    limiter,
                     spec,
                     client: self.client(c.connect_timeout_ms),
                     token_scopes,
@@ -833,6 +870,22 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
             return finish(&c.name, tenant.as_deref(), started, res);
         }
     };
+    // The route's own limit, per tenant (or credential; anonymous callers share one bucket).
+    if let Some(limiter) = &rs.limiter {
+        let key = caller.as_ref().map_or("-", |p| p.tenant.as_deref().unwrap_or(&p.credential));
+        if let Err(secs) = limiter.check(key) {
+            let l = limiter.limit;
+            let policy = format!("\"route\";q={};w={}", l.burst, l.burst.div_ceil(l.requests_per_second).max(1));
+            let e = ApiError::new(
+                ErrorCode::RateLimited,
+                format!("the rate limit of route `{}` is exhausted; retry after {secs} s", c.name),
+            )
+            .with_retry_after(secs);
+            let mut res = e.into_response();
+            runway_identity::auth::add_rate_headers(&mut res, Some((policy, format!("\"route\";r=0;t={secs}"))));
+            return finish(&c.name, tenant.as_deref(), started, res);
+        }
+    }
     let mut route_permit = match &rs.bulkhead {
         None => None,
         Some(sem) => match sem.clone().try_acquire_owned() {

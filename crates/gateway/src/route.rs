@@ -42,10 +42,14 @@ impl RouteTable {
                     || host.as_deref().is_some_and(|h| c.hosts.iter().any(|x| x.eq_ignore_ascii_case(h))))
                     && (c.methods.is_empty() || c.methods.iter().any(|m| m == method))
                     && prefix_matches(&c.path_prefix, path)
+                    && c.path_pattern.as_deref().is_none_or(|p| pattern_matches(p, path))
             })
-            .fold(None, |best: Option<(usize, &Route)>, (i, r)| match best {
-                Some((_, b)) if b.config.path_prefix.len() >= r.config.path_prefix.len() => best,
-                _ => Some((i, r)),
+            .fold(None, |best: Option<(usize, &Route)>, (i, r)| {
+                let rank = |r: &Route| (r.config.path_prefix.len(), r.config.path_pattern.is_some());
+                match best {
+                    Some((_, b)) if rank(b) >= rank(r) => best,
+                    _ => Some((i, r)),
+                }
             })
     }
 }
@@ -59,6 +63,26 @@ impl Route {
         let prefix = self.config.path_prefix.trim_end_matches('/');
         let rest = path.strip_prefix(prefix).unwrap_or(path);
         if rest.starts_with('/') { rest.into() } else { format!("/{rest}").into() }
+    }
+}
+
+/// Whether `path` matches a `path_pattern` whole: literal segments equal, `{name}` any one
+/// non-empty segment, `{*rest}` (last) anything after, nothing included.
+pub fn pattern_matches(pattern: &str, path: &str) -> bool {
+    let mut want = pattern.split('/').skip(1);
+    let mut got = path.split('/').skip(1);
+    loop {
+        match (want.next(), got.next()) {
+            (None, None) => return true,
+            (Some(w), _) if w.starts_with("{*") => return true,
+            (Some(w), Some(g)) if w.starts_with('{') => {
+                if g.is_empty() {
+                    return false;
+                }
+            }
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
     }
 }
 
@@ -87,6 +111,7 @@ mod tests {
             name: name.into(),
             hosts: vec![],
             path_prefix: prefix.into(),
+            path_pattern: None,
             methods: vec![],
             strip_prefix: false,
             upstream: vec![UpstreamTarget { url: "http://127.0.0.1:1".into(), weight: 1 }],
@@ -96,6 +121,7 @@ mod tests {
             request_timeout_ms: 1,
             body_limit_bytes: 1,
             max_concurrent_requests: None,
+            rate_limit: None,
             resilience: Default::default(),
             idempotency: Default::default(),
             idempotency_ttl_secs: 86_400,
@@ -129,6 +155,21 @@ mod tests {
         assert!(t.find(None, "GET", "/x").is_none());
         assert!(t.find(Some("api.example.com"), "POST", "/x").is_none());
         assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn patterns_match_whole_paths_and_win_at_the_same_prefix() {
+        assert!(pattern_matches("/orders/{id}/items", "/orders/7/items"));
+        assert!(!pattern_matches("/orders/{id}/items", "/orders/7"));
+        assert!(!pattern_matches("/orders/{id}/items", "/orders//items"));
+        assert!(!pattern_matches("/orders/{id}/items", "/orders/7/items/1"));
+        assert!(pattern_matches("/files/{*rest}", "/files/a/b/c"));
+        assert!(pattern_matches("/files/{*rest}", "/files/"));
+        let mut items = route("items", "/orders");
+        items.path_pattern = Some("/orders/{id}/items".into());
+        let t = RouteTable::new(&[route("orders", "/orders"), items]);
+        assert_eq!(t.find(None, "GET", "/orders/7/items").unwrap().1.config.name, "items");
+        assert_eq!(t.find(None, "GET", "/orders/7").unwrap().1.config.name, "orders");
     }
 
     #[test]

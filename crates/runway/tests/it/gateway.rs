@@ -29,6 +29,7 @@ crate::both_engines!(
     policies_gate_residency_card_numbers_and_plans,
     runway_policy_test_runs_the_policies_own_tests,
     openapi_validation_lists_every_violation_before_the_upstream,
+    path_patterns_match_whole_paths,
 );
 
 /// A Redis server of the test's own, on a free port, stopped when dropped.
@@ -228,6 +229,7 @@ fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth) -> RouteConf
         name: name.into(),
         hosts: vec![],
         path_prefix: prefix.into(),
+        path_pattern: None,
         methods: vec![],
         strip_prefix: false,
         upstream: vec![UpstreamTarget { url: upstream.into(), weight: 1 }],
@@ -237,6 +239,7 @@ fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth) -> RouteConf
         request_timeout_ms: 1_000,
         body_limit_bytes: 1_024,
         max_concurrent_requests: None,
+        rate_limit: None,
         resilience: Default::default(),
         idempotency: Default::default(),
         idempotency_ttl_secs: 86_400,
@@ -1561,5 +1564,36 @@ async fn openapi_validation_lists_every_violation_before_the_upstream(engine: En
     assert_eq!(
         s.post("/v1/gateway/routes", ADMIN, doc).await.problem(422, "validation_failed")["field"],
         "/openapi_file"
+    );
+}
+
+async fn path_patterns_match_whole_paths(engine: Engine) {
+    let (a, b) = (Flaky::start("orders").await, Flaky::start("items").await);
+    let mut items = route("items", "/orders", &b.url, RouteAuth::Anonymous);
+    items.path_pattern = Some("/orders/{id}/items/{*rest}".into());
+    let (s, gw) = gateway(engine, vec![route("orders", "/orders", &a.url, RouteAuth::Anonymous), items]).await;
+    let who = |path: &'static str| {
+        let req = s.http.get(format!("{gw}{path}"));
+        async move { TestServer::read(req.send().await.unwrap()).await.body["upstream"].as_str().unwrap_or("").to_owned() }
+    };
+    assert_eq!(who("/orders/7/items").await, "items");
+    assert_eq!(who("/orders/7/items/3/notes").await, "items");
+    assert_eq!(who("/orders/7").await, "orders");
+    assert_eq!(who("/orders//items").await, "orders", "an empty segment is not an id");
+    // A route's own rate limit, on top of the plan's (anonymous callers share one bucket).
+    let mut limited = serde_json::to_value(route("limited", "/limited", &a.url, RouteAuth::Anonymous)).unwrap();
+    limited["rate_limit"] = json!({"requests_per_second": 1, "burst": 2});
+    s.post("/v1/gateway/routes", ADMIN, limited).await.ok(201);
+    for _ in 0..2 {
+        assert_eq!(who("/limited/x").await, "orders");
+    }
+    let r = TestServer::read(s.http.get(format!("{gw}/limited/x")).send().await.unwrap()).await;
+    assert!(r.problem(429, "rate_limited")["detail"].as_str().unwrap().contains("route `limited`"));
+    assert!(r.header("ratelimit-policy").unwrap().contains("\"route\";q=2"), "{:?}", r.headers);
+    let mut bad = serde_json::to_value(route("p", "/p", &a.url, RouteAuth::Anonymous)).unwrap();
+    bad["path_pattern"] = json!("/q/{id}");
+    assert_eq!(
+        s.post("/v1/gateway/routes", ADMIN, bad).await.problem(422, "validation_failed")["field"],
+        "/path_pattern"
     );
 }
