@@ -64,6 +64,17 @@ pub fn wrk(url: &str, threads: u32, connections: u32, seconds: u64, key: Option<
     Ok(WrkRun { rps, p50_ms, p99_ms, errors: non2xx + socket })
 }
 
+/// Waits until something accepts connections on `port` (nginx after its start), for at most 10 s.
+async fn listening(port: u16) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("nothing listens on 127.0.0.1:{port} after 10 s (see nginx's error.log)")
+}
+
 /// nginx as the upstream (one server block answering 200) and as the two proxies to compare.
 struct Nginx {
     child: std::process::Child,
@@ -217,7 +228,9 @@ pub async fn run(seconds: u64, admin: &str) -> anyhow::Result<()> {
     let gw = Gateway::start(&dir.join("runway"), upstream, None, admin)?;
     let key = tenant_key(&gw.api, admin).await?;
     let _nginx = Nginx::start(&dir.join("nginx"), upstream, proxy, limited, &key)?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for port in [upstream, proxy, limited] {
+        listening(port).await?;
+    }
     let target = |port: u16| format!("http://127.0.0.1:{port}/");
     let gw_url = format!("{}/", gw.gateway);
     // Warm-up: pools filled, code paged in.
@@ -241,6 +254,8 @@ pub async fn run(seconds: u64, admin: &str) -> anyhow::Result<()> {
     let one_gw = wrk(&gw_url, 1, 1, seconds.min(5), Some(&key))?;
     let rss_before = gw.rss_kib();
     let held = hold_idle(&gw.gateway, &key, 1000).await?;
+    // Every connection has answered; this pause only lets the allocator's deferred work settle
+    // before the RSS is read.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_idle = gw.rss_kib();
     drop(held);
