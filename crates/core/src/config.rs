@@ -225,6 +225,10 @@ pub struct RouteConfig {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     pub openapi_file: Option<std::path::PathBuf>,
+    /// The name of an OpenAPI document kept through the API (`/v1/gateway/openapi`), used
+    /// as `openapi_file` is; set one of the two.
+    #[serde(default)]
+    pub openapi: Option<String>,
     /// Policies (names from `gateway.policies`) run in order before the upstream sees the
     /// request; the first refusal answers.
     #[serde(default)]
@@ -397,7 +401,7 @@ impl RouteProblem {
 }
 
 /// Route names: what logs, metrics and the API's paths name a route by.
-fn valid_route_name(name: &str) -> bool {
+pub fn valid_route_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
@@ -488,6 +492,12 @@ impl RouteConfig {
         }
         if self.auth == RouteAuth::Anonymous && !self.scopes.is_empty() {
             return bad("scopes", "an anonymous route cannot require scopes");
+        }
+        if self.openapi.is_some() && self.openapi_file.is_some() {
+            return bad("openapi", "set `openapi` or `openapi_file`, not both");
+        }
+        if self.openapi.as_deref().is_some_and(|n| !valid_route_name(n)) {
+            return bad("openapi", "the name of an OpenAPI document: 1 to 64 of a-z, 0-9, `-` and `_`");
         }
         if self.policies.len() > 16 || self.policies.iter().any(|p| p.is_empty()) {
             return bad("policies", "at most 16 policy names");
@@ -1254,6 +1264,7 @@ mod tests {
             idempotency_ttl_secs: 60,
             idempotency_max_response_bytes: 1024,
             openapi_file: None,
+            openapi: None,
             policies: vec![],
         };
         let check = |change: &dyn Fn(&mut Vec<RouteConfig>)| {

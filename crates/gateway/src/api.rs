@@ -16,7 +16,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::Gateway;
-use crate::catalog::{self, Edit, StoredRoute};
+use crate::catalog::{self, Edit, Stored};
+use crate::documents::{OpenApiDocument, PolicyDocument};
 
 type St = State<Arc<Gateway>>;
 
@@ -26,6 +27,14 @@ pub fn router() -> OpenApiRouter<Arc<Gateway>> {
         .routes(routes!(get_route, replace_route, delete_route))
         .routes(routes!(route_versions))
         .routes(routes!(rollback_route))
+        .routes(routes!(list_policies, create_policy))
+        .routes(routes!(get_policy, replace_policy, delete_policy))
+        .routes(routes!(policy_versions))
+        .routes(routes!(rollback_policy))
+        .routes(routes!(list_openapi, create_openapi))
+        .routes(routes!(get_openapi, replace_openapi, delete_openapi))
+        .routes(routes!(openapi_versions))
+        .routes(routes!(rollback_openapi))
         .routes(routes!(read_sli))
         .routes(routes!(read_quota))
 }
@@ -55,10 +64,10 @@ pub struct RouteOut {
     pub updated_at: Option<String>,
 }
 
-impl From<StoredRoute> for RouteOut {
-    fn from(s: StoredRoute) -> Self {
+impl From<Stored<RouteConfig>> for RouteOut {
+    fn from(s: Stored<RouteConfig>) -> Self {
         RouteOut {
-            route: s.config,
+            route: s.doc,
             source: RouteSource::Api,
             version: Some(s.version),
             created_at: Some(runway_core::clock::rfc3339(s.created_at)),
@@ -107,7 +116,7 @@ pub struct RouteVersionList {
 /// Which version to go back to.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RouteRollback {
+pub struct Rollback {
     /// The version whose document to restore (as a new version; a deleted route comes back).
     pub version: i64,
 }
@@ -121,11 +130,10 @@ const NAME: &str = "The route's name.";
 #[utoipa::path(get, path = "/v1/gateway/routes", tag = "gateway",
     responses((status = 200, body = RouteList, description = "Every route.")))]
 async fn list_routes(State(gw): St, _auth: Authorized<Platform<GatewayRead>>) -> Result<Json<RouteList>, ApiError> {
-    let (revision, stored) = catalog::load(gw.store()).await?;
+    let loaded = catalog::load(gw.store()).await?;
+    let (revision, stored) = (loaded.revision, loaded.routes);
     let mut data: Vec<RouteOut> = gw.declared().iter().map(declared).collect();
-    data.extend(
-        stored.into_iter().filter(|s| !gw.declared().iter().any(|d| d.name == s.config.name)).map(RouteOut::from),
-    );
+    data.extend(stored.into_iter().filter(|s| !gw.declared().iter().any(|d| d.name == s.doc.name)).map(RouteOut::from));
     Ok(Json(RouteList { data, revision }))
 }
 
@@ -143,7 +151,7 @@ async fn create_route(
     ApiJson(b): ApiJson<RouteConfig>,
 ) -> Result<(StatusCode, Json<RouteOut>), ApiError> {
     let name = b.name.clone();
-    Ok((StatusCode::CREATED, Json(gw.change(&auth.audit, &name, Edit::Create(b)).await?.into())))
+    Ok((StatusCode::CREATED, Json(gw.change_route(&auth.audit, &name, Edit::Create(b)).await?.into())))
 }
 
 /// Get a gateway route
@@ -157,9 +165,7 @@ async fn get_route(
     if let Some(d) = gw.declared().iter().find(|d| d.name == name) {
         return Ok(Json(declared(d)));
     }
-    let (_, stored) = catalog::load(gw.store()).await?;
-    let found = stored.into_iter().find(|s| s.config.name == name);
-    Ok(Json(found.ok_or_else(|| ApiError::not_found(format!("no gateway route `{name}`")))?.into()))
+    Ok(Json(catalog::get::<RouteConfig>(gw.store(), &name).await?.into()))
 }
 
 /// Replace a gateway route
@@ -175,7 +181,7 @@ async fn replace_route(
     Path(name): Path<String>,
     ApiJson(b): ApiJson<RouteConfig>,
 ) -> Result<Json<RouteOut>, ApiError> {
-    Ok(Json(gw.change(&auth.audit, &name, Edit::Replace(b)).await?.into()))
+    Ok(Json(gw.change_route(&auth.audit, &name, Edit::Replace(b)).await?.into()))
 }
 
 /// Delete a gateway route
@@ -188,7 +194,7 @@ async fn delete_route(
     auth: Authorized<Platform<GatewayWrite>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    gw.change(&auth.audit, &name, Edit::Delete).await?;
+    gw.change_route(&auth.audit, &name, Edit::Delete).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -200,7 +206,7 @@ async fn route_versions(
     _auth: Authorized<Platform<GatewayRead>>,
     Path(name): Path<String>,
 ) -> Result<Json<RouteVersionList>, ApiError> {
-    let data = catalog::history(gw.store(), &name)
+    let data = catalog::history::<RouteConfig>(gw.store(), &name)
         .await?
         .into_iter()
         .map(|v| RouteVersionOut {
@@ -208,7 +214,7 @@ async fn route_versions(
             action: v.action,
             actor: v.actor,
             created_at: runway_core::clock::rfc3339(v.created_at),
-            route: v.config,
+            route: v.doc,
         })
         .collect();
     Ok(Json(RouteVersionList { data }))
@@ -217,15 +223,340 @@ async fn route_versions(
 /// Roll a gateway route back
 ///
 /// Restores an earlier version's document as a new version; a deleted route comes back.
-#[utoipa::path(post, path = "/v1/gateway/routes/{name}/rollback", tag = "gateway", params(("name" = String, Path, description = NAME, example = "orders")), request_body = RouteRollback,
+#[utoipa::path(post, path = "/v1/gateway/routes/{name}/rollback", tag = "gateway", params(("name" = String, Path, description = NAME, example = "orders")), request_body = Rollback,
     responses((status = 200, body = RouteOut, description = "The route as restored.")))]
 async fn rollback_route(
     State(gw): St,
     auth: Authorized<Platform<GatewayWrite>>,
     Path(name): Path<String>,
-    ApiJson(b): ApiJson<RouteRollback>,
+    ApiJson(b): ApiJson<Rollback>,
 ) -> Result<Json<RouteOut>, ApiError> {
-    Ok(Json(gw.change(&auth.audit, &name, Edit::Rollback(b.version)).await?.into()))
+    Ok(Json(gw.change_route(&auth.audit, &name, Edit::Rollback(b.version)).await?.into()))
+}
+
+/// Where a document stands in its history (policies and OpenAPI documents).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DocumentMeta {
+    /// The current version, counting from 1.
+    pub version: i64,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// When it last changed (RFC 3339).
+    pub updated_at: String,
+}
+
+fn meta<D>(s: &Stored<D>) -> DocumentMeta {
+    DocumentMeta {
+        version: s.version,
+        created_at: runway_core::clock::rfc3339(s.created_at),
+        updated_at: runway_core::clock::rfc3339(s.updated_at),
+    }
+}
+
+/// Who changed a document, how and when (one entry of its history).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChangeMeta {
+    /// The version number, counting from 1.
+    pub version: i64,
+    /// `created`, `updated`, `deleted` or `rolled_back`.
+    #[schema(example = "updated")]
+    pub action: String,
+    /// Who made it: `<kind>:<id>` of the credential.
+    #[schema(example = "admin:admin")]
+    pub actor: String,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+}
+
+fn change_meta<D>(v: &catalog::Version<D>) -> ChangeMeta {
+    ChangeMeta {
+        version: v.version,
+        action: v.action.clone(),
+        actor: v.actor.clone(),
+        created_at: runway_core::clock::rfc3339(v.created_at),
+    }
+}
+
+/// A gateway policy kept through the API.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyOut {
+    #[serde(flatten)]
+    pub policy: PolicyDocument,
+    #[serde(flatten)]
+    pub meta: DocumentMeta,
+}
+
+impl From<Stored<PolicyDocument>> for PolicyOut {
+    fn from(s: Stored<PolicyDocument>) -> Self {
+        PolicyOut { meta: meta(&s), policy: s.doc }
+    }
+}
+
+/// The policies kept through the API, and the names of those declared in `runway.toml`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyList {
+    /// The policies kept through the API, by name.
+    pub data: Vec<PolicyOut>,
+    /// The names of `gateway.policies` (files; read-only here).
+    pub declared: Vec<String>,
+}
+
+/// One entry of a policy's history.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyVersionOut {
+    #[serde(flatten)]
+    pub change: ChangeMeta,
+    /// The whole policy as of this version (a deletion shows the policy it removed).
+    pub policy: PolicyDocument,
+}
+
+/// A policy's history, newest first.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PolicyVersionList {
+    /// The versions, newest first.
+    pub data: Vec<PolicyVersionOut>,
+}
+
+/// An OpenAPI document kept through the API.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OpenApiOut {
+    #[serde(flatten)]
+    pub openapi: OpenApiDocument,
+    #[serde(flatten)]
+    pub meta: DocumentMeta,
+}
+
+impl From<Stored<OpenApiDocument>> for OpenApiOut {
+    fn from(s: Stored<OpenApiDocument>) -> Self {
+        OpenApiOut { meta: meta(&s), openapi: s.doc }
+    }
+}
+
+/// The OpenAPI documents kept through the API.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OpenApiList {
+    /// The documents, by name.
+    pub data: Vec<OpenApiOut>,
+}
+
+/// One entry of an OpenAPI document's history.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OpenApiVersionOut {
+    #[serde(flatten)]
+    pub change: ChangeMeta,
+    /// The whole document as of this version (a deletion shows the one it removed).
+    pub openapi: OpenApiDocument,
+}
+
+/// An OpenAPI document's history, newest first.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct OpenApiVersionList {
+    /// The versions, newest first.
+    pub data: Vec<OpenApiVersionOut>,
+}
+
+/// The `{name}` path parameter of policies.
+const POLICY: &str = "The policy's name.";
+/// The `{name}` path parameter of OpenAPI documents.
+const DOCUMENT: &str = "The OpenAPI document's name.";
+
+/// List gateway policies
+///
+/// The Rego policies kept through the API, and the names of those declared in `runway.toml`.
+#[utoipa::path(get, path = "/v1/gateway/policies", tag = "gateway",
+    responses((status = 200, body = PolicyList, description = "Every policy.")))]
+async fn list_policies(State(gw): St, _auth: Authorized<Platform<GatewayRead>>) -> Result<Json<PolicyList>, ApiError> {
+    let data = catalog::list::<PolicyDocument>(gw.store()).await?.into_iter().map(PolicyOut::from).collect();
+    Ok(Json(PolicyList { data, declared: gw.declared_policy_names() }))
+}
+
+/// Create a gateway policy
+///
+/// Compiles the Rego module (`package runway.gateway` with an `allow` rule) and runs its own
+/// `test_*` rules; stores it as version 1 when they pass, audited on the platform chain. Routes
+/// name it in `policies`.
+#[utoipa::path(post, path = "/v1/gateway/policies", tag = "gateway", request_body = PolicyDocument,
+    responses((status = 201, body = PolicyOut, description = "The new policy."),
+        (status = 409, body = Problem, description = "`conflict`: a policy of this name exists (or is declared in runway.toml)."),
+        (status = 422, body = Problem, description = "`validation_failed`: the source does not compile or its tests fail (`detail` says which).")))]
+async fn create_policy(
+    State(gw): St,
+    auth: Authorized<Platform<GatewayWrite>>,
+    ApiJson(b): ApiJson<PolicyDocument>,
+) -> Result<(StatusCode, Json<PolicyOut>), ApiError> {
+    let name = b.name.clone();
+    Ok((StatusCode::CREATED, Json(gw.change_policy(&auth.audit, &name, Edit::Create(b)).await?.into())))
+}
+
+/// Get a gateway policy
+#[utoipa::path(get, path = "/v1/gateway/policies/{name}", tag = "gateway", params(("name" = String, Path, description = POLICY, example = "plan-gate")),
+    responses((status = 200, body = PolicyOut, description = "The policy.")))]
+async fn get_policy(
+    State(gw): St,
+    _auth: Authorized<Platform<GatewayRead>>,
+    Path(name): Path<String>,
+) -> Result<Json<PolicyOut>, ApiError> {
+    Ok(Json(catalog::get::<PolicyDocument>(gw.store(), &name).await?.into()))
+}
+
+/// Replace a gateway policy
+///
+/// Compiles and tests the new source, then writes it as a new version; every route naming
+/// the policy uses it from then on.
+#[utoipa::path(put, path = "/v1/gateway/policies/{name}", tag = "gateway", params(("name" = String, Path, description = POLICY, example = "plan-gate")), request_body = PolicyDocument,
+    responses((status = 200, body = PolicyOut, description = "The policy as changed."),
+        (status = 422, body = Problem, description = "`validation_failed`: the source does not compile or its tests fail.")))]
+async fn replace_policy(
+    State(gw): St,
+    auth: Authorized<Platform<GatewayWrite>>,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<PolicyDocument>,
+) -> Result<Json<PolicyOut>, ApiError> {
+    Ok(Json(gw.change_policy(&auth.audit, &name, Edit::Replace(b)).await?.into()))
+}
+
+/// Delete a gateway policy
+///
+/// Refused (409) while a route names it.
+#[utoipa::path(delete, path = "/v1/gateway/policies/{name}", tag = "gateway", params(("name" = String, Path, description = POLICY, example = "plan-gate")),
+    responses((status = 204, description = "Deleted."),
+        (status = 409, body = Problem, description = "`conflict`: routes name the policy (`detail` lists them).")))]
+async fn delete_policy(
+    State(gw): St,
+    auth: Authorized<Platform<GatewayWrite>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    gw.change_policy(&auth.audit, &name, Edit::Delete).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// List a gateway policy's versions
+#[utoipa::path(get, path = "/v1/gateway/policies/{name}/versions", tag = "gateway", params(("name" = String, Path, description = POLICY, example = "plan-gate")),
+    responses((status = 200, body = PolicyVersionList, description = "The policy's history, newest first.")))]
+async fn policy_versions(
+    State(gw): St,
+    _auth: Authorized<Platform<GatewayRead>>,
+    Path(name): Path<String>,
+) -> Result<Json<PolicyVersionList>, ApiError> {
+    let data = catalog::history::<PolicyDocument>(gw.store(), &name)
+        .await?
+        .into_iter()
+        .map(|v| PolicyVersionOut { change: change_meta(&v), policy: v.doc })
+        .collect();
+    Ok(Json(PolicyVersionList { data }))
+}
+
+/// Roll a gateway policy back
+///
+/// Restores an earlier version's source as a new version (compiled and tested again).
+#[utoipa::path(post, path = "/v1/gateway/policies/{name}/rollback", tag = "gateway", params(("name" = String, Path, description = POLICY, example = "plan-gate")), request_body = Rollback,
+    responses((status = 200, body = PolicyOut, description = "The policy as restored.")))]
+async fn rollback_policy(
+    State(gw): St,
+    auth: Authorized<Platform<GatewayWrite>>,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<Rollback>,
+) -> Result<Json<PolicyOut>, ApiError> {
+    Ok(Json(gw.change_policy(&auth.audit, &name, Edit::Rollback(b.version)).await?.into()))
+}
+
+/// List OpenAPI documents
+///
+/// The OpenAPI documents kept through the API, which routes name in `openapi` to have their
+/// requests validated.
+#[utoipa::path(get, path = "/v1/gateway/openapi", tag = "gateway",
+    responses((status = 200, body = OpenApiList, description = "Every document.")))]
+async fn list_openapi(State(gw): St, _auth: Authorized<Platform<GatewayRead>>) -> Result<Json<OpenApiList>, ApiError> {
+    let data = catalog::list::<OpenApiDocument>(gw.store()).await?.into_iter().map(OpenApiOut::from).collect();
+    Ok(Json(OpenApiList { data }))
+}
+
+/// Create an OpenAPI document
+///
+/// Compiles the document (OpenAPI 3.0 or 3.1, JSON) as the validator will use it and stores
+/// it as version 1, audited on the platform chain.
+#[utoipa::path(post, path = "/v1/gateway/openapi", tag = "gateway", request_body = OpenApiDocument,
+    responses((status = 201, body = OpenApiOut, description = "The new document."),
+        (status = 409, body = Problem, description = "`conflict`: a document of this name exists."),
+        (status = 422, body = Problem, description = "`validation_failed`: the document cannot be used (`detail` says why).")))]
+async fn create_openapi(
+    State(gw): St,
+    auth: Authorized<Platform<GatewayWrite>>,
+    ApiJson(b): ApiJson<OpenApiDocument>,
+) -> Result<(StatusCode, Json<OpenApiOut>), ApiError> {
+    let name = b.name.clone();
+    Ok((StatusCode::CREATED, Json(gw.change_openapi(&auth.audit, &name, Edit::Create(b)).await?.into())))
+}
+
+/// Get an OpenAPI document
+#[utoipa::path(get, path = "/v1/gateway/openapi/{name}", tag = "gateway", params(("name" = String, Path, description = DOCUMENT, example = "orders-v1")),
+    responses((status = 200, body = OpenApiOut, description = "The document.")))]
+async fn get_openapi(
+    State(gw): St,
+    _auth: Authorized<Platform<GatewayRead>>,
+    Path(name): Path<String>,
+) -> Result<Json<OpenApiOut>, ApiError> {
+    Ok(Json(catalog::get::<OpenApiDocument>(gw.store(), &name).await?.into()))
+}
+
+/// Replace an OpenAPI document
+///
+/// Writes the whole document as a new version; routes naming it validate against it from then on.
+#[utoipa::path(put, path = "/v1/gateway/openapi/{name}", tag = "gateway", params(("name" = String, Path, description = DOCUMENT, example = "orders-v1")), request_body = OpenApiDocument,
+    responses((status = 200, body = OpenApiOut, description = "The document as changed."),
+        (status = 422, body = Problem, description = "`validation_failed`: the document cannot be used.")))]
+async fn replace_openapi(
+    State(gw): St,
+    auth: Authorized<Platform<GatewayWrite>>,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<OpenApiDocument>,
+) -> Result<Json<OpenApiOut>, ApiError> {
+    Ok(Json(gw.change_openapi(&auth.audit, &name, Edit::Replace(b)).await?.into()))
+}
+
+/// Delete an OpenAPI document
+///
+/// Refused (409) while a route names it.
+#[utoipa::path(delete, path = "/v1/gateway/openapi/{name}", tag = "gateway", params(("name" = String, Path, description = DOCUMENT, example = "orders-v1")),
+    responses((status = 204, description = "Deleted."),
+        (status = 409, body = Problem, description = "`conflict`: routes name the document (`detail` lists them).")))]
+async fn delete_openapi(
+    State(gw): St,
+    auth: Authorized<Platform<GatewayWrite>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    gw.change_openapi(&auth.audit, &name, Edit::Delete).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// List an OpenAPI document's versions
+#[utoipa::path(get, path = "/v1/gateway/openapi/{name}/versions", tag = "gateway", params(("name" = String, Path, description = DOCUMENT, example = "orders-v1")),
+    responses((status = 200, body = OpenApiVersionList, description = "The document's history, newest first.")))]
+async fn openapi_versions(
+    State(gw): St,
+    _auth: Authorized<Platform<GatewayRead>>,
+    Path(name): Path<String>,
+) -> Result<Json<OpenApiVersionList>, ApiError> {
+    let data = catalog::history::<OpenApiDocument>(gw.store(), &name)
+        .await?
+        .into_iter()
+        .map(|v| OpenApiVersionOut { change: change_meta(&v), openapi: v.doc })
+        .collect();
+    Ok(Json(OpenApiVersionList { data }))
+}
+
+/// Roll an OpenAPI document back
+///
+/// Restores an earlier version as a new version.
+#[utoipa::path(post, path = "/v1/gateway/openapi/{name}/rollback", tag = "gateway", params(("name" = String, Path, description = DOCUMENT, example = "orders-v1")), request_body = Rollback,
+    responses((status = 200, body = OpenApiOut, description = "The document as restored.")))]
+async fn rollback_openapi(
+    State(gw): St,
+    auth: Authorized<Platform<GatewayWrite>>,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<Rollback>,
+) -> Result<Json<OpenApiOut>, ApiError> {
+    Ok(Json(gw.change_openapi(&auth.audit, &name, Edit::Rollback(b.version)).await?.into()))
 }
 
 /// Which SLI records, over what range, in what steps.

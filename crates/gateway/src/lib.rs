@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod documents;
 pub mod idempotent;
 pub mod jwt;
 pub mod policy;
@@ -73,7 +74,7 @@ pub struct Gateway {
     /// Verifies JWTs of `gateway.jwt_issuers`, when any are configured.
     jwt: Option<jwt::JwtVerifier>,
     /// The policies of `gateway.policies`, compiled at start, by name.
-    policies: HashMap<String, Arc<policy::Policy>>,
+    declared_policies: HashMap<String, Arc<policy::Policy>>,
     identity: Arc<Identity>,
     store: Store,
     clock: Arc<dyn Clock>,
@@ -98,6 +99,11 @@ pub struct RouteSet {
     pub revision: i64,
     table: RouteTable,
     state: Vec<RouteState>,
+    /// Policies kept through the API, compiled, with their versions (reused by the next
+    /// swap while the version holds).
+    policies: HashMap<String, (i64, Arc<policy::Policy>)>,
+    /// OpenAPI documents kept through the API, compiled, with their versions.
+    openapi: HashMap<String, (i64, Arc<validate::ApiSpec>)>,
 }
 
 impl RouteSet {
@@ -144,6 +150,9 @@ struct RouteState {
     limiter: Option<Arc<RouteLimiter>>,
     /// The route's OpenAPI document, compiled, when it has one.
     spec: Option<Arc<validate::ApiSpec>>,
+    /// The route's policies in order; `None` where the named policy is not loaded (such a
+    /// route refuses its requests rather than skip a policy).
+    policies: Vec<(String, Option<Arc<policy::Policy>>)>,
     /// A `jwt` route's required scopes (the issuer's names); key routes use `scopes`.
     token_scopes: Vec<String>,
     /// The pool's targets with their breakers, health and ejections.
@@ -180,6 +189,12 @@ impl Gateway {
             })?;
         }
         for (i, r) in config.routes.iter().enumerate() {
+            if r.openapi.is_some() {
+                return Err(ConfigError {
+                    key: format!("gateway.routes[{i}].openapi"),
+                    reason: "a route in runway.toml names its document with openapi_file; `openapi` names documents kept through the API, for routes kept there".into(),
+                });
+            }
             if let Some(file) = &r.openapi_file {
                 load_spec(file)
                     .map_err(|reason| ConfigError { key: format!("gateway.routes[{i}].openapi_file"), reason })?;
@@ -209,7 +224,13 @@ impl Gateway {
                 .map_err(|(field, reason)| ConfigError { key: format!("gateway.jwt_issuers[{i}].{field}"), reason })?;
         }
         let gw = Arc::new(Gateway {
-            routes: ArcSwap::from_pointee(RouteSet { revision: 0, table: RouteTable::new(&[]), state: Vec::new() }),
+            routes: ArcSwap::from_pointee(RouteSet {
+                revision: 0,
+                table: RouteTable::new(&[]),
+                state: Vec::new(),
+                policies: HashMap::new(),
+                openapi: HashMap::new(),
+            }),
             declared: config.routes.clone(),
             clients: Mutex::new(HashMap::new()),
             limits: ApiLimiter::new(full),
@@ -225,7 +246,7 @@ impl Gateway {
                 ),
             },
             signer: config.identity_secret.as_ref().map(|s| signature::IdentitySigner::new(s.expose().as_bytes())),
-            policies,
+            declared_policies: policies,
             jwt: (!config.jwt_issuers.is_empty())
                 .then(|| jwt::JwtVerifier::new(config.jwt_issuers.clone(), reqwest::Client::new())),
             identity,
@@ -239,7 +260,7 @@ impl Gateway {
             settings: config.clone(),
             settings_service_plan: full.auth.service_key_plan.clone(),
         });
-        gw.swap(0, Vec::new());
+        gw.swap(catalog::Loaded::default());
         Ok(gw)
     }
 
@@ -303,18 +324,49 @@ impl Gateway {
             .clone()
     }
 
-    /// Builds the set of the declared routes and `stored` ones and swaps it in. A stored route
-    /// that cannot be served (its name now declared, a scope that no longer exists) is left
-    /// out with a warning.
-    fn swap(&self, revision: i64, stored: Vec<catalog::StoredRoute>) {
+    /// Builds the set of the declared routes and stored ones, with the stored policies and
+    /// OpenAPI documents, and swaps it in. A stored route that cannot be served (its name now
+    /// declared, a scope that no longer exists, a document that does not load) is left out
+    /// with a warning; a policy that does not compile is left out, and the routes naming it
+    /// refuse their requests.
+    fn swap(&self, loaded: catalog::Loaded) {
         let previous = self.routes.load();
-        let mut configs = self.declared.clone();
-        for s in stored {
-            if self.declared.iter().any(|d| d.name == s.config.name) {
-                tracing::warn!(route = %s.config.name, "a stored route has the name of a declared one; the declared one is served");
+        let revision = loaded.revision;
+        let mut policies = HashMap::new();
+        for s in loaded.policies {
+            if self.declared_policies.contains_key(&s.doc.name) {
+                tracing::warn!(policy = %s.doc.name, "a stored policy has the name of a declared one; the declared one is used");
                 continue;
             }
-            configs.push(s.config);
+            let kept = previous.policies.get(&s.doc.name).filter(|(v, _)| *v == s.version).map(|(_, p)| p.clone());
+            match kept.map(Ok).unwrap_or_else(|| policy::Policy::compile(&s.doc.name, &s.doc.source).map(Arc::new)) {
+                Ok(p) => {
+                    policies.insert(s.doc.name, (s.version, p));
+                }
+                Err(e) => {
+                    tracing::error!(policy = %s.doc.name, error = %e, "a stored policy does not compile; routes naming it refuse their requests")
+                }
+            }
+        }
+        let mut openapi = HashMap::new();
+        for s in loaded.openapi {
+            let kept = previous.openapi.get(&s.doc.name).filter(|(v, _)| *v == s.version).map(|(_, p)| p.clone());
+            match kept.map(Ok).unwrap_or_else(|| validate::ApiSpec::compile(&s.doc.document).map(Arc::new)) {
+                Ok(p) => {
+                    openapi.insert(s.doc.name, (s.version, p));
+                }
+                Err(e) => {
+                    tracing::error!(document = %s.doc.name, error = %e, "a stored OpenAPI document does not compile")
+                }
+            }
+        }
+        let mut configs = self.declared.clone();
+        for s in loaded.routes {
+            if self.declared.iter().any(|d| d.name == s.doc.name) {
+                tracing::warn!(route = %s.doc.name, "a stored route has the name of a declared one; the declared one is served");
+                continue;
+            }
+            configs.push(s.doc);
         }
         let mut state = Vec::with_capacity(configs.len());
         configs.retain(|c| match parse_scopes(c) {
@@ -334,13 +386,31 @@ impl Gateway {
                     .filter(|p| p.same_as(c))
                     .unwrap_or_else(|| Arc::new(pool::Pool::new(c)));
                 let token_scopes = if c.auth == RouteAuth::Jwt { c.scopes.clone() } else { Vec::new() };
-                let spec = match c.openapi_file.as_deref().map(load_spec).transpose() {
-                    Ok(s) => s.map(Arc::new),
-                    Err(e) => {
-                        tracing::warn!(route = %c.name, error = %e, "route left out: its OpenAPI document does not load");
-                        return false;
-                    }
+                let spec = match (&c.openapi, c.openapi_file.as_deref()) {
+                    (Some(name), _) => match openapi.get(name) {
+                        Some((_, spec)) => Some(spec.clone()),
+                        None => {
+                            tracing::warn!(route = %c.name, document = %name, "route left out: its OpenAPI document is not loaded");
+                            return false;
+                        }
+                    },
+                    (None, Some(file)) => match load_spec(file) {
+                        Ok(s) => Some(Arc::new(s)),
+                        Err(e) => {
+                            tracing::warn!(route = %c.name, error = %e, "route left out: its OpenAPI document does not load");
+                            return false;
+                        }
+                    },
+                    (None, None) => None,
                 };
+                let route_policies = c
+                    .policies
+                    .iter()
+                    .map(|n| {
+                        let p = self.declared_policies.get(n).cloned().or_else(|| policies.get(n).map(|(_, p)| p.clone()));
+                        (n.clone(), p)
+                    })
+                    .collect();
                 let limiter = c.rate_limit.map(|l| {
                     previous
                         .table
@@ -352,6 +422,7 @@ impl Gateway {
                 state.push(RouteState {
                     limiter,
                     spec,
+                    policies: route_policies,
                     client: self.client(c.connect_timeout_ms),
                     token_scopes,
                     scopes,
@@ -367,7 +438,7 @@ impl Gateway {
         });
         metrics::gauge!("runway_gateway_routes").set(configs.len() as f64);
         metrics::gauge!("runway_gateway_revision").set(revision as f64);
-        self.routes.store(Arc::new(RouteSet { revision, table: RouteTable::new(&configs), state }));
+        self.routes.store(Arc::new(RouteSet { revision, table: RouteTable::new(&configs), state, policies, openapi }));
     }
 
     /// Reloads the stored routes if the stored revision moved from the live set's; returns
@@ -376,12 +447,12 @@ impl Gateway {
         if catalog::revision(&self.store).await? == self.routes.load().revision {
             return Ok(false);
         }
-        let (revision, stored) = catalog::load(&self.store).await?;
+        let loaded = catalog::load(&self.store).await?;
         // A poll and a local change can race; the older read must not win.
-        if revision <= self.routes.load().revision {
+        if loaded.revision <= self.routes.load().revision {
             return Ok(false);
         }
-        self.swap(revision, stored);
+        self.swap(loaded);
         Ok(true)
     }
 
@@ -399,8 +470,17 @@ impl Gateway {
         if let Some(file) = &r.openapi_file {
             load_spec(file).map_err(|e| ApiError::validation("/openapi_file", e))?;
         }
-        if let Some(name) = r.policies.iter().find(|n| !self.policies.contains_key(*n)) {
-            return Err(ApiError::validation("/policies", format!("`{name}` is not in gateway.policies")));
+        let set = self.routes.load();
+        if let Some(name) = r.openapi.as_ref().filter(|n| !set.openapi.contains_key(*n)) {
+            return Err(ApiError::validation("/openapi", format!("no OpenAPI document `{name}`")));
+        }
+        if let Some(name) =
+            r.policies.iter().find(|n| !self.declared_policies.contains_key(*n) && !set.policies.contains_key(*n))
+        {
+            return Err(ApiError::validation(
+                "/policies",
+                format!("`{name}` is neither in gateway.policies nor a policy kept through the API"),
+            ));
         }
         if r.auth == RouteAuth::Jwt && self.jwt.is_none() {
             return Err(ApiError::validation("/auth", "no gateway.jwt_issuers are configured for jwt routes"));
@@ -410,27 +490,87 @@ impl Gateway {
 
     /// Applies a change to a stored route and makes it live on this replica at once (the
     /// others within `gateway.poll_interval_ms`).
-    pub async fn change(
+    pub async fn change_route(
         &self,
         ctx: &AuditContext,
         name: &str,
-        edit: catalog::Edit,
-    ) -> Result<catalog::StoredRoute, ApiError> {
+        edit: catalog::Edit<RouteConfig>,
+    ) -> Result<catalog::Stored<RouteConfig>, ApiError> {
         if self.declared.iter().any(|d| d.name == name) {
             return Err(ApiError::new(
                 ErrorCode::Conflict,
                 format!("route `{name}` is declared in runway.toml; change it there"),
             ));
         }
-        let stored = catalog::apply(&self.store, &*self.clock, ctx, name, edit, |r| {
-            if r.name != name {
-                return Err(ApiError::validation("/name", format!("must be `{name}`, the route's name in the path")));
-            }
-            self.check_route(r)
+        self.refresh().await?;
+        let stored = catalog::apply(&self.store, &*self.clock, ctx, name, edit, |action, r| {
+            if action == "deleted" { Ok(()) } else { self.check_route(r) }
         })
         .await?;
         self.refresh().await?;
         Ok(stored)
+    }
+
+    /// The routes (declared and stored) that name a document, by name; what keeps it from
+    /// being deleted.
+    fn routes_naming(&self, uses: impl Fn(&RouteConfig) -> bool) -> Vec<String> {
+        let set = self.routes.load();
+        (0..set.len()).map(|i| set.table.config(i)).filter(|c| uses(c)).map(|c| c.name.clone()).collect()
+    }
+
+    /// Applies a change to a policy kept through the API: compiled and its own tests run
+    /// before it is stored; one that routes name cannot be deleted.
+    pub async fn change_policy(
+        &self,
+        ctx: &AuditContext,
+        name: &str,
+        edit: catalog::Edit<documents::PolicyDocument>,
+    ) -> Result<catalog::Stored<documents::PolicyDocument>, ApiError> {
+        if self.declared_policies.contains_key(name) {
+            return Err(ApiError::new(
+                ErrorCode::Conflict,
+                format!("policy `{name}` is declared in gateway.policies; change its file"),
+            ));
+        }
+        self.refresh().await?;
+        let in_use = self.routes_naming(|c| c.policies.iter().any(|p| p == name));
+        let stored = catalog::apply(&self.store, &*self.clock, ctx, name, edit, |action, p| {
+            if action == "deleted" {
+                return refuse_in_use("policy", name, &in_use);
+            }
+            documents::check_policy(p).map(|_| ())
+        })
+        .await?;
+        self.refresh().await?;
+        Ok(stored)
+    }
+
+    /// Applies a change to an OpenAPI document kept through the API: compiled before it is
+    /// stored; one that routes name cannot be deleted.
+    pub async fn change_openapi(
+        &self,
+        ctx: &AuditContext,
+        name: &str,
+        edit: catalog::Edit<documents::OpenApiDocument>,
+    ) -> Result<catalog::Stored<documents::OpenApiDocument>, ApiError> {
+        self.refresh().await?;
+        let in_use = self.routes_naming(|c| c.openapi.as_deref() == Some(name));
+        let stored = catalog::apply(&self.store, &*self.clock, ctx, name, edit, |action, d| {
+            if action == "deleted" {
+                return refuse_in_use("OpenAPI document", name, &in_use);
+            }
+            documents::check_openapi(d).map(|_| ())
+        })
+        .await?;
+        self.refresh().await?;
+        Ok(stored)
+    }
+
+    /// The names of the policies of `gateway.policies` (read-only through the API).
+    pub fn declared_policy_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.declared_policies.keys().cloned().collect();
+        names.sort();
+        names
     }
 
     /// Polls the stored revision (so route changes made on other replicas are live here) and
@@ -1069,8 +1209,12 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
         }
         let body = kept.as_ref().filter(|_| json_body).and_then(|b| serde_json::from_slice(b).ok());
         let input = policy_input(&gw, c, &parts, caller.as_ref(), client.ip(), body).await;
-        for name in &c.policies {
-            let Some(p) = gw.policies.get(name) else { continue };
+        for (name, p) in &rs.policies {
+            let Some(p) = p else {
+                tracing::error!(route = %c.name, policy = %name, "the route names a policy that is not loaded; the request is refused");
+                let e = ApiError::new(ErrorCode::Unavailable, format!("policy `{name}` is not loaded"));
+                return finish(&c.name, tenant.as_deref(), started, e.into_response());
+            };
             let decision = match p.evaluate(&input) {
                 Ok(d) => d,
                 Err(e) => {
@@ -1293,6 +1437,17 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
 const REPLAY_BUFFER_BYTES: u64 = 64 * 1024;
 
 /// Reads and compiles a route's OpenAPI document; the reason it cannot otherwise.
+/// 409 while routes name what is being deleted.
+fn refuse_in_use(what: &str, name: &str, routes: &[String]) -> Result<(), ApiError> {
+    if routes.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        ErrorCode::Conflict,
+        format!("{what} `{name}` is named by routes {}; change them first", routes.join(", ")),
+    ))
+}
+
 fn load_spec(file: &std::path::Path) -> Result<validate::ApiSpec, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let doc: serde_json::Value =

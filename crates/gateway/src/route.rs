@@ -127,6 +127,7 @@ mod tests {
             idempotency_ttl_secs: 86_400,
             idempotency_max_response_bytes: 1 << 20,
             openapi_file: None,
+            openapi: None,
             policies: vec![],
         }
     }

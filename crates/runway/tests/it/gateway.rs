@@ -30,6 +30,7 @@ crate::both_engines!(
     runway_policy_test_runs_the_policies_own_tests,
     openapi_validation_lists_every_violation_before_the_upstream,
     path_patterns_match_whole_paths,
+    policies_and_openapi_documents_kept_through_the_api_are_versioned_and_live,
 );
 
 /// A Redis server of the test's own, on a free port, stopped when dropped.
@@ -245,6 +246,7 @@ fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth) -> RouteConf
         idempotency_ttl_secs: 86_400,
         idempotency_max_response_bytes: 1 << 20,
         openapi_file: None,
+        openapi: None,
         policies: vec![],
     }
 }
@@ -1596,4 +1598,189 @@ async fn path_patterns_match_whole_paths(engine: Engine) {
         s.post("/v1/gateway/routes", ADMIN, bad).await.problem(422, "validation_failed")["field"],
         "/path_pattern"
     );
+}
+
+/// Policies and OpenAPI documents through the API: checked at write (compiled, the policy's own
+/// tests run), named by API routes, live at once here and on another replica within its poll,
+/// versioned and rolled back, kept from deletion while routes name them, audited.
+async fn policies_and_openapi_documents_kept_through_the_api_are_versioned_and_live(engine: Engine) {
+    let up = echo().await;
+    let (s, gw) = gateway_with(engine, vec![], |c| c.gateway.poll_interval_ms = 100).await;
+    let b = TestServer::start_on(
+        s.db.clone(),
+        {
+            let mut c = s.db.config();
+            c.gateway.poll_interval_ms = 100;
+            c
+        },
+        std::sync::Arc::new(runway_core::SystemClock),
+    )
+    .await;
+    let gw_b = format!("http://{}", b.running.as_ref().unwrap().gateway_addr.unwrap());
+    s.post("/v1/tenants", ADMIN, json!({"slug": "free-co", "name": "Free", "plan": "free"})).await.ok(201);
+    s.post("/v1/tenants", ADMIN, json!({"slug": "pro-co", "name": "Pro", "plan": "pro"})).await.ok(201);
+    let (free, _) = s.tenant_key("free-co", &["events:read"]).await;
+    let (pro, _) = s.tenant_key("pro-co", &["events:read"]).await;
+    let c = reqwest::Client::new();
+    let status = |base: &str, path: &str, key: &str| {
+        let r = c.get(format!("{base}{path}")).bearer_auth(key);
+        async move { TestServer::read(r.send().await.unwrap()).await }
+    };
+
+    // Writes that cannot work are refused, naming the field; nothing is stored.
+    let gating = std::fs::read_to_string(example_policy("plan_gating")).unwrap();
+    let bad = s
+        .post(
+            "/v1/gateway/policies",
+            ADMIN,
+            json!({"name": "plan-gate", "source": "package runway.gateway\nallow if {"}),
+        )
+        .await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "/source");
+    let failing = "package runway.gateway\n\ndefault allow := false\n\ntest_allows_everything if allow\n";
+    let bad = s.post("/v1/gateway/policies", ADMIN, json!({"name": "plan-gate", "source": failing})).await;
+    let p = bad.problem(422, "validation_failed");
+    assert!(p["detail"].as_str().unwrap().contains("test_allows_everything"), "{p}");
+    let bad = s
+        .post("/v1/gateway/policies", ADMIN, json!({"name": "plan-gate", "source": "package other\nallow := true\n"}))
+        .await;
+    assert!(bad.problem(422, "validation_failed")["detail"].as_str().unwrap().contains("package runway.gateway"));
+    let bad = s.post("/v1/gateway/policies", ADMIN, json!({"name": "Plan Gate", "source": gating})).await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "/name");
+    let bad = s.post("/v1/gateway/openapi", ADMIN, json!({"name": "orders", "document": {"openapi": "3.1.0", "paths": {"/x": {"post": {"requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Nope"}}}}}}}}})).await;
+    assert_eq!(bad.problem(422, "validation_failed")["field"], "/document");
+    assert_eq!(s.get("/v1/gateway/policies", ADMIN).await.ok(200)["data"], json!([]));
+
+    let created = s
+        .post(
+            "/v1/gateway/policies",
+            ADMIN,
+            json!({"name": "plan-gate", "description": "analytics for pro", "source": gating}),
+        )
+        .await;
+    assert_eq!(created.ok(201)["version"], 1);
+    let spec: Value = serde_json::from_str(ORDERS_SPEC).unwrap();
+    assert_eq!(
+        s.post("/v1/gateway/openapi", ADMIN, json!({"name": "orders", "document": spec})).await.ok(201)["version"],
+        1
+    );
+    assert_eq!(s.post("/v1/gateway/openapi", ADMIN, json!({"name": "orders", "document": spec})).await.status, 409);
+
+    // Routes name them; names that are not there are refused.
+    let mut doc = serde_json::to_value(route("analytics-export", "/analytics", &up, RouteAuth::TenantKey)).unwrap();
+    doc["strip_prefix"] = json!(true);
+    doc["policies"] = json!(["nope"]);
+    assert_eq!(
+        s.post("/v1/gateway/routes", ADMIN, doc.clone()).await.problem(422, "validation_failed")["field"],
+        "/policies"
+    );
+    doc["policies"] = json!(["plan-gate"]);
+    doc["openapi"] = json!("nope");
+    assert_eq!(
+        s.post("/v1/gateway/routes", ADMIN, doc.clone()).await.problem(422, "validation_failed")["field"],
+        "/openapi"
+    );
+    doc["openapi"] = json!("orders");
+    doc["openapi_file"] = json!("/tmp/orders.json");
+    assert_eq!(
+        s.post("/v1/gateway/routes", ADMIN, doc.clone()).await.problem(422, "validation_failed")["field"],
+        "/openapi"
+    );
+    doc.as_object_mut().unwrap().remove("openapi_file");
+    s.post("/v1/gateway/routes", ADMIN, doc).await.ok(201);
+
+    status(&gw, "/analytics/orders?limit=10", &free).await.problem(403, "policy_denied");
+    assert_eq!(status(&gw, "/analytics/orders?limit=10", &pro).await.ok(200)["path"], "/orders");
+    let r = status(&gw, "/analytics/orders?limit=500", &pro).await;
+    assert_eq!(r.problem(400, "request_invalid")["violations"][0]["pointer"], "/query/limit");
+    eventually("the second replica serves the route with its policy", || async {
+        status(&gw_b, "/analytics/orders?limit=10", &free).await.status == 403
+            && status(&gw_b, "/analytics/orders?limit=10", &pro).await.status == 200
+    })
+    .await;
+
+    // New versions are live at once here and within the poll on the other replica.
+    let open = "package runway.gateway\n\ndefault allow := true\n\ntest_allows if allow\n";
+    let changed = s
+        .call(
+            reqwest::Method::PUT,
+            "/v1/gateway/policies/plan-gate",
+            Some(ADMIN),
+            Some(json!({"name": "plan-gate", "source": open})),
+        )
+        .await;
+    assert_eq!(changed.ok(200)["version"], 2);
+    status(&gw, "/analytics/orders?limit=10", &free).await.ok(200);
+    eventually("the second replica uses the new policy", || async {
+        status(&gw_b, "/analytics/orders?limit=10", &free).await.status == 200
+    })
+    .await;
+    let mut wider = spec.clone();
+    wider["paths"]["/orders"]["get"]["parameters"][0]["schema"]["maximum"] = json!(1000);
+    let changed = s
+        .call(
+            reqwest::Method::PUT,
+            "/v1/gateway/openapi/orders",
+            Some(ADMIN),
+            Some(json!({"name": "orders", "document": wider})),
+        )
+        .await;
+    assert_eq!(changed.ok(200)["version"], 2);
+    status(&gw, "/analytics/orders?limit=500", &pro).await.ok(200);
+    let renamed = s
+        .call(
+            reqwest::Method::PUT,
+            "/v1/gateway/openapi/orders",
+            Some(ADMIN),
+            Some(json!({"name": "other", "document": wider})),
+        )
+        .await;
+    assert_eq!(renamed.problem(422, "validation_failed")["field"], "/name");
+
+    let rolled = s.post("/v1/gateway/policies/plan-gate/rollback", ADMIN, json!({"version": 1})).await;
+    assert_eq!(rolled.ok(200)["version"], 3);
+    assert_eq!(rolled.ok(200)["description"], "analytics for pro");
+    status(&gw, "/analytics/orders?limit=10", &free).await.problem(403, "policy_denied");
+    let history = s.get("/v1/gateway/policies/plan-gate/versions", ADMIN).await;
+    let actions: Vec<&str> =
+        history.ok(200)["data"].as_array().unwrap().iter().map(|v| v["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["rolled_back", "updated", "created"]);
+    assert_eq!(history.ok(200)["data"][1]["policy"]["source"], open);
+    assert_eq!(history.ok(200)["data"][0]["actor"], "admin:admin");
+    assert_eq!(s.get("/v1/gateway/openapi/orders/versions", ADMIN).await.ok(200)["data"].as_array().unwrap().len(), 2);
+
+    // What a route names cannot be deleted; once the route is gone, it can.
+    let r = s.delete("/v1/gateway/policies/plan-gate", ADMIN).await;
+    assert!(r.problem(409, "conflict")["detail"].as_str().unwrap().contains("analytics-export"));
+    s.delete("/v1/gateway/openapi/orders", ADMIN).await.problem(409, "conflict");
+    assert_eq!(s.delete("/v1/gateway/routes/analytics-export", ADMIN).await.status, 204);
+    assert_eq!(s.delete("/v1/gateway/policies/plan-gate", ADMIN).await.status, 204);
+    assert_eq!(s.delete("/v1/gateway/openapi/orders", ADMIN).await.status, 204);
+    assert_eq!(s.get("/v1/gateway/policies/plan-gate", ADMIN).await.status, 404);
+    assert_eq!(s.get("/v1/gateway/openapi", ADMIN).await.ok(200)["data"], json!([]));
+    // Tenant keys cannot manage them.
+    let (tenant_admin, _) = s.tenant_key("pro-co", &["tenants:read"]).await;
+    assert_eq!(s.get("/v1/gateway/policies", &tenant_admin).await.status, 403);
+
+    let audit = s.get("/v1/audit?limit=100", ADMIN).await;
+    let actions: Vec<&str> = audit.ok(200)["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            e["action"].as_str().filter(|a| a.starts_with("gateway.policy.") || a.starts_with("gateway.openapi."))
+        })
+        .collect();
+    for a in [
+        "gateway.policy.created",
+        "gateway.policy.updated",
+        "gateway.policy.rolled_back",
+        "gateway.policy.deleted",
+        "gateway.openapi.created",
+        "gateway.openapi.updated",
+        "gateway.openapi.deleted",
+    ] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
+    drop(b);
 }
