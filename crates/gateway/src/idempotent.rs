@@ -1,5 +1,6 @@
-//! Edge idempotency for routes that enable it: the request's key is claimed through
-//! `runway-idempotency` (the API's own records, the credential namespaced `gateway:`), and the
+//! Edge idempotency for routes that enable it: the request's key is claimed — in the store
+//! through `runway-idempotency` (the API's own records, the credential namespaced `gateway:`),
+//! or in Redis when `gateway.redis_url` is set ([`crate::shared_idempotency`]) — and the
 //! upstream's answer is stored before it is sent — only when the upstream answered below 500,
 //! the whole body arrived and it fits the route's bound; otherwise the key is released so the
 //! client can try again.
@@ -10,20 +11,117 @@ use axum::response::IntoResponse;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http_body_util::BodyExt;
+use runway_core::config::RedisFailure;
+use runway_core::{ApiError, ErrorCode};
 use runway_store::Store;
+use std::sync::Arc;
 
-/// Which key, under which credential, to complete or release.
+use crate::shared_idempotency::{self, SharedIdempotency};
+
+/// Where a route's records are kept.
+#[derive(Clone)]
+pub enum Records {
+    /// The store's `idempotency_records`, beside the API's.
+    Store(Store),
+    /// Redis, shared by every replica; the store when Redis is down and `redis_failure = "open"`.
+    Redis(Arc<SharedIdempotency>, Store),
+}
+
+/// Which key, under which credential, for which request, to complete or release.
 pub struct Claim {
-    pub store: Store,
-    pub credential: String,
-    pub key: String,
+    records: Records,
+    credential: String,
+    key: String,
+    hash: String,
+    ttl_secs: u64,
+}
+
+/// What [`begin`] decided.
+pub enum Begin {
+    Proceed(Claim),
+    /// The stored answer, sent as it is.
+    Replay(Response<Body>),
+}
+
+/// Claims `key` for this request (`credential` already namespaced), or answers: the stored
+/// answer, 409 while the first request runs, 422 for another request; with Redis unreachable,
+/// the store's records (`open`) or 503 (`closed`).
+pub async fn begin(
+    records: &Records,
+    now: i64,
+    ttl_secs: u64,
+    credential: String,
+    key: String,
+    hash: String,
+) -> Result<Begin, ApiError> {
+    let ttl = i64::try_from(ttl_secs).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
+    let claim = |records: Records| Claim {
+        records,
+        credential: credential.clone(),
+        key: key.clone(),
+        hash: hash.clone(),
+        ttl_secs,
+    };
+    let store = match records {
+        Records::Store(store) => store,
+        Records::Redis(shared, store) => match shared.begin(&credential, &key, &hash).await {
+            shared_idempotency::Begin::Proceed => return Ok(Begin::Proceed(claim(records.clone()))),
+            shared_idempotency::Begin::InFlight => {
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyKeyInUse,
+                    "a request with this Idempotency-Key is still being processed",
+                )
+                .with_retry_after(1));
+            }
+            shared_idempotency::Begin::Reused => {
+                return Err(ApiError::new(
+                    ErrorCode::IdempotencyKeyReused,
+                    "this Idempotency-Key was used with a different request; use a new key",
+                ));
+            }
+            shared_idempotency::Begin::Stored { status, headers, body } => {
+                let res = runway_idempotency::replay(Some(status), Some(&headers), Some(body))?;
+                return Ok(Begin::Replay(res));
+            }
+            shared_idempotency::Begin::Unreachable => match shared.link().failure {
+                RedisFailure::Open => store,
+                RedisFailure::Closed => {
+                    return Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "the shared idempotency store cannot be reached",
+                    )
+                    .with_retry_after(1));
+                }
+            },
+        },
+    };
+    match runway_idempotency::begin(store, now, ttl, &credential, &key, &hash).await? {
+        runway_idempotency::Begin::Replay(res) => Ok(Begin::Replay(res)),
+        runway_idempotency::Begin::Proceed => Ok(Begin::Proceed(claim(Records::Store(store.clone())))),
+    }
 }
 
 impl Claim {
     /// Releases the key (the upstream was not reached, or answered 5xx) before the answer goes
     /// out, so the client's retry finds it free.
     pub async fn release(self) {
-        runway_idempotency::forget(&self.store, &self.credential, &self.key).await;
+        match &self.records {
+            Records::Store(store) => runway_idempotency::forget(store, &self.credential, &self.key).await,
+            Records::Redis(shared, _) => shared.release(&self.credential, &self.key, &self.hash).await,
+        }
+    }
+
+    async fn complete(&self, status: axum::http::StatusCode, headers: &HeaderMap, kept: &[HeaderName], body: &[u8]) {
+        match &self.records {
+            Records::Store(store) => {
+                runway_idempotency::complete(store, &self.credential, &self.key, status, headers, kept, body).await
+            }
+            Records::Redis(shared, _) => {
+                shared
+                    .complete(&self.credential, &self.key, &self.hash, self.ttl_secs, status, headers, kept, body)
+                    .await
+            }
+        }
     }
 }
 
@@ -77,15 +175,6 @@ pub async fn store_answer(
         }
     }
     let kept = kept_headers(&parts.headers);
-    runway_idempotency::complete(
-        &claim.store,
-        &claim.credential,
-        &claim.key,
-        parts.status,
-        &parts.headers,
-        &kept,
-        &buf,
-    )
-    .await;
+    claim.complete(parts.status, &parts.headers, &kept, &buf).await;
     Response::from_parts(parts, Body::from(buf))
 }

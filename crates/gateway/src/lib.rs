@@ -19,6 +19,7 @@ pub mod pool;
 pub mod records;
 pub mod resilience;
 pub mod route;
+pub mod shared_idempotency;
 pub mod shared_limits;
 pub mod signature;
 pub mod sli;
@@ -69,6 +70,8 @@ pub struct Gateway {
     limits: ApiLimiter,
     /// The same limits shared by every replica through Redis, when `gateway.redis_url` is set.
     shared: Option<shared_limits::SharedLimits>,
+    /// Where edge idempotency records live: the store, or Redis with `gateway.redis_url`.
+    idempotency_records: idempotent::Records,
     /// Signs the identity headers for the upstream, when `gateway.identity_secret` is set.
     signer: Option<signature::IdentitySigner>,
     /// Verifies JWTs of `gateway.jwt_issuers`, when any are configured.
@@ -223,6 +226,17 @@ impl Gateway {
             jwt::check_issuer(issuer)
                 .map_err(|(field, reason)| ConfigError { key: format!("gateway.jwt_issuers[{i}].{field}"), reason })?;
         }
+        let redis = match &config.redis_url {
+            None => None,
+            Some(url) => Some(Arc::new(
+                shared_limits::RedisLink::new(
+                    url.expose(),
+                    Duration::from_millis(config.redis_timeout_ms),
+                    config.redis_failure,
+                )
+                .map_err(|reason| ConfigError { key: "gateway.redis_url".into(), reason })?,
+            )),
+        };
         let gw = Arc::new(Gateway {
             routes: ArcSwap::from_pointee(RouteSet {
                 revision: 0,
@@ -234,15 +248,12 @@ impl Gateway {
             declared: config.routes.clone(),
             clients: Mutex::new(HashMap::new()),
             limits: ApiLimiter::new(full),
-            shared: match &config.redis_url {
-                None => None,
-                Some(url) => Some(
-                    shared_limits::SharedLimits::new(
-                        url.expose(),
-                        Duration::from_millis(config.redis_timeout_ms),
-                        config.redis_failure,
-                    )
-                    .map_err(|reason| ConfigError { key: "gateway.redis_url".into(), reason })?,
+            shared: redis.clone().map(shared_limits::SharedLimits::new),
+            idempotency_records: match redis {
+                None => idempotent::Records::Store(store.clone()),
+                Some(link) => idempotent::Records::Redis(
+                    Arc::new(shared_idempotency::SharedIdempotency::new(link)),
+                    store.clone(),
                 ),
             },
             signer: config.identity_secret.as_ref().map(|s| signature::IdentitySigner::new(s.expose().as_bytes())),
@@ -731,7 +742,7 @@ impl Gateway {
             shared_limits::Decision::Refused { bucket, retry_after_secs } => {
                 Err(runway_identity::ratelimit::rate_refusal(plan_name, bucket, retry_after_secs, policy))
             }
-            shared_limits::Decision::Unreachable => match shared.failure {
+            shared_limits::Decision::Unreachable => match shared.failure() {
                 RedisFailure::Open => self.limits.admit_as(plan_name, tenant, key),
                 RedisFailure::Closed => Err(Refusal {
                     error: Box::new(
@@ -1274,17 +1285,15 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
                 );
                 let credential = format!("gateway:{}", p.credential);
                 let now = gw.clock.now_micros();
-                let ttl = i64::try_from(c.idempotency_ttl_secs).unwrap_or(i64::MAX / 2_000_000) * 1_000_000;
-                match runway_idempotency::begin(&gw.store, now, ttl, &credential, &key, &hash).await {
-                    Ok(runway_idempotency::Begin::Replay(mut res)) => {
+                let ttl = c.idempotency_ttl_secs;
+                match idempotent::begin(&gw.idempotency_records, now, ttl, credential, key, hash).await {
+                    Ok(idempotent::Begin::Replay(mut res)) => {
                         metrics::counter!("runway_gateway_idempotent_replays_total", "route" => c.name.clone())
                             .increment(1);
                         runway_identity::auth::add_rate_headers(&mut res, rate_headers);
                         return finish(&c.name, tenant.as_deref(), started, res);
                     }
-                    Ok(runway_idempotency::Begin::Proceed) => {
-                        claim = Some(idempotent::Claim { store: gw.store.clone(), credential, key });
-                    }
+                    Ok(idempotent::Begin::Proceed(claimed)) => claim = Some(claimed),
                     Err(e) => return finish(&c.name, tenant.as_deref(), started, e.into_response()),
                 }
             }

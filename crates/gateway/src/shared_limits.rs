@@ -50,31 +50,40 @@ pub enum Decision {
     Unreachable,
 }
 
-/// The shared limiter.
-pub struct SharedLimits {
+/// The gateway's one multiplexed connection to `gateway.redis_url`, shared by the limits and
+/// the idempotency records: reconnects at most once a second after a failure.
+pub struct RedisLink {
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// When the last connection attempt failed: attempts are at most one a second.
     failed_at: Mutex<Option<Instant>>,
-    script: redis::Script,
-    timeout: Duration,
+    /// How long one command may take (`gateway.redis_timeout_ms`).
+    pub timeout: Duration,
+    /// What callers do when Redis does not answer (`gateway.redis_failure`).
     pub failure: RedisFailure,
-    /// Buckets known to be over their limit, until when: refused here without a round trip.
-    over: Mutex<HashMap<String, Instant>>,
 }
 
-impl SharedLimits {
-    pub fn new(url: &str, timeout: Duration, failure: RedisFailure) -> Result<SharedLimits, String> {
+impl RedisLink {
+    pub fn new(url: &str, timeout: Duration, failure: RedisFailure) -> Result<RedisLink, String> {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
-        Ok(SharedLimits {
-            client,
-            conn: tokio::sync::Mutex::new(None),
-            failed_at: Mutex::new(None),
-            script: redis::Script::new(GCRA),
-            timeout,
-            failure,
-            over: Mutex::new(HashMap::new()),
-        })
+        Ok(RedisLink { client, conn: tokio::sync::Mutex::new(None), failed_at: Mutex::new(None), timeout, failure })
+    }
+
+    /// Runs a script within the timeout; `None` when Redis cannot be reached or refused it
+    /// (a broken connection is dropped, to be made again).
+    pub async fn invoke<T: redis::FromRedisValue>(&self, inv: &redis::ScriptInvocation<'_>) -> Option<T> {
+        let mut conn = self.connection().await?;
+        match tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await {
+            Ok(Ok(a)) => Some(a),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Redis refused the gateway's command");
+                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+                    *self.conn.lock().await = None;
+                }
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     async fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
@@ -99,7 +108,7 @@ impl SharedLimits {
                 Some(c)
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot connect to Redis for the gateway's limits");
+                tracing::warn!(error = %e, "cannot connect to the gateway's Redis");
                 *self.failed_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 None
             }
@@ -108,6 +117,25 @@ impl SharedLimits {
                 None
             }
         }
+    }
+}
+
+/// The shared limiter.
+pub struct SharedLimits {
+    link: std::sync::Arc<RedisLink>,
+    script: redis::Script,
+    /// Buckets known to be over their limit, until when: refused here without a round trip.
+    over: Mutex<HashMap<String, Instant>>,
+}
+
+impl SharedLimits {
+    pub fn new(link: std::sync::Arc<RedisLink>) -> SharedLimits {
+        SharedLimits { link, script: redis::Script::new(GCRA), over: Mutex::new(HashMap::new()) }
+    }
+
+    /// What happens when Redis does not answer.
+    pub fn failure(&self) -> RedisFailure {
+        self.link.failure
     }
 
     /// Checks and charges the buckets of `plan` for the tenant and the key (either may be
@@ -133,25 +161,14 @@ impl SharedLimits {
                 }
             }
         }
-        let Some(mut conn) = self.connection().await else { return self.unreachable() };
         let interval_us = 1_000_000 / u64::from(plan.requests_per_second.max(1));
         let mut inv = self.script.prepare_invoke();
         for (_, k) in &buckets {
             inv.key(k);
         }
         inv.arg(interval_us.max(1)).arg(plan.burst.max(1));
-        let answer: Result<Result<(i64, i64, i64), redis::RedisError>, _> =
-            tokio::time::timeout(self.timeout, inv.invoke_async(&mut conn)).await;
-        let (allowed, at, n) = match answer {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "Redis refused the gateway's limit check");
-                if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-                    *self.conn.lock().await = None;
-                }
-                return self.unreachable();
-            }
-            Err(_) => return self.unreachable(),
+        let Some((allowed, at, n)) = self.link.invoke::<(i64, i64, i64)>(&inv).await else {
+            return self.unreachable();
         };
         let (bucket, key) =
             usize::try_from(at - 1).ok().and_then(|i| buckets.get(i)).map_or(("key", ""), |(b, k)| (*b, k.as_str()));

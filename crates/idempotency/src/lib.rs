@@ -16,7 +16,7 @@ pub const HEADER: &str = "idempotency-key";
 /// The response header on a replayed answer.
 pub const REPLAYED: &str = "idempotent-replayed";
 /// A record still `in_flight` after this long belongs to a request that died; it may be retried.
-const IN_FLIGHT_LEASE_MICROS: i64 = 60 * 1_000_000;
+pub const IN_FLIGHT_LEASE_MICROS: i64 = 60 * 1_000_000;
 
 #[derive(sqlx::FromRow)]
 struct Record {
@@ -110,20 +110,22 @@ pub async fn begin(
                 "this Idempotency-Key was used with a different request; use a new key",
             ));
         } else {
-            return Ok(Begin::Replay(replay(rec)?));
+            return Ok(Begin::Replay(replay(rec.status_code, rec.response_headers.as_deref(), rec.response_body)?));
         }
     }
     tx.commit().await?;
     Ok(Begin::Proceed)
 }
 
-fn replay(rec: Record) -> Result<Response, ApiError> {
-    let status =
-        rec.status_code.and_then(|s| u16::try_from(s).ok()).and_then(|s| StatusCode::from_u16(s).ok()).ok_or_else(
-            || StoreError::Corrupt { what: "idempotency status", reason: format!("{:?}", rec.status_code) },
-        )?;
-    let mut res = (status, Bytes::from(rec.response_body.unwrap_or_default())).into_response();
-    let headers: Vec<(String, String)> = match rec.response_headers.as_deref() {
+/// The stored answer as it is replayed: its status, the headers kept (as [`kept_json`] wrote
+/// them) and its body, marked `Idempotent-Replayed: true`. Shared by every record store.
+pub fn replay(status_code: Option<i64>, headers: Option<&str>, body: Option<Vec<u8>>) -> Result<Response, ApiError> {
+    let status = status_code
+        .and_then(|s| u16::try_from(s).ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .ok_or_else(|| StoreError::Corrupt { what: "idempotency status", reason: format!("{status_code:?}") })?;
+    let mut res = (status, Bytes::from(body.unwrap_or_default())).into_response();
+    let headers: Vec<(String, String)> = match headers {
         Some(h) => runway_store::stored_json("idempotency response headers", h)?,
         None => Vec::new(),
     };
@@ -144,6 +146,17 @@ fn replay(rec: Record) -> Result<Response, ApiError> {
     Ok(res)
 }
 
+/// The headers named in `kept`, every value, as stored beside an answer for [`replay`].
+pub fn kept_json(headers: &HeaderMap, kept: &[HeaderName]) -> String {
+    let kept: Vec<(String, String)> = kept
+        .iter()
+        .flat_map(|h| {
+            headers.get_all(h).iter().filter_map(|v| v.to_str().ok()).map(|v| (h.as_str().to_owned(), v.to_owned()))
+        })
+        .collect();
+    serde_json::to_string(&kept).unwrap_or_else(|_| "[]".into())
+}
+
 /// Stores the answer under the key; the headers named in `kept` are replayed with it. When
 /// the store refuses, the key is released, so a retry runs again rather than waiting.
 pub async fn complete(
@@ -155,13 +168,7 @@ pub async fn complete(
     kept: &[HeaderName],
     body: &[u8],
 ) {
-    let kept: Vec<(String, String)> = kept
-        .iter()
-        .flat_map(|h| {
-            headers.get_all(h).iter().filter_map(|v| v.to_str().ok()).map(|v| (h.as_str().to_owned(), v.to_owned()))
-        })
-        .collect();
-    let kept = serde_json::to_string(&kept).unwrap_or_else(|_| "[]".into());
+    let kept = kept_json(headers, kept);
     let result = async {
         let mut tx = store.write(DbScope::Platform).await?;
         on_conn!(&mut tx, c => sqlx::query(

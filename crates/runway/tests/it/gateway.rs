@@ -31,6 +31,7 @@ crate::both_engines!(
     openapi_validation_lists_every_violation_before_the_upstream,
     path_patterns_match_whole_paths,
     policies_and_openapi_documents_kept_through_the_api_are_versioned_and_live,
+    redis_keeps_edge_idempotency_records_for_every_replica,
 );
 
 /// A Redis server of the test's own, on a free port, stopped when dropped.
@@ -1783,4 +1784,75 @@ async fn policies_and_openapi_documents_kept_through_the_api_are_versioned_and_l
         assert!(actions.contains(&a), "{a} in {actions:?}");
     }
     drop(b);
+}
+
+/// With `gateway.redis_url`, edge idempotency records live in Redis: a key claimed on one
+/// replica is replayed, refused or in flight on another; when Redis goes away, a replica that
+/// fails open falls back to the store's records and one that fails closed answers 503.
+async fn redis_keeps_edge_idempotency_records_for_every_replica(engine: Engine) {
+    use std::sync::atomic::Ordering;
+    let (up, hits) = payments().await;
+    let mut redis = OwnRedis::start().await;
+    let tweak = |c: &mut runway_core::config::Config, url: &str, failure: runway_core::config::RedisFailure| {
+        let mut pay = route("pay", "/pay", &up, RouteAuth::TenantKey);
+        pay.idempotency = runway_core::config::IdempotencyMode::Required;
+        c.gateway.routes = vec![pay];
+        c.gateway.redis_url = Some(runway_core::secret::SecretString::new(url));
+        c.gateway.redis_failure = failure;
+    };
+    let url = redis.url.clone();
+    let a = TestServer::start_with(engine, |c| tweak(c, &url, runway_core::config::RedisFailure::Open)).await;
+    let mut cb = a.db.config();
+    tweak(&mut cb, &url, runway_core::config::RedisFailure::Closed);
+    let b = TestServer::start_on(a.db.clone(), cb, std::sync::Arc::new(runway_core::SystemClock)).await;
+    let gw_a = format!("http://{}", a.running.as_ref().unwrap().gateway_addr.unwrap());
+    let gw_b = format!("http://{}", b.running.as_ref().unwrap().gateway_addr.unwrap());
+    a.tenant("acme").await;
+    let (key, _) = a.tenant_key("acme", &["events:read"]).await;
+    let c = reqwest::Client::new();
+    let post = |gw: &str, path: &str, idem: &str, body: &str| {
+        let r = c.post(format!("{gw}{path}")).bearer_auth(&key).header("idempotency-key", idem).body(body.to_owned());
+        async move { TestServer::read(r.send().await.unwrap()).await }
+    };
+    let hits_now = || hits.swap(0, Ordering::SeqCst);
+
+    let first = post(&gw_a, "/pay", "k1", r#"{"amount":5}"#).await;
+    assert_eq!((first.status, first.header("idempotent-replayed")), (201, None));
+    let again = post(&gw_b, "/pay", "k1", r#"{"amount":5}"#).await;
+    assert_eq!((again.status, again.header("idempotent-replayed")), (201, Some("true")), "{}", again.text);
+    assert_eq!((again.text.as_str(), again.header("location")), (first.text.as_str(), first.header("location")));
+    post(&gw_b, "/pay", "k1", r#"{"amount":6}"#).await.problem(422, "idempotency_key_reused");
+    assert_eq!(hits_now(), 1);
+
+    // In flight on A, refused on B.
+    let slow = tokio::spawn(post(&gw_a, "/pay/slow", "k2", "{}"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    post(&gw_b, "/pay/slow", "k2", "{}").await.problem(409, "idempotency_key_in_use");
+    assert_eq!(slow.await.unwrap().status, 201);
+    assert_eq!(post(&gw_b, "/pay/slow", "k2", "{}").await.header("idempotent-replayed"), Some("true"));
+    // A 5xx releases the key for every replica.
+    assert_eq!(post(&gw_a, "/pay/fail", "k3", "{}").await.status, 500);
+    assert_eq!(post(&gw_b, "/pay/fail", "k3", "{}").await.status, 500);
+    assert_eq!(hits_now(), 3);
+    // The records are Redis's, expiring: two answers stored, the released key gone.
+    let port = url.rsplit(':').next().unwrap();
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", port, "--scan", "--pattern", "runway:gw:idem:*"])
+        .output()
+        .unwrap();
+    let keys: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    let ttl = std::process::Command::new("redis-cli").args(["-p", port, "TTL", &keys[0]]).output().unwrap();
+    let ttl: i64 = String::from_utf8_lossy(&ttl.stdout).trim().parse().unwrap();
+    assert!(ttl > 86_000 && ttl <= 86_400, "kept for the route's idempotency_ttl_secs: {ttl}");
+
+    // Redis goes away: A (open) keeps keys in the store, B (closed) refuses.
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(post(&gw_a, "/pay", "k5", "{}").await.status, 201);
+    assert_eq!(post(&gw_a, "/pay", "k5", "{}").await.header("idempotent-replayed"), Some("true"));
+    let r = post(&gw_b, "/pay", "k6", "{}").await;
+    r.problem(503, "unavailable");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(hits_now(), 1);
 }
