@@ -31,6 +31,9 @@ pub struct Config {
 pub struct GatewayConfig {
     /// Its own listener; `off`: no gateway on this process.
     pub listen: MetricsListen,
+    /// Threads serving the listener, each with its own event loop and upstream connection
+    /// pools (a connection is served start to end on one); 0: one per CPU core.
+    pub threads: usize,
     pub routes: Vec<RouteConfig>,
     /// A secret shared with the upstreams (at least 32 characters): with it, every proxied
     /// request carries `x-runway-signature`, an HMAC over the identity headers, so an upstream
@@ -137,6 +140,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             listen: MetricsListen::At(SocketAddr::from(([127, 0, 0, 1], 7401))),
+            threads: 0,
             routes: Vec::new(),
             identity_secret: None,
             poll_interval_ms: 1000,
@@ -1025,6 +1029,9 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.identity_secret.as_ref().is_some_and(|s| s.expose().len() < 32) {
             return Err(bad("gateway.identity_secret", "must be at least 32 characters"));
+        }
+        if self.threads > 256 {
+            return Err(bad("gateway.threads", "at most 256 (0: one per CPU core)"));
         }
         if self.poll_interval_ms == 0 || self.poll_interval_ms > 60_000 {
             return Err(bad("gateway.poll_interval_ms", "between 1 and 60000"));

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod documents;
 pub mod idempotent;
 pub mod jwt;
+pub mod listener;
 pub mod policy;
 pub mod pool;
 pub mod records;
@@ -53,6 +54,29 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 type Upstream = Client<HttpConnector, http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>>;
+
+fn new_client(connect_timeout_ms: u64) -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms)));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
+
+thread_local! {
+    /// This thread's upstream clients by connect timeout (ms): a gateway worker's pooled
+    /// connections are its own, driven by its own event loop, so a request never waits on
+    /// another thread (see [`listener`]).
+    static UPSTREAMS: std::cell::RefCell<HashMap<u64, Upstream>> = std::cell::RefCell::new(HashMap::new());
+}
+
+/// The calling thread's pooled client for this connect timeout.
+fn thread_upstream(connect_timeout_ms: u64) -> Upstream {
+    UPSTREAMS
+        .with(|u| u.borrow_mut().entry(connect_timeout_ms).or_insert_with(|| new_client(connect_timeout_ms)).clone())
+}
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The gateway: the live route set (swapped whole on a change), one pooled client per connect
@@ -61,8 +85,9 @@ pub struct Gateway {
     routes: ArcSwap<RouteSet>,
     /// Routes declared in `runway.toml`: always served, never changed through the API.
     declared: Vec<RouteConfig>,
-    /// Pooled clients by connect timeout (ms); shared by routes and kept across reloads, so a
-    /// route change keeps the upstream connections warm.
+    /// Health-check clients by connect timeout (ms); shared by routes and kept across reloads.
+    /// Proxied requests use their thread's own pools (`thread_upstream`), which outlive reloads
+    /// too, so a route change keeps the upstream connections warm.
     clients: Mutex<HashMap<u64, Upstream>>,
     /// The plan's limits for traffic through the gateway: the API's rules (GCRA per tenant and
     /// per key, a bulkhead per tenant) in buckets of their own, so API calls and proxied calls
@@ -148,6 +173,7 @@ impl RouteLimiter {
 
 /// What a route needs at request time beside its config.
 struct RouteState {
+    /// The shared client of active health checks (requests use their thread's own).
     client: Upstream,
     /// The route's own rate limit, keyed by tenant (or credential), when it has one.
     limiter: Option<Arc<RouteLimiter>>,
@@ -321,18 +347,7 @@ impl Gateway {
 
     fn client(&self, connect_timeout_ms: u64) -> Upstream {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients
-            .entry(connect_timeout_ms)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms)));
-                connector.set_nodelay(true);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(90))
-                    .pool_max_idle_per_host(256)
-                    .build(connector)
-            })
-            .clone()
+        clients.entry(connect_timeout_ms).or_insert_with(|| new_client(connect_timeout_ms)).clone()
     }
 
     /// Builds the set of the declared routes and stored ones, with the stored policies and
@@ -1353,7 +1368,7 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
         };
         let sent = tokio::time::timeout(
             Duration::from_millis(c.request_timeout_ms),
-            rs.client.request(Request::from_parts(req_parts, body)),
+            thread_upstream(c.connect_timeout_ms).request(Request::from_parts(req_parts, body)),
         );
         let failed = match sent.await {
             Err(_) => {
@@ -1445,7 +1460,6 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
 /// Bodies up to this size (declared) are held so a retry can send them again.
 const REPLAY_BUFFER_BYTES: u64 = 64 * 1024;
 
-/// Reads and compiles a route's OpenAPI document; the reason it cannot otherwise.
 /// 409 while routes name what is being deleted.
 fn refuse_in_use(what: &str, name: &str, routes: &[String]) -> Result<(), ApiError> {
     if routes.is_empty() {
@@ -1457,6 +1471,7 @@ fn refuse_in_use(what: &str, name: &str, routes: &[String]) -> Result<(), ApiErr
     ))
 }
 
+/// Reads and compiles a route's OpenAPI document; the reason it cannot otherwise.
 fn load_spec(file: &std::path::Path) -> Result<validate::ApiSpec, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let doc: serde_json::Value =

@@ -226,28 +226,24 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     } else {
         config.gateway.listen
     };
-    let (gateway_addr, gateway_task) = match gateway_listen {
+    let (gateway_addr, gateway_listening) = match gateway_listen {
         runway_core::config::MetricsListen::At(at) => {
             let l = tokio::net::TcpListener::bind(at).await.map_err(|source| StartError::Bind { addr: at, source })?;
-            let bound = l.local_addr().map_err(|source| StartError::Bind { addr: at, source })?;
-            let stop = wait_stop(stop_rx.clone());
-            let task = match (&config.gateway.tls_cert_file, &config.gateway.tls_key_file) {
-                (Some(cert), Some(key)) => {
-                    let acceptor = runway_gateway::tls::acceptor(cert, key).map_err(|reason| {
-                        runway_core::config::ConfigError { key: "gateway.tls_cert_file".into(), reason }
-                    })?;
-                    tokio::spawn(runway_gateway::tls::serve(l, acceptor, gateway.clone().router(), stop))
-                }
-                _ => {
-                    let app = gateway.clone().router().into_make_service_with_connect_info::<SocketAddr>();
-                    tokio::spawn(async move {
-                        if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop).await {
-                            tracing::error!(error = %e, "gateway listener failed");
-                        }
-                    })
-                }
+            let tls = match (&config.gateway.tls_cert_file, &config.gateway.tls_key_file) {
+                (Some(cert), Some(key)) => Some(runway_gateway::tls::acceptor(cert, key).map_err(|reason| {
+                    runway_core::config::ConfigError { key: "gateway.tls_cert_file".into(), reason }
+                })?),
+                _ => None,
             };
-            (Some(bound), Some(task))
+            let listening = runway_gateway::listener::start(
+                l,
+                gateway.clone().router(),
+                tls,
+                config.gateway.threads,
+                stop_rx.clone(),
+            )
+            .map_err(|source| StartError::Bind { addr: at, source })?;
+            (Some(listening.addr), Some(listening))
         }
         runway_core::config::MetricsListen::Off => (None, None),
     };
@@ -333,9 +329,13 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         if let Some(m) = metrics_task {
             let _ = m.await;
         }
-        if let Some(g) = gateway_task {
-            let _ = g.await;
-        }
+        let gateway_release = match gateway_listening {
+            Some(g) => {
+                let _ = g.served.await;
+                Some(g.release)
+            }
+            None => None,
+        };
         let _ = gateway_upkeep.await;
         if let Some(w) = worker {
             let _ = w.await;
@@ -348,6 +348,11 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             let _ = t.await;
         }
         store.close().await;
+        // Only now may the gateway's workers end their event loops (store connections they
+        // opened are registered with them).
+        if let Some(r) = gateway_release {
+            let _ = r.send(true);
+        }
         outcome
     });
     Ok(Running { addr, metrics_addr, gateway_addr, admin_token, state, stop: stop_tx, task })

@@ -32,6 +32,7 @@ crate::both_engines!(
     path_patterns_match_whole_paths,
     policies_and_openapi_documents_kept_through_the_api_are_versioned_and_live,
     redis_keeps_edge_idempotency_records_for_every_replica,
+    connections_are_spread_over_the_worker_threads,
 );
 
 /// A Redis server of the test's own, on a free port, stopped when dropped.
@@ -1855,4 +1856,36 @@ async fn redis_keeps_edge_idempotency_records_for_every_replica(engine: Engine) 
     r.problem(503, "unavailable");
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(hits_now(), 1);
+}
+
+/// `gateway.threads`: each connection is served start to end by one worker thread, the one
+/// serving the fewest; the spread is visible in `runway_gateway_connections_open{worker}`.
+async fn connections_are_spread_over_the_worker_threads(engine: Engine) {
+    let up = echo().await;
+    let (s, gw) =
+        gateway_with(engine, vec![route("t", "/t", &up, RouteAuth::TenantKey)], |c| c.gateway.threads = 3).await;
+    s.tenant("acme").await;
+    let (key, _) = s.tenant_key("acme", &["events:read"]).await;
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut h = Held::open(&gw).await;
+        assert_eq!(h.get("/t/1", &key).await.0, 200);
+        held.push(h);
+    }
+    let m = s.metrics_text().await;
+    assert_eq!(metric_sum(&m, "runway_gateway_worker_threads"), 3.0, "{m}");
+    for w in 0..3 {
+        let line = format!("runway_gateway_connections_open{{worker=\"{w}\"}} 2");
+        assert!(m.contains(&line), "{line} in {m}");
+    }
+    // Every connection keeps working on its worker.
+    for h in &mut held {
+        assert_eq!(h.get("/t/2", &key).await.0, 200);
+    }
+    drop(held);
+    eventually("closed connections leave their worker", || async {
+        let m = s.metrics_text().await;
+        (0..3).all(|w| m.contains(&format!("runway_gateway_connections_open{{worker=\"{w}\"}} 0")))
+    })
+    .await;
 }
