@@ -791,6 +791,11 @@ const HOP_BY_HOP: [&str; 8] = [
 /// Removes hop-by-hop headers, those the `Connection` header names included, and `upgrade`
 /// (an upgrade the gateway passes on is set again explicitly).
 fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names, then nothing to remove.
+    let present = h.keys().any(|k| k == header::CONNECTION || k == header::UPGRADE || HOP_BY_HOP.contains(&k.as_str()));
+    if !present {
+        return;
+    }
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -980,6 +985,14 @@ async fn proxy(
     // The request's id: the client's when sane, else a new one; the upstream gets it, the
     // client gets it back, the access log names it.
     let request_id = runway_core::id::request_id(req.headers());
+    if !runway_core::trace::exporting() {
+        // No exporter: no span nobody would receive; the upstream still gets the caller's
+        // trace with a span id of this hop.
+        let mut req = req;
+        let next = runway_core::trace::next_hop_traceparent(req.headers());
+        req.headers_mut().insert("traceparent", next);
+        return proxy_in_span(gw, client, req, request_id).await;
+    }
     // A span per proxied request, the child of the caller's `traceparent`; the upstream gets
     // this span's (`inject` before each try).
     let span = tracing::info_span!(
@@ -1341,8 +1354,16 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
         };
         let target = &pool.targets[ti].url;
         *meter.upstream.lock().unwrap_or_else(|e| e.into_inner()) = Some(target.clone());
-        let mut req_parts = parts.clone();
-        runway_core::trace::inject(&tracing::Span::current(), &mut req_parts.headers);
+        // Only a request that may be tried again keeps its head for the next try.
+        let mut req_parts = if kept.is_some() && pool.retries > 0 {
+            parts.clone()
+        } else {
+            let fresh = Request::new(());
+            std::mem::replace(&mut parts, fresh.into_parts().0)
+        };
+        if runway_core::trace::exporting() {
+            runway_core::trace::inject(&tracing::Span::current(), &mut req_parts.headers);
+        }
         req_parts.uri = match format!("{target}{path_and_query}").parse::<Uri>() {
             Ok(u) => u,
             Err(e) => break problem(ErrorCode::InvalidPath, e.to_string()),

@@ -22,6 +22,9 @@ pub struct Target {
     in_flight: AtomicUsize,
     breaker: Mutex<CircuitBreaker>,
     health: Mutex<HealthState>,
+    /// `runway_gateway_upstream_tries_total{route,target,outcome}`, success and failure,
+    /// resolved once (not per request).
+    tries: [metrics::Counter; 2],
 }
 
 /// A route's upstream pool; kept across route reloads while the route's pool settings stay
@@ -104,6 +107,9 @@ impl Pool {
             .upstream
             .iter()
             .map(|t| Target {
+                tries: ["success", "failure"].map(|outcome| {
+                    metrics::counter!("runway_gateway_upstream_tries_total", "route" => c.name.clone(), "target" => t.url.trim_end_matches('/').to_owned(), "outcome" => outcome)
+                }),
                 url: t.url.trim_end_matches('/').to_owned(),
                 weight: t.weight,
                 in_flight: AtomicUsize::new(0),
@@ -208,12 +214,7 @@ impl Pool {
     /// Feeds a try's outcome to the target's breaker and the outlier detector.
     pub fn record(&self, target: usize, now: Instant, outcome: Outcome) {
         let t = &self.targets[target];
-        let label = match outcome {
-            Outcome::Success => "success",
-            Outcome::Failure => "failure",
-        };
-        metrics::counter!("runway_gateway_upstream_tries_total", "route" => self.route.clone(), "target" => t.url.clone(), "outcome" => label)
-            .increment(1);
+        t.tries[usize::from(outcome == Outcome::Failure)].increment(1);
         let transition = t.breaker.lock().unwrap_or_else(|e| e.into_inner()).record(now, outcome);
         match transition {
             Some(Transition::Opened { reason, open_for }) => {

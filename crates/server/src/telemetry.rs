@@ -25,7 +25,10 @@ pub fn init(config: &Config) {
         match opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(endpoint).build() {
             // The batch exporter sends from its own thread: a slow or failing collector
             // never holds up a request.
-            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            Ok(exporter) => {
+                builder = builder.with_batch_exporter(exporter);
+                runway_core::trace::set_exporting(true);
+            }
             Err(e) => otlp_error = Some(e.to_string()),
         }
     }

@@ -2,7 +2,10 @@
 //! (`wrk`, 2 threads, 64 keep-alive connections) and the same upstream (an nginx server block
 //! answering 200): the upstream direct; Runway's gateway with key authentication, GCRA and
 //! the bulkheads; nginx as a plain proxy; nginx with `limit_req` and a key `map` (the closest
-//! nginx comes to the same work); Runway's gateway with the limits in Redis. Then one
+//! nginx comes to the same work); Runway's gateway with the limits in Redis. Beside them, to
+//! show where the time goes: the gateway on an anonymous route (no key, no limits) and a bare
+//! proxy of the same building blocks (hyper-util's client behind axum on the gateway's thread
+//! per core listener, no gateway work), each with its CPU time per request. Then one
 //! connection's p50 (direct and through the gateway) and the gateway's RSS holding 1,000 idle
 //! keep-alive connections. Needs `wrk` and `nginx` (Debian: `apt-get install wrk nginx-light`).
 
@@ -137,7 +140,9 @@ impl Gateway {
                  [plans.bench]\nrequests_per_second = 10000000\nburst = 10000000\nmax_concurrent_requests = 100000\n\
                  [gateway]\nsli_flush_ms = 10000\n{redis}\
                  [[gateway.routes]]\nname = \"bench\"\npath_prefix = \"/\"\nauth = \"tenant_key\"\n\
-                 max_concurrent_requests = 100000\nupstream = [{{ url = \"http://127.0.0.1:{upstream}\" }}]\n"
+                 max_concurrent_requests = 100000\nupstream = [{{ url = \"http://127.0.0.1:{upstream}\" }}]\n\
+                 [[gateway.routes]]\nname = \"anon\"\npath_prefix = \"/anon\"\nauth = \"anonymous\"\n\
+                 upstream = [{{ url = \"http://127.0.0.1:{upstream}\" }}]\n"
             ),
         )?;
         let mut child = std::process::Command::new(&exe)
@@ -175,6 +180,60 @@ impl Gateway {
             })
             .unwrap_or(0)
     }
+}
+
+/// User and system CPU time of a process so far, in clock ticks (1/100 s on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces): utime and stime are the
+            // 12th and 13th of them.
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `wrk` against `url` and measures the CPU time `pid` spent per request meanwhile (µs).
+fn wrk_with_cpu(pid: u32, url: &str, seconds: u64, key: Option<&str>) -> anyhow::Result<(WrkRun, f64)> {
+    let before = cpu_ticks(pid);
+    let run = wrk(url, 2, 64, seconds, key)?;
+    let ticks = cpu_ticks(pid).saturating_sub(before);
+    let requests = (run.rps * seconds as f64).max(1.0);
+    Ok((run, ticks as f64 * 10_000.0 / requests))
+}
+
+/// A proxy of the gateway's building blocks alone: hyper-util's pooled client per thread,
+/// behind an axum fallback, on the gateway's thread per core listener; no authentication,
+/// limits, records or header work. Its speed is the ceiling the gateway's own work lowers.
+async fn bare_proxy(
+    upstream: u16,
+) -> anyhow::Result<(String, runway_gateway::listener::Listening, tokio::sync::watch::Sender<bool>)> {
+    use hyper_util::client::legacy::{Client, connect::HttpConnector};
+    type Bare = Client<HttpConnector, axum::body::Body>;
+    thread_local! {
+        static CLIENT: Bare = {
+            let mut c = HttpConnector::new();
+            c.set_nodelay(true);
+            Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(256).build(c)
+        };
+    }
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| async move {
+        let (mut parts, body) = req.into_parts();
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        parts.uri = format!("http://127.0.0.1:{upstream}{pq}").parse().expect("a valid URI");
+        let client = CLIENT.with(Clone::clone);
+        match client.request(axum::http::Request::from_parts(parts, body)).await {
+            Ok(res) => res.map(axum::body::Body::new),
+            Err(_) => axum::http::Response::builder().status(502).body(axum::body::Body::empty()).expect("a response"),
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let listening = runway_gateway::listener::start(listener, app, None, 0, stopped)?;
+    Ok((format!("http://{}/", listening.addr), listening, stop))
 }
 
 impl Drop for Gateway {
@@ -243,8 +302,17 @@ pub async fn run(seconds: u64, admin: &str) -> anyhow::Result<()> {
     };
     let direct = wrk(&target(upstream), 2, 64, seconds, None)?;
     row("upstream direct (nginx `return 200`)", &direct);
-    let ours = wrk(&gw_url, 2, 64, seconds, Some(&key))?;
+    let gw_pid = gw.child.id();
+    let (ours, ours_cpu) = wrk_with_cpu(gw_pid, &gw_url, seconds, Some(&key))?;
     row("Runway gateway: tenant key, GCRA per tenant and key, tenant and route bulkheads", &ours);
+    let (anon, anon_cpu) = wrk_with_cpu(gw_pid, &format!("{gw_url}anon/"), seconds, None)?;
+    row("Runway gateway, anonymous route (no key, no limits)", &anon);
+    let (bare_url, bare_listening, bare_stop) = bare_proxy(upstream).await?;
+    wrk(&bare_url, 2, 64, 2, None)?;
+    let (bare, bare_cpu) = wrk_with_cpu(std::process::id(), &bare_url, seconds, None)?;
+    row("bare hyper-util + axum proxy, thread per core (no gateway work)", &bare);
+    let _ = bare_stop.send(true);
+    let _ = bare_listening.served.await;
     let plain = wrk(&target(proxy), 2, 64, seconds, None)?;
     row("nginx proxy_pass (keep-alive), no limits", &plain);
     let theirs = wrk(&target(limited), 2, 64, seconds, Some(&key))?;
@@ -282,6 +350,9 @@ pub async fn run(seconds: u64, admin: &str) -> anyhow::Result<()> {
         ours.rps / theirs.rps,
         ours.p99_ms,
         theirs.p99_ms
+    );
+    println!(
+        "CPU per proxied request: gateway {ours_cpu:.1} µs (tenant key), {anon_cpu:.1} µs (anonymous); bare hyper-util proxy {bare_cpu:.1} µs"
     );
     println!(
         "One connection: p50 direct {:.3} ms, through the gateway {:.3} ms (added {:.0} µs)",
