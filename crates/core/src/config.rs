@@ -201,6 +201,11 @@ pub struct RouteConfig {
     /// From sending the request to the response head.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// A streamed body, either way, or an upgraded tunnel that carries no byte for this long
+    /// is cut (the client gets 408 for a stalled request body); 0: never. Event streams need
+    /// more than their keep-alive interval.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
     /// Request bodies above this are refused with 413 before the upstream sees them.
     #[serde(default = "default_route_body_limit")]
     pub body_limit_bytes: u64,
@@ -378,6 +383,9 @@ fn default_connect_timeout_ms() -> u64 {
 fn default_request_timeout_ms() -> u64 {
     30_000
 }
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
 fn default_route_body_limit() -> u64 {
     10 * 1024 * 1024
 }
@@ -481,6 +489,9 @@ impl RouteConfig {
         }
         if self.connect_timeout_ms == 0 {
             return bad("connect_timeout_ms", "must be at least 1 ms");
+        }
+        if self.idle_timeout_ms > 86_400_000 {
+            return bad("idle_timeout_ms", "at most 86400000 (24 h); 0 for none");
         }
         if self.request_timeout_ms == 0 {
             return bad("request_timeout_ms", "must be at least 1 ms");
@@ -1263,6 +1274,7 @@ mod tests {
             scopes: vec![],
             connect_timeout_ms: 1,
             request_timeout_ms: 1,
+            idle_timeout_ms: 60_000,
             body_limit_bytes: 1,
             max_concurrent_requests: None,
             rate_limit: None,

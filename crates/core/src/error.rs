@@ -61,6 +61,7 @@ error_codes! {
     SegmentInUse => (StatusCode::CONFLICT, "segment_in_use", "Flags still use this segment"),
     InvalidTransition => (StatusCode::CONFLICT, "invalid_transition", "The resource's current state does not allow this change"),
     IdempotencyKeyInUse => (StatusCode::CONFLICT, "idempotency_key_in_use", "A request with this Idempotency-Key is still in progress"),
+    RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout", "The request body stopped arriving"),
     PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "The request body is too large"),
     UriTooLong => (StatusCode::URI_TOO_LONG, "uri_too_long", "The request target is too long"),
     HeadersTooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large", "The request headers are too large"),

@@ -13,6 +13,7 @@ pub mod api;
 pub mod catalog;
 pub mod documents;
 pub mod idempotent;
+pub mod idle;
 pub mod jwt;
 pub mod listener;
 pub mod policy;
@@ -175,6 +176,9 @@ impl RouteLimiter {
 struct RouteState {
     /// The shared client of active health checks (requests use their thread's own).
     client: Upstream,
+    /// `runway_gateway_idle_timeouts_total{route,direction}` for request bodies, response
+    /// bodies and tunnels, resolved once.
+    idle_cuts: [metrics::Counter; 3],
     /// The route's own rate limit, keyed by tenant (or credential), when it has one.
     limiter: Option<Arc<RouteLimiter>>,
     /// The route's OpenAPI document, compiled, when it has one.
@@ -449,6 +453,9 @@ impl Gateway {
                     limiter,
                     spec,
                     policies: route_policies,
+                    idle_cuts: ["request", "response", "tunnel"].map(|d| {
+                        metrics::counter!("runway_gateway_idle_timeouts_total", "route" => c.name.clone(), "direction" => d)
+                    }),
                     client: self.client(c.connect_timeout_ms),
                     token_scopes,
                     scopes,
@@ -828,6 +835,7 @@ fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     route: String,
+    idle: Option<(Duration, metrics::Counter)>,
     held: impl Send + 'static,
 ) {
     tokio::spawn(async move {
@@ -839,10 +847,21 @@ fn tunnel(
                 return;
             }
         };
-        let mut client = hyper_util::rt::TokioIo::new(client);
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        let (epoch, last) = (tokio::time::Instant::now(), Arc::new(std::sync::atomic::AtomicU64::new(0)));
+        let mut client = idle::Watched::new(hyper_util::rt::TokioIo::new(client), epoch, last.clone());
+        let mut upstream = idle::Watched::new(hyper_util::rt::TokioIo::new(upstream), epoch, last.clone());
         metrics::gauge!("runway_gateway_tunnels_open", "route" => route.clone()).increment(1.0);
-        let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        let copied = match idle {
+            None => tokio::io::copy_bidirectional(&mut client, &mut upstream).await,
+            Some((timeout, cut)) => tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => copied,
+                _ = idle::idle_for(epoch, last, timeout) => {
+                    cut.increment(1);
+                    tracing::info!(route, idle_ms = timeout.as_millis() as u64, "an idle tunnel was closed");
+                    Err(std::io::ErrorKind::TimedOut.into())
+                }
+            },
+        };
         metrics::gauge!("runway_gateway_tunnels_open", "route" => route.clone()).decrement(1.0);
         if let Ok((up, down)) = copied {
             metrics::counter!("runway_gateway_tunnel_bytes_total", "route" => route.clone(), "direction" => "in")
@@ -1329,6 +1348,7 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
         }
     }
 
+    let idle = (c.idle_timeout_ms > 0).then(|| Duration::from_millis(c.idle_timeout_ms));
     let pool = &rs.pool;
     let _active = pool.enter();
     let mut tried: Vec<usize> = Vec::new();
@@ -1375,15 +1395,18 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
             }
             (None, Some(body)) => {
                 let meter = meter.clone();
-                Limited::new(body, limit)
+                let body = Limited::new(body, limit)
                     .map_frame(move |f| {
                         if let Some(d) = f.data_ref() {
                             meter.bytes_in.fetch_add(d.len() as u64, Ordering::Relaxed);
                         }
                         f
                     })
-                    .map_err(BoxError::from)
-                    .boxed_unsync()
+                    .map_err(BoxError::from);
+                match idle {
+                    Some(t) => idle::IdleBody::new(body, t, rs.idle_cuts[0].clone()).boxed_unsync(),
+                    None => body.boxed_unsync(),
+                }
             }
             (None, None) => break problem(ErrorCode::Internal, "the request body was already sent"),
         };
@@ -1398,6 +1421,12 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
                 break problem(
                     ErrorCode::GatewayTimeout,
                     format!("the upstream did not answer within {} ms", c.request_timeout_ms),
+                );
+            }
+            Ok(Err(e)) if idle::is_idle_timeout(&e) => {
+                break problem(
+                    ErrorCode::RequestTimeout,
+                    format!("the request body stopped arriving for {} ms", c.idle_timeout_ms),
                 );
             }
             Ok(Err(e)) if too_large(&e) => {
@@ -1430,6 +1459,7 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
                         client_side,
                         upstream_side,
                         c.name.clone(),
+                        idle.map(|t| (t, rs.idle_cuts[2].clone())),
                         (lease, tenant_permit.take(), route_permit.take()),
                     );
                     break Response::from_parts(parts, Body::empty());
@@ -1444,7 +1474,11 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
                     let _held = &held;
                     f
                 });
-                let res = Response::from_parts(parts, Body::new(body));
+                let body = match idle {
+                    Some(t) => Body::new(idle::IdleBody::new(body, t, rs.idle_cuts[1].clone())),
+                    None => Body::new(body),
+                };
+                let res = Response::from_parts(parts, body);
                 if !resilience::is_gateway_failure(status) {
                     break res;
                 }

@@ -119,6 +119,7 @@ mod tests {
             scopes: vec![],
             connect_timeout_ms: 1,
             request_timeout_ms: 1,
+            idle_timeout_ms: 60_000,
             body_limit_bytes: 1,
             max_concurrent_requests: None,
             rate_limit: None,

@@ -33,6 +33,7 @@ crate::both_engines!(
     policies_and_openapi_documents_kept_through_the_api_are_versioned_and_live,
     redis_keeps_edge_idempotency_records_for_every_replica,
     connections_are_spread_over_the_worker_threads,
+    idle_bodies_and_tunnels_are_cut_after_the_routes_idle_timeout,
 );
 
 /// A Redis server of the test's own, on a free port, stopped when dropped.
@@ -240,6 +241,7 @@ fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth) -> RouteConf
         scopes: vec![],
         connect_timeout_ms: 1_000,
         request_timeout_ms: 1_000,
+        idle_timeout_ms: 60_000,
         body_limit_bytes: 1_024,
         max_concurrent_requests: None,
         rate_limit: None,
@@ -1888,4 +1890,83 @@ async fn connections_are_spread_over_the_worker_threads(engine: Engine) {
         (0..3).all(|w| m.contains(&format!("runway_gateway_connections_open{{worker=\"{w}\"}} 0")))
     })
     .await;
+}
+
+/// `idle_timeout_ms`: a response body that stops arriving, a request body that stops arriving
+/// (408) and a tunnel with no byte either way are cut after the route's idle timeout; a
+/// response that keeps flowing is not.
+async fn idle_bodies_and_tunnels_are_cut_after_the_routes_idle_timeout(engine: Engine) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let next_event = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (up, _) = streaming_upstream(next_event.clone()).await;
+    let idle = |mut r: RouteConfig| {
+        r.idle_timeout_ms = 300;
+        r
+    };
+    let routes = vec![
+        idle(route("ws", "/ws", &up, RouteAuth::Anonymous)),
+        idle(route("events", "/events", &up, RouteAuth::Anonymous)),
+        idle(route("echo", "/echo", &echo().await, RouteAuth::Anonymous)),
+    ];
+    let (s, gw) = gateway(engine, routes).await;
+
+    // An event stream: the first event arrives; the second is held back past the timeout, and
+    // the stream is cut instead of hanging.
+    let started = std::time::Instant::now();
+    let mut res = s.http.get(format!("{gw}/events")).send().await.unwrap();
+    assert_eq!(res.chunk().await.unwrap().unwrap(), "data: one\n\n");
+    let rest = tokio::time::timeout(Duration::from_secs(5), res.chunk()).await.expect("cut, not hanging");
+    assert!(rest.is_err(), "the stalled stream ends in an error: {rest:?}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    // A request body that stops arriving: 408, and the connection is not held.
+    let mut raw = tokio::net::TcpStream::connect(gw.trim_start_matches("http://")).await.unwrap();
+    raw.write_all(b"POST /echo/x HTTP/1.1\r\nhost: gateway.test\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\":")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await.expect("answered in time");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+
+    // A tunnel: bytes flow, then after the timeout without any the gateway closes it.
+    let stream = tokio::net::TcpStream::connect(gw.trim_start_matches("http://")).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = hyper::Request::get("/ws/chat")
+        .header("host", "gateway.test")
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 101);
+    let mut io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    for _ in 0..3 {
+        // Traffic every 150 ms keeps it open past the 300 ms timeout.
+        io.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(&got, b"ping");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), io.read_to_end(&mut rest)).await.expect("closed, not hanging");
+    assert!(n.map_or(true, |n| n == 0), "nothing more, then the close");
+
+    let m = s.metrics_text().await;
+    for direction in ["request", "response", "tunnel"] {
+        let line = m.lines().find(|l| {
+            l.starts_with("runway_gateway_idle_timeouts_total")
+                && l.contains(&format!("direction=\"{direction}\""))
+                && l.ends_with(" 1")
+        });
+        assert!(line.is_some(), "one {direction} cut in {m}");
+    }
+    next_event.notify_waiters();
 }
