@@ -1204,7 +1204,7 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
         kept = Some(bytes::Bytes::new());
         streamed = None;
     } else if replayable && declared.is_some_and(|n| n <= REPLAY_BUFFER_BYTES) {
-        match read_whole(streamed.take().unwrap_or_default(), c).await {
+        match read_whole(streamed.take().unwrap_or_default(), c, rs).await {
             Ok(b) => kept = Some(b),
             Err(e) => return finish(&c.name, tenant.as_deref(), started, e),
         }
@@ -1214,7 +1214,7 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
     if let Some(spec) = &rs.spec {
         let has_body = declared.is_some_and(|n| n > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING);
         if kept.is_none() && has_body {
-            match read_whole(streamed.take().unwrap_or_default(), c).await {
+            match read_whole(streamed.take().unwrap_or_default(), c, rs).await {
                 Ok(b) => kept = Some(b),
                 Err(e) => return finish(&c.name, tenant.as_deref(), started, e),
             }
@@ -1260,7 +1260,7 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
             .and_then(|v| v.to_str().ok())
             .is_some_and(|t| t.starts_with("application/json") || t.contains("+json"));
         if kept.is_none() && json_body && declared.is_some_and(|n| n as usize <= policy::SUGGESTED_MAX_BODY_BYTES) {
-            match read_whole(streamed.take().unwrap_or_default(), c).await {
+            match read_whole(streamed.take().unwrap_or_default(), c, rs).await {
                 Ok(b) => kept = Some(b),
                 Err(e) => return finish(&c.name, tenant.as_deref(), started, e),
             }
@@ -1318,7 +1318,7 @@ async fn proxy_in_span(gw: Arc<Gateway>, client: SocketAddr, req: Request<Body>,
             (Some(key), Some(p)) => {
                 let bytes = match (kept.clone(), streamed.take()) {
                     (Some(b), _) => b,
-                    (None, body) => match read_whole(body.unwrap_or_default(), c).await {
+                    (None, body) => match read_whole(body.unwrap_or_default(), c, rs).await {
                         Ok(b) => b,
                         Err(e) => return finish(&c.name, tenant.as_deref(), started, e),
                     },
@@ -1607,13 +1607,24 @@ fn refusal(policy: &str, d: policy::Decision) -> Response<Body> {
 }
 
 /// Reads a whole request body within the route's limit: 413 over it, 400 when it breaks off.
-async fn read_whole(body: Body, c: &RouteConfig) -> Result<bytes::Bytes, Response<Body>> {
+async fn read_whole(body: Body, c: &RouteConfig, rs: &RouteState) -> Result<bytes::Bytes, Response<Body>> {
     let limit = usize::try_from(c.body_limit_bytes).unwrap_or(usize::MAX);
-    match Limited::new(body, limit).collect().await {
+    let limited = Limited::new(body, limit);
+    let collected = if c.idle_timeout_ms > 0 {
+        let timeout = Duration::from_millis(c.idle_timeout_ms);
+        idle::IdleBody::new(limited, timeout, rs.idle_cuts[0].clone()).collect().await
+    } else {
+        limited.collect().await
+    };
+    match collected {
         Ok(b) => Ok(b.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(problem(
             ErrorCode::PayloadTooLarge,
             format!("the body is over this route's {} bytes", c.body_limit_bytes),
+        )),
+        Err(e) if idle::is_idle_timeout(&*e) => Err(problem(
+            ErrorCode::RequestTimeout,
+            format!("the request body stopped arriving for {} ms", c.idle_timeout_ms),
         )),
         Err(_) => Err(problem(ErrorCode::MalformedBody, "the request body could not be read")),
     }
