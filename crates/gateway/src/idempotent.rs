@@ -66,19 +66,8 @@ pub async fn begin(
         Records::Store(store) => store,
         Records::Redis(shared, store) => match shared.begin(&credential, &key, &hash).await {
             shared_idempotency::Begin::Proceed => return Ok(Begin::Proceed(claim(records.clone()))),
-            shared_idempotency::Begin::InFlight => {
-                return Err(ApiError::new(
-                    ErrorCode::IdempotencyKeyInUse,
-                    "a request with this Idempotency-Key is still being processed",
-                )
-                .with_retry_after(1));
-            }
-            shared_idempotency::Begin::Reused => {
-                return Err(ApiError::new(
-                    ErrorCode::IdempotencyKeyReused,
-                    "this Idempotency-Key was used with a different request; use a new key",
-                ));
-            }
+            shared_idempotency::Begin::InFlight => return Err(runway_idempotency::in_use()),
+            shared_idempotency::Begin::Reused => return Err(runway_idempotency::reused()),
             shared_idempotency::Begin::Stored { status, headers, body } => {
                 let res = runway_idempotency::replay(Some(status), Some(&headers), Some(body))?;
                 return Ok(Begin::Replay(res));

@@ -57,6 +57,20 @@ pub fn request_hash(method: &str, path: &str, query: Option<&str>, body: &[u8]) 
     hex::encode(h.finalize())
 }
 
+/// 409 `idempotency_key_in_use`: the first request under the key is still running.
+pub fn in_use() -> ApiError {
+    ApiError::new(ErrorCode::IdempotencyKeyInUse, "a request with this Idempotency-Key is still being processed")
+        .with_retry_after(1)
+}
+
+/// 422 `idempotency_key_reused`: the key was used with another request.
+pub fn reused() -> ApiError {
+    ApiError::new(
+        ErrorCode::IdempotencyKeyReused,
+        "this Idempotency-Key was used with a different request; use a new key",
+    )
+}
+
 /// What the caller does after [`begin`].
 pub enum Begin {
     /// The key is now this request's: run it, then [`complete`] or [`forget`].
@@ -99,16 +113,9 @@ pub async fn begin(
                 .execute(&mut *c).await.map(|_| ()))
             .map_err(StoreError::from)?;
         } else if rec.state == "in_flight" {
-            return Err(ApiError::new(
-                ErrorCode::IdempotencyKeyInUse,
-                "a request with this Idempotency-Key is still being processed",
-            )
-            .with_retry_after(1));
+            return Err(in_use());
         } else if rec.request_hash != hash {
-            return Err(ApiError::new(
-                ErrorCode::IdempotencyKeyReused,
-                "this Idempotency-Key was used with a different request; use a new key",
-            ));
+            return Err(reused());
         } else {
             return Ok(Begin::Replay(replay(rec.status_code, rec.response_headers.as_deref(), rec.response_body)?));
         }

@@ -1294,21 +1294,9 @@ async fn streaming_upstream(next_event: std::sync::Arc<tokio::sync::Notify>) -> 
     (url, cut_url)
 }
 
-async fn upgrades_event_streams_and_http2_pass_through(engine: Engine) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let next_event = std::sync::Arc::new(tokio::sync::Notify::new());
-    let (up, cut) = streaming_upstream(next_event.clone()).await;
-    let mut cut_route = route("cut", "/cut", &cut, RouteAuth::Anonymous);
-    cut_route.resilience.retries = 0;
-    let routes = vec![
-        route("ws", "/ws", &up, RouteAuth::Anonymous),
-        route("events", "/events", &up, RouteAuth::Anonymous),
-        cut_route,
-        route("echo", "/echo", &echo().await, RouteAuth::Anonymous),
-    ];
-    let (s, gw) = gateway(engine, routes).await;
-
-    // An upgrade: 101 passes back, then bytes flow both ways through the gateway.
+/// Upgrades a new connection to the gateway's `/ws` route (the `echo` protocol of
+/// [`streaming_upstream`]); the joined connection once the 101 has come back.
+async fn echo_tunnel(gw: &str) -> hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
     let stream = tokio::net::TcpStream::connect(gw.trim_start_matches("http://")).await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(
         hyper_util::rt::TokioIo::new(stream),
@@ -1325,7 +1313,39 @@ async fn upgrades_event_streams_and_http2_pass_through(engine: Engine) {
     let res = send.send_request(req).await.unwrap();
     assert_eq!(res.status(), 101);
     assert_eq!(res.headers()["upgrade"], "echo");
-    let mut io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    hyper_util::rt::TokioIo::new(hyper::upgrade::on(res).await.unwrap())
+}
+
+/// Sends `method /echo/x` announcing 100 body bytes but sending 5, then waits; what the
+/// gateway answers before it closes the connection.
+async fn stalled_request(gw: &str, method: &str, extra_headers: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = tokio::net::TcpStream::connect(gw.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "{method} /echo/x HTTP/1.1\r\nhost: gateway.test\r\n{extra_headers}content-length: 100\r\n\r\n{{\"a\":"
+    );
+    raw.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await.expect("answered in time");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+async fn upgrades_event_streams_and_http2_pass_through(engine: Engine) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let next_event = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (up, cut) = streaming_upstream(next_event.clone()).await;
+    let mut cut_route = route("cut", "/cut", &cut, RouteAuth::Anonymous);
+    cut_route.resilience.retries = 0;
+    let routes = vec![
+        route("ws", "/ws", &up, RouteAuth::Anonymous),
+        route("events", "/events", &up, RouteAuth::Anonymous),
+        cut_route,
+        route("echo", "/echo", &echo().await, RouteAuth::Anonymous),
+    ];
+    let (s, gw) = gateway(engine, routes).await;
+
+    // An upgrade: 101 passes back, then bytes flow both ways through the gateway.
+    let mut io = echo_tunnel(&gw).await;
     for msg in [&b"ping"[..], b"a second message"] {
         io.write_all(msg).await.unwrap();
         let mut got = vec![0u8; msg.len()];
@@ -1920,40 +1940,15 @@ async fn idle_bodies_and_tunnels_are_cut_after_the_routes_idle_timeout(engine: E
     assert!(started.elapsed() >= Duration::from_millis(300));
 
     // A request body that stops arriving: 408, and the connection is not held.
-    let mut raw = tokio::net::TcpStream::connect(gw.trim_start_matches("http://")).await.unwrap();
-    raw.write_all(b"POST /echo/x HTTP/1.1\r\nhost: gateway.test\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\":")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await.expect("answered in time");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = stalled_request(&gw, "POST", "content-type: application/json\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
     // The same for a body the gateway reads whole first (a PUT is kept for a retry).
-    let mut raw = tokio::net::TcpStream::connect(gw.trim_start_matches("http://")).await.unwrap();
-    raw.write_all(b"PUT /echo/x HTTP/1.1\r\nhost: gateway.test\r\ncontent-length: 100\r\n\r\n{\"a\":").await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut answer)).await.expect("answered in time");
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = stalled_request(&gw, "PUT", "").await;
     assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("request_timeout"), "{answer}");
 
     // A tunnel: bytes flow, then after the timeout without any the gateway closes it.
-    let stream = tokio::net::TcpStream::connect(gw.trim_start_matches("http://")).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn.with_upgrades());
-    let req = hyper::Request::get("/ws/chat")
-        .header("host", "gateway.test")
-        .header("connection", "upgrade")
-        .header("upgrade", "echo")
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let res = send.send_request(req).await.unwrap();
-    assert_eq!(res.status(), 101);
-    let mut io = hyper_util::rt::TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    let mut io = echo_tunnel(&gw).await;
     for _ in 0..3 {
         // Traffic every 150 ms keeps it open past the 300 ms timeout.
         io.write_all(b"ping").await.unwrap();
