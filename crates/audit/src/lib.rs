@@ -6,6 +6,7 @@
 //! truncating entries is caught by [`verify`]. This crate has no HTTP routes: the listings and
 //! the verify route live with the authentication extractor in `runway-identity`.
 
+pub mod catalog;
 mod chain;
 mod store;
 

@@ -21,6 +21,8 @@ pub struct Config {
     pub flags: FlagsConfig,
     /// The edge gateway in front of the startup's own services.
     pub gateway: GatewayConfig,
+    /// SLOs, error budgets and the release gate.
+    pub slo: SloConfig,
     /// Named sets of limits a tenant can be on.
     pub plans: BTreeMap<String, PlanLimits>,
 }
@@ -613,6 +615,27 @@ pub struct CryptoConfig {
     pub master_key: Option<SecretString>,
 }
 
+/// SLOs: how often they are evaluated and how late pushed counts may arrive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SloConfig {
+    /// How often the SLOs are evaluated, in milliseconds (one replica at a time holds the
+    /// evaluation lease).
+    pub eval_interval_ms: u64,
+    /// Minutes of data that may still change: pushed counts up to this late are accepted and
+    /// folded into their minute; older ones are refused. Each evaluation reads these minutes
+    /// again.
+    pub late_minutes: u32,
+    /// Alerts resolved longer ago than this are deleted.
+    pub alert_retention_days: u32,
+}
+
+impl Default for SloConfig {
+    fn default() -> Self {
+        Self { eval_interval_ms: 60_000, late_minutes: 15, alert_retention_days: 400 }
+    }
+}
+
 /// Feature flags: environments, propagation and usage.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1017,6 +1040,7 @@ impl Default for Config {
             crypto: CryptoConfig::default(),
             flags: FlagsConfig::default(),
             gateway: GatewayConfig::default(),
+            slo: SloConfig::default(),
             plans: default_plans(),
         }
     }
@@ -1110,6 +1134,15 @@ impl Config {
             return Err(bad("server.body_limit_bytes", "must be at least 1024"));
         }
         self.gateway.validate()?;
+        if !(100..=600_000).contains(&self.slo.eval_interval_ms) {
+            return Err(bad("slo.eval_interval_ms", "between 100 and 600000"));
+        }
+        if !(1..=1440).contains(&self.slo.late_minutes) {
+            return Err(bad("slo.late_minutes", "between 1 and 1440"));
+        }
+        if self.slo.alert_retention_days == 0 {
+            return Err(bad("slo.alert_retention_days", "at least 1"));
+        }
         let f = &self.flags;
         if f.environments.is_empty() {
             return Err(bad("flags.environments", "at least one environment must be defined"));

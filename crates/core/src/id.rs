@@ -172,6 +172,18 @@ typed_id!(
     /// A guard watching a signal during a release plan's milestones.
     GuardId, "grd", "guard"
 );
+typed_id!(
+    /// A service-level objective.
+    SloId, "slo", "SLO"
+);
+typed_id!(
+    /// One firing of an SLO alert, from open to resolved.
+    SloAlertId, "sla", "SLO alert"
+);
+typed_id!(
+    /// An audited exception to the release gate's answer.
+    GateOverrideId, "gov", "gate override"
+);
 
 /// The header that carries a request's id through the API and the gateway.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";

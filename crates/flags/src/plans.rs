@@ -3,7 +3,7 @@
 //! passed its watch, with an audit entry and an operational event.
 
 use runway_audit::{AuditContext, Chain, Change};
-use runway_core::id::{GuardId, ReleasePlanId};
+use runway_core::id::{GuardId, ReleasePlanId, SloId};
 use runway_core::{ApiError, ErrorCode};
 use runway_flags_engine::wire::StrategyDef;
 use runway_store::{DbScope, Tx, on_conn};
@@ -38,6 +38,10 @@ pub struct GuardSpec {
     /// Alertmanager `alertname` that trips this guard when it fires.
     #[serde(default)]
     pub alertname: Option<String>,
+    /// An SLO (its ID) whose page alerts trip this guard, with no Prometheus in between.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, example = "slo_01JD8X3R6Q9V2M4T7W1Y5ZB0CE")]
+    pub slo: Option<SloId>,
 }
 
 /// A guard and its state.
@@ -49,6 +53,9 @@ pub struct Guard {
     pub name: String,
     /// The Alertmanager `alertname` that trips it, if any.
     pub alertname: Option<String>,
+    /// The SLO whose page alerts trip it, if any.
+    #[schema(value_type = Option<String>)]
+    pub slo: Option<SloId>,
     /// `ok` or `tripped`.
     pub state: String,
     /// Why it was last set.
@@ -101,8 +108,19 @@ pub struct GuardSignal {
 
 #[derive(Debug, Clone)]
 pub enum GuardTarget {
-    Named { plan: ReleasePlanId, guard: String },
-    Alert { alertname: String, flag: Option<String>, environment: Option<String> },
+    Named {
+        plan: ReleasePlanId,
+        guard: String,
+    },
+    Alert {
+        alertname: String,
+        flag: Option<String>,
+        environment: Option<String>,
+    },
+    /// Guards watching an SLO's page alerts, across active plans.
+    Slo {
+        slo: SloId,
+    },
 }
 
 /// What feeds guards. The SLO capability implements its burn-rate alerts against this.
@@ -202,8 +220,8 @@ struct PlanRow {
     updated_at: i64,
 }
 
-/// id, name, alertname, state, reason, updated_at.
-type GuardRow = (String, String, Option<String>, String, Option<String>, i64);
+/// id, name, alertname, slo_id, state, reason, updated_at.
+type GuardRow = (String, String, Option<String>, Option<String>, String, Option<String>, i64);
 
 const PLAN_COLUMNS: &str = "id, flag_key, environment, strategy, milestones, current, last_safe, status, next_at, reason, created_by, created_at, updated_at";
 
@@ -216,7 +234,7 @@ async fn load_plan(tx: &mut Tx, id: &str, for_update: bool) -> Result<Option<Rel
     .map_err(store_err)?;
     let Some(r) = row else { return Ok(None) };
     let guards: Vec<GuardRow> = on_conn!(tx, c => sqlx::query_as(
-        "SELECT id, name, alertname, state, reason, updated_at FROM flag_guards WHERE plan_id = $1 ORDER BY name")
+        "SELECT id, name, alertname, slo_id, state, reason, updated_at FROM flag_guards WHERE plan_id = $1 ORDER BY name")
         .bind(id).fetch_all(&mut *c).await)
     .map_err(store_err)?;
     Ok(Some(ReleasePlan {
@@ -232,10 +250,11 @@ async fn load_plan(tx: &mut Tx, id: &str, for_update: bool) -> Result<Option<Rel
         reason: r.reason,
         guards: guards
             .into_iter()
-            .map(|(id, name, alertname, state, reason, at)| Guard {
+            .map(|(id, name, alertname, slo, state, reason, at)| Guard {
                 id: GuardId::from_trusted(id),
                 name,
                 alertname,
+                slo: slo.map(SloId::from_trusted),
                 state,
                 reason,
                 updated_at: runway_core::clock::rfc3339(at),
@@ -368,8 +387,8 @@ impl Flags {
             .execute(&mut *c).await.map(|_| ()))
         .map_err(store_err)?;
         for g in &p.guards {
-            on_conn!(&mut tx, c => sqlx::query("INSERT INTO flag_guards (id, plan_id, name, alertname, state, updated_at) VALUES ($1, $2, $3, $4, 'ok', $5)")
-                .bind(GuardId::generate().as_str()).bind(id.as_str()).bind(&g.name).bind(&g.alertname).bind(now)
+            on_conn!(&mut tx, c => sqlx::query("INSERT INTO flag_guards (id, plan_id, name, alertname, slo_id, state, updated_at) VALUES ($1, $2, $3, $4, $5, 'ok', $6)")
+                .bind(GuardId::generate().as_str()).bind(id.as_str()).bind(&g.name).bind(&g.alertname).bind(g.slo.as_ref().map(|s| s.as_str())).bind(now)
                 .execute(&mut *c).await.map(|_| ()))
             .map_err(store_err)?;
         }
@@ -530,6 +549,14 @@ impl Flags {
                          WHERE g.alertname = $1 AND ($2 IS NULL OR p.flag_key = $2) AND ($3 IS NULL OR p.environment = $3)
                            AND p.status IN ('active', 'paused', 'rolled_back') ORDER BY g.plan_id")
                         .bind(alertname).bind(flag.as_deref()).bind(environment.as_deref()).fetch_all(&mut *c).await)
+                    .map_err(store_err)?;
+                    rows
+                }
+                GuardTarget::Slo { slo } => {
+                    let rows: Vec<(String, String)> = on_conn!(&mut tx, c => sqlx::query_as(
+                        "SELECT g.plan_id, g.name FROM flag_guards g JOIN flag_release_plans p ON p.id = g.plan_id
+                         WHERE g.slo_id = $1 AND p.status IN ('active', 'paused', 'rolled_back') ORDER BY g.plan_id")
+                        .bind(slo.as_str()).fetch_all(&mut *c).await)
                     .map_err(store_err)?;
                     rows
                 }

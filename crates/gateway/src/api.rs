@@ -18,6 +18,7 @@ use utoipa_axum::routes;
 use crate::Gateway;
 use crate::catalog::{self, Edit, Stored};
 use crate::documents::{OpenApiDocument, PolicyDocument};
+use runway_audit::catalog::{ChangeMeta, DocumentMeta};
 
 type St = State<Arc<Gateway>>;
 
@@ -165,7 +166,7 @@ async fn get_route(
     if let Some(d) = gw.declared().iter().find(|d| d.name == name) {
         return Ok(Json(declared(d)));
     }
-    Ok(Json(catalog::get::<RouteConfig>(gw.store(), &name).await?.into()))
+    Ok(Json(catalog::get::<catalog::Routes>(gw.store(), &name).await?.into()))
 }
 
 /// Replace a gateway route
@@ -206,7 +207,7 @@ async fn route_versions(
     _auth: Authorized<Platform<GatewayRead>>,
     Path(name): Path<String>,
 ) -> Result<Json<RouteVersionList>, ApiError> {
-    let data = catalog::history::<RouteConfig>(gw.store(), &name)
+    let data = catalog::history::<catalog::Routes>(gw.store(), &name)
         .await?
         .into_iter()
         .map(|v| RouteVersionOut {
@@ -234,49 +235,6 @@ async fn rollback_route(
     Ok(Json(gw.change_route(&auth.audit, &name, Edit::Rollback(b.version)).await?.into()))
 }
 
-/// Where a document stands in its history (policies and OpenAPI documents).
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct DocumentMeta {
-    /// The current version, counting from 1.
-    pub version: i64,
-    /// When it was created (RFC 3339).
-    pub created_at: String,
-    /// When it last changed (RFC 3339).
-    pub updated_at: String,
-}
-
-fn meta<D>(s: &Stored<D>) -> DocumentMeta {
-    DocumentMeta {
-        version: s.version,
-        created_at: runway_core::clock::rfc3339(s.created_at),
-        updated_at: runway_core::clock::rfc3339(s.updated_at),
-    }
-}
-
-/// Who changed a document, how and when (one entry of its history).
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ChangeMeta {
-    /// The version number, counting from 1.
-    pub version: i64,
-    /// `created`, `updated`, `deleted` or `rolled_back`.
-    #[schema(example = "updated")]
-    pub action: String,
-    /// Who made it: `<kind>:<id>` of the credential.
-    #[schema(example = "admin:admin")]
-    pub actor: String,
-    /// When it was made (RFC 3339).
-    pub created_at: String,
-}
-
-fn change_meta<D>(v: &catalog::Version<D>) -> ChangeMeta {
-    ChangeMeta {
-        version: v.version,
-        action: v.action.clone(),
-        actor: v.actor.clone(),
-        created_at: runway_core::clock::rfc3339(v.created_at),
-    }
-}
-
 /// A gateway policy kept through the API.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PolicyOut {
@@ -288,7 +246,7 @@ pub struct PolicyOut {
 
 impl From<Stored<PolicyDocument>> for PolicyOut {
     fn from(s: Stored<PolicyDocument>) -> Self {
-        PolicyOut { meta: meta(&s), policy: s.doc }
+        PolicyOut { meta: s.meta(), policy: s.doc }
     }
 }
 
@@ -328,7 +286,7 @@ pub struct OpenApiOut {
 
 impl From<Stored<OpenApiDocument>> for OpenApiOut {
     fn from(s: Stored<OpenApiDocument>) -> Self {
-        OpenApiOut { meta: meta(&s), openapi: s.doc }
+        OpenApiOut { meta: s.meta(), openapi: s.doc }
     }
 }
 
@@ -366,7 +324,7 @@ const DOCUMENT: &str = "The OpenAPI document's name.";
 #[utoipa::path(get, path = "/v1/gateway/policies", tag = "gateway",
     responses((status = 200, body = PolicyList, description = "Every policy.")))]
 async fn list_policies(State(gw): St, _auth: Authorized<Platform<GatewayRead>>) -> Result<Json<PolicyList>, ApiError> {
-    let data = catalog::list::<PolicyDocument>(gw.store()).await?.into_iter().map(PolicyOut::from).collect();
+    let data = catalog::list::<catalog::Policies>(gw.store()).await?.into_iter().map(PolicyOut::from).collect();
     Ok(Json(PolicyList { data, declared: gw.declared_policy_names() }))
 }
 
@@ -396,7 +354,7 @@ async fn get_policy(
     _auth: Authorized<Platform<GatewayRead>>,
     Path(name): Path<String>,
 ) -> Result<Json<PolicyOut>, ApiError> {
-    Ok(Json(catalog::get::<PolicyDocument>(gw.store(), &name).await?.into()))
+    Ok(Json(catalog::get::<catalog::Policies>(gw.store(), &name).await?.into()))
 }
 
 /// Replace a gateway policy
@@ -438,10 +396,10 @@ async fn policy_versions(
     _auth: Authorized<Platform<GatewayRead>>,
     Path(name): Path<String>,
 ) -> Result<Json<PolicyVersionList>, ApiError> {
-    let data = catalog::history::<PolicyDocument>(gw.store(), &name)
+    let data = catalog::history::<catalog::Policies>(gw.store(), &name)
         .await?
         .into_iter()
-        .map(|v| PolicyVersionOut { change: change_meta(&v), policy: v.doc })
+        .map(|v| PolicyVersionOut { change: v.meta(), policy: v.doc })
         .collect();
     Ok(Json(PolicyVersionList { data }))
 }
@@ -467,7 +425,8 @@ async fn rollback_policy(
 #[utoipa::path(get, path = "/v1/gateway/openapi", tag = "gateway",
     responses((status = 200, body = OpenApiList, description = "Every document.")))]
 async fn list_openapi(State(gw): St, _auth: Authorized<Platform<GatewayRead>>) -> Result<Json<OpenApiList>, ApiError> {
-    let data = catalog::list::<OpenApiDocument>(gw.store()).await?.into_iter().map(OpenApiOut::from).collect();
+    let data =
+        catalog::list::<catalog::OpenApiDocuments>(gw.store()).await?.into_iter().map(OpenApiOut::from).collect();
     Ok(Json(OpenApiList { data }))
 }
 
@@ -496,7 +455,7 @@ async fn get_openapi(
     _auth: Authorized<Platform<GatewayRead>>,
     Path(name): Path<String>,
 ) -> Result<Json<OpenApiOut>, ApiError> {
-    Ok(Json(catalog::get::<OpenApiDocument>(gw.store(), &name).await?.into()))
+    Ok(Json(catalog::get::<catalog::OpenApiDocuments>(gw.store(), &name).await?.into()))
 }
 
 /// Replace an OpenAPI document
@@ -537,10 +496,10 @@ async fn openapi_versions(
     _auth: Authorized<Platform<GatewayRead>>,
     Path(name): Path<String>,
 ) -> Result<Json<OpenApiVersionList>, ApiError> {
-    let data = catalog::history::<OpenApiDocument>(gw.store(), &name)
+    let data = catalog::history::<catalog::OpenApiDocuments>(gw.store(), &name)
         .await?
         .into_iter()
-        .map(|v| OpenApiVersionOut { change: change_meta(&v), openapi: v.doc })
+        .map(|v| OpenApiVersionOut { change: v.meta(), openapi: v.doc })
         .collect();
     Ok(Json(OpenApiVersionList { data }))
 }
@@ -596,6 +555,8 @@ pub struct StatusCounts {
     /// The service's failures, the gateway's own 502/503/504 included.
     #[serde(rename = "5xx")]
     pub server_error: u64,
+    /// Of the 4xx, the 429s (limits and bulkheads, the gateway's or the service's).
+    pub throttled: u64,
     /// All requests.
     pub total: u64,
 }
@@ -693,6 +654,7 @@ async fn read_sli(
                 redirection: r.requests[2],
                 client_error: r.requests[3],
                 server_error: r.requests[4],
+                throttled: r.throttled,
                 total: r.total(),
             },
             availability: crate::sli::availability(&r),

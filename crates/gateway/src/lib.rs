@@ -305,6 +305,13 @@ impl Gateway {
         Ok(gw)
     }
 
+    /// The names of the routes served (declared and stored), after reading the store's latest
+    /// changes: what an SLO may name.
+    pub async fn route_names(&self) -> Result<Vec<String>, ApiError> {
+        self.refresh().await?;
+        Ok(self.routes_naming(|_| true))
+    }
+
     /// The live route set.
     pub fn routes(&self) -> Arc<RouteSet> {
         self.routes.load_full()
@@ -536,7 +543,7 @@ impl Gateway {
             ));
         }
         self.refresh().await?;
-        let stored = catalog::apply(&self.store, &*self.clock, ctx, name, edit, |action, r| {
+        let stored = catalog::apply::<catalog::Routes>(&self.store, &*self.clock, ctx, name, edit, |action, r| {
             if action == "deleted" { Ok(()) } else { self.check_route(r) }
         })
         .await?;
@@ -567,7 +574,7 @@ impl Gateway {
         }
         self.refresh().await?;
         let in_use = self.routes_naming(|c| c.policies.iter().any(|p| p == name));
-        let stored = catalog::apply(&self.store, &*self.clock, ctx, name, edit, |action, p| {
+        let stored = catalog::apply::<catalog::Policies>(&self.store, &*self.clock, ctx, name, edit, |action, p| {
             if action == "deleted" {
                 return refuse_in_use("policy", name, &in_use);
             }
@@ -588,13 +595,14 @@ impl Gateway {
     ) -> Result<catalog::Stored<documents::OpenApiDocument>, ApiError> {
         self.refresh().await?;
         let in_use = self.routes_naming(|c| c.openapi.as_deref() == Some(name));
-        let stored = catalog::apply(&self.store, &*self.clock, ctx, name, edit, |action, d| {
-            if action == "deleted" {
-                return refuse_in_use("OpenAPI document", name, &in_use);
-            }
-            documents::check_openapi(d).map(|_| ())
-        })
-        .await?;
+        let stored =
+            catalog::apply::<catalog::OpenApiDocuments>(&self.store, &*self.clock, ctx, name, edit, |action, d| {
+                if action == "deleted" {
+                    return refuse_in_use("OpenAPI document", name, &in_use);
+                }
+                documents::check_openapi(d).map(|_| ())
+            })
+            .await?;
         self.refresh().await?;
         Ok(stored)
     }

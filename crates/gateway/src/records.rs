@@ -15,6 +15,7 @@ static COLUMNS: LazyLock<Vec<String>> = LazyLock::new(|| {
     c.push("bytes_out".into());
     c.extend(BUCKETS_MS.iter().map(|b| format!("lat_le_{b}")));
     c.push("lat_inf".into());
+    c.push("status_429".into());
     c
 });
 
@@ -40,12 +41,21 @@ static READ: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The rows of some routes in a time range, one per route, tenant and minute.
+static ROWS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT route, tenant_id, minute, {} FROM gateway_sli WHERE minute >= $1 AND minute <= $2",
+        COLUMNS.join(", ")
+    )
+});
+
 fn values(r: &SliRecord) -> Vec<i64> {
     let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let mut v: Vec<i64> = r.requests.iter().map(|n| as_i64(*n)).collect();
     v.push(as_i64(r.bytes_in));
     v.push(as_i64(r.bytes_out));
     v.extend(r.latency.counts().iter().map(|n| as_i64(*n)));
+    v.push(as_i64(r.throttled));
     v
 }
 
@@ -53,7 +63,13 @@ fn record_from(v: &[i64]) -> Result<SliRecord, ApiError> {
     let u = |i: usize| u64::try_from(v[i]).unwrap_or(0);
     let counts: Vec<u64> = (7..7 + BUCKET_COUNT).map(u).collect();
     let latency = LatencyHistogram::try_from(counts).map_err(ApiError::internal)?;
-    Ok(SliRecord { requests: [u(0), u(1), u(2), u(3), u(4)], latency, bytes_in: u(5), bytes_out: u(6) })
+    Ok(SliRecord {
+        requests: [u(0), u(1), u(2), u(3), u(4)],
+        latency,
+        bytes_in: u(5),
+        bytes_out: u(6),
+        throttled: u(7 + BUCKET_COUNT),
+    })
 }
 
 /// Adds a batch to the store in one transaction.
@@ -117,6 +133,36 @@ pub async fn read(
     rows.iter().map(|r| Ok((r[0], record_from(&r[1..])?))).collect()
 }
 
+/// Every row of the named routes with a minute in `[from, to]` (unix seconds, inclusive), as
+/// stored: one per route, tenant and minute. What the SLO evaluator folds into its series.
+pub async fn rows(store: &Store, routes: &[String], from: i64, to: i64) -> Result<Vec<(SliKey, SliRecord)>, ApiError> {
+    if routes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let params: Vec<String> = (3..3 + routes.len()).map(|i| format!("${i}")).collect();
+    let sql = format!("{} AND route IN ({})", ROWS.as_str(), params.join(", "));
+    let width = COLUMNS.len();
+    let mut tx = store.read(DbScope::Platform).await?;
+    let rows = on_conn!(&mut tx, c => {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(from).bind(to);
+        for r in routes {
+            q = q.bind(r);
+        }
+        let rows = q.fetch_all(&mut *c).await;
+        rows.and_then(|rows| {
+            rows.iter()
+                .map(|r| {
+                    let key = SliKey { route: r.try_get(0)?, tenant: r.try_get(1)?, minute: r.try_get(2)? };
+                    let v: Vec<i64> = (3..3 + width).map(|i| r.try_get::<i64, _>(i)).collect::<Result<_, _>>()?;
+                    Ok((key, v))
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        })
+    })
+    .map_err(runway_store::StoreError::from)?;
+    rows.into_iter().map(|(k, v)| Ok((k, record_from(&v)?))).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +172,8 @@ mod tests {
         let mut r = SliRecord::default();
         r.add(200, 1_500, 10, 20);
         r.add(503, 40_000_000, 0, 5);
+        r.add(429, 300, 0, 5);
+        assert_eq!(r.throttled, 1);
         let v = values(&r);
         assert_eq!(v.len(), COLUMNS.len());
         assert_eq!(record_from(&v).unwrap(), r);

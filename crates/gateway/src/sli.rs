@@ -162,6 +162,10 @@ pub struct SliRecord {
     pub latency: LatencyHistogram,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Of the 4xx, the 429s (the gateway's limits, bulkheads, or the upstream's): an SLO
+    /// decides whether they count against it.
+    #[serde(default)]
+    pub throttled: u64,
 }
 
 /// Index into [`SliRecord::requests`]: 100–599 by hundreds; anything else (0, below 100, 600
@@ -179,6 +183,9 @@ impl SliRecord {
     pub fn add(&mut self, status: u16, latency_us: u64, bytes_in: u64, bytes_out: u64) {
         let c = &mut self.requests[class_index(status)];
         *c = c.saturating_add(1);
+        if status == 429 {
+            self.throttled = self.throttled.saturating_add(1);
+        }
         self.latency.record(latency_us);
         self.bytes_in = self.bytes_in.saturating_add(bytes_in);
         self.bytes_out = self.bytes_out.saturating_add(bytes_out);
@@ -193,6 +200,7 @@ impl SliRecord {
         self.latency.merge(&other.latency);
         self.bytes_in = self.bytes_in.saturating_add(other.bytes_in);
         self.bytes_out = self.bytes_out.saturating_add(other.bytes_out);
+        self.throttled = self.throttled.saturating_add(other.throttled);
     }
 
     pub fn requests_1xx(&self) -> u64 {

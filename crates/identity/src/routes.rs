@@ -271,7 +271,7 @@ pub struct KeyCreate {
     pub name: String,
     /// What the key may do. A key can only grant scopes its creator holds; tenant keys cannot
     /// hold `tenants:write`, `flags:read` or `flags:write`. A scope listed twice counts once.
-    #[schema(value_type = Vec<crate::Scope>, min_items = 1, max_items = 16, example = json!(["tenants:read", "audit:read"]))]
+    #[schema(value_type = Vec<crate::Scope>, min_items = 1, max_items = 19, example = json!(["tenants:read", "audit:read"]))]
     pub scopes: Vec<String>,
     /// When the key stops working (RFC 3339); never when absent.
     #[schema(example = "2027-01-01T00:00:00Z")]

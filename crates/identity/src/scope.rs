@@ -59,6 +59,9 @@ scopes! {
     FlagsEvaluate => ("flags:evaluate", true, "Evaluate flags (OFREP, the Unleash client API); a tenant key evaluates as its tenant."),
     GatewayRead => ("gateway:read", false, "Read gateway routes, their history and the gateway's SLI records."),
     GatewayWrite => ("gateway:write", false, "Create, change, delete and roll back gateway routes."),
+    SlosRead => ("slos:read", false, "Read SLOs, their status, budgets and alerts, and ask the release gate."),
+    SlosWrite => ("slos:write", false, "Create, change, delete and roll back SLOs; override the release gate."),
+    SlosObserve => ("slos:observe", false, "Push good and total counts to SLOs with a pushed SLI."),
 }
 
 /// A set of scopes as a bit set, so a scope check on the request path is one AND.
@@ -154,6 +157,9 @@ permissions! {
     FlagsEvaluate => FlagsEvaluate,
     GatewayRead => GatewayRead,
     GatewayWrite => GatewayWrite,
+    SlosRead => SlosRead,
+    SlosWrite => SlosWrite,
+    SlosObserve => SlosObserve,
 }
 
 #[cfg(test)]

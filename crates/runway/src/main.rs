@@ -23,6 +23,9 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli::run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(cli::Exit(code)) = e.downcast_ref::<cli::Exit>() {
+                return std::process::ExitCode::from(*code);
+            }
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -62,6 +62,7 @@ fn capability_docs() -> Vec<(&'static str, OpenApi)> {
         ("ofrep", runway_flags::ofrep::router().split_for_parts().1),
         ("unleash client API", runway_flags::client_api::router().split_for_parts().1),
         ("gateway", runway_gateway::api::router().split_for_parts().1),
+        ("slos", runway_slo::routes::router().split_for_parts().1),
     ]
 }
 
@@ -82,6 +83,7 @@ pub fn router(state: AppState) -> Router {
         .merge(events.with_state(events_state))
         .merge(flags)
         .merge(runway_gateway::api::router().split_for_parts().0.with_state(state.gateway.clone()))
+        .merge(runway_slo::routes::router().split_for_parts().0.with_state(state.slos.clone()))
         // Layers run bottom-up: authentication, then idempotency, then the handler.
         .layer(middleware::from_fn_with_state(state.clone(), crate::idempotency::idempotency))
         .layer(middleware::from_fn_with_state(state.identity.clone(), runway_identity::authenticate));

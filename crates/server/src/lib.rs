@@ -32,6 +32,8 @@ pub struct AppState {
     pub flags: Arc<runway_flags::Flags>,
     /// The edge gateway: its routes (and their management API) and the proxy.
     pub gateway: Arc<runway_gateway::Gateway>,
+    /// SLOs, their evaluation and the release gate.
+    pub slos: Arc<runway_slo::Service>,
     /// Set once shutdown begins, so `/readyz` turns away new traffic.
     pub draining: Arc<AtomicBool>,
 }
@@ -88,15 +90,27 @@ struct OpsEvents {
     tenant: runway_core::TenantId,
 }
 
-impl runway_flags::OperationalEvents for OpsEvents {
-    fn emit(&self, kind: &str, payload: serde_json::Value) {
+impl OpsEvents {
+    fn send(&self, kind: &str, key: String, payload: serde_json::Value) {
         let (events, tenant, kind) = (self.events.clone(), self.tenant.clone(), format!("runway.{kind}"));
         tokio::spawn(async move {
-            let key = payload.get("flag").and_then(|v| v.as_str()).unwrap_or("").to_owned();
             if let Err(e) = events.emit_operational(&tenant, &kind, &key, &payload).await {
                 tracing::error!(error = %e, kind, "could not record operational event");
             }
         });
+    }
+}
+
+impl runway_flags::OperationalEvents for OpsEvents {
+    fn emit(&self, kind: &str, payload: serde_json::Value) {
+        let key = payload.get("flag").and_then(|v| v.as_str()).unwrap_or("").to_owned();
+        self.send(kind, key, payload);
+    }
+}
+
+impl runway_slo::OperationalEvents for OpsEvents {
+    fn emit(&self, kind: &str, key: &str, payload: serde_json::Value) {
+        self.send(kind, key.to_owned(), payload);
     }
 }
 
@@ -157,7 +171,25 @@ pub async fn open_local(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
     let flags = runway_flags::Flags::new(store.clone(), clock.clone(), config.flags.clone());
     flags.init().await?;
     let gateway = runway_gateway::Gateway::new(&config, identity.clone(), store.clone(), clock.clone())?;
-    Ok(AppState { config, store, clock, identity, events, flags, gateway, draining: Arc::new(AtomicBool::new(false)) })
+    let slos = runway_slo::Service::new(
+        store.clone(),
+        clock.clone(),
+        config.slo.clone(),
+        identity.clone(),
+        gateway.clone(),
+        flags.clone(),
+    );
+    Ok(AppState {
+        config,
+        store,
+        clock,
+        identity,
+        events,
+        flags,
+        gateway,
+        slos,
+        draining: Arc::new(AtomicBool::new(false)),
+    })
 }
 
 /// Connects the store, migrates when configured, makes sure an admin token exists, binds and
@@ -175,14 +207,27 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     let events = runway_events::Events::new(store.clone(), clock.clone(), &config, master_key)?;
     let flags = runway_flags::Flags::new(store.clone(), clock.clone(), config.flags.clone());
     flags.init().await?;
+    let mut ops = None;
     if let Some(raw) = &config.flags.operations_tenant {
         let tenant = ops_tenant(&store, raw)
             .await
             .map_err(|reason| runway_core::config::ConfigError { key: "flags.operations_tenant".into(), reason })?;
-        flags.set_operational_events(Arc::new(OpsEvents { events: events.clone(), tenant }));
+        ops = Some(Arc::new(OpsEvents { events: events.clone(), tenant }));
     }
     let gateway = runway_gateway::Gateway::new(&config, identity.clone(), store.clone(), clock.clone())?;
     gateway.refresh().await?;
+    let slos = runway_slo::Service::new(
+        store.clone(),
+        clock.clone(),
+        config.slo.clone(),
+        identity.clone(),
+        gateway.clone(),
+        flags.clone(),
+    );
+    if let Some(ops) = ops {
+        flags.set_operational_events(ops.clone());
+        slos.set_operational_events(ops);
+    }
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| StartError::Bind { addr: config.server.listen, source })?;
@@ -195,6 +240,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
         events: events.clone(),
         flags: flags.clone(),
         gateway: gateway.clone(),
+        slos: slos.clone(),
         draining: Arc::new(AtomicBool::new(false)),
     };
     let role = config.server.role;
@@ -257,6 +303,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
             tokio::spawn(flags.clone().run_propagation(wait_stop(stop_rx.clone()))),
             tokio::spawn(flags.clone().run_usage_flush(wait_stop(stop_rx.clone()))),
             tokio::spawn(flags.clone().run_scheduler(wait_stop(stop_rx.clone()))),
+            tokio::spawn(slos.clone().run_evaluator(wait_stop(stop_rx.clone()))),
         ]
     } else {
         Vec::new()

@@ -21,6 +21,13 @@ pub(crate) fn prometheus() -> &'static PrometheusHandle {
                 &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
             )
             .expect("bucket list is not empty")
+            // The SLI records' bounds, so a latency SLO's threshold is an `le` bucket in the
+            // Prometheus rules Runway exports for it.
+            .set_buckets_for_metric(
+                Matcher::Full("runway_gateway_request_duration_seconds".into()),
+                &runway_gateway::sli::bounds_ms().iter().map(|ms| f64::from(*ms) / 1000.0).collect::<Vec<_>>(),
+            )
+            .expect("bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
         // In tests several servers share a process; the first recorder wins and serves all.

@@ -177,7 +177,7 @@ impl Api {
         let (status, content_type, bytes) = match &self.transport {
             Transport::Remote { http, base, token } => {
                 let url = format!("{base}{target}");
-                let mut req = http.request(method, &url).bearer_auth(token);
+                let mut req = http.request(method, &url).bearer_auth(token).header(header::ACCEPT, "application/json");
                 if let Some(b) = body {
                     req = req.header(header::CONTENT_TYPE, "application/json").body(b);
                 }
@@ -191,7 +191,8 @@ impl Api {
                 let mut req = Request::builder()
                     .method(method)
                     .uri(target)
-                    .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+                    .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT))
+                    .header(header::ACCEPT, "application/json");
                 if body.is_some() {
                     req = req.header(header::CONTENT_TYPE, "application/json");
                 }

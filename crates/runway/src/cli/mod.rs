@@ -14,6 +14,7 @@ mod flags;
 mod keys;
 mod local;
 mod output;
+mod slo;
 mod tenants;
 mod webhooks;
 
@@ -92,7 +93,26 @@ enum ApiCommand {
     /// Manage feature flags: create, configure, enable, kill, history, rollback, copy, schedule, eval.
     #[command(subcommand)]
     Flags(flags::FlagsCmd),
+    /// SLOs: list, create, delete, status, alerts.
+    #[command(subcommand)]
+    Slo(slo::SloCmd),
+    /// The release gate: check (exit 0 allow, 2 warn, 1 deny) and override.
+    #[command(subcommand)]
+    Gate(slo::GateCmd),
 }
+
+/// Ends the command with this exit code, after it printed what it had to say (the release
+/// gate's warn is 2, deny 1).
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 fn overrides(cli: &Cli) -> Overrides {
     let mut o: Overrides = Vec::new();
@@ -144,6 +164,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ApiCommand::Events(c) => events::run(&api, &out, c).await,
                 ApiCommand::Webhooks(c) => webhooks::run(&api, &out, c).await,
                 ApiCommand::Flags(c) => flags::run(&api, &out, c).await,
+                ApiCommand::Slo(c) => slo::run(&api, &out, c).await,
+                ApiCommand::Gate(c) => slo::gate(&api, &out, c).await,
             };
             api.close().await;
             result

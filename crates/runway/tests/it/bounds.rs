@@ -93,6 +93,21 @@ fn bounds() -> Vec<Bound> {
         Bound { doc: "/components/schemas/Registration/properties/strategies/maxItems", method: Method::POST,
             path: "/api/client/register", field: "/strategies",
             body: |n| json!({"appName": "app", "strategies": list(n, |i| json!(format!("s{i}")))}) },
+        Bound { doc: "/components/schemas/SloLabels/maxProperties", method: Method::POST, path: "/v1/slos", field: "/labels",
+            body: |n| json!({"service": "s", "name": "n", "objective": 99.0, "window": {"rolling": "28d"}, "sli": {"pushed": {}},
+                "labels": object(n, |i| json!(format!("v{i}")))}) },
+        Bound { doc: "/components/schemas/GatewaySli/properties/routes/maxItems", method: Method::POST, path: "/v1/slos",
+            field: "/sli/availability/routes",
+            body: |n| json!({"service": "s", "name": "n", "objective": 99.0, "window": {"rolling": "28d"},
+                "sli": {"availability": {"routes": list(n, |i| json!(format!("r{i}")))}}}) },
+        Bound { doc: "/components/schemas/Alerting/properties/windows/maxItems", method: Method::POST, path: "/v1/slos",
+            field: "/alerting/windows",
+            body: |n| json!({"service": "s", "name": "w", "objective": 99.0, "window": {"rolling": "28d"}, "sli": {"pushed": {}},
+                "alerting": {"windows": list(n, |_| json!({"long_minutes": 60, "short_minutes": 5, "factor": 14.4, "severity": "page"}))}}) },
+        Bound { doc: "/components/schemas/Alerting/properties/alertmanager_urls/maxItems", method: Method::POST, path: "/v1/slos",
+            field: "/alerting/alertmanager_urls",
+            body: |n| json!({"service": "s", "name": "u", "objective": 99.0, "window": {"rolling": "28d"}, "sli": {"pushed": {}},
+                "alerting": {"alertmanager_urls": list(n, |i| json!(format!("http://am{i}.example.com/hook")))}}) },
         Bound { doc: "/paths/~1v1~1tenants~1{tenant}~1events/post/requestBody/content/application~1json/schema/$ref", method: Method::POST,
             path: "/v1/tenants/bounds/events", field: "",
             body: |n| list(n, |i| json!({"type": "bounded.event", "id": format!("e{i}"), "payload": {}})) },
@@ -130,6 +145,26 @@ async fn each_bound_in_the_contract_is_enforced(engine: Engine) {
             at.text
         );
     }
+    // Pushed SLO observations: the path needs an SLO of the test's own.
+    let slo = s
+        .post(
+            "/v1/slos",
+            ADMIN,
+            json!({"service": "bounds", "name": "pushed", "objective": 99.0,
+        "window": {"rolling": "28d"}, "sli": {"pushed": {}}}),
+        )
+        .await;
+    let path = format!("/v1/slos/{}/observations", slo.ok(201)["id"].as_str().unwrap());
+    let max = doc
+        .pointer("/components/schemas/Observations/properties/observations/maxItems")
+        .and_then(Value::as_u64)
+        .unwrap() as usize;
+    let now = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let obs = |n: usize| json!({"observations": list(n, |i| json!({"minute": now, "good": 1, "total": 1, "source": format!("s{i}")}))});
+    let r = s.post(&path, ADMIN, obs(max + 1)).await;
+    assert_eq!(r.problem(422, "validation_failed")["field"], "/observations");
+    s.post(&path, ADMIN, obs(max)).await.ok(202);
+
     // Maps without a schema of their own: SDK metrics and the OFREP context.
     let toggles = object(10_001, |_| json!({"yes": 1, "no": 0}));
     let r = s.post("/api/client/metrics", ADMIN, json!({"appName": "app", "bucket": {"toggles": toggles}})).await;

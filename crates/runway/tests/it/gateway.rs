@@ -228,7 +228,7 @@ fn verify_with_readme_snippet(headers: &Value, method: &str, path: &str) -> Stri
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth) -> RouteConfig {
+pub(crate) fn route(name: &str, prefix: &str, upstream: &str, auth: RouteAuth) -> RouteConfig {
     RouteConfig {
         name: name.into(),
         hosts: vec![],
@@ -259,7 +259,7 @@ async fn gateway(engine: Engine, routes: Vec<RouteConfig>) -> (TestServer, Strin
     gateway_with(engine, routes, |_| {}).await
 }
 
-async fn gateway_with(
+pub(crate) async fn gateway_with(
     engine: Engine,
     routes: Vec<RouteConfig>,
     tweak: impl FnOnce(&mut runway_core::config::Config),

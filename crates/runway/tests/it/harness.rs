@@ -336,6 +336,12 @@ pub fn cli(db: &Database, args: &[&str]) -> (bool, String, String) {
 /// reach the store: its database URL names a file that cannot exist. Returns (exit ok, stdout,
 /// stderr).
 pub fn cli_remote(s: &TestServer, token: &str, args: &[&str]) -> (bool, String, String) {
+    let (code, stdout, stderr) = cli_remote_code(s, token, args);
+    (code == Some(0), stdout, stderr)
+}
+
+/// [`cli_remote`] with the exit code itself (commands such as `gate check` speak through it).
+pub fn cli_remote_code(s: &TestServer, token: &str, args: &[&str]) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_runway"))
         .args(["--url", &s.base, "--token", token])
         .args(args)
@@ -348,7 +354,7 @@ pub fn cli_remote(s: &TestServer, token: &str, args: &[&str]) -> (bool, String, 
         .output()
         .expect("runway binary runs");
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )

@@ -19,6 +19,7 @@ mod isolation;
 mod jwt_keys;
 mod lifecycle;
 mod schema;
+mod slo;
 mod tenants;
 
 /// A green CI must mean the PostgreSQL suite ran: under CI (`CI` set) a missing

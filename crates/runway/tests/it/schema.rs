@@ -35,6 +35,13 @@ pub const TABLE_OWNERS: &[(&str, &str)] = &[
     ("gateway_document_versions", "gateway"),
     ("gateway_state", "gateway"),
     ("gateway_sli", "gateway"),
+    ("slo_documents", "slo"),
+    ("slo_document_versions", "slo"),
+    ("slo_state", "slo"),
+    ("slo_observations", "slo"),
+    ("slo_status", "slo"),
+    ("slo_alerts", "slo"),
+    ("slo_gate_overrides", "slo"),
 ];
 
 /// Reviewed exceptions to ownership, each with its reason. Migrations are immutable once applied
