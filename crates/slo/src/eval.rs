@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::math::{self, AlertState, Counts, Series, Severity};
-use crate::model::{Compliance, SliSpec, Slo};
+use crate::model::{Compliance, SliSpec, Slo, SloSpec};
 use crate::{Service, Slos};
 
 /// The budget of the compliance window.
@@ -144,12 +144,114 @@ struct Transition {
     status: SloStatus,
 }
 
+/// Statuses written per statement: 3 parameters each, well under both engines' limits.
+const STATUS_BATCH: usize = 200;
+
 fn store_err(e: sqlx::Error) -> ApiError {
     StoreError::from(e).into()
 }
 
-/// Raw per-minute counts of one SLO's series: (tenant, minute) → counts.
-type Raw = HashMap<(String, i64), Counts>;
+/// Raw per-minute counts of one SLO's series: tenant → minute → counts.
+type Raw = HashMap<String, HashMap<i64, Counts>>;
+
+/// One route's rows read in a cycle: minute → (tenant, counts). Minutes hash with FxHash: the
+/// cold cycle looks up every minute of 30 days for every SLO.
+type MinuteRows = HashMap<i64, Vec<(String, runway_gateway::records::MinuteCounts)>, rustc_hash::FxBuildHasher>;
+
+/// Gateway rows read in a cycle, by route.
+type RouteMinutes = HashMap<String, MinuteRows>;
+
+/// Adds counts to a series' minute without allocating the tenant again once it is known.
+fn add_raw(raw: &mut Raw, tenant: &str, minute: i64, c: Counts) {
+    if let Some(m) = raw.get_mut(tenant) {
+        m.entry(minute).or_default().add(c);
+    } else {
+        raw.entry(tenant.to_owned()).or_default().insert(minute, c);
+    }
+}
+
+/// One gateway record as an SLO counts it: the series (its tenant for per-tenant SLOs, else
+/// empty) and good and total; `None` when the record is not the SLO's (another route, tenant
+/// or plan). `plans` maps tenant IDs to plans, for SLOs narrowed to a plan.
+pub fn gateway_counts<'k>(
+    spec: &SloSpec,
+    route: &str,
+    tenant: &'k str,
+    rec: &runway_gateway::records::MinuteCounts,
+    thresholds: &[u32],
+    plans: &HashMap<String, String>,
+) -> Option<(&'k str, Counts)> {
+    match &spec.sli {
+        SliSpec::Availability(g) | SliSpec::Latency(g) if g.routes.iter().any(|r| r == route) => {
+            Lens::new(spec, thresholds, plans)?.counts(tenant, rec)
+        }
+        _ => None,
+    }
+}
+
+/// How one gateway SLO reads a minute's counts, worked out once per cycle rather than per
+/// minute (the cold cycle reads 30 days of minutes for every SLO).
+pub struct Lens<'a> {
+    /// For a latency SLI, its threshold's index in the thresholds read.
+    latency: Option<usize>,
+    throttled_is_bad: bool,
+    tenant: Option<&'a str>,
+    plan: Option<&'a str>,
+    per_tenant: bool,
+    plans: &'a HashMap<String, String>,
+}
+
+impl<'a> Lens<'a> {
+    /// `None` for a pushed SLI, or a latency threshold that was not read.
+    pub fn new(spec: &'a SloSpec, thresholds: &[u32], plans: &'a HashMap<String, String>) -> Option<Self> {
+        let (g, latency) = match &spec.sli {
+            SliSpec::Availability(g) => (g, None),
+            SliSpec::Latency(g) => (g, Some(thresholds.iter().position(|t| Some(*t) == g.threshold_ms)?)),
+            SliSpec::Pushed(_) => return None,
+        };
+        Some(Lens {
+            latency,
+            throttled_is_bad: g.throttled_is_bad,
+            tenant: g.tenant.as_deref(),
+            plan: g.plan.as_deref(),
+            per_tenant: spec.per_tenant,
+            plans,
+        })
+    }
+
+    /// The series (the tenant for per-tenant SLOs, else empty) and good and total of one row
+    /// of one of the SLO's routes; `None` when the row's tenant or plan is not the SLO's.
+    pub fn counts<'k>(
+        &self,
+        tenant: &'k str,
+        rec: &runway_gateway::records::MinuteCounts,
+    ) -> Option<(&'k str, Counts)> {
+        if self.tenant.is_some_and(|t| t != tenant)
+            || self.plan.is_some_and(|p| self.plans.get(tenant).map(String::as_str) != Some(p))
+        {
+            return None;
+        }
+        let total = rec.total as f64;
+        let good = match self.latency {
+            Some(i) => rec.at_or_below[i] as f64,
+            None => total - (rec.server_errors + if self.throttled_is_bad { rec.throttled } else { 0 }) as f64,
+        };
+        Some((if self.per_tenant { tenant } else { "" }, Counts::new(good, total)))
+    }
+}
+
+/// The latency thresholds some SLOs ask for, sorted, each once.
+pub fn thresholds<'a>(specs: impl Iterator<Item = &'a SloSpec>) -> Vec<u32> {
+    let mut t: Vec<u32> = specs
+        .filter_map(|s| match &s.sli {
+            SliSpec::Latency(g) => g.threshold_ms,
+            _ => None,
+        })
+        .collect();
+    t.sort_unstable();
+    t.dedup();
+    t
+}
 
 fn in_ranges(ranges: &[(i64, i64)], m: i64) -> bool {
     ranges.iter().any(|&(a, b)| a <= m && m <= b)
@@ -274,60 +376,56 @@ impl Service {
         }
 
         // Read gateway records and pushed counts for those ranges, once per range.
-        let mut raw: HashMap<SloId, Raw> = HashMap::new();
-        let gateway_ranges = math::merge(
+        let mut pushed_raw: HashMap<SloId, Raw> = HashMap::new();
+        // SLOs already evaluated read the recent and departing minutes of all their routes in a
+        // few ranges; a new or changed SLO reads its whole window, of its own routes only.
+        let thresholds = thresholds(ev.entries.values().map(|e| &e.slo.spec));
+        // Each read feeds only its group (steady or fresh), so a minute both read is counted once.
+        let mut reads: Vec<(bool, Vec<String>, (i64, i64))> = Vec::new();
+        let gateway = |e: &Entry| !matches!(e.slo.spec.sli, SliSpec::Pushed(_));
+        let routes_of = |ids: &mut dyn Iterator<Item = &Entry>| {
+            let mut r: Vec<String> = ids
+                .filter_map(|e| match &e.slo.spec.sli {
+                    SliSpec::Availability(g) | SliSpec::Latency(g) => Some(g.routes.clone()),
+                    SliSpec::Pushed(_) => None,
+                })
+                .flatten()
+                .collect();
+            r.sort();
+            r.dedup();
+            r
+        };
+        let steady_routes = routes_of(&mut ev.entries.values().filter(|e| gateway(e) && e.last.is_some()));
+        let steady = math::merge(
             ev.entries
                 .iter()
-                .filter(|(_, e)| !matches!(e.slo.spec.sli, SliSpec::Pushed(_)))
+                .filter(|(_, e)| gateway(e) && e.last.is_some())
                 .flat_map(|(id, _)| needs[id].clone())
                 .collect(),
         );
-        let mut routes: Vec<String> = ev
-            .entries
-            .values()
-            .filter_map(|e| match &e.slo.spec.sli {
-                SliSpec::Availability(g) | SliSpec::Latency(g) => Some(g.routes.clone()),
-                SliSpec::Pushed(_) => None,
-            })
-            .flatten()
-            .collect();
-        routes.sort();
-        routes.dedup();
-        for &(a, b) in &gateway_ranges {
-            let rows = runway_gateway::records::rows(&self.store, &routes, a * 60, b * 60).await?;
+        reads.extend(steady.into_iter().map(|r| (false, steady_routes.clone(), r)));
+        let fresh_routes = routes_of(&mut ev.entries.values().filter(|e| gateway(e) && e.last.is_none()));
+        let fresh = math::merge(
+            ev.entries
+                .iter()
+                .filter(|(_, e)| gateway(e) && e.last.is_none())
+                .flat_map(|(id, _)| needs[id].clone())
+                .collect(),
+        );
+        reads.extend(fresh.into_iter().map(|r| (true, fresh_routes.clone(), r)));
+        // Rows by route and minute, one store per group; SLOs read them through their own lens.
+        let (mut steady_rows, mut fresh_rows) = (RouteMinutes::new(), RouteMinutes::new());
+        for (fresh, routes, (a, b)) in &reads {
+            let rows = runway_gateway::records::minute_counts(&self.store, routes, a * 60, b * 60, &thresholds).await?;
             report.store_queries += 1;
             report.rows_read += rows.len();
+            let into = if *fresh { &mut fresh_rows } else { &mut steady_rows };
             for (key, rec) in rows {
-                let minute = key.minute.div_euclid(60);
-                for (id, e) in &ev.entries {
-                    let (g, latency) = match &e.slo.spec.sli {
-                        SliSpec::Availability(g) => (g, false),
-                        SliSpec::Latency(g) => (g, true),
-                        SliSpec::Pushed(_) => continue,
-                    };
-                    if !g.routes.contains(&key.route) || !in_ranges(&needs[id], minute) {
-                        continue;
-                    }
-                    if g.tenant.as_ref().is_some_and(|t| *t != key.tenant) {
-                        continue;
-                    }
-                    if g.plan.as_ref().is_some_and(|p| plans.get(&key.tenant) != Some(p)) {
-                        continue;
-                    }
-                    let total = rec.total() as f64;
-                    let good = if latency {
-                        rec.latency.count_at_or_below(g.threshold_ms.unwrap_or(0)).unwrap_or(0) as f64
-                    } else {
-                        let bad = rec.requests_5xx() + if g.throttled_is_bad { rec.throttled } else { 0 };
-                        total - bad as f64
-                    };
-                    let tenant = if e.slo.spec.per_tenant { key.tenant.clone() } else { String::new() };
-                    raw.entry(id.clone())
-                        .or_default()
-                        .entry((tenant, minute))
-                        .or_default()
-                        .add(Counts::new(good, total));
-                }
+                into.entry(key.route)
+                    .or_default()
+                    .entry(key.minute.div_euclid(60))
+                    .or_default()
+                    .push((key.tenant, rec));
             }
         }
         let pushed: Vec<&SloId> =
@@ -347,7 +445,12 @@ impl Service {
                     let id = SloId::from_trusted(slo);
                     let minute = minute.div_euclid(60);
                     if needs.get(&id).is_some_and(|r| in_ranges(r, minute)) {
-                        raw.entry(id).or_default().insert((tenant, minute), Counts::new(good as f64, total as f64));
+                        add_raw(
+                            pushed_raw.entry(id).or_default(),
+                            &tenant,
+                            minute,
+                            Counts::new(good as f64, total as f64),
+                        );
                     }
                 }
             }
@@ -357,21 +460,55 @@ impl Service {
         let evaluated_at = runway_core::clock::rfc3339(now_us);
         let mut statuses: Vec<(SloId, String, SloStatus)> = Vec::new();
         for (id, e) in ev.entries.iter_mut() {
-            let data = raw.remove(id).unwrap_or_default();
-            let mut tenants: HashSet<String> = e.series.keys().cloned().collect();
-            tenants.extend(data.keys().map(|(t, _)| t.clone()));
-            if !e.slo.spec.per_tenant {
-                tenants = HashSet::from([String::new()]);
+            let pushed = pushed_raw.remove(id).unwrap_or_default();
+            let rows = if e.last.is_none() { &fresh_rows } else { &steady_rows };
+            let spec = &e.slo.spec;
+            let routes: &[String] = match &spec.sli {
+                SliSpec::Availability(g) | SliSpec::Latency(g) => &g.routes,
+                SliSpec::Pushed(_) => &[],
+            };
+            let lens = Lens::new(spec, &thresholds, &plans);
+            let maps: Vec<&MinuteRows> = routes.iter().filter_map(|r| rows.get(r)).collect();
+            let mut tenants: HashSet<String> = HashSet::new();
+            if !spec.per_tenant {
+                tenants.insert(String::new());
+            } else {
+                tenants.extend(e.series.keys().cloned());
+                tenants.extend(pushed.keys().cloned());
+                if let Some(lens) = &lens {
+                    for (t, rec) in maps.iter().flat_map(|m| m.values()).flatten() {
+                        if !tenants.contains(t) && lens.counts(t, rec).is_some() {
+                            tenants.insert(t.clone());
+                        }
+                    }
+                }
             }
             let starts = e.starts(now);
-            let method = e.slo.spec.budgeting_method;
-            let target = e.slo.spec.timeslice_target.unwrap_or(100.0) / 100.0;
+            let method = spec.budgeting_method;
+            let target = spec.timeslice_target.unwrap_or(100.0) / 100.0;
+            let mut stepped = Vec::with_capacity(tenants.len());
             for tenant in tenants {
                 let mut series = e.series.remove(&tenant).unwrap_or_else(|| Series::new(late));
+                let minutes = pushed.get(&tenant);
                 let value = |m: i64| {
-                    data.get(&(tenant.clone(), m)).map_or(Counts::default(), |c| math::slice(*c, method, target))
+                    let mut raw = minutes.and_then(|d| d.get(&m)).copied().unwrap_or_default();
+                    if let Some(lens) = &lens {
+                        for by in &maps {
+                            for (t, rec) in by.get(&m).map(Vec::as_slice).unwrap_or_default() {
+                                if let Some((series_of, c)) = lens.counts(t, rec)
+                                    && series_of == tenant
+                                {
+                                    raw.add(c);
+                                }
+                            }
+                        }
+                    }
+                    if raw.is_empty() { Counts::default() } else { math::slice(raw, method, target) }
                 };
                 series.step(now, &starts, &value);
+                stepped.push((tenant, series));
+            }
+            for (tenant, series) in stepped {
                 let status = status_of(e, &series, now, &evaluated_at, (!tenant.is_empty()).then(|| tenant.clone()));
                 e.series.insert(tenant.clone(), series);
                 statuses.push((id.clone(), tenant, status));
@@ -393,14 +530,31 @@ impl Service {
         report.store_queries += 1;
         let mut open_by: HashMap<(String, String, String), String> =
             open.into_iter().map(|(aid, slo, tenant, alert)| ((slo, tenant, alert), aid)).collect();
-        for (id, tenant, status) in &statuses {
-            let text = serde_json::to_string(status).map_err(ApiError::internal)?;
-            on_conn!(&mut tx, c => sqlx::query(
-                "INSERT INTO slo_status (slo_id, tenant_id, evaluated_at, status) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (slo_id, tenant_id) DO UPDATE SET evaluated_at = excluded.evaluated_at, status = excluded.status")
-                .bind(id.as_str()).bind(tenant).bind(now_us).bind(&text).execute(&mut *c).await.map(|_| ()))
+        // Statuses in multi-row upserts of up to STATUS_BATCH rows.
+        for chunk in statuses.chunks(STATUS_BATCH) {
+            let texts: Vec<String> = chunk
+                .iter()
+                .map(|(_, _, st)| serde_json::to_string(st))
+                .collect::<Result<_, _>>()
+                .map_err(ApiError::internal)?;
+            let values: Vec<String> =
+                (0..chunk.len()).map(|i| format!("(${}, ${}, $1, ${})", 3 * i + 2, 3 * i + 3, 3 * i + 4)).collect();
+            let sql = format!(
+                "INSERT INTO slo_status (slo_id, tenant_id, evaluated_at, status) VALUES {}
+                 ON CONFLICT (slo_id, tenant_id) DO UPDATE SET evaluated_at = excluded.evaluated_at, status = excluded.status",
+                values.join(", ")
+            );
+            on_conn!(&mut tx, c => {
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(now_us);
+                for ((id, tenant, _), text) in chunk.iter().zip(&texts) {
+                    q = q.bind(id.as_str()).bind(tenant).bind(text);
+                }
+                q.execute(&mut *c).await.map(|_| ())
+            })
             .map_err(store_err)?;
             report.store_queries += 1;
+        }
+        for (id, tenant, status) in &statuses {
             let Some(slo) = slo_docs.get(id.as_str()) else { continue };
             for a in &status.alerts {
                 let key = (id.as_str().to_owned(), tenant.clone(), a.name.clone());

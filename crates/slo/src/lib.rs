@@ -4,6 +4,7 @@
 //! gate's policy (pure) and its overrides, `routes.rs` the HTTP API. SLO documents live in a
 //! versioned, audited catalog (`runway_audit::catalog` over `slo_documents`).
 
+pub mod budget;
 pub mod eval;
 pub mod gate;
 pub mod math;

@@ -304,7 +304,25 @@ impl Series {
                 }
             }
             _ => {
-                self.windows = starts.iter().map(|&s| (s, sum(s, end))).collect();
+                // Every window at once from prefix sums: each minute is read once.
+                let lo = starts.iter().copied().min().unwrap_or(end + 1);
+                let mut prefix = vec![Counts::default()];
+                for m in lo..=end {
+                    let mut c = prefix[prefix.len() - 1];
+                    c.add(value(m));
+                    prefix.push(c);
+                }
+                self.windows = starts
+                    .iter()
+                    .map(|&s| {
+                        if s > end {
+                            return (s, Counts::default());
+                        }
+                        let mut c = prefix[(end - lo + 1) as usize];
+                        c.sub(prefix[(s - lo) as usize]);
+                        (s, c)
+                    })
+                    .collect();
             }
         }
         self.recent = ((end + 1)..=now).map(|m| (m, value(m))).filter(|(_, c)| !c.is_empty()).collect();

@@ -36,6 +36,7 @@ pub fn router() -> OpenApiRouter<Arc<Service>> {
         .routes(routes!(observe))
         .routes(routes!(slo_status))
         .routes(routes!(slo_alerts))
+        .routes(routes!(slo_budget))
         .routes(routes!(release_gate))
         .routes(routes!(list_overrides, create_override))
         .routes(routes!(revoke_override))
@@ -718,4 +719,55 @@ pub fn yaml_stream(docs: &[Value], warnings: &[String], single: bool) -> Result<
         text.push_str(&yaml_serde::to_string(d).map_err(ApiError::internal)?);
     }
     Ok(text)
+}
+
+/// The range and step of a budget series.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct BudgetQuery {
+    /// The first point (RFC 3339); default: one compliance window (at most 90 days) before `to`.
+    pub from: Option<String>,
+    /// The last point (RFC 3339); default: now.
+    pub to: Option<String>,
+    /// Seconds between points, whole minutes (default: the range over 200, at least 60).
+    pub step: Option<i64>,
+    /// For a per-tenant SLO, one tenant's budget (its ID); default: all tenants together.
+    pub tenant: Option<String>,
+}
+
+/// Get an SLO's budget over time
+///
+/// For charts: at each step from `from` to `to`, the SLI and the budget left over the
+/// compliance window ending there, and the burn rate over the step (at most 1440 points over
+/// at most 90 days).
+#[utoipa::path(get, path = "/v1/slos/{id}/budget", tag = "slos", params(("id" = String, Path, description = ID), BudgetQuery),
+    responses((status = 200, body = crate::budget::BudgetSeries, description = "The series, oldest first.")))]
+async fn slo_budget(
+    State(svc): St,
+    _auth: Authorized<Platform<SlosRead>>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<BudgetQuery>,
+) -> Result<Json<crate::budget::BudgetSeries>, ApiError> {
+    let id = slo_id(&id)?;
+    let time = |v: &Option<String>, name: &str| -> Result<Option<i64>, ApiError> {
+        v.as_deref()
+            .map(|s| {
+                runway_core::clock::parse_rfc3339(s)
+                    .map(|us| us.div_euclid(1_000_000))
+                    .ok_or_else(|| ApiError::query(name, "an RFC 3339 time"))
+            })
+            .transpose()
+    };
+    let to = time(&q.to, "to")?.unwrap_or_else(|| svc.clock().now_micros().div_euclid(1_000_000));
+    let from = match time(&q.from, "from")? {
+        Some(f) => f,
+        None => {
+            let slo = svc.get(&id).await?.doc;
+            let minutes = slo.spec.compliance()?.minutes(to.div_euclid(60));
+            to - (minutes * 60).min(crate::budget::MAX_RANGE_DAYS * 86_400)
+        }
+    };
+    let step = q.step.unwrap_or_else(|| (((to - from) / 200).max(60) / 60) * 60);
+    Ok(Json(svc.budget(&id, q.tenant.as_deref(), from, to, step).await?))
 }

@@ -183,7 +183,7 @@ impl Gateway {
 }
 
 /// User and system CPU time of a process so far, in clock ticks (1/100 s on Linux).
-fn cpu_ticks(pid: u32) -> u64 {
+pub(crate) fn cpu_ticks(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {

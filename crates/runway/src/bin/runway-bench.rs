@@ -13,6 +13,8 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[path = "../bench/gateway.rs"]
 mod gateway_bench;
+#[path = "../bench/slo.rs"]
+mod slo_bench;
 
 use anyhow::Context;
 use clap::Parser;
@@ -45,8 +47,8 @@ struct Args {
     warmup: u64,
     /// `api` (authenticated reads and writes), `events` (publish → delivered end to end),
     /// `fairness` (fast tenants' delivery lag beside 0, 1, 5 and 20 slow tenants), `listing`
-    /// (webhook attempt listings over 100,000 rows), `flags` (OFREP under load) or `gateway`
-    /// (the edge gateway beside nginx, with wrk).
+    /// (webhook attempt listings over 100,000 rows), `flags` (OFREP under load), `gateway`
+    /// (the edge gateway beside nginx, with wrk) or `slo` (1,000 SLOs over 30 days of records).
     #[arg(long, default_value = "api")]
     scenario: String,
     /// Events to publish in the `events` scenario.
@@ -946,8 +948,18 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         "gateway" => return gateway_bench::run(args.seconds, ADMIN).await,
+        "slo" => {
+            println!(
+                "| engine | SLOs | series | minute records stored | baseline: reading them once, s | cold cycle s | cold CPU ms | cold store queries | cold rows read | alerts opened | steady cycle p50 ms | steady max ms | steady CPU ms/cycle | steady store queries/cycle | steady rows read/cycle |"
+            );
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            for row in on_engines(args, "slo", |e, url, mig| slo_bench::run(e, url, mig, ADMIN)).await? {
+                println!("{row}");
+            }
+            return Ok(());
+        }
         "api" => {}
-        other => anyhow::bail!("unknown scenario `{other}`: api, events, fairness, listing, flags or gateway"),
+        other => anyhow::bail!("unknown scenario `{other}`: api, events, fairness, listing, flags, gateway or slo"),
     }
     let all: Vec<Outcome> =
         on_engines(args, "api", |e, url, mig| bench_engine(e, url, mig, args)).await?.into_iter().flatten().collect();

@@ -38,8 +38,14 @@ pub enum SloCmd {
         #[arg(long)]
         service: Option<String>,
     },
-    /// An SLO's status as of its last evaluation: SLI, budget, burn rates and alerts.
-    Status { id: String },
+    /// An SLO's status as of its last evaluation: SLI, budget, burn rates and alerts; with
+    /// --chart, an SVG of the budget over the compliance window as well.
+    Status {
+        id: String,
+        /// Write a budget burn-down chart (SVG) to this file.
+        #[arg(long)]
+        chart: Option<PathBuf>,
+    },
     /// An SLO's alerts, open and resolved, newest first.
     Alerts { id: String },
 }
@@ -142,7 +148,14 @@ pub async fn run(api: &Api, out: &Out, cmd: &SloCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        SloCmd::Status { id } => {
+        SloCmd::Status { id, chart } => {
+            if let Some(path) = chart {
+                let series = api.get(&format!("/v1/slos/{}/budget", seg(id)?), &[]).await?;
+                let slo = api.get(&format!("/v1/slos/{}", seg(id)?), &[]).await?;
+                let svg = burn_down_svg(&slo, &series)?;
+                std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
             let s = api.get(&format!("/v1/slos/{}/status", seg(id)?), &[]).await?;
             if out.json {
                 return out.print(&s);
@@ -256,4 +269,45 @@ pub async fn gate(api: &Api, out: &Out, cmd: &GateCmd) -> anyhow::Result<()> {
             out.print(&o)
         }
     }
+}
+
+/// The budget left over time as an SVG line chart, with the zero line (budget spent).
+fn burn_down_svg(slo: &Json, series: &Json) -> anyhow::Result<String> {
+    use plotters::prelude::*;
+    let points: Vec<(f64, f64)> = series["points"]
+        .items()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p["budget_remaining"].as_f64().map(|b| (i as f64, (b * 100.0).max(-100.0))))
+        .collect();
+    let n = series["points"].items().len().max(2) as f64;
+    let low = points.iter().map(|p| p.1).fold(0.0_f64, f64::min).floor();
+    let first = series["points"].items().first().map(|p| p["at"].cell()).unwrap_or_default();
+    let last = series["points"].items().last().map(|p| p["at"].cell()).unwrap_or_default();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 420)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let title = format!("{} / {}: error budget left (%)", slo["service"].cell(), slo["name"].cell());
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(16)
+            .x_label_area_size(36)
+            .y_label_area_size(48)
+            .build_cartesian_2d(0.0..n - 1.0, low..100.0)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("{first} → {last}"))
+            .x_labels(0)
+            .y_desc("% of the budget left")
+            .draw()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (n - 1.0, 0.0)], RED.stroke_width(1)))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        chart.draw_series(LineSeries::new(points, BLUE.stroke_width(2))).map_err(|e| anyhow::anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(svg)
 }

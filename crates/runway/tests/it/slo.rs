@@ -14,6 +14,7 @@ crate::both_engines!(
     pushed_counts_are_idempotent_per_minute_and_bounded_in_lateness,
     a_page_alert_on_a_guarding_slo_rolls_the_release_plan_back,
     openslo_and_prometheus_rules_go_in_and_out,
+    a_per_tenant_slo_judges_each_tenant_and_one_replica_evaluates,
 );
 
 /// A checkout service: `?new=1` (the new code path) answers 500, `/busy` 429, the rest 200.
@@ -222,6 +223,23 @@ async fn a_burning_availability_slo_pages_the_gate_denies_and_windows_move_on(en
     assert_eq!(code, Some(2), "no SLO watches it: a warning, exit 2: {out}");
     let (ok, table, _) = cli_remote(&s, &reader, &["slo", "status", &id]);
     assert!(ok && table.contains("page-1h-5m"), "{table}");
+    // The budget over time, for charts; and the chart itself from the CLI.
+    let b =
+        s.get(&format!("/v1/slos/{id}/budget?from=2026-12-07T09:00:00Z&to=2026-12-07T10:00:00Z&step=600"), ADMIN).await;
+    let points = b.ok(200)["points"].as_array().unwrap().clone();
+    assert_eq!(points.len(), 7, "{}", b.text);
+    assert!(points[..6].iter().all(|p| p["budget_remaining"].is_null()), "no events before 10:00: {}", b.text);
+    let at_ten = &points[6];
+    assert_eq!((at_ten["at"].as_str(), at_ten["total"].as_f64()), (Some("2026-12-07T10:00:00Z"), Some(103.0)));
+    assert!((at_ten["budget_remaining"].as_f64().unwrap() - remaining).abs() < 1e-9);
+    s.get(&format!("/v1/slos/{id}/budget?step=30"), ADMIN).await.problem(400, "invalid_query");
+    s.get(&format!("/v1/slos/{id}/budget?from=2026-01-01T00:00:00Z"), ADMIN).await.problem(400, "invalid_query");
+    s.get(&format!("/v1/slos/{id}/budget?tenant=acme"), ADMIN).await.problem(400, "invalid_query");
+    let svg = s.db.dir.join("budget.svg");
+    let (ok, _, err) = cli_remote(&s, &reader, &["slo", "status", &id, "--chart", svg.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg") && drawn.contains("checkout / avail") && drawn.contains("<polyline"), "{drawn}");
     let metrics = s.metrics_text().await;
     assert!(
         metrics.lines().any(|l| l.starts_with("runway_slo_budget_remaining") && l.contains(&id)),
@@ -512,4 +530,64 @@ async fn openslo_and_prometheus_rules_go_in_and_out(engine: Engine) {
     let (writer, _) = s.service_key(&["slos:write"]).await;
     let (ok, out, err) = cli_remote(&s, &writer, &["slo", "import", "--file", file.to_str().unwrap()]);
     assert!(ok && out.contains("created slo_") && out.contains("avail-copy"), "{out}{err}");
+}
+
+async fn a_per_tenant_slo_judges_each_tenant_and_one_replica_evaluates(engine: Engine) {
+    let up = checkout().await;
+    let clock = clock();
+    let db = Database::create(&engine).await;
+    let mut config = db.config();
+    config.gateway.routes = vec![route("orders", "/orders", &up, RouteAuth::TenantKey)];
+    fast(&mut config);
+    let s = TestServer::start_on(db.clone(), config.clone(), clock.clone()).await;
+    // A second replica on the same store: only the lease holder evaluates.
+    config.gateway.listen = runway_core::config::MetricsListen::At("127.0.0.1:0".parse().unwrap());
+    let other = TestServer::start_on(db, config, clock.clone()).await;
+    let gw = format!("http://{}", s.running.as_ref().unwrap().gateway_addr.unwrap());
+    let acme = s.tenant("acme").await["id"].as_str().unwrap().to_owned();
+    let globex = s.tenant("globex").await["id"].as_str().unwrap().to_owned();
+    let (acme_key, _) = s.tenant_key("acme", &["tenants:read"]).await;
+    let (globex_key, _) = s.tenant_key("globex", &["tenants:read"]).await;
+    let body = json!({"service": "orders", "name": "per-tenant", "objective": 99.0, "window": {"rolling": "7d"},
+        "per_tenant": true, "sli": {"availability": {"routes": ["orders"]}}});
+    let id = s.post("/v1/slos", ADMIN, body).await.ok(201)["id"].as_str().unwrap().to_owned();
+    let c = reqwest::Client::new();
+    for i in 0..40 {
+        c.get(format!("{gw}/orders/1")).bearer_auth(&acme_key).send().await.unwrap().bytes().await.unwrap();
+        let path = if i % 2 == 0 { "/orders/1?new=1" } else { "/orders/1" };
+        c.get(format!("{gw}{path}")).bearer_auth(&globex_key).send().await.unwrap().bytes().await.unwrap();
+    }
+    eventually("each tenant is evaluated on its own", || async {
+        let st = other.get(&format!("/v1/slos/{id}/status"), ADMIN).await;
+        let data = st.body["data"].as_array().cloned().unwrap_or_default();
+        data.len() == 2 && data.iter().all(|d| d["availability"]["total"] == 40.0)
+    })
+    .await;
+    let st = other.get(&format!("/v1/slos/{id}/status"), ADMIN).await;
+    let of = |t: &str| st.body["data"].as_array().unwrap().iter().find(|d| d["tenant"] == t).unwrap().clone();
+    assert_eq!(of(&acme)["availability"]["errors"], 0.0);
+    assert_eq!(of(&globex)["availability"]["errors"], 20.0);
+    assert!(firing(&of(&acme)).is_empty());
+    assert_eq!(firing(&of(&globex)).len(), 4);
+    let gate = other.get("/v1/release-gate?service=orders", ADMIN).await;
+    assert_eq!(gate.ok(200)["decision"], "deny");
+    assert!(
+        gate.text.contains(&format!("for tenant {globex}")) && !gate.text.contains(&format!("for tenant {acme} fires")),
+        "{}",
+        gate.text
+    );
+    // One evaluator: each alert opened once, though both replicas run the loop.
+    let lease = s.db.scalar("SELECT lease_until FROM slo_state").await;
+    eventually("a few more cycles run", || async {
+        s.db.scalar("SELECT lease_until FROM slo_state").await >= lease + 300_000
+    })
+    .await;
+    assert_eq!(s.db.scalar("SELECT COUNT(*) FROM slo_alerts").await, 4);
+    let b = other
+        .get(
+            &format!("/v1/slos/{id}/budget?tenant={globex}&step=60&from=2026-12-07T09:58:00Z&to=2026-12-07T10:00:00Z"),
+            ADMIN,
+        )
+        .await;
+    assert_eq!(b.ok(200)["points"][2]["total"], 40.0, "{}", b.text);
 }
