@@ -35,6 +35,17 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 /// Whether a `Content-Type` is JSON: `application/json` or any `application/…+json`
 /// (problem+json, cloudevents+json), parameters ignored.
+/// An optional RFC 3339 time in a query parameter, as microseconds; a value that does not parse
+/// is a 400 naming the parameter. What every `from`/`to` parameter goes through.
+pub fn query_time(v: Option<&str>, name: &str) -> Result<Option<crate::Timestamp>, ApiError> {
+    v.map(|s| {
+        crate::clock::parse_rfc3339(s).ok_or_else(|| {
+            ApiError::query(name, format!("`{name}` must be an RFC 3339 time, such as 2026-12-07T10:00:00Z"))
+        })
+    })
+    .transpose()
+}
+
 pub fn is_json_media_type(content_type: Option<&axum::http::HeaderValue>) -> bool {
     content_type
         .and_then(|v| v.to_str().ok())

@@ -262,8 +262,7 @@ pub struct EventQuery {
 }
 
 fn query_time(v: Option<String>, field: &str) -> Result<Option<i64>, ApiError> {
-    v.map(|s| parse_rfc3339(&s).ok_or_else(|| ApiError::query(field, format!("`{field}` must be an RFC 3339 time"))))
-        .transpose()
+    runway_core::json::query_time(v.as_deref(), field)
 }
 
 /// List events

@@ -620,13 +620,7 @@ async fn read_sli(
     ApiQuery(q): ApiQuery<SliQuery>,
 ) -> Result<Json<SliSeries>, ApiError> {
     let secs = |name: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
-        v.as_deref()
-            .map(|t| {
-                runway_core::clock::parse_rfc3339(t)
-                    .map(|us| us.div_euclid(1_000_000))
-                    .ok_or_else(|| ApiError::query(name, "an RFC 3339 time such as 2026-12-07T10:00:00Z"))
-            })
-            .transpose()
+        Ok(runway_core::json::query_time(v.as_deref(), name)?.map(|us| us.div_euclid(1_000_000)))
     };
     let to = secs("to", &q.to)?.unwrap_or_else(|| gw.clock().now_micros().div_euclid(1_000_000) + 1);
     let from = secs("from", &q.from)?.unwrap_or(to - 3600).div_euclid(60) * 60;

@@ -41,14 +41,6 @@ static READ: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The rows of some routes in a time range, one per route, tenant and minute.
-static ROWS: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT route, tenant_id, minute, {} FROM gateway_sli WHERE minute >= $1 AND minute <= $2",
-        COLUMNS.join(", ")
-    )
-});
-
 fn values(r: &SliRecord) -> Vec<i64> {
     let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     let mut v: Vec<i64> = r.requests.iter().map(|n| as_i64(*n)).collect();
@@ -133,15 +125,24 @@ pub async fn read(
     rows.iter().map(|r| Ok((r[0], record_from(&r[1..])?))).collect()
 }
 
-/// Every row of the named routes with a minute in `[from, to]` (unix seconds, inclusive), as
-/// stored: one per route, tenant and minute. What the SLO evaluator folds into its series.
-pub async fn rows(store: &Store, routes: &[String], from: i64, to: i64) -> Result<Vec<(SliKey, SliRecord)>, ApiError> {
+/// Runs `SELECT route, tenant_id, minute, <cols>` over the named routes' rows with a minute in
+/// `[from, to]`, and returns each row's key and values.
+async fn keyed_rows(
+    store: &Store,
+    cols: &str,
+    width: usize,
+    routes: &[String],
+    from: i64,
+    to: i64,
+) -> Result<Vec<(SliKey, Vec<i64>)>, ApiError> {
     if routes.is_empty() {
         return Ok(Vec::new());
     }
     let params: Vec<String> = (3..3 + routes.len()).map(|i| format!("${i}")).collect();
-    let sql = format!("{} AND route IN ({})", ROWS.as_str(), params.join(", "));
-    let width = COLUMNS.len();
+    let sql = format!(
+        "SELECT route, tenant_id, minute, {cols} FROM gateway_sli WHERE minute >= $1 AND minute <= $2 AND route IN ({})",
+        params.join(", ")
+    );
     let mut tx = store.read(DbScope::Platform).await?;
     let rows = on_conn!(&mut tx, c => {
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(from).bind(to);
@@ -160,6 +161,13 @@ pub async fn rows(store: &Store, routes: &[String], from: i64, to: i64) -> Resul
         })
     })
     .map_err(runway_store::StoreError::from)?;
+    Ok(rows)
+}
+
+/// Every row of the named routes with a minute in `[from, to]` (unix seconds, inclusive), as
+/// stored: one per route, tenant and minute.
+pub async fn rows(store: &Store, routes: &[String], from: i64, to: i64) -> Result<Vec<(SliKey, SliRecord)>, ApiError> {
+    let rows = keyed_rows(store, &COLUMNS.join(", "), COLUMNS.len(), routes, from, to).await?;
     rows.into_iter().map(|(k, v)| Ok((k, record_from(&v)?))).collect()
 }
 
@@ -184,9 +192,6 @@ pub async fn minute_counts(
     to: i64,
     thresholds_ms: &[u32],
 ) -> Result<Vec<(SliKey, MinuteCounts)>, ApiError> {
-    if routes.is_empty() {
-        return Ok(Vec::new());
-    }
     let mut cols = vec![
         "status_1xx + status_2xx + status_3xx + status_4xx + status_5xx".to_owned(),
         "status_5xx".to_owned(),
@@ -199,34 +204,16 @@ pub async fn minute_counts(
             .ok_or_else(|| ApiError::internal(format!("{t} ms is not a bucket bound")))?;
         cols.push(BUCKETS_MS[..=upto].iter().map(|b| format!("lat_le_{b}")).collect::<Vec<_>>().join(" + "));
     }
-    let params: Vec<String> = (3..3 + routes.len()).map(|i| format!("${i}")).collect();
-    let sql = format!(
-        "SELECT route, tenant_id, minute, {} FROM gateway_sli WHERE minute >= $1 AND minute <= $2 AND route IN ({})",
-        cols.iter().map(|c| format!("CAST({c} AS BIGINT)")).collect::<Vec<_>>().join(", "),
-        params.join(", ")
-    );
-    let width = cols.len();
-    let mut tx = store.read(DbScope::Platform).await?;
-    let rows = on_conn!(&mut tx, c => {
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.as_str())).bind(from).bind(to);
-        for r in routes {
-            q = q.bind(r);
-        }
-        let rows = q.fetch_all(&mut *c).await;
-        rows.and_then(|rows| {
-            rows.iter()
-                .map(|r| {
-                    let key = SliKey { route: r.try_get(0)?, tenant: r.try_get(1)?, minute: r.try_get(2)? };
-                    let v: Vec<u64> = (3..3 + width)
-                        .map(|i| r.try_get::<i64, _>(i).map(|n| u64::try_from(n).unwrap_or(0)))
-                        .collect::<Result<_, _>>()?;
-                    Ok((key, MinuteCounts { total: v[0], server_errors: v[1], throttled: v[2], at_or_below: v[3..].to_vec() }))
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()
+    let select = cols.iter().map(|c| format!("CAST({c} AS BIGINT)")).collect::<Vec<_>>().join(", ");
+    let rows = keyed_rows(store, &select, cols.len(), routes, from, to).await?;
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    Ok(rows
+        .into_iter()
+        .map(|(k, v)| {
+            let at_or_below = v[3..].iter().map(|n| count(*n)).collect();
+            (k, MinuteCounts { total: count(v[0]), server_errors: count(v[1]), throttled: count(v[2]), at_or_below })
         })
-    })
-    .map_err(runway_store::StoreError::from)?;
-    Ok(rows)
+        .collect())
 }
 
 #[cfg(test)]

@@ -137,6 +137,26 @@ pub async fn enforce_retention(
     Ok(events.enforce_retention(&tenants).await?)
 }
 
+/// The SLO capability on the other capabilities it reads (gateway records, tenants' plans) and
+/// drives (flags' guards).
+fn slos(
+    config: &Config,
+    store: &Store,
+    clock: &Arc<dyn Clock>,
+    identity: &Arc<Identity>,
+    gateway: &Arc<runway_gateway::Gateway>,
+    flags: &Arc<runway_flags::Flags>,
+) -> Arc<runway_slo::Service> {
+    runway_slo::Service::new(
+        store.clone(),
+        clock.clone(),
+        config.slo.clone(),
+        identity.clone(),
+        gateway.clone(),
+        flags.clone(),
+    )
+}
+
 /// Errors that stop the server from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -171,14 +191,7 @@ pub async fn open_local(config: Config, clock: Arc<dyn Clock>) -> Result<AppStat
     let flags = runway_flags::Flags::new(store.clone(), clock.clone(), config.flags.clone());
     flags.init().await?;
     let gateway = runway_gateway::Gateway::new(&config, identity.clone(), store.clone(), clock.clone())?;
-    let slos = runway_slo::Service::new(
-        store.clone(),
-        clock.clone(),
-        config.slo.clone(),
-        identity.clone(),
-        gateway.clone(),
-        flags.clone(),
-    );
+    let slos = slos(&config, &store, &clock, &identity, &gateway, &flags);
     Ok(AppState {
         config,
         store,
@@ -216,14 +229,7 @@ pub async fn start(config: Config, clock: Arc<dyn Clock>) -> Result<Running, Sta
     }
     let gateway = runway_gateway::Gateway::new(&config, identity.clone(), store.clone(), clock.clone())?;
     gateway.refresh().await?;
-    let slos = runway_slo::Service::new(
-        store.clone(),
-        clock.clone(),
-        config.slo.clone(),
-        identity.clone(),
-        gateway.clone(),
-        flags.clone(),
-    );
+    let slos = slos(&config, &store, &clock, &identity, &gateway, &flags);
     if let Some(ops) = ops {
         flags.set_operational_events(ops.clone());
         slos.set_operational_events(ops);

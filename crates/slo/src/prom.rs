@@ -8,7 +8,7 @@
 
 use serde_json::{Value, json};
 
-use crate::math::{Severity, span};
+use crate::math::{BurnWindow, Severity, span};
 use crate::model::{SliSpec, Slo};
 
 /// A number as PromQL reads it, without float dust (`0.001`, not `0.0009999999999998899`).
@@ -82,26 +82,14 @@ pub fn rules(slo: &Slo) -> (Vec<Value>, Option<String>) {
     let sel = format!("slo_id=\"{id}\"");
     let Some(_) = error_ratio(slo, "5m") else {
         // Alerts on Runway's own gauges, which the evaluating replica exports.
-        let alerts: Vec<Value> = [Severity::Page, Severity::Ticket]
-            .into_iter()
-            .filter_map(|sev| {
-                let conds: Vec<String> = spec
-                    .alerting
-                    .windows
-                    .iter()
-                    .filter(|w| w.severity == sev)
-                    .map(|w| {
-                        format!(
-                            "(max(runway_slo_burn_rate{{slo=\"{id}\",window=\"{}\"}}) > {f} and max(runway_slo_burn_rate{{slo=\"{id}\",window=\"{}\"}}) > {f})",
-                            span(w.long_minutes),
-                            span(w.short_minutes),
-                            f = num(w.factor)
-                        )
-                    })
-                    .collect();
-                (!conds.is_empty()).then(|| alert(slo, sev, conds.join(" or "), &labels))
-            })
-            .collect();
+        let alerts = alerts(slo, &labels, |w| {
+            format!(
+                "(max(runway_slo_burn_rate{{slo=\"{id}\",window=\"{}\"}}) > {f} and max(runway_slo_burn_rate{{slo=\"{id}\",window=\"{}\"}}) > {f})",
+                span(w.long_minutes),
+                span(w.short_minutes),
+                f = num(w.factor)
+            )
+        });
         let warning = format!(
             "SLO `{}` ({id}): its SLI is not in Prometheus's metrics, so its alerts read Runway's runway_slo_burn_rate gauges",
             spec.name
@@ -121,26 +109,14 @@ pub fn rules(slo: &Slo) -> (Vec<Value>, Option<String>) {
         json!({"record": "slo:objective:ratio", "expr": format!("vector({})", num(spec.target())), "labels": labels}),
         json!({"record": "slo:error_budget:ratio", "expr": format!("vector({budget})"), "labels": labels}),
     ];
-    let alerts: Vec<Value> = [Severity::Page, Severity::Ticket]
-        .into_iter()
-        .filter_map(|sev| {
-            let conds: Vec<String> = spec
-                .alerting
-                .windows
-                .iter()
-                .filter(|w| w.severity == sev)
-                .map(|w| {
-                    format!(
-                        "(max(slo:sli_error:ratio_rate{}{{{sel}}} > ({f} * {budget})) without (slo_window) and max(slo:sli_error:ratio_rate{}{{{sel}}} > ({f} * {budget})) without (slo_window))",
-                        span(w.short_minutes),
-                        span(w.long_minutes),
-                        f = num(w.factor)
-                    )
-                })
-                .collect();
-            (!conds.is_empty()).then(|| alert(slo, sev, conds.join(" or "), &labels))
-        })
-        .collect();
+    let alerts = alerts(slo, &labels, |w| {
+        format!(
+            "(max(slo:sli_error:ratio_rate{}{{{sel}}} > ({f} * {budget})) without (slo_window) and max(slo:sli_error:ratio_rate{}{{{sel}}} > ({f} * {budget})) without (slo_window))",
+            span(w.short_minutes),
+            span(w.long_minutes),
+            f = num(w.factor)
+        )
+    });
     (
         vec![
             json!({"name": format!("runway-slo-{id}-sli-recordings"), "rules": recordings}),
@@ -149,6 +125,19 @@ pub fn rules(slo: &Slo) -> (Vec<Value>, Option<String>) {
         ],
         None,
     )
+}
+
+/// One alert per severity that has conditions: each condition written by `condition`, joined
+/// with `or`.
+fn alerts(slo: &Slo, labels: &Value, condition: impl Fn(&BurnWindow) -> String) -> Vec<Value> {
+    [Severity::Page, Severity::Ticket]
+        .into_iter()
+        .filter_map(|sev| {
+            let conds: Vec<String> =
+                slo.spec.alerting.windows.iter().filter(|w| w.severity == sev).map(&condition).collect();
+            (!conds.is_empty()).then(|| alert(slo, sev, conds.join(" or "), labels))
+        })
+        .collect()
 }
 
 fn alert(slo: &Slo, sev: Severity, expr: String, labels: &Value) -> Value {

@@ -660,14 +660,39 @@ pub struct ExportQuery {
     pub service: Option<String>,
 }
 
+/// An export as JSON: the documents and what could not be exported as asked.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExportOut {
+    /// OpenSLO v1 documents, one per SLO; or one Prometheus rule file (`{"groups": …}`).
+    #[schema(value_type = Vec<Object>)]
+    pub documents: Vec<Value>,
+    /// SLOs exported otherwise than asked (alerts on Runway's gauges instead of rules).
+    pub warnings: Vec<String>,
+}
+
+/// The YAML export: one document, a list of OpenSLO documents or a Prometheus rule file.
+pub struct YamlExport;
+
+impl utoipa::PartialSchema for YamlExport {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::SchemaType::AnyValue)
+            .description(Some("A YAML document: a list of OpenSLO v1 documents, or a Prometheus rule file."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for YamlExport {}
+
 /// Export SLOs as OpenSLO or Prometheus rules
 ///
-/// YAML by default (`Accept: application/json` for JSON): OpenSLO v1 documents, one per SLO, or
-/// a Prometheus rule file (`groups`). SLIs Prometheus cannot compute from the gateway's metrics
-/// (pushed counts, 429s counted as bad, plans) get alerts on Runway's `runway_slo_burn_rate`
-/// gauges instead, and a warning (a YAML comment; `warnings` in JSON).
+/// YAML by default (`Accept: application/json` for JSON): a list of OpenSLO v1 documents, one
+/// per SLO, or a Prometheus rule file (`groups`). SLIs Prometheus cannot compute from the
+/// gateway's metrics (pushed counts, 429s counted as bad, plans) get alerts on Runway's
+/// `runway_slo_burn_rate` gauges instead, and a warning (a YAML comment; `warnings` in JSON).
 #[utoipa::path(get, path = "/v1/slos/export", tag = "slos", params(ExportQuery),
-    responses((status = 200, content_type = "application/yaml", body = String, description = "The export.")))]
+    responses((status = 200, description = "The export.",
+        content((YamlExport = "application/yaml"), (ExportOut = "application/json")))))]
 async fn export_slos(
     State(svc): St,
     _auth: Authorized<Platform<SlosRead>>,
@@ -682,8 +707,8 @@ async fn export_slos(
         .filter(|s| q.service.as_ref().is_none_or(|x| *x == s.spec.service))
         .collect();
     let mut warnings = Vec::new();
-    let (docs, single): (Vec<Value>, bool) = match q.format.as_deref().unwrap_or("openslo") {
-        "openslo" => (slos.iter().map(|s| crate::openslo::export(s.id.as_str(), &s.spec)).collect(), false),
+    let documents: Vec<Value> = match q.format.as_deref().unwrap_or("openslo") {
+        "openslo" => slos.iter().map(|s| crate::openslo::export(s.id.as_str(), &s.spec)).collect(),
         "prometheus" => {
             let mut groups = Vec::new();
             for s in &slos {
@@ -691,33 +716,32 @@ async fn export_slos(
                 groups.extend(g);
                 warnings.extend(w);
             }
-            (vec![serde_json::json!({"groups": groups})], true)
+            vec![serde_json::json!({"groups": groups})]
         }
         other => return Err(ApiError::query("format", format!("`{other}`: `openslo` or `prometheus`"))),
     };
     let wants_json =
         headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
+    let out = ExportOut { documents, warnings };
     if wants_json {
-        let body = serde_json::json!({"documents": docs, "warnings": warnings});
-        return Ok(Json(body).into_response());
+        return Ok(Json(out).into_response());
     }
-    let text = yaml_stream(&docs, &warnings, single)?;
+    let text = export_yaml(&out, q.format.as_deref() == Some("prometheus"))?;
     Ok(([(header::CONTENT_TYPE, "application/yaml")], text).into_response())
 }
 
-/// Documents as a YAML stream (`---` between them; one document alone when `single`), each
-/// warning first as a comment.
-pub fn yaml_stream(docs: &[Value], warnings: &[String], single: bool) -> Result<String, ApiError> {
+/// An export as one YAML document (the rule file, or the list of OpenSLO documents, which
+/// OpenSLO tools and the import read alike), each warning first as a comment.
+pub fn export_yaml(out: &ExportOut, rule_file: bool) -> Result<String, ApiError> {
     let mut text = String::new();
-    for w in warnings {
+    for w in &out.warnings {
         text.push_str(&format!("# warning: {w}\n"));
     }
-    for d in docs {
-        if !single {
-            text.push_str("---\n");
-        }
-        text.push_str(&yaml_serde::to_string(d).map_err(ApiError::internal)?);
-    }
+    let doc = match (rule_file, out.documents.first()) {
+        (true, Some(d)) => d.clone(),
+        _ => Value::Array(out.documents.clone()),
+    };
+    text.push_str(&yaml_serde::to_string(&doc).map_err(ApiError::internal)?);
     Ok(text)
 }
 
@@ -751,13 +775,7 @@ async fn slo_budget(
 ) -> Result<Json<crate::budget::BudgetSeries>, ApiError> {
     let id = slo_id(&id)?;
     let time = |v: &Option<String>, name: &str| -> Result<Option<i64>, ApiError> {
-        v.as_deref()
-            .map(|s| {
-                runway_core::clock::parse_rfc3339(s)
-                    .map(|us| us.div_euclid(1_000_000))
-                    .ok_or_else(|| ApiError::query(name, "an RFC 3339 time"))
-            })
-            .transpose()
+        Ok(runway_core::json::query_time(v.as_deref(), name)?.map(|us| us.div_euclid(1_000_000)))
     };
     let to = time(&q.to, "to")?.unwrap_or_else(|| svc.clock().now_micros().div_euclid(1_000_000));
     let from = match time(&q.from, "from")? {

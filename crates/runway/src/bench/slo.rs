@@ -18,14 +18,13 @@ const ROUTES: usize = 20;
 const SLOS: usize = 1000;
 const DAYS: i64 = 30;
 
-fn route(i: usize) -> RouteConfig {
+fn route(i: usize) -> anyhow::Result<RouteConfig> {
     let mut r: RouteConfig =
         serde_json::from_value(json!({"name": format!("route-{i}"), "path_prefix": format!("/r{i}"),
-        "upstream": [{"url": "http://127.0.0.1:9"}], "auth": "anonymous"}))
-        .expect("a route document");
+        "upstream": [{"url": "http://127.0.0.1:9"}], "auth": "anonymous"}))?;
     r.upstream = vec![UpstreamTarget { url: "http://127.0.0.1:9".into(), weight: 1 }];
     r.auth = RouteAuth::Anonymous;
-    r
+    Ok(r)
 }
 
 /// One minute of one route: 600 requests, healthy on the whole (a failure in one minute of
@@ -57,7 +56,7 @@ pub async fn run(engine: &str, url: String, migration_url: Option<String>, admin
     config.events.worker_enabled = false;
     // The bench drives the cycles itself.
     config.slo.eval_interval_ms = 600_000;
-    config.gateway.routes = (0..ROUTES).map(route).collect();
+    config.gateway.routes = (0..ROUTES).map(route).collect::<anyhow::Result<_>>()?;
     runway_server::telemetry::init(&config);
     let clock = Arc::new(ManualClock::new(time::macros::datetime!(2026-12-01 00:00:30 UTC)));
     let running = runway_server::start(config, clock.clone()).await?;

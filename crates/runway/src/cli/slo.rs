@@ -134,9 +134,8 @@ pub async fn run(api: &Api, out: &Out, cmd: &SloCmd) -> anyhow::Result<()> {
             if out.json {
                 return out.print(&r);
             }
-            let docs: Vec<serde_json::Value> = serde_json::from_value(serde_json::to_value(&r["documents"])?)?;
-            let warnings: Vec<String> = r["warnings"].items().iter().map(|w| w.cell()).collect();
-            let text = runway_slo::routes::yaml_stream(&docs, &warnings, format == "prometheus")
+            let export: runway_slo::routes::ExportOut = serde_json::from_value(serde_json::to_value(&r)?)?;
+            let text = runway_slo::routes::export_yaml(&export, format == "prometheus")
                 .map_err(|e| anyhow::anyhow!(e.detail))?;
             print!("{text}");
             Ok(())

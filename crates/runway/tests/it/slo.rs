@@ -504,7 +504,7 @@ async fn openslo_and_prometheus_rules_go_in_and_out(engine: Engine) {
         s.http.get(format!("{}/v1/slos/export?service=checkout", s.base)).bearer_auth(ADMIN).send().await.unwrap();
     assert_eq!(yaml.headers()["content-type"], "application/yaml");
     let text = yaml.text().await.unwrap();
-    assert!(text.starts_with("---\napiVersion: openslo/v1\nkind: SLO\n"), "{text}");
+    assert!(text.starts_with("- apiVersion: openslo/v1\n  kind: SLO\n"), "{text}");
     s.delete(&format!("/v1/slos/{id}"), ADMIN).await.ok(204);
     let back = send("", "application/yaml", text).await;
     let again = &back.ok(201)["created"][0];
@@ -523,6 +523,8 @@ async fn openslo_and_prometheus_rules_go_in_and_out(engine: Engine) {
     assert!(rules.contains("alert: AvailPageBurn"), "{rules}");
     assert!(rules.starts_with("# warning: SLO `main-page`"), "{rules}");
     s.get("/v1/slos/export?format=sloth", ADMIN).await.problem(400, "invalid_query");
+    let none = s.http.get(format!("{}/v1/slos/export?service=nobody", s.base)).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(none.text().await.unwrap(), "[]\n", "an empty export is an empty list");
     // The CLI imports files too.
     let file = s.db.dir.join("slo.yaml");
     let (_, openslo, _) = cli_remote(&s, &reader, &["slo", "export", "--service", "checkout"]);
