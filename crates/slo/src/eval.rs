@@ -219,6 +219,14 @@ impl<'a> Lens<'a> {
         })
     }
 
+    /// What makes two SLOs read the same minutes alike: their routes and this lens.
+    pub fn key(&self, routes: &[String]) -> String {
+        format!(
+            "{routes:?}|{:?}|{}|{:?}|{:?}|{}",
+            self.latency, self.throttled_is_bad, self.tenant, self.plan, self.per_tenant
+        )
+    }
+
     /// The series (the tenant for per-tenant SLOs, else empty) and good and total of one row
     /// of one of the SLO's routes; `None` when the row's tenant or plan is not the SLO's.
     pub fn counts<'k>(
@@ -459,6 +467,14 @@ impl Service {
         // Step every series and work out its status.
         let evaluated_at = runway_core::clock::rfc3339(now_us);
         let mut statuses: Vec<(SloId, String, SloStatus)> = Vec::new();
+        let fresh_lo = ev
+            .entries
+            .iter()
+            .filter(|(_, e)| e.last.is_none())
+            .flat_map(|(id, _)| needs[id].iter().map(|r| r.0))
+            .min()
+            .unwrap_or(now);
+        let mut walks: HashMap<String, Vec<Counts>> = HashMap::new();
         for (id, e) in ev.entries.iter_mut() {
             let pushed = pushed_raw.remove(id).unwrap_or_default();
             let rows = if e.last.is_none() { &fresh_rows } else { &steady_rows };
@@ -486,13 +502,42 @@ impl Service {
             let starts = e.starts(now);
             let method = spec.budgeting_method;
             let target = spec.timeslice_target.unwrap_or(100.0) / 100.0;
+            // A first step walks the whole window: SLOs reading the same routes through the same
+            // lens (availability and latency of one route, several objectives) share one walk.
+            let shared = match (&lens, spec.per_tenant, e.last) {
+                (Some(lens), false, None) => {
+                    let key = lens.key(routes);
+                    let lo = fresh_lo.min(now);
+                    Some(&*walks.entry(key).or_insert_with(|| {
+                        (lo..=now)
+                            .map(|m| {
+                                let mut c = Counts::default();
+                                for by in &maps {
+                                    for (t, rec) in by.get(&m).map(Vec::as_slice).unwrap_or_default() {
+                                        if let Some((_, x)) = lens.counts(t, rec) {
+                                            c.add(x);
+                                        }
+                                    }
+                                }
+                                c
+                            })
+                            .collect()
+                    }))
+                    .map(|walk: &Vec<Counts>| (lo, walk))
+                }
+                _ => None,
+            };
             let mut stepped = Vec::with_capacity(tenants.len());
             for tenant in tenants {
                 let mut series = e.series.remove(&tenant).unwrap_or_else(|| Series::new(late));
                 let minutes = pushed.get(&tenant);
                 let value = |m: i64| {
                     let mut raw = minutes.and_then(|d| d.get(&m)).copied().unwrap_or_default();
-                    if let Some(lens) = &lens {
+                    if let Some((lo, walk)) = shared {
+                        if let Some(c) = usize::try_from(m - lo).ok().and_then(|i| walk.get(i)) {
+                            raw.add(*c);
+                        }
+                    } else if let Some(lens) = &lens {
                         for by in &maps {
                             for (t, rec) in by.get(&m).map(Vec::as_slice).unwrap_or_default() {
                                 if let Some((series_of, c)) = lens.counts(t, rec)

@@ -200,6 +200,12 @@ async fn a_burning_availability_slo_pages_the_gate_denies_and_windows_move_on(en
     assert_eq!(firing(&st), ["page-1h-5m", "page-6h-30m", "ticket-1d-2h", "ticket-3d-6h"]);
     assert_eq!(st["evaluation"]["time_to_exhaustion_secs"], 0.0, "already spent");
 
+    // An SLO created after the traffic reads its whole window on its first cycle (the shared
+    // walk of its routes and lens) and sees the same.
+    let late = s.post("/v1/slos", ADMIN, availability("avail-late")).await.ok(201)["id"].as_str().unwrap().to_owned();
+    let late_st = status_with(&s, &late, "the late SLO is evaluated", |st| st["availability"]["total"] == 103.0).await;
+    assert_eq!(late_st["availability"], st["availability"]);
+    s.delete(&format!("/v1/slos/{late}"), ADMIN).await.ok(204);
     let alerts = s.get(&format!("/v1/slos/{id}/alerts"), ADMIN).await;
     assert_eq!(alerts.ok(200)["data"].as_array().unwrap().len(), 4);
     assert!(
