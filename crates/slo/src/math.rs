@@ -516,4 +516,45 @@ mod tests {
         assert_eq!(merge(vec![(5, 7), (1, 2), (3, 4), (10, 9), (6, 12)]), vec![(1, 12)]);
         assert_eq!(merge(vec![(1, 2), (4, 5)]), vec![(1, 2), (4, 5)]);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+            /// Whatever the data, the late bound, the windows and the steps between evaluations
+            /// (including pauses longer than a window edge can be walked), the sliding sums equal
+            /// a rescan, and a step reads only minutes it named.
+            #[test]
+            fn sliding_sums_equal_a_rescan(
+                seed in any::<u32>(),
+                late in 1i64..30,
+                lens in prop::collection::vec(1i64..3000, 1..6),
+                steps in prop::collection::vec(prop_oneof![8 => Just(1i64), 2 => 2i64..20, 1 => 100i64..400], 1..60),
+            ) {
+                let value = |m: i64| {
+                    let x = (m.wrapping_mul(2_654_435_761).wrapping_add(i64::from(seed)) >> 5).rem_euclid(101);
+                    if x < 20 { Counts::default() } else { Counts::new((x - x % 3) as f64, x as f64) }
+                };
+                let mut s = Series::new(late);
+                let mut now = 1_000_000;
+                for step in steps {
+                    now += step;
+                    let starts: Vec<i64> = lens.iter().map(|l| now - l + 1).collect();
+                    let needs = s.needs(now, &starts);
+                    let named = |m: i64| {
+                        assert!(needs.iter().any(|&(a, b)| a <= m && m <= b), "minute {m} read but not named in {needs:?}");
+                        value(m)
+                    };
+                    s.step(now, &starts, &named);
+                    for (i, &st) in starts.iter().enumerate() {
+                        let (got, want) = (s.window(i), brute(st, now, &value));
+                        prop_assert!(close(got.good, want.good) && close(got.total, want.total), "window {} at {}", i, now);
+                    }
+                }
+            }
+        }
+    }
 }
