@@ -613,32 +613,23 @@ impl Service {
                             .bind(a.severity.map_or("none", Severity::as_str)).bind(now_us).bind(&details)
                             .execute(&mut *c).await.map(|_| ()))
                         .map_err(store_err)?;
-                        report.store_queries += 1;
                         report.opened += 1;
-                        transitions.push(Transition {
-                            slo: slo.clone(),
-                            tenant: status.tenant.clone(),
-                            alert: a.name.clone(),
-                            severity: a.severity,
-                            firing: true,
-                            status: status.clone(),
-                        });
                     }
                     (false, Some(aid)) => {
                         resolve(&mut tx, &aid, now_us).await?;
-                        report.store_queries += 1;
                         report.resolved += 1;
-                        transitions.push(Transition {
-                            slo: slo.clone(),
-                            tenant: status.tenant.clone(),
-                            alert: a.name.clone(),
-                            severity: a.severity,
-                            firing: false,
-                            status: status.clone(),
-                        });
                     }
-                    _ => {}
+                    _ => continue,
                 }
+                report.store_queries += 1;
+                transitions.push(Transition {
+                    slo: slo.clone(),
+                    tenant: status.tenant.clone(),
+                    alert: a.name.clone(),
+                    severity: a.severity,
+                    firing,
+                    status: status.clone(),
+                });
             }
         }
         // Alerts of SLOs that are gone (or whose conditions were edited away) resolve.

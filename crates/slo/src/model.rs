@@ -75,8 +75,11 @@ pub struct SloSpec {
     pub alerting: Alerting,
 }
 
+/// The environment an SLO watches, and the gate asks about, unless one is named.
+pub const DEFAULT_ENVIRONMENT: &str = "production";
+
 fn production() -> String {
-    "production".into()
+    DEFAULT_ENVIRONMENT.into()
 }
 fn yes() -> bool {
     true

@@ -334,7 +334,7 @@ pub fn import(docs: &[Value], pushed: bool) -> Result<Imported, Refusal> {
             service: service.to_owned(),
             name,
             description: s("/description").and_then(Value::as_str).unwrap_or("").to_owned(),
-            environment: "production".into(),
+            environment: crate::model::DEFAULT_ENVIRONMENT.into(),
             objective,
             window,
             budgeting_method: method,

@@ -368,15 +368,21 @@ async fn slo_alerts(
     Ok(Json(SloAlerts { data: crate::eval::alerts(&svc, &id, limit).await? }))
 }
 
-/// Which service and environment the gate answers for.
+/// Which service and environment the gate (and its overrides) are about.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct GateQuery {
     /// The service about to be released.
     pub service: String,
-    /// The environment it goes to (default `production`).
+    /// The environment it goes to (default `production`, as an SLO's).
     pub environment: Option<String>,
+}
+
+impl GateQuery {
+    fn environment(&self) -> &str {
+        self.environment.as_deref().unwrap_or(crate::model::DEFAULT_ENVIRONMENT)
+    }
 }
 
 /// One SLO's part in the gate's answer.
@@ -430,19 +436,7 @@ async fn release_gate(
     _auth: Authorized<Platform<SlosRead>>,
     ApiQuery(q): ApiQuery<GateQuery>,
 ) -> Result<Json<GateAnswer>, ApiError> {
-    let environment = q.environment.unwrap_or_else(|| "production".into());
-    Ok(Json(svc.gate(&q.service, &environment).await?))
-}
-
-/// Overrides of one service and environment.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct OverrideQuery {
-    /// The service.
-    pub service: String,
-    /// Default `production`.
-    pub environment: Option<String>,
+    Ok(Json(svc.gate(&q.service, q.environment()).await?))
 }
 
 /// Release-gate overrides.
@@ -453,15 +447,14 @@ pub struct OverrideList {
 }
 
 /// List release-gate overrides
-#[utoipa::path(get, path = "/v1/release-gate/overrides", tag = "slos", params(OverrideQuery),
+#[utoipa::path(get, path = "/v1/release-gate/overrides", tag = "slos", params(GateQuery),
     responses((status = 200, body = OverrideList, description = "The overrides, newest first.")))]
 async fn list_overrides(
     State(svc): St,
     _auth: Authorized<Platform<SlosRead>>,
-    ApiQuery(q): ApiQuery<OverrideQuery>,
+    ApiQuery(q): ApiQuery<GateQuery>,
 ) -> Result<Json<OverrideList>, ApiError> {
-    let env = q.environment.unwrap_or_else(|| "production".into());
-    Ok(Json(OverrideList { data: gate::overrides(svc.store(), &q.service, &env).await? }))
+    Ok(Json(OverrideList { data: gate::overrides(svc.store(), &q.service, q.environment()).await? }))
 }
 
 /// Override the release gate
